@@ -1,0 +1,50 @@
+# guestbackup — see README.md. `make demo` and `make test` work on a fresh Debian machine (as root).
+SHELL := /bin/bash
+APT_PKGS := qemu-utils qemu-system-x86 libnbd-bin nbdkit squashfs-tools squashfuse fuse3 zstd acl attr tar
+# Commands the packages above provide; deps installs the packages when any is missing.
+NEEDED_CMDS := qemu-img qemu-nbd qemu-io qemu-system-x86_64 nbdinfo nbdcopy nbdkit mksquashfs unsquashfs squashfuse fusermount3 zstd setfacl getfattr tar
+
+.PHONY: deps apt npm build typecheck lint format-check unit test demo bench clean
+
+deps: apt npm
+
+apt:
+	@missing=""; for c in $(NEEDED_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages (missing:$$missing)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
+	fi
+
+npm: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+build: npm
+	npx tsc -p tsconfig.build.json
+
+typecheck: npm
+	npx tsc -p tsconfig.json --noEmit
+
+lint: npm
+	npx eslint .
+
+format-check: npm
+	npx prettier --check .
+
+unit: npm
+	npm test
+
+test: deps typecheck lint format-check
+	npm test
+
+demo: deps
+	bash scripts/demo.sh
+
+bench: deps
+	npm run bench
+
+clean:
+	rm -rf dist .demo

@@ -1,0 +1,110 @@
+/**
+ * The one error class of guestbackup. Callers branch on {@link BackupError.code}, never on
+ * `instanceof` chains; subclasses exist only where they carry extra typed fields.
+ */
+
+/** Every error code guestbackup raises, prefixed by subsystem. */
+export const ERROR_CODES = [
+  'USAGE',
+  'CONFIG_INVALID',
+  'NBD_PROTOCOL',
+  'NBD_SERVER',
+  'NBD_CLOSED',
+  'NBD_TIMEOUT',
+  'NBD_UNSUPPORTED',
+  'QMP_PROTOCOL',
+  'QMP_COMMAND',
+  'QMP_CLOSED',
+  'QMP_TIMEOUT',
+  'QEMU_TOOL_FAILED',
+  'IMAGE_INVALID',
+  'UNSAFE_IMAGE',
+  'PROVIDER_INVALID',
+  'PROVIDER_FAILED',
+  'ARCHIVE_TOOL_FAILED',
+  'ARCHIVE_INVALID',
+  'STORE_INVALID',
+  'NOT_FOUND',
+  'PROTECTED',
+  'LOCKED',
+  'NO_SPACE',
+  'IO',
+  'ABORTED',
+] as const
+
+/** A string code naming the kind of failure. */
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
+/** Options of {@link BackupError}: the standard `cause` plus structured details. */
+export interface BackupErrorOptions extends ErrorOptions {
+  /** Machine-readable context (paths, offsets, errno …). */
+  details?: Record<string, unknown>
+}
+
+/** The error class of guestbackup. `cause` keeps the low-level error. */
+export class BackupError extends Error {
+  override name = 'BackupError'
+  /** What kind of failure this is. */
+  readonly code: ErrorCode
+  /** Machine-readable context, if any. */
+  readonly details: Readonly<Record<string, unknown>> | undefined
+
+  constructor(code: ErrorCode, message: string, options?: BackupErrorOptions) {
+    super(message, options)
+    this.code = code
+    this.details = options?.details
+  }
+}
+
+/** True if `e` is a {@link BackupError}, optionally of the given code. */
+export const isBackupError = (e: unknown, code?: ErrorCode): e is BackupError =>
+  e instanceof BackupError && (code === undefined || e.code === code)
+
+/** An NBD server answered a request with an errno (NBD `proto.md` §"Error values"). */
+export class NbdServerError extends BackupError {
+  override name = 'NbdServerError'
+  /** The errno the server sent (EIO=5, EPERM=1, ENOSPC=28, …). */
+  readonly errno: number
+  constructor(errno: number, message: string, options?: BackupErrorOptions) {
+    super('NBD_SERVER', message, options)
+    this.errno = errno
+  }
+}
+
+/** QEMU answered a QMP command with `{"error":{"class":…,"desc":…}}`. */
+export class QmpCommandError extends BackupError {
+  override name = 'QmpCommandError'
+  /** QEMU's error class, e.g. `GenericError`, `CommandNotFound`, `DeviceNotFound`. */
+  readonly errorClass: string
+  /** QEMU's human-readable description. */
+  readonly desc: string
+  constructor(command: string, errorClass: string, desc: string, options?: BackupErrorOptions) {
+    super('QMP_COMMAND', `QMP ${command} failed: ${errorClass}: ${desc}`, options)
+    this.errorClass = errorClass
+    this.desc = desc
+  }
+}
+
+/**
+ * Turn anything thrown into a {@link BackupError}. AbortError (DOMException) becomes `ABORTED`;
+ * ENOSPC becomes `NO_SPACE`; other errors get `fallback`.
+ */
+export const toBackupError = (e: unknown, fallback: ErrorCode = 'IO'): BackupError => {
+  if (e instanceof BackupError) return e
+  if (e instanceof Error) {
+    if (e.name === 'AbortError')
+      return new BackupError('ABORTED', 'operation aborted', { cause: e })
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === 'ENOSPC')
+      return new BackupError('NO_SPACE', `no space left: ${e.message}`, { cause: e })
+    return new BackupError(fallback, e.message, { cause: e })
+  }
+  return new BackupError(fallback, String(e))
+}
+
+/** Throw `ABORTED` if the signal fired; keeps the signal's reason as `cause`. */
+export const throwIfAborted = (signal: AbortSignal | undefined): void => {
+  if (signal?.aborted === true) {
+    throw new BackupError('ABORTED', 'operation aborted', { cause: signal.reason })
+  }
+}
