@@ -1,0 +1,34 @@
+/** The container archive layer: tar and squashfs archives, exclude patterns, FUSE mounts. */
+export { LOST_AND_FOUND, parseExcludes, squashfsExcludeArgs, tarExcludeArgs } from './excludes.ts'
+export type { ExcludeArgs, ExcludeRules } from './excludes.ts'
+export { mountsAt, parseMountInfo, readMounts } from './mountinfo.ts'
+export type { MountEntry } from './mountinfo.ts'
+export {
+  SQUASHFS_ACL_WARNING,
+  SquashfsMount,
+  createSquashfs,
+  extractDirectory,
+  mountSquashfs,
+} from './squashfs.ts'
+export type {
+  CreateSquashfsOptions,
+  CreateSquashfsResult,
+  ExtractDirectoryOptions,
+  MountSquashfsOptions,
+  SquashfuseProgram,
+} from './squashfs.ts'
+export { checkTarArchive, compressionOption } from './tar-check.ts'
+export type { TarCheckResult } from './tar-check.ts'
+export {
+  COMMON_TAR_FLAGS,
+  RESTORE_EXTRACT_ARGS,
+  RESTORE_TAR_FLAGS,
+  createTarArchive,
+  extractTarArchive,
+} from './tar.ts'
+export type {
+  CreateTarOptions,
+  CreateTarResult,
+  ExtractTarOptions,
+  ExtractTarResult,
+} from './tar.ts'

@@ -1,0 +1,176 @@
+/**
+ * Helpers shared by the archive modules (not re-exported): running several processes and streams
+ * as one pipeline, writing an output file atomically, and checking restore targets.
+ */
+import { lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
+import type { ErrorCode } from '../errors.ts'
+
+/** The lines of a tool's stderr, without blanks and without tar's `--totals` line. */
+export const stderrLines = (stderr: string): string[] =>
+  stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('Total bytes '))
+
+/**
+ * Errors that are only a consequence of another failure: our own abort, a broken pipe, a stream
+ * destroyed because its peer died, a process killed by SIGPIPE.
+ */
+const isSecondary = (e: unknown): boolean => {
+  if (e instanceof BackupError) {
+    return e.code === 'ABORTED' || e.details?.['signal'] === 'SIGPIPE'
+  }
+  if (!(e instanceof Error)) return false
+  if (e.name === 'AbortError') return true
+  const code = (e as NodeJS.ErrnoException).code
+  return (
+    code === 'EPIPE' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ERR_STREAM_DESTROYED'
+  )
+}
+
+/**
+ * A group of concurrently running parts (tool `done` promises, `pipeline()` promises) that fail
+ * together: the first failure aborts {@link Group.signal}, which kills every tool and destroys
+ * every stream of the group. Created per operation; the caller passes `group.signal` to
+ * `spawnTool` and `pipeline`, then awaits {@link Group.settle}.
+ */
+export class Group {
+  readonly #ac = new AbortController()
+  readonly #outer: AbortSignal | undefined
+  readonly #onOuterAbort = (): void => {
+    this.#ac.abort()
+  }
+  readonly #parts: Promise<void>[] = []
+  readonly #failures: unknown[] = []
+
+  /** Throws `ABORTED` at once if `outer` has already fired. */
+  constructor(outer: AbortSignal | undefined) {
+    throwIfAborted(outer)
+    this.#outer = outer
+    outer?.addEventListener('abort', this.#onOuterAbort, { once: true })
+  }
+
+  /** Aborted when the caller's signal fires or any part of the group fails. */
+  get signal(): AbortSignal {
+    return this.#ac.signal
+  }
+
+  /** Add a running part; its rejection aborts the group. */
+  add(part: Promise<unknown>): void {
+    this.#parts.push(
+      part.then(
+        () => undefined,
+        (e: unknown) => {
+          this.#failures.push(e)
+          this.#ac.abort()
+        },
+      ),
+    )
+  }
+
+  /**
+   * Abort every part (used when the caller fails before adding everything) without settling.
+   */
+  abort(): void {
+    this.#ac.abort()
+  }
+
+  /**
+   * Wait for every part. Throws `ABORTED` when the caller aborted, else the first failure that is
+   * not merely a consequence of another one (a tool's own error beats the EPIPE it caused).
+   */
+  async settle(fallback: ErrorCode = 'IO'): Promise<void> {
+    try {
+      await Promise.all(this.#parts)
+    } finally {
+      this.#outer?.removeEventListener('abort', this.#onOuterAbort)
+    }
+    if (this.#outer?.aborted === true) {
+      throw new BackupError('ABORTED', 'operation aborted', { cause: this.#outer.reason })
+    }
+    if (this.#failures.length === 0) return
+    const primary = this.#failures.find((e) => !isSecondary(e)) ?? this.#failures[0]
+    throw toBackupError(primary, fallback)
+  }
+}
+
+/**
+ * A child's piped stdio stream, which exists whenever it was spawned with `'pipe'`. If it does
+ * not, the group is aborted (killing its tools) before throwing.
+ */
+export const stdioOf = <S>(stream: S | null, group: Group): S => {
+  if (stream !== null) return stream
+  group.abort()
+  throw new BackupError('ARCHIVE_TOOL_FAILED', 'child process has no piped stdio')
+}
+
+/** fsync a file or directory by path. */
+const fsyncPath = async (path: string): Promise<void> => {
+  const fh = await open(path, 'r')
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * Produce `output` atomically: `write` fills `output + '.partial'`, which is then fsynced and
+ * renamed, and the directory is fsynced. On any failure the partial file is removed, so nothing
+ * half-written ever carries the final name. Refuses (`USAGE`) when `output` already exists.
+ */
+export const writeAtomically = async <T>(
+  output: string,
+  write: (partial: string) => Promise<T>,
+): Promise<T> => {
+  if (await exists(output)) {
+    throw new BackupError('USAGE', `output ${output} already exists`, { details: { output } })
+  }
+  const partial = `${output}.partial`
+  try {
+    await rm(partial, { force: true })
+    const result = await write(partial)
+    await fsyncPath(partial)
+    await rename(partial, output)
+    await fsyncPath(dirname(output))
+    return result
+  } catch (e) {
+    await rm(partial, { force: true })
+    throw toBackupError(e)
+  }
+}
+
+/** True if `path` exists (without following a final symlink). */
+export const exists = async (path: string): Promise<boolean> => {
+  try {
+    await lstat(path)
+    return true
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false
+    throw toBackupError(e)
+  }
+}
+
+/** Throw `USAGE` unless `path` is an existing directory. */
+export const assertDirectory = async (path: string, what: string): Promise<void> => {
+  let isDir: boolean
+  try {
+    isDir = (await stat(path)).isDirectory()
+  } catch (e) {
+    throw new BackupError('USAGE', `${what} ${path} is not accessible`, { cause: e })
+  }
+  if (!isDir) throw new BackupError('USAGE', `${what} ${path} is not a directory`)
+}
+
+/** Throw `USAGE` unless `path` is an existing, empty directory. Touches nothing. */
+export const assertEmptyDirectory = async (path: string, what: string): Promise<void> => {
+  await assertDirectory(path, what)
+  const entries = await readdir(path)
+  if (entries.length > 0) {
+    throw new BackupError('USAGE', `${what} ${path} is not empty`, {
+      details: { path, entries: entries.slice(0, 10) },
+    })
+  }
+}
