@@ -1,0 +1,151 @@
+/**
+ * The storage-plugin side of a backup provider (Proxmox: a `PVE::Storage::Custom::*Plugin` with
+ * the `backup-provider` feature): it names, lists, sizes, prunes and frees backups, and creates
+ * the {@link BackupProvider} that writes them.
+ */
+import type { BackupProvider, GuestType, ProviderLogFunction } from './provider.ts'
+
+/** Result of {@link BackupStorage.parseVolname}. */
+export interface ParsedVolname {
+  /** Always `backup` for backup archives. */
+  vtype: 'backup'
+  /** The archive name (the volume name without `backup/`). */
+  name: string
+  /** Owner guest id. */
+  vmid: number
+  /** Guest type, when the name encodes it. */
+  subtype: GuestType
+}
+
+/** One backup as listed by {@link BackupStorage.listVolumes}. */
+export interface BackupVolume {
+  /** `<storeid>:backup/<archive-name>`. */
+  volid: string
+  /** Owner guest id. */
+  vmid: number
+  /** `qemu` or `lxc`: how the UI and retention classify the archive. */
+  subtype: GuestType
+  /** Backup time, Unix seconds. */
+  ctime: number
+  /** Bytes stored (allocated) by this backup alone. */
+  size: number
+  /** Storage format of the archive, e.g. `directory`. */
+  format: string
+  /** Volume id of the backup this one depends on (incremental chains), if any. */
+  parent?: string
+  /** Protected backups are never pruned nor freed. */
+  protected: boolean
+  /** First line of the notes, if any. */
+  notes?: string
+  /** Always `backup`. */
+  content: 'backup'
+}
+
+/** Result of {@link BackupStorage.volumeSizeInfo}. */
+export interface VolumeSizeInfo {
+  /** Total virtual size of the archive's contents (disk sizes plus file sizes), bytes. */
+  size: number
+  format: string
+  /** Bytes allocated on the storage. */
+  used: number
+  /** Parent volume id, for incrementals. */
+  parent?: string
+  /** Backup time, Unix seconds. */
+  ctime: number
+}
+
+/** Volume attributes (Proxmox `get_volume_attribute` / `update_volume_attribute`). */
+export type VolumeAttribute = 'notes' | 'protected'
+
+/** Retention options, Proxmox's `prune-backups` format. */
+export interface KeepOptions {
+  'keep-all'?: boolean
+  'keep-last'?: number
+  'keep-hourly'?: number
+  'keep-daily'?: number
+  'keep-weekly'?: number
+  'keep-monthly'?: number
+  'keep-yearly'?: number
+}
+
+/** Mark of one backup in a prune plan. */
+export type PruneMarkKind = 'keep' | 'remove' | 'protected'
+
+/** One entry of a prune result. */
+export interface PruneResultEntry {
+  volid: string
+  ctime: number
+  mark: PruneMarkKind
+  type: GuestType
+  vmid: number
+}
+
+/** Options of {@link BackupStorage.pruneBackups}. */
+export interface PruneOptions {
+  /** Retention; default: the store's `prune-backups` option. */
+  keep?: KeepOptions
+  /** Only this guest. */
+  vmid?: number
+  /** Only this guest type. */
+  type?: GuestType
+  /** Only compute the plan; remove nothing. */
+  dryRun: boolean
+  /** Receives a line per removal or error. */
+  log?: ProviderLogFunction
+}
+
+/** The storage plugin of a backup provider. */
+export interface BackupStorage {
+  /** Parse `backup/<archive-name>`; throws on anything else. */
+  parseVolname(volname: string): ParsedVolname
+
+  /** Filesystem path (or URI) of a volume, with its owner. */
+  path(volname: string): { path: string; vmid: number; vtype: 'backup' }
+
+  /** Backups on this store, newest first within each guest; attributes included. */
+  listVolumes(opts?: { vmid?: number; subtype?: GuestType }): Promise<BackupVolume[]>
+
+  /** Size, format, usage and parent of one backup. */
+  volumeSizeInfo(volname: string): Promise<VolumeSizeInfo>
+
+  /**
+   * Apply retention: mark backups keep/remove/protected (Proxmox's `prune_mark_backup_group`)
+   * and, unless `dryRun`, free the removed ones. A backup another one depends on is merged into
+   * its dependant first, so no chain breaks.
+   */
+  pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]>
+
+  /** Delete one backup. Refuses protected backups (`PROTECTED`). */
+  freeImage(volname: string): Promise<void>
+
+  /** Read an attribute; `notes` is the full text, `protected` a boolean. */
+  getVolumeAttribute(volname: string, attribute: 'notes'): Promise<string | undefined>
+  getVolumeAttribute(volname: string, attribute: 'protected'): Promise<boolean>
+
+  /**
+   * Set an attribute. Setting `protected` honours the store's `max-protected-backups` per guest
+   * and type.
+   */
+  updateVolumeAttribute(volname: string, attribute: 'notes', value: string): Promise<void>
+  updateVolumeAttribute(volname: string, attribute: 'protected', value: boolean): Promise<void>
+
+  /** Check the store is reachable and initialised; throws otherwise. */
+  activateStorage(): Promise<void>
+
+  /** Create the provider that writes backups to this store. */
+  newBackupProvider(log: ProviderLogFunction): BackupProvider
+}
+
+/**
+ * A backup provider plugin as a third party ships it: a module exporting `plugin` of this type.
+ */
+export interface BackupProviderPlugin<Options = Record<string, unknown>> {
+  /** Storage type name, e.g. `dir`. */
+  readonly type: string
+  /** API version implemented; this package defines version 1. */
+  readonly apiVersion: 1
+  /** Validate raw store options (throw `CONFIG_INVALID` with a clear message). */
+  parseOptions(raw: Readonly<Record<string, unknown>>): Options
+  /** Open a store. */
+  open(storeId: string, options: Options): BackupStorage
+}

@@ -1,0 +1,108 @@
+/** `guestbackup backup`: back up one offline VM (disk images) or one container directory. */
+import { readFile } from 'node:fs/promises'
+import { BackupError } from '../../errors.ts'
+import type { Guest } from '../../host/runner.ts'
+import { runBackupJob } from '../../host/runner.ts'
+import { inspectDisk } from '../../host/disks.ts'
+import type { Logger } from '../../log.ts'
+import { openStore } from '../../provider/directory/store.ts'
+import { STORE_ID_DEFAULT } from '../../provider/directory/layout.ts'
+import { Progress, fmtBytes } from '../progress.ts'
+
+/** Options of the backup command as commander parses them. */
+export interface BackupCommandOptions {
+  store: string
+  vmid: number
+  config: string
+  firewallConfig?: string
+  disk?: [string, string][]
+  rootfs?: string
+  exclude?: string[]
+  bwlimit?: number
+  json?: boolean
+}
+
+const readText = async (path: string, what: string): Promise<string> => {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (e) {
+    throw new BackupError('USAGE', `cannot read ${what} ${path}: ${(e as Error).message}`, {
+      cause: e,
+    })
+  }
+}
+
+/** Run the backup command; returns the process exit code. */
+export const backupCommand = async (
+  o: BackupCommandOptions,
+  logger: Logger,
+  signal: AbortSignal,
+): Promise<number> => {
+  const disks = o.disk ?? []
+  if (disks.length > 0 === (o.rootfs !== undefined)) {
+    throw new BackupError(
+      'USAGE',
+      'give either --disk NAME=PATH (a VM) or --rootfs DIR (a container)',
+    )
+  }
+  if (o.exclude !== undefined && o.rootfs === undefined) {
+    throw new BackupError('USAGE', '--exclude applies to container backups (--rootfs) only')
+  }
+  const storage = await openStore(o.store)
+  const config = await readText(o.config, 'guest config')
+  const firewall =
+    o.firewallConfig === undefined ? undefined : await readText(o.firewallConfig, 'firewall config')
+  let guest: Guest
+  if (o.rootfs !== undefined) {
+    guest = {
+      type: 'lxc',
+      vmid: o.vmid,
+      config,
+      rootfs: o.rootfs,
+      excludes: o.exclude ?? [],
+      ...(firewall === undefined ? {} : { firewallConfig: firewall }),
+    }
+  } else {
+    const specs = []
+    for (const [name, path] of disks) specs.push(await inspectDisk(`drive-${name}`, path))
+    guest = {
+      type: 'qemu',
+      vmid: o.vmid,
+      config,
+      disks: specs,
+      ...(firewall === undefined ? {} : { firewallConfig: firewall }),
+    }
+  }
+  const progress = new Progress()
+  const [result] = await runBackupJob({
+    provider: (log) => storage.newBackupProvider(log),
+    storeId: STORE_ID_DEFAULT,
+    guests: [guest],
+    bandwidthLimit: o.bwlimit,
+    logger,
+    onProgress: (vmid, ev) => {
+      progress.update(vmid, ev)
+    },
+    signal,
+  })
+  progress.done()
+  if (result === undefined) throw new BackupError('PROVIDER_FAILED', 'no result')
+  if (o.json === true) {
+    console.log(
+      JSON.stringify({
+        vmid: result.vmid,
+        type: result.type,
+        status: result.status,
+        volid: result.volid ?? null,
+        size: result.archiveSize ?? null,
+        error: result.error?.message ?? null,
+      }),
+    )
+  } else if (result.status === 'ok') {
+    console.log(`${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+  }
+  if (result.status !== 'ok') {
+    throw result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')
+  }
+  return 0
+}

@@ -1,0 +1,41 @@
+/** `guestbackup restore`: restore a backup into a directory. */
+import { join } from 'node:path'
+import { restoreBackup } from '../../host/restore.ts'
+import { TaskLog } from '../../host/task-log.ts'
+import { makeTempDir } from '../../io/tmpdir.ts'
+import type { Logger } from '../../log.ts'
+import { parseVolname } from '../../provider/directory/layout.ts'
+import { openStore } from '../../provider/directory/store.ts'
+
+/** Run the restore command; returns the exit code. */
+export const restoreCommand = async (
+  o: { store: string; target: string; bwlimit?: number },
+  volume: string,
+  logger: Logger,
+  signal: AbortSignal,
+): Promise<number> => {
+  const volname = stripStoreId(volume)
+  parseVolname(volname)
+  const storage = await openStore(o.store)
+  await using tmp = await makeTempDir('guestbackup-restore-')
+  const log = new TaskLog(join(tmp.path, 'restore.log'), logger)
+  const provider = storage.newBackupProvider((level, msg) => {
+    log.log(level, msg)
+  })
+  const r = await restoreBackup({
+    provider,
+    volname,
+    target: o.target,
+    bandwidthLimit: o.bwlimit,
+    log,
+    signal,
+  })
+  for (const f of r.files) console.log(join(o.target, f))
+  return 0
+}
+
+/** Accept `backup/…` as well as `<storeid>:backup/…`. */
+export const stripStoreId = (volume: string): string => {
+  const i = volume.indexOf(':backup/')
+  return i > 0 && !volume.slice(0, i).includes('/') ? volume.slice(i + 1) : volume
+}

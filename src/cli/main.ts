@@ -1,0 +1,255 @@
+/**
+ * The guestbackup command line. Results go to stdout, logs and progress to stderr.
+ * Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 after SIGINT.
+ */
+import { Command, CommanderError, Option } from 'commander'
+import { BackupError, toBackupError } from '../errors.ts'
+import { createLogger } from '../log.ts'
+import type { LogLevel } from '../log.ts'
+import { parsePruneBackups } from '../storage/prune-options.ts'
+import { initStore, openStore } from '../provider/directory/store.ts'
+import { parseVolname } from '../provider/directory/layout.ts'
+import { backupCommand } from './commands/backup.ts'
+import type { BackupCommandOptions } from './commands/backup.ts'
+import { restoreCommand, stripStoreId } from './commands/restore.ts'
+import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
+import { fmtBytes } from './progress.ts'
+
+const USAGE_CODES = new Set(['USAGE', 'CONFIG_INVALID', 'STORE_INVALID'])
+
+const controller = new AbortController()
+let interrupted = false
+const onSignal = (sig: NodeJS.Signals): void => {
+  if (interrupted) process.exit(130)
+  interrupted = true
+  process.stderr.write(`\n${sig}: aborting (again to exit at once)\n`)
+  controller.abort(new BackupError('ABORTED', `interrupted by ${sig}`))
+}
+process.on('SIGINT', onSignal)
+process.on('SIGTERM', onSignal)
+
+const program = new Command('guestbackup')
+  .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+  .version('0.1.0')
+  .option('-v, --verbose', 'log progress details on stderr')
+  .option('--log-json', 'log JSON lines on stderr')
+  .option('--debug', 'print stack traces on errors')
+  .showHelpAfterError()
+  .exitOverride()
+
+const logger = () => {
+  const o = program.opts<{ verbose?: boolean; logJson?: boolean }>()
+  const level: LogLevel = o.verbose === true ? 'info' : 'warn'
+  return createLogger(level, o.logJson === true)
+}
+
+let result = 0
+
+program
+  .command('init')
+  .description('create (or update the options of) a directory store')
+  .argument('<store>', 'store directory')
+  .addOption(
+    new Option('--vm-backup-mode <mode>', 'full, or incremental when possible').choices([
+      'full',
+      'incremental',
+    ]),
+  )
+  .addOption(
+    new Option('--vm-backup-mechanism <mechanism>', 'how VM disks are read').choices([
+      'nbd',
+      'file-handle',
+    ]),
+  )
+  .addOption(
+    new Option('--lxc-backup-mode <mode>', 'container archive format').choices(['tar', 'squashfs']),
+  )
+  .option('--prune-backups <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+  .option('--max-protected-backups <n>', 'protected backups per guest (-1: unlimited)', parseCount)
+  .action(async (store: string, o: Record<string, string | number | undefined>) => {
+    if (typeof o['pruneBackups'] === 'string') parsePruneBackups(o['pruneBackups'])
+    const input = Object.fromEntries(
+      Object.entries({
+        'vm-backup-mode': o['vmBackupMode'],
+        'vm-backup-mechanism': o['vmBackupMechanism'],
+        'lxc-backup-mode': o['lxcBackupMode'],
+        'prune-backups': o['pruneBackups'],
+        'max-protected-backups': o['maxProtectedBackups'],
+      }).filter(([, v]) => v !== undefined),
+    )
+    const opts = await initStore(store, input)
+    console.log(JSON.stringify(opts, null, 2))
+  })
+
+program
+  .command('backup')
+  .description('back up an offline VM (--disk) or a container directory (--rootfs)')
+  .requiredOption('--store <dir>', 'store directory')
+  .requiredOption('--vmid <id>', 'guest id', parseVmid)
+  .requiredOption('--config <file>', 'guest configuration file to keep with the backup')
+  .option('--firewall-config <file>', 'firewall configuration file to keep with the backup')
+  .option(
+    '--disk <name=path>',
+    'VM disk (qcow2 by .qcow2 extension, else raw); repeatable',
+    collectDisk,
+  )
+  .option('--rootfs <dir>', 'container root directory')
+  .option(
+    '--exclude <pattern>',
+    'container exclude pattern (vzdump semantics); repeatable',
+    collect,
+  )
+  .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+  .option('--json', 'print the result as JSON')
+  .action(async (o: BackupCommandOptions) => {
+    result = await backupCommand(o, logger(), controller.signal)
+  })
+
+program
+  .command('list')
+  .description('list the backups of a store')
+  .requiredOption('--store <dir>', 'store directory')
+  .option('--vmid <id>', 'only this guest', parseVmid)
+  .option('--json', 'print a JSON array')
+  .action(async (o: { store: string; vmid?: number; json?: boolean }) => {
+    const storage = await openStore(o.store)
+    const vols = await storage.listVolumes(o.vmid === undefined ? {} : { vmid: o.vmid })
+    if (o.json === true) {
+      const rows = vols.map((v) => ({
+        volid: v.volid,
+        vmid: v.vmid,
+        subtype: v.subtype,
+        ctime: v.ctime,
+        size: v.size,
+        format: v.format,
+        parent: v.parent ?? null,
+        protected: v.protected,
+        notes: v.notes ?? null,
+      }))
+      console.log(JSON.stringify(rows, null, 2))
+      return
+    }
+    for (const v of vols) {
+      const flags = [v.protected ? 'protected' : '', v.parent ? `parent=${v.parent}` : '']
+      console.log(
+        [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
+      )
+    }
+  })
+
+program
+  .command('restore')
+  .description('restore a backup: VM disks as <target>/<device>.raw, containers as <target>/rootfs')
+  .argument('<volume>', 'volume name, backup/<vmid>/<type>-<time>')
+  .requiredOption('--store <dir>', 'store directory')
+  .requiredOption('--target <dir>', 'target directory (created; must be empty)')
+  .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+  .action(async (volume: string, o: { store: string; target: string; bwlimit?: number }) => {
+    result = await restoreCommand(o, volume, logger(), controller.signal)
+  })
+
+program
+  .command('show-config')
+  .description('print the guest configuration stored in a backup')
+  .argument('<volume>', 'volume name')
+  .requiredOption('--store <dir>', 'store directory')
+  .option('--firewall', 'print the firewall configuration instead')
+  .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
+    const volname = stripStoreId(volume)
+    parseVolname(volname)
+    const storage = await openStore(o.store)
+    const provider = storage.newBackupProvider(() => undefined)
+    if (o.firewall === true) {
+      const fw = await provider.archiveGetFirewallConfig(volname)
+      if (fw === undefined) throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
+      process.stdout.write(fw)
+    } else {
+      process.stdout.write(await provider.archiveGetGuestConfig(volname))
+    }
+  })
+
+program
+  .command('prune')
+  .description("remove backups not covered by the retention policy (default: the store's)")
+  .requiredOption('--store <dir>', 'store directory')
+  .option('--vmid <id>', 'only this guest', parseVmid)
+  .addOption(new Option('--type <type>', 'only this guest type').choices(['qemu', 'lxc']))
+  .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+  .option('--dry-run', 'only show what would be removed')
+  .action(
+    async (o: {
+      store: string
+      vmid?: number
+      type?: 'qemu' | 'lxc'
+      keep?: string
+      dryRun?: boolean
+    }) => {
+      const storage = await openStore(o.store)
+      const log = logger()
+      const marks = await storage.pruneBackups({
+        dryRun: o.dryRun === true,
+        ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
+        ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
+        ...(o.type === undefined ? {} : { type: o.type }),
+        log: (level, msg) => {
+          if (level === 'err') log.error(msg)
+          else log.info(msg)
+        },
+      })
+      for (const m of marks) console.log(`${m.volid}  ${m.mark}`)
+    },
+  )
+
+program
+  .command('remove')
+  .description('remove one backup (refused when protected; dependants are merged first)')
+  .argument('<volume>', 'volume name')
+  .requiredOption('--store <dir>', 'store directory')
+  .action(async (volume: string, o: { store: string }) => {
+    const storage = await openStore(o.store)
+    await storage.freeImage(stripStoreId(volume))
+  })
+
+program
+  .command('protect')
+  .description('mark a backup protected (or unprotected with --off)')
+  .argument('<volume>', 'volume name')
+  .requiredOption('--store <dir>', 'store directory')
+  .option('--off', 'remove the protection')
+  .action(async (volume: string, o: { store: string; off?: boolean }) => {
+    const storage = await openStore(o.store)
+    await storage.updateVolumeAttribute(stripStoreId(volume), 'protected', o.off !== true)
+  })
+
+program
+  .command('notes')
+  .description('print, or with --set replace, the notes of a backup')
+  .argument('<volume>', 'volume name')
+  .requiredOption('--store <dir>', 'store directory')
+  .option('--set <text>', 'new notes ("" removes them)')
+  .action(async (volume: string, o: { store: string; set?: string }) => {
+    const storage = await openStore(o.store)
+    const volname = stripStoreId(volume)
+    if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
+    else process.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+  })
+
+const main = async (): Promise<number> => {
+  try {
+    await program.parseAsync(process.argv)
+    return result
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version exit 0; every parse error is a usage error (commander printed it).
+      return e.exitCode === 0 ? 0 : 2
+    }
+    const err = toBackupError(e)
+    const debug = program.opts<{ debug?: boolean }>().debug === true
+    process.stderr.write(`guestbackup: ${err.message}\n`)
+    if (debug && e instanceof Error && e.stack !== undefined) process.stderr.write(`${e.stack}\n`)
+    if (err.code === 'ABORTED' || interrupted) return 130
+    return USAGE_CODES.has(err.code) ? 2 : 1
+  }
+}
+
+process.exit(await main())

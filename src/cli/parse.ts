@@ -1,0 +1,42 @@
+/** Argument parsers of the CLI: each throws commander's InvalidArgumentError (exit code 2). */
+import { InvalidArgumentError } from 'commander'
+
+/** A guest id: 1 to 999999999, as Proxmox allows (100+ by convention). */
+export const parseVmid = (v: string): number => {
+  if (!/^[1-9]\d{0,8}$/.test(v)) throw new InvalidArgumentError('expected a guest id (1-999999999)')
+  return Number(v)
+}
+
+/** A non-negative integer. */
+export const parseCount = (v: string): number => {
+  if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError('expected an integer')
+  return Number(v)
+}
+
+const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }
+
+/** A rate in bytes per second, with an optional binary suffix: `500K`, `50M`, `1G`. */
+export const parseRate = (v: string): number => {
+  const m = /^(\d+)([KMG]?)(?:i?B)?(?:\/s)?$/i.exec(v.trim())
+  const unit = UNITS[(m?.[2] ?? '').toUpperCase()]
+  if (m === null || unit === undefined) {
+    throw new InvalidArgumentError('expected bytes per second, e.g. 52428800 or 50M')
+  }
+  return Number(m[1]) * unit
+}
+
+/** `NAME=PATH` of `--disk`; collects into an array. */
+export const collectDisk = (v: string, prev: [string, string][] = []): [string, string][] => {
+  const i = v.indexOf('=')
+  const name = v.slice(0, i)
+  const path = v.slice(i + 1)
+  if (i <= 0 || path === '' || !/^[a-z][a-z0-9]{0,31}$/.test(name)) {
+    throw new InvalidArgumentError(
+      `expected NAME=PATH with a device name like scsi0, virtio1, sata0 (got '${v}')`,
+    )
+  }
+  return [...prev, [name, path]]
+}
+
+/** Repeatable string option. */
+export const collect = (v: string, prev: string[] = []): string[] => [...prev, v]

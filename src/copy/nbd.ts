@@ -1,0 +1,68 @@
+/**
+ * Adapters between the NBD client and the copy engine: an export as a {@link CopySource}
+ * (dirty regions from `qemu:dirty-bitmap:<name>`, allocation from `base:allocation`) and an
+ * export as a {@link CopyTarget}.
+ */
+import type { NbdClient } from '../nbd/client.ts'
+import { walkExtents } from '../nbd/extents.ts'
+import type { CopySource, CopyTarget, Piece } from './copy.ts'
+
+/** `base:allocation` flags (NBD proto.md §"Metadata querying"). */
+const STATE_ZERO = 2
+/** `qemu:dirty-bitmap:*` flag: dirty. */
+const DIRTY = 1
+
+/** Meta context of QEMU's allocation map. */
+export const BASE_ALLOCATION = 'base:allocation'
+
+/** Meta context name of a QEMU dirty bitmap. */
+export const dirtyContext = (bitmap: string): string => `qemu:dirty-bitmap:${bitmap}`
+
+/** Options of {@link nbdSource}. */
+export interface NbdSourceOptions {
+  /** Dirty bitmap context; when given, only dirty regions are copied. */
+  dirtyContext?: string | undefined
+  /** Use `base:allocation` to skip holes (default: if negotiated). */
+  allocation?: boolean
+}
+
+/** An NBD export as a copy source. */
+export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopySource => {
+  const haveAlloc = client.metaContexts.has(BASE_ALLOCATION) && opts.allocation !== false
+  const dirty = opts.dirtyContext
+  const src: CopySource = {
+    async *regions(signal) {
+      if (dirty === undefined) {
+        if (client.size > 0) yield [0, client.size] as const
+        return
+      }
+      let pending: [number, number] | undefined
+      for await (const e of walkExtents(client, dirty, { signal })) {
+        if ((e.flags & DIRTY) === 0) continue
+        if (pending && pending[0] + pending[1] === e.offset) {
+          pending[1] += e.length
+        } else {
+          if (pending) yield pending
+          pending = [e.offset, e.length]
+        }
+      }
+      if (pending) yield pending
+    },
+    read: (offset, length, signal) => client.read(offset, length, { signal }),
+  }
+  if (haveAlloc) {
+    src.allocation = async function* (offset, length, signal): AsyncGenerator<Piece> {
+      for await (const e of walkExtents(client, BASE_ALLOCATION, { offset, length, signal })) {
+        yield { offset: e.offset, length: e.length, zero: (e.flags & STATE_ZERO) !== 0 }
+      }
+    }
+  }
+  return src
+}
+
+/** An NBD export as a copy target. */
+export const nbdTarget = (client: NbdClient): CopyTarget => ({
+  write: (offset, data, signal) => client.write(offset, data, { signal }),
+  writeZeroes: (offset, length, signal) => client.writeZeroes(offset, length, { signal }),
+  flush: (signal) => client.flush({ signal }),
+})

@@ -1,0 +1,127 @@
+/**
+ * Offline VM disks as backup sources: qcow2 or raw files and block devices, served read-only by
+ * qemu-nbd on a private socket for the `nbd` mechanism, or read directly for `file-handle`.
+ * The format is never probed: `.qcow2` files are qcow2 (checked by magic), everything else raw.
+ */
+import { open, stat } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { basename, resolve } from 'node:path'
+import type { VolumeReader } from '../api/provider.ts'
+import { BackupError } from '../errors.ts'
+import { NbdClient } from '../nbd/client.ts'
+import { imageInfo } from '../qemu/img.ts'
+import type { ImageFormat } from '../qemu/img.ts'
+import { startQemuNbd } from '../qemu/nbd-server.ts'
+import type { QemuNbd } from '../qemu/nbd-server.ts'
+
+/** One disk of an offline VM. */
+export interface DiskSpec {
+  /** Device name as Proxmox names it, e.g. `drive-scsi0`. */
+  device: string
+  /** Image file or block device. */
+  path: string
+  format: ImageFormat
+}
+
+const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb])
+
+/** Decide and check the format of a disk given on the command line. */
+export const inspectDisk = async (device: string, path: string): Promise<DiskSpec> => {
+  const abs = resolve(path)
+  let st
+  try {
+    st = await stat(abs)
+  } catch (e) {
+    throw new BackupError('USAGE', `disk ${device}: cannot access ${path}`, { cause: e })
+  }
+  if (!st.isFile() && !st.isBlockDevice()) {
+    throw new BackupError('USAGE', `disk ${device}: ${path} is not a file or block device`)
+  }
+  const fh = await open(abs, 'r').catch((e: unknown) => {
+    throw new BackupError('USAGE', `disk ${device}: cannot read ${path}`, { cause: e })
+  })
+  const head = Buffer.alloc(4)
+  try {
+    await fh.read(head, 0, 4, 0)
+  } finally {
+    await fh.close()
+  }
+  const isQcow2 = head.equals(QCOW2_MAGIC)
+  if (basename(abs).endsWith('.qcow2')) {
+    if (!isQcow2) throw new BackupError('USAGE', `disk ${device}: ${path} is not a qcow2 image`)
+    return { device, path: abs, format: 'qcow2' }
+  }
+  if (st.isFile() && st.size === 0) {
+    throw new BackupError('USAGE', `disk ${device}: ${path} is empty`)
+  }
+  return { device, path: abs, format: 'raw' }
+}
+
+/** Virtual size of a disk in bytes. */
+export const diskSize = async (disk: DiskSpec, signal?: AbortSignal): Promise<number> => {
+  if (disk.format === 'raw') {
+    const st = await stat(disk.path)
+    if (st.isFile()) return st.size
+  }
+  const info = await imageInfo(disk.path, disk.format, { signal })
+  return info['virtual-size']
+}
+
+/** Serve a disk read-only over NBD; export name = device name. */
+export const serveDisk = (disk: DiskSpec, signal?: AbortSignal): Promise<QemuNbd> =>
+  startQemuNbd({
+    image: disk.path,
+    format: disk.format,
+    readOnly: true,
+    exportName: disk.device,
+    signal,
+  })
+
+/** A {@link VolumeReader} plus how to release it. */
+export interface OpenedReader {
+  reader: VolumeReader
+  close(): Promise<void>
+}
+
+/** Open a disk for the `file-handle` mechanism. Raw: the file itself; qcow2: through qemu-nbd. */
+export const openDiskReader = async (
+  disk: DiskSpec,
+  signal?: AbortSignal,
+): Promise<OpenedReader> => {
+  if (disk.format === 'raw') {
+    const fh: FileHandle = await open(disk.path, 'r')
+    return {
+      reader: {
+        async read(position, length) {
+          const buf = Buffer.allocUnsafe(length)
+          let got = 0
+          while (got < length) {
+            const { bytesRead } = await fh.read(buf, got, length - got, position + got)
+            if (bytesRead === 0) throw new BackupError('IO', `${disk.path}: read past end`)
+            got += bytesRead
+          }
+          return buf
+        },
+      },
+      close: () => fh.close(),
+    }
+  }
+  const server = await serveDisk(disk, signal)
+  try {
+    const client = await NbdClient.connect({
+      path: server.socketPath,
+      exportName: disk.device,
+      signal,
+    })
+    return {
+      reader: { read: (position, length, sig) => client.read(position, length, { signal: sig }) },
+      close: async () => {
+        await client.close()
+        await server.stop()
+      },
+    }
+  } catch (e) {
+    await server.stop()
+    throw e
+  }
+}

@@ -1,0 +1,53 @@
+/** The container part of a backup (pve-container's `archive` for providers). */
+import { stat } from 'node:fs/promises'
+import { resolve } from 'node:path'
+import type { BackupInfo, BackupProvider, ContainerBackupInfo } from '../api/provider.ts'
+import { BackupError } from '../errors.ts'
+import type { ProgressInfo } from '../provider/directory/provider.ts'
+import type { TaskLog } from './task-log.ts'
+
+/** A container to back up: a root directory. */
+export interface CtGuest {
+  type: 'lxc'
+  vmid: number
+  config: string
+  firewallConfig?: string
+  /** Root directory of the container. */
+  rootfs: string
+  /** vzdump exclude patterns. */
+  excludes: readonly string[]
+}
+
+/** Run the container part; the caller handles init and cleanup. */
+export const backupCtGuest = async (
+  provider: BackupProvider,
+  guest: CtGuest,
+  info: BackupInfo & ProgressInfo,
+  log: TaskLog,
+): Promise<void> => {
+  const mechanism = await provider.backupGetMechanism(guest.vmid, 'lxc')
+  if (mechanism !== 'directory') {
+    throw new BackupError(
+      'PROVIDER_INVALID',
+      `mechanism '${mechanism}' requested by backup provider is not supported for containers`,
+    )
+  }
+  const directory = resolve(guest.rootfs)
+  let st
+  try {
+    st = await stat(directory)
+  } catch (e) {
+    throw new BackupError('USAGE', `cannot access root directory ${guest.rootfs}`, { cause: e })
+  }
+  if (!st.isDirectory()) throw new BackupError('USAGE', `${guest.rootfs} is not a directory`)
+  // The owner of the root directory is the container's (mapped) root on the host.
+  const ctInfo: ContainerBackupInfo & ProgressInfo = {
+    ...info,
+    directory,
+    sources: ['.'],
+    backupUserId: st.uid,
+  }
+  log.info(`container root ${directory} (owner uid ${st.uid}), ${guest.excludes.length} excludes`)
+  await provider.backupContainerPrepare(guest.vmid, ctInfo)
+  await provider.backupContainer(guest.vmid, guest.config, guest.excludes, ctInfo)
+}

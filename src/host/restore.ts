@@ -1,0 +1,103 @@
+/**
+ * Restore on the host side (qemu-server's `restore_external_archive` and pve-container's): the
+ * provider names a raw source per VM disk, which `qemu-img convert -f raw` copies verbatim into
+ * `<target>/<device>.raw` (sparse); containers are unpacked into `<target>/rootfs`.
+ */
+import { mkdir, readdir, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { BackupProvider } from '../api/provider.ts'
+import { extractDirectory, extractTarArchive } from '../archive/index.ts'
+import { BackupError, toBackupError } from '../errors.ts'
+import { convertImage } from '../qemu/img.ts'
+import type { TaskLog } from './task-log.ts'
+
+/** Options of {@link restoreBackup}. */
+export interface RestoreOptions {
+  provider: BackupProvider
+  volname: string
+  /** Target directory: created if missing, must be empty. */
+  target: string
+  /** Bytes per second; 0 or undefined: unlimited. */
+  bandwidthLimit?: number | undefined
+  log: TaskLog
+  signal: AbortSignal
+}
+
+/** What a restore wrote. */
+export interface RestoreResult {
+  type: 'qemu' | 'lxc'
+  files: string[]
+}
+
+const prepareTarget = async (dir: string): Promise<void> => {
+  await mkdir(dir, { recursive: true })
+  if ((await readdir(dir)).length > 0) {
+    throw new BackupError('USAGE', `restore target ${dir} is not empty`)
+  }
+}
+
+/** Restore a backup into a directory. */
+export const restoreBackup = async (opts: RestoreOptions): Promise<RestoreResult> => {
+  const { provider, volname, log, signal } = opts
+  const target = resolve(opts.target)
+  const mech = await provider.restoreGetMechanism(volname)
+  const config = await provider.archiveGetGuestConfig(volname)
+  if (config === '')
+    throw new BackupError('ARCHIVE_INVALID', 'the backup has an empty guest config')
+  const firewall = await provider.archiveGetFirewallConfig(volname)
+  await prepareTarget(target)
+  const files: string[] = []
+  await writeFile(join(target, 'guest.conf'), config, { mode: 0o600 })
+  files.push('guest.conf')
+  if (firewall !== undefined) {
+    await writeFile(join(target, 'firewall.conf'), firewall, { mode: 0o600 })
+    files.push('firewall.conf')
+  }
+  if (mech.vmtype === 'qemu') {
+    try {
+      const devices = await provider.restoreVmInit(volname, { signal })
+      for (const device of Object.keys(devices).sort()) {
+        if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(device)) {
+          throw new BackupError('ARCHIVE_INVALID', `invalid device name '${device}'`)
+        }
+        const out = join(target, `${device}.raw`)
+        try {
+          const { qemuImgPath } = await provider.restoreVmVolumeInit(volname, device, { signal })
+          log.info(`${device}: restoring ${devices[device]?.size ?? 0} bytes`)
+          // The source is untrusted: read it as raw (never probed, never a chain) and copy it
+          // verbatim, skipping zeroes so the result stays sparse.
+          await convertImage(qemuImgPath, out, {
+            sourceFormat: 'raw',
+            targetFormat: 'raw',
+            rateLimit: opts.bandwidthLimit,
+            signal,
+          })
+          files.push(`${device}.raw`)
+        } finally {
+          await provider.restoreVmVolumeCleanup(volname, device)
+        }
+      }
+    } finally {
+      try {
+        await provider.restoreVmCleanup(volname)
+      } catch (e) {
+        log.warn(`restore cleanup failed: ${toBackupError(e).message}`)
+      }
+    }
+    return { type: 'qemu', files }
+  }
+  const rootfs = join(target, 'rootfs')
+  await mkdir(rootfs, { mode: 0o755 })
+  try {
+    const src = await provider.restoreContainerInit(volname, { signal })
+    if ('tarPath' in src) {
+      await extractTarArchive({ archive: src.tarPath, target: rootfs, signal })
+    } else {
+      await extractDirectory({ source: src.archiveDirectory, target: rootfs, signal })
+    }
+    files.push('rootfs/')
+  } finally {
+    await provider.restoreContainerCleanup(volname)
+  }
+  return { type: 'lxc', files }
+}

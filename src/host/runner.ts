@@ -1,0 +1,162 @@
+/**
+ * The job runner: plays vzdump's part and calls the provider in Proxmox's exact order
+ * (pve-backup-provider-api.md §2.7):
+ * ```
+ * jobInit → per guest: backupInit → (mechanism, VM or CT work) → backupCleanup(success|error)
+ *         → backupHandleLogFile (always) → jobCleanup (always)
+ * ```
+ * A provider or source error leads to `backupCleanup(false, { error })`; the provider then
+ * discards the partial backup (nothing half-done is listed) and keeps the log.
+ */
+import { join } from 'node:path'
+import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
+import { isValidArchiveName } from '../api/names.ts'
+import { BackupError, toBackupError } from '../errors.ts'
+import { makeTempDir } from '../io/tmpdir.ts'
+import type { Logger } from '../log.ts'
+import type { ProgressEvent } from '../provider/directory/provider.ts'
+import { backupCtGuest } from './guest-ct.ts'
+import type { CtGuest } from './guest-ct.ts'
+import { backupVmGuest } from './guest-vm.ts'
+import type { VmGuest } from './guest-vm.ts'
+import { TaskLog } from './task-log.ts'
+
+/** A guest of a job. */
+export type Guest = VmGuest | CtGuest
+
+/** Options of {@link runBackupJob}. */
+export interface JobOptions {
+  /** Creates the provider with the log function of the current guest. */
+  provider: (log: ProviderLogFunction) => BackupProvider
+  /** Store id for volume ids. */
+  storeId: string
+  guests: readonly Guest[]
+  /** Bytes per second; 0 or undefined: unlimited. */
+  bandwidthLimit?: number | undefined
+  logger: Logger
+  onProgress?: ((vmid: number, ev: ProgressEvent) => void) | undefined
+  signal: AbortSignal
+  /** Clock in Unix seconds (injected by tests). */
+  now?: () => number
+}
+
+/** Outcome of one guest. */
+export interface GuestResult {
+  vmid: number
+  type: GuestType
+  status: 'ok' | 'failed'
+  /** `<storeid>:backup/<archive-name>` when the backup was started. */
+  volid?: string
+  /** Archive size in bytes, on success. */
+  archiveSize?: number
+  error?: BackupError
+  warnings: number
+}
+
+/** Run a backup job over the given guests, one after another. */
+export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => {
+  const now = opts.now ?? (() => Math.floor(Date.now() / 1000))
+  await using tmp = await makeTempDir('guestbackup-job-')
+  // One provider instance for the whole job, as vzdump does; its log function writes into the
+  // task log of the guest being processed.
+  let current: TaskLog | undefined
+  const jobLog = new TaskLog(join(tmp.path, 'job.log'), opts.logger)
+  const provider = opts.provider((level, message) => {
+    ;(current ?? jobLog).log(level, message)
+  })
+  const results: GuestResult[] = []
+  let jobInitDone = false
+  try {
+    await provider.jobInit(now())
+    jobInitDone = true
+    for (const guest of opts.guests) {
+      const log = new TaskLog(
+        join(tmp.path, `${guest.vmid}.log`),
+        opts.logger.child({ vmid: guest.vmid }),
+      )
+      current = log
+      try {
+        results.push(await backupGuest(provider, guest, opts, log, now()))
+      } finally {
+        current = undefined
+      }
+      if (opts.signal.aborted) break
+    }
+  } catch (e) {
+    const err = toBackupError(e)
+    if (!jobInitDone) opts.logger.error(`job init failed: ${err.message}`)
+    for (const guest of opts.guests.slice(results.length)) {
+      results.push({
+        vmid: guest.vmid,
+        type: guest.type,
+        status: 'failed',
+        error: err,
+        warnings: 0,
+      })
+    }
+  } finally {
+    try {
+      await provider.jobCleanup()
+    } catch (e) {
+      opts.logger.error(`job cleanup failed: ${toBackupError(e).message}`)
+    }
+  }
+  return results
+}
+
+const backupGuest = async (
+  provider: BackupProvider,
+  guest: Guest,
+  opts: JobOptions,
+  log: TaskLog,
+  startTime: number,
+): Promise<GuestResult> => {
+  const result: GuestResult = { vmid: guest.vmid, type: guest.type, status: 'failed', warnings: 0 }
+  log.info(`starting backup of ${guest.type} ${guest.vmid} via ${provider.name}`)
+  let started = false
+  try {
+    const init = await provider.backupInit(guest.vmid, guest.type, startTime)
+    started = true
+    if (typeof init.archiveName !== 'string' || !isValidArchiveName(init.archiveName)) {
+      throw new BackupError(
+        'PROVIDER_INVALID',
+        `invalid archive name '${String(init.archiveName)}'`,
+      )
+    }
+    result.volid = `${opts.storeId}:backup/${init.archiveName}`
+    log.info(`creating archive '${result.volid}'`)
+    const info = {
+      signal: opts.signal,
+      ...(opts.bandwidthLimit ? { bandwidthLimit: opts.bandwidthLimit } : {}),
+      ...(guest.firewallConfig === undefined ? {} : { firewallConfig: guest.firewallConfig }),
+      onProgress: (ev: ProgressEvent) => opts.onProgress?.(guest.vmid, ev),
+    }
+    if (guest.type === 'qemu') await backupVmGuest(provider, guest, info, log)
+    else await backupCtGuest(provider, guest, info, log)
+    opts.signal.throwIfAborted()
+    const res = await provider.backupCleanup(guest.vmid, guest.type, true, {})
+    result.archiveSize = res?.stats.archiveSize ?? 0
+    result.status = 'ok'
+    log.info(`backup finished: ${result.archiveSize} bytes stored`)
+  } catch (e) {
+    const err = opts.signal.aborted
+      ? new BackupError('ABORTED', 'backup aborted', { cause: e })
+      : toBackupError(e, 'PROVIDER_FAILED')
+    result.error = err
+    log.error(`backup failed: ${err.message}`)
+    if (started) {
+      try {
+        await provider.backupCleanup(guest.vmid, guest.type, false, { error: err.message })
+      } catch (ce) {
+        log.error(`backup cleanup for external provider failed: ${toBackupError(ce).message}`)
+      }
+    }
+  }
+  result.warnings = log.warnings
+  try {
+    if (started) await provider.backupHandleLogFile(guest.vmid, log.path)
+  } catch (e) {
+    opts.logger.warn(`cannot store the task log: ${toBackupError(e).message}`)
+  }
+  return result
+}

@@ -1,0 +1,47 @@
+/**
+ * The per-guest task log (vzdump's `tmplog`): every line the host and the provider log for one
+ * guest, handed to `backupHandleLogFile` at the end. Unlike vzdump, provider messages are in it
+ * too (pve-backup-provider-api.md §2.2 notes vzdump leaves them out).
+ */
+import { appendFileSync, writeFileSync } from 'node:fs'
+import type { ProviderLogLevel } from '../api/provider.ts'
+import type { Logger } from '../log.ts'
+
+/** A task log file plus the structured logger it mirrors to. */
+export class TaskLog {
+  readonly path: string
+  readonly #logger: Logger
+  #warnings = 0
+
+  constructor(path: string, logger: Logger) {
+    this.path = path
+    this.#logger = logger
+    writeFileSync(path, '', { mode: 0o600 })
+  }
+
+  /** Number of warnings logged so far. */
+  get warnings(): number {
+    return this.#warnings
+  }
+
+  /** Log one line at a provider level. */
+  log(level: ProviderLogLevel, message: string): void {
+    const stamp = new Date().toISOString()
+    const tag = level === 'err' ? 'ERROR' : level.toUpperCase()
+    if (level === 'warn') this.#warnings++
+    appendFileSync(this.path, `${stamp} ${tag}: ${message}\n`)
+    if (level === 'err') this.#logger.error(message)
+    else if (level === 'warn') this.#logger.warn(message)
+    else this.#logger.info(message)
+  }
+
+  info(message: string): void {
+    this.log('info', message)
+  }
+  warn(message: string): void {
+    this.log('warn', message)
+  }
+  error(message: string): void {
+    this.log('err', message)
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * Store options of the directory provider, with Proxmox's names and defaults
+ * (BackupProviderDirExamplePlugin). They are kept in the store itself (`guestbackup-store.json`,
+ * written by `guestbackup init`), so every command sees the same settings.
+ */
+import { z } from 'zod'
+import { BackupError } from '../../errors.ts'
+
+/** Name of the store's configuration file, at the root of `path`. */
+export const STORE_FILE = 'guestbackup-store.json'
+
+/** Format version of {@link STORE_FILE}. */
+export const STORE_VERSION = 1
+
+const pruneString = z
+  .string()
+  .regex(
+    /^(keep-(all|last|hourly|daily|weekly|monthly|yearly)=\d+)(,keep-(all|last|hourly|daily|weekly|monthly|yearly)=\d+)*$/,
+    'expected e.g. keep-last=3,keep-daily=7',
+  )
+
+/** Schema of the store options. */
+export const StoreOptionsSchema = z.strictObject({
+  /** Absolute path of the store directory. */
+  path: z.string().startsWith('/', 'path must be absolute'),
+  /** `full`: always full; `incremental`: incremental when possible, full otherwise. */
+  'vm-backup-mode': z.enum(['full', 'incremental']).default('full'),
+  /** How VM disks are read: over NBD (default) or through a file handle. */
+  'vm-backup-mechanism': z.enum(['nbd', 'file-handle']).default('nbd'),
+  /** Container archive format. */
+  'lxc-backup-mode': z.enum(['tar', 'squashfs']).default('tar'),
+  /** Retention (Proxmox property string). Default: keep everything. */
+  'prune-backups': pruneString.default('keep-all=1'),
+  /** Protected backups allowed per guest and type; -1 unlimited. */
+  'max-protected-backups': z.number().int().min(-1).default(-1),
+})
+
+/** Validated store options. */
+export type StoreOptions = z.infer<typeof StoreOptionsSchema>
+
+/** Raw (input) store options, before defaults. */
+export type StoreOptionsInput = z.input<typeof StoreOptionsSchema>
+
+/** The store file: options plus a format version. */
+export const StoreFileSchema = z.strictObject({
+  version: z.literal(STORE_VERSION),
+  type: z.literal('dir'),
+  options: StoreOptionsSchema,
+})
+
+/** Parse store options; a clear `CONFIG_INVALID` error on bad input. */
+export const parseStoreOptions = (raw: unknown): StoreOptions => {
+  const r = StoreOptionsSchema.safeParse(raw)
+  if (!r.success) {
+    throw new BackupError('CONFIG_INVALID', `invalid store options: ${z.prettifyError(r.error)}`)
+  }
+  return r.data
+}

@@ -1,0 +1,316 @@
+/**
+ * The directory provider: Proxmox's DirectoryExample with every TODO and review point solved.
+ * VM disks become qcow2 images (incrementals: backing-file chains by relative path), written
+ * through qemu-nbd on private unix sockets; containers become a tar or squashfs archive. A backup
+ * is built in a hidden `.partial-*` dir and renamed into place only by `backupCleanup(success)`,
+ * after `manifest.json` is written, so no half backup is ever listed.
+ */
+import { chown, copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type {
+  BackupCleanupResult,
+  BackupInfo,
+  BackupInitResult,
+  BackupMechanism,
+  BackupProvider,
+  ContainerBackupInfo,
+  GuestType,
+  IncrementalQuery,
+  ProviderLogFunction,
+  VmVolume,
+  VolumeSize,
+} from '../../api/provider.ts'
+import { BackupError, toBackupError } from '../../errors.ts'
+import { TokenBucket } from '../../io/throttle.ts'
+import { lockGuest } from '../../io/lock.ts'
+import type { GuestLock } from '../../io/lock.ts'
+import { createSquashfs } from '../../archive/squashfs.ts'
+import { createTarArchive } from '../../archive/tar.ts'
+import { volumeRef } from './layout.ts'
+import type { StoreLayout, VolumeRef } from './layout.ts'
+import { writeManifest } from './manifest.ts'
+import type { Manifest, ManifestDisk } from './manifest.ts'
+import type { StoreOptions } from './options.ts'
+import { DirectoryRestore } from './restore.ts'
+import { findIncrementalBase } from './incremental.ts'
+import type { IncrementalBase } from './incremental.ts'
+import { allocatedBytes, fileSizes, syncDir } from './fsutil.ts'
+import { backupDisk } from './vm-disk.ts'
+
+/** Progress of one disk or archive, reported through {@link ProgressInfo}. */
+export interface ProgressEvent {
+  /** Device name or `archive`. */
+  item: string
+  done: number
+  total: number
+}
+
+/** Optional guestbackup extension of {@link BackupInfo}: a progress callback. */
+export interface ProgressInfo {
+  onProgress?: (ev: ProgressEvent) => void
+}
+
+interface GuestState {
+  ref: VolumeRef
+  partial: string
+  lock: GuestLock
+  failed: boolean
+  committed: boolean
+  manifest?: Omit<Manifest, 'files' | 'completed'>
+  bases: Record<string, IncrementalBase>
+}
+
+/** The directory provider. One instance per job or restore. */
+export class DirectoryProvider extends DirectoryRestore implements BackupProvider {
+  readonly name = 'guestbackup directory provider'
+  readonly #options: StoreOptions
+  readonly #log: ProviderLogFunction
+  readonly #guests = new Map<number, GuestState>()
+
+  constructor(layout: StoreLayout, options: StoreOptions, log: ProviderLogFunction) {
+    super(layout, log)
+    this.#options = options
+    this.#log = log
+  }
+
+  /** Checks the store is usable. No kernel module, no NBD slots: nothing else to prepare. */
+  async jobInit(startTime: number): Promise<void> {
+    await mkdir(this.layout.root, { recursive: true })
+    this.#log('info', `job started at ${new Date(startTime * 1000).toISOString()}`)
+  }
+
+  async jobCleanup(): Promise<void> {
+    // Release what a failed guest may have left behind; idempotent (may run twice).
+    for (const [vmid, g] of this.#guests) {
+      if (!g.committed) await rm(g.partial, { recursive: true, force: true })
+      await g.lock.release()
+      this.#guests.delete(vmid)
+    }
+  }
+
+  async backupInit(vmid: number, vmtype: GuestType, startTime: number): Promise<BackupInitResult> {
+    if (this.#guests.has(vmid)) {
+      throw new BackupError('LOCKED', `a backup of guest ${vmid} is already running in this job`)
+    }
+    const guestDir = this.layout.guestDir(vmid)
+    await mkdir(guestDir, { recursive: true, mode: 0o700 })
+    const lock = await lockGuest(guestDir)
+    try {
+      let ref = volumeRef(vmid, vmtype, startTime)
+      // Two backups in the same second: take the next free second rather than overwrite.
+      for (let t = startTime; await this.exists(ref); t++) ref = volumeRef(vmid, vmtype, t + 1)
+      const partial = this.layout.partialDir(ref)
+      await rm(partial, { recursive: true, force: true })
+      await mkdir(partial, { mode: 0o700 })
+      this.#guests.set(vmid, { ref, partial, lock, failed: false, committed: false, bases: {} })
+      return { archiveName: ref.archiveName }
+    } catch (e) {
+      await lock.release()
+      throw e
+    }
+  }
+
+  async backupGetMechanism(_vmid: number, vmtype: GuestType): Promise<BackupMechanism> {
+    await Promise.resolve()
+    if (vmtype === 'lxc') return 'directory'
+    return this.#options['vm-backup-mechanism']
+  }
+
+  async backupVmQueryIncremental(
+    vmid: number,
+    volumes: Readonly<Record<string, VolumeSize>>,
+  ): Promise<Readonly<Record<string, IncrementalQuery>> | undefined> {
+    if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
+    const g = this.#guest(vmid)
+    const answer: Record<string, IncrementalQuery> = {}
+    for (const [device, { size }] of Object.entries(volumes)) {
+      const base = await findIncrementalBase(this.layout, vmid, device, size)
+      if (base.kind === 'base') {
+        g.bases[device] = base
+        answer[device] = 'use'
+      } else {
+        this.#log('info', `${device}: full backup (${base.reason})`)
+        answer[device] = 'new'
+      }
+    }
+    return answer
+  }
+
+  async backupVm(
+    vmid: number,
+    guestConfig: string,
+    volumes: Readonly<Record<string, VmVolume>>,
+    info: BackupInfo & ProgressInfo,
+  ): Promise<void> {
+    const g = this.#guest(vmid)
+    await this.#writeConfigs(g, guestConfig, info)
+    const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
+    const disks: Record<string, ManifestDisk> = {}
+    let parent: string | undefined
+    for (const device of Object.keys(volumes).sort()) {
+      const volume = volumes[device]
+      if (volume === undefined) continue
+      assertDeviceName(device)
+      const found = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
+      const base = found?.kind === 'base' ? found : undefined
+      if (volume.bitmapMode === 'reuse' && base === undefined) {
+        throw new BackupError('PROVIDER_FAILED', `bitmap reused for ${device} without a base`)
+      }
+      this.#log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
+      const stats = await backupDisk({
+        dir: g.partial,
+        device,
+        volume,
+        backing: base?.relativePath,
+        bucket,
+        onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+        signal: info.signal,
+      })
+      this.#log(
+        'info',
+        `${device}: ${stats.dataBytes} bytes data, ${stats.zeroBytes} bytes zero of ${stats.totalBytes}`,
+      )
+      disks[device] = {
+        file: `${device}.qcow2`,
+        format: 'qcow2',
+        size: volume.size,
+        ...(base ? { parent: base.volname } : {}),
+        bitmapMode: volume.bitmapMode,
+        dataBytes: stats.dataBytes,
+        zeroBytes: stats.zeroBytes,
+      }
+      parent ??= base?.volname
+    }
+    g.manifest = this.#baseManifest(g, info, { disks, ...(parent ? { parent } : {}) })
+  }
+
+  async backupContainerPrepare(vmid: number, info: ContainerBackupInfo): Promise<void> {
+    const g = this.#guest(vmid)
+    // The archive is written as the container's mapped root (Proxmox runs backupContainer in a
+    // user namespace), so it must own the partial dir.
+    await chown(g.partial, info.backupUserId, -1)
+  }
+
+  async backupContainer(
+    vmid: number,
+    guestConfig: string,
+    excludePatterns: readonly string[],
+    info: ContainerBackupInfo & ProgressInfo,
+  ): Promise<void> {
+    const g = this.#guest(vmid)
+    await this.#writeConfigs(g, guestConfig, info)
+    const mode = this.#options['lxc-backup-mode']
+    const warnings: string[] = []
+    if (mode === 'tar') {
+      const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
+      const r = await createTarArchive({
+        directory: info.directory,
+        sources: info.sources,
+        excludes: excludePatterns,
+        output: join(g.partial, 'archive.tar'),
+        bandwidth: bucket,
+        signal: info.signal,
+      })
+      warnings.push(...r.warnings)
+    } else {
+      const r = await createSquashfs({
+        directory: info.directory,
+        excludes: excludePatterns,
+        output: join(g.partial, 'archive.sqfs'),
+        signal: info.signal,
+      })
+      warnings.push(...r.warnings)
+    }
+    for (const w of warnings) this.#log('warn', w)
+    g.manifest = this.#baseManifest(g, info, {
+      container: {
+        file: mode === 'tar' ? 'archive.tar' : 'archive.sqfs',
+        format: mode,
+        excludes: [...excludePatterns],
+      },
+      warnings,
+    })
+  }
+
+  async backupCleanup(
+    vmid: number,
+    _vmtype: GuestType | undefined,
+    success: boolean,
+    info: { error?: string },
+  ): Promise<BackupCleanupResult | undefined> {
+    const g = this.#guests.get(vmid)
+    if (g === undefined) return undefined
+    try {
+      if (!success || g.manifest === undefined) {
+        g.failed = true
+        this.#log('err', `backup failed: ${info.error ?? 'no data was backed up'}`)
+        await rm(g.partial, { recursive: true, force: true })
+        return undefined
+      }
+      const files = await fileSizes(g.partial)
+      await writeManifest(g.partial, { ...g.manifest, files, completed: new Date().toISOString() })
+      await syncDir(g.partial)
+      const final = this.layout.backupDir(g.ref)
+      await rename(g.partial, final)
+      await syncDir(this.layout.guestDir(vmid))
+      g.committed = true
+      return { stats: { archiveSize: await allocatedBytes(final) } }
+    } catch (e) {
+      g.failed = true
+      await rm(g.partial, { recursive: true, force: true })
+      throw toBackupError(e)
+    }
+  }
+
+  async backupHandleLogFile(vmid: number, filename: string): Promise<void> {
+    const g = this.#guests.get(vmid)
+    if (g === undefined) return
+    try {
+      const dir = g.committed ? this.layout.backupDir(g.ref) : this.layout.failedDir(g.ref)
+      await mkdir(dir, { recursive: true, mode: 0o700 })
+      await copyFile(filename, join(dir, 'backup.log'))
+    } finally {
+      await g.lock.release()
+      this.#guests.delete(vmid)
+    }
+  }
+
+  #guest(vmid: number): GuestState {
+    const g = this.#guests.get(vmid)
+    if (g === undefined) {
+      throw new BackupError('PROVIDER_FAILED', `backupInit was not called for guest ${vmid}`)
+    }
+    return g
+  }
+
+  async #writeConfigs(g: GuestState, guestConfig: string, info: BackupInfo): Promise<void> {
+    await writeFile(join(g.partial, 'guest.conf'), guestConfig, { mode: 0o600 })
+    if (info.firewallConfig !== undefined) {
+      await writeFile(join(g.partial, 'firewall.conf'), info.firewallConfig, { mode: 0o600 })
+    }
+  }
+
+  #baseManifest(
+    g: GuestState,
+    info: BackupInfo,
+    extra: Partial<Omit<Manifest, 'files' | 'completed'>>,
+  ): Omit<Manifest, 'files' | 'completed'> {
+    return {
+      version: 1,
+      vmid: g.ref.vmid,
+      type: g.ref.subtype,
+      ctime: g.ref.ctime,
+      archiveName: g.ref.archiveName,
+      firewall: info.firewallConfig !== undefined,
+      warnings: [],
+      ...extra,
+    }
+  }
+}
+
+/** Device names become file names: allow only what Proxmox device names use. */
+const assertDeviceName = (device: string): void => {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(device)) {
+    throw new BackupError('PROVIDER_FAILED', `invalid device name '${device}'`)
+  }
+}

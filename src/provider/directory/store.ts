@@ -1,0 +1,78 @@
+/**
+ * Creating and opening a directory store. `guestbackup init` writes the store file; every other
+ * command opens the store through it, so an uninitialised directory is refused clearly.
+ */
+import { mkdir, readFile, stat } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { z } from 'zod'
+import { BackupError } from '../../errors.ts'
+import { StoreLayout } from './layout.ts'
+import { writeFileDurable } from './manifest.ts'
+import { parseStoreOptions, STORE_FILE, STORE_VERSION, StoreFileSchema } from './options.ts'
+import type { StoreOptions, StoreOptionsInput } from './options.ts'
+import { DirectoryStorage } from './storage.ts'
+import { parsePruneBackups } from '../../storage/prune-options.ts'
+
+/**
+ * Initialise a store at `path` (created if missing). Re-running `init` on an existing store
+ * updates the given options and keeps the others.
+ */
+export const initStore = async (
+  path: string,
+  options: Omit<StoreOptionsInput, 'path'>,
+): Promise<StoreOptions> => {
+  const root = resolve(path)
+  let previous: Partial<StoreOptionsInput> = {}
+  try {
+    previous = (await readStoreFile(root)).options
+  } catch (e) {
+    if (!(e instanceof BackupError && e.code === 'STORE_INVALID' && e.details?.['missing'])) {
+      throw e
+    }
+  }
+  const opts = parseStoreOptions({ ...previous, ...options, path: root })
+  parsePruneBackups(opts['prune-backups'])
+  try {
+    await mkdir(root, { recursive: true, mode: 0o700 })
+    const st = await stat(root)
+    if (!st.isDirectory()) throw new Error('not a directory')
+  } catch (e) {
+    throw new BackupError('STORE_INVALID', `cannot create store directory ${root}`, { cause: e })
+  }
+  const file = { version: STORE_VERSION, type: 'dir' as const, options: opts }
+  await writeFileDurable(join(root, STORE_FILE), `${JSON.stringify(file, null, 2)}\n`)
+  return opts
+}
+
+const readStoreFile = async (root: string): Promise<z.infer<typeof StoreFileSchema>> => {
+  let text: string
+  try {
+    text = await readFile(join(root, STORE_FILE), 'utf8')
+  } catch (e) {
+    throw new BackupError(
+      'STORE_INVALID',
+      `${root} is not a guestbackup store (run 'guestbackup init ${root}' first)`,
+      { cause: e, details: { missing: true } },
+    )
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (e) {
+    throw new BackupError('STORE_INVALID', `store file ${STORE_FILE} is corrupt`, { cause: e })
+  }
+  const r = StoreFileSchema.safeParse(json)
+  if (!r.success) {
+    throw new BackupError('STORE_INVALID', `store file is invalid: ${z.prettifyError(r.error)}`)
+  }
+  return r.data
+}
+
+/** Open an initialised store; `STORE_INVALID` if `path` is not one. */
+export const openStore = async (path: string): Promise<DirectoryStorage> => {
+  const root = resolve(path)
+  const file = await readStoreFile(root)
+  // The store may have been moved: its location is where it was opened, not where it was made.
+  const options = { ...file.options, path: root }
+  return new DirectoryStorage(new StoreLayout(root), options)
+}

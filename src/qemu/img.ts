@@ -1,0 +1,181 @@
+/**
+ * qemu-img as a library: create, info, convert, compare, bitmap. Every call names the format
+ * explicitly (`-f`), so an image is never probed, and absolute paths are used so that nothing is
+ * parsed as a protocol (qemu-lab REPORT §3).
+ */
+import { isAbsolute, resolve } from 'node:path'
+import { z } from 'zod'
+import { BackupError } from '../errors.ts'
+import { run } from '../io/spawn.ts'
+
+/** Image formats guestbackup reads or writes. */
+export type ImageFormat = 'qcow2' | 'raw'
+
+/** The subset of `qemu-img info --output=json` we rely on. */
+const ImageInfoSchema = z.looseObject({
+  filename: z.string(),
+  format: z.string(),
+  'virtual-size': z.number().int().nonnegative(),
+  'actual-size': z.number().int().nonnegative().optional(),
+  'cluster-size': z.number().int().positive().optional(),
+  encrypted: z.boolean().optional(),
+  'backing-filename': z.string().optional(),
+  'full-backing-filename': z.string().optional(),
+  'backing-filename-format': z.string().optional(),
+  'dirty-flag': z.boolean().optional(),
+  'format-specific': z
+    .looseObject({
+      type: z.string(),
+      data: z
+        .looseObject({
+          'data-file': z.string().optional(),
+          corrupt: z.boolean().optional(),
+          bitmaps: z
+            .array(
+              z.looseObject({
+                name: z.string(),
+                granularity: z.number(),
+                flags: z.array(z.string()),
+              }),
+            )
+            .optional(),
+        })
+        .optional(),
+    })
+    .optional(),
+})
+
+/** Parsed `qemu-img info` of one image (never of its chain). */
+export type ImageInfo = z.infer<typeof ImageInfoSchema>
+
+/** Resource limits for qemu-img on untrusted input (REPORT §3: `prlimit --as=1G --cpu=30`). */
+const LIMITED = ['prlimit', '--as=1073741824', '--cpu=30', '--'] as const
+
+const qemuImg = async (
+  args: readonly string[],
+  signal?: AbortSignal,
+  limited = false,
+): Promise<string> => {
+  const [cmd, ...rest] = limited ? [...LIMITED, 'qemu-img', ...args] : ['qemu-img', ...args]
+  const { stdout } = await run(cmd ?? 'qemu-img', rest, { signal, errorCode: 'QEMU_TOOL_FAILED' })
+  return stdout
+}
+
+const abs = (p: string): string => (isAbsolute(p) ? p : resolve(p))
+
+/** Options of {@link createImage}. */
+export interface CreateImageOptions {
+  format: ImageFormat
+  /** Virtual size in bytes. */
+  size: number
+  /** qcow2 backing file, stored verbatim in the header (use a relative name for movable chains). */
+  backingFile?: string
+  /** Format of the backing file; required with `backingFile` (never probed). */
+  backingFormat?: ImageFormat
+  /** qcow2 cluster size in bytes. Default 64 KiB. */
+  clusterSize?: number
+  signal?: AbortSignal | undefined
+  /** Run in this directory, so a relative backing name resolves next to the image. */
+  cwd?: string
+}
+
+/** Create an image. */
+export const createImage = async (path: string, opts: CreateImageOptions): Promise<void> => {
+  const args = ['create', '-q', '-f', opts.format]
+  const o: string[] = []
+  if (opts.format === 'qcow2') {
+    if (opts.clusterSize !== undefined) o.push(`cluster_size=${opts.clusterSize}`)
+  }
+  if (o.length > 0) args.push('-o', o.join(','))
+  if (opts.backingFile !== undefined) {
+    if (opts.backingFormat === undefined) {
+      throw new BackupError('USAGE', 'a backing file needs an explicit backing format')
+    }
+    args.push('-b', opts.backingFile, '-F', opts.backingFormat, '-u')
+  }
+  args.push(opts.cwd === undefined ? abs(path) : path, String(opts.size))
+  const { stdout } = await run('qemu-img', args, {
+    signal: opts.signal,
+    errorCode: 'QEMU_TOOL_FAILED',
+    ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
+  })
+  void stdout
+}
+
+/**
+ * `qemu-img info --output=json -f FORMAT PATH` of one image. Does not open backing files.
+ * With `untrusted`, runs under prlimit.
+ */
+export const imageInfo = async (
+  path: string,
+  format: ImageFormat,
+  opts: { signal?: AbortSignal | undefined; untrusted?: boolean; shareLock?: boolean } = {},
+): Promise<ImageInfo> => {
+  const args = ['info', '--output=json', '-f', format]
+  if (opts.shareLock === true) args.push('-U')
+  args.push(abs(path))
+  const out = await qemuImg(args, opts.signal, opts.untrusted === true)
+  let json: unknown
+  try {
+    json = JSON.parse(out)
+  } catch (e) {
+    throw new BackupError('QEMU_TOOL_FAILED', 'qemu-img info printed invalid JSON', { cause: e })
+  }
+  const parsed = ImageInfoSchema.safeParse(json)
+  if (!parsed.success) {
+    throw new BackupError('IMAGE_INVALID', `unexpected qemu-img info output for ${path}`, {
+      cause: parsed.error,
+    })
+  }
+  return parsed.data
+}
+
+/** Options of {@link convertImage}. */
+export interface ConvertOptions {
+  /** Source format; never probed. */
+  sourceFormat: ImageFormat
+  targetFormat: ImageFormat
+  /** The target exists already (`-n`): write into it. */
+  targetExists?: boolean
+  /** Rate limit in bytes per second (`-r`, qemu-img takes bytes with a suffix-less number). */
+  rateLimit?: number | undefined
+  signal?: AbortSignal | undefined
+}
+
+/**
+ * `qemu-img convert`. `source` may be a path, an NBD URI (`nbd+unix:///x?socket=…`) or a
+ * `json:{…}` spec built by guestbackup itself.
+ */
+export const convertImage = async (
+  source: string,
+  target: string,
+  opts: ConvertOptions,
+): Promise<void> => {
+  const src = source.startsWith('nbd') || source.startsWith('json:') ? source : abs(source)
+  const args = ['convert', '-q', '-f', opts.sourceFormat, '-O', opts.targetFormat]
+  if (source.startsWith('json:')) args.splice(2, 2)
+  if (opts.targetExists === true) args.push('-n')
+  if (opts.rateLimit !== undefined && opts.rateLimit > 0) args.push('-r', String(opts.rateLimit))
+  args.push(src, abs(target))
+  await qemuImg(args, opts.signal)
+}
+
+/** `qemu-img compare`: true if the guest-visible contents are identical. */
+export const compareImages = async (
+  a: string,
+  aFormat: ImageFormat,
+  b: string,
+  bFormat: ImageFormat,
+  signal?: AbortSignal,
+): Promise<boolean> => {
+  try {
+    await run('qemu-img', ['compare', '-q', '-f', aFormat, '-F', bFormat, abs(a), abs(b)], {
+      signal,
+      errorCode: 'QEMU_TOOL_FAILED',
+    })
+    return true
+  } catch (e) {
+    if (e instanceof BackupError && e.details?.['exit'] === 1) return false
+    throw e
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * qemu-nbd as a managed child serving one image on a unix socket inside a private 0700 temp
+ * dir. Never `qemu-nbd -c` (kernel NBD), never /dev/nbdN, never modprobe, never mount.
+ */
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { connect } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { BackupError } from '../errors.ts'
+import { makeTempDir } from '../io/tmpdir.ts'
+import type { TempDir } from '../io/tmpdir.ts'
+import type { ImageFormat } from './img.ts'
+
+/** Options of {@link startQemuNbd}. */
+export interface QemuNbdOptions {
+  /**
+   * The image: an absolute path (with `format`), or a `json:{…}` spec built by guestbackup
+   * (an explicit chain; `format` is then ignored).
+   */
+  image: string
+  format?: ImageFormat
+  /** Export name; default `''` (the default export). */
+  exportName?: string
+  /** Serve read-only (`-r`). Default false. */
+  readOnly?: boolean
+  /** Pass guest discards down to the image (`--discard=unmap`). Default false. */
+  discard?: boolean
+  /** Expose a persistent qcow2 dirty bitmap as `qemu:dirty-bitmap:<name>` (`-B`). */
+  bitmap?: string
+  /** Host page cache mode. Default `writeback` (flushes are honoured). */
+  cache?: 'none' | 'writeback' | 'writethrough' | 'directsync'
+  /** Also expose `qemu:allocation-depth` (`-A`). */
+  allocationDepth?: boolean
+  /** Max simultaneous clients (`-e`). Default 8. */
+  shared?: number
+  /** Seconds to wait for the server to listen. Default 20. */
+  readyTimeoutSec?: number
+  signal?: AbortSignal | undefined
+}
+
+/** A running qemu-nbd. `stop()` (or dispose) terminates it by its own PID. */
+export interface QemuNbd extends AsyncDisposable {
+  /** Path of the unix socket. */
+  readonly socketPath: string
+  readonly exportName: string
+  readonly pid: number
+  /** `nbd+unix:///<export>?socket=<path>` for qemu-img and libnbd tools. */
+  readonly uri: string
+  /** SIGTERM (qemu-nbd flushes and closes the image), SIGKILL after 10 s; removes the dir. */
+  stop(): Promise<void>
+}
+
+const canConnect = (path: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = connect({ path })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => {
+      resolve(false)
+    })
+  })
+
+const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve(true)
+      return
+    }
+    const t = setTimeout(() => {
+      resolve(false)
+    }, ms)
+    child.once('exit', () => {
+      clearTimeout(t)
+      resolve(true)
+    })
+  })
+
+/** Start qemu-nbd and wait until it accepts connections. */
+export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
+  const dir: TempDir = await makeTempDir('guestbackup-nbd-')
+  const socketPath = join(dir.path, 'nbd.sock')
+  const exportName = opts.exportName ?? ''
+  const args = [
+    `--socket=${socketPath}`,
+    '--persistent',
+    `--shared=${opts.shared ?? 8}`,
+    `--export-name=${exportName}`,
+    `--cache=${opts.cache ?? 'writeback'}`,
+    '--aio=threads',
+  ]
+  if (!opts.image.startsWith('json:')) args.push(`--format=${opts.format ?? 'raw'}`)
+  if (opts.readOnly === true) args.push('--read-only')
+  if (opts.discard === true) args.push('--discard=unmap')
+  if (opts.bitmap !== undefined) args.push(`--bitmap=${opts.bitmap}`)
+  if (opts.allocationDepth === true) args.push('--allocation-depth')
+  args.push(opts.image)
+
+  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (s: string) => {
+    stderr = (stderr + s).slice(-4096)
+  })
+  let spawnError: Error | undefined
+  child.once('error', (e) => {
+    spawnError = e
+  })
+  let stopped = false
+  const stop = async (): Promise<void> => {
+    if (stopped) return
+    stopped = true
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM')
+      if (!(await waitExit(child, 10_000))) {
+        child.kill('SIGKILL')
+        await waitExit(child, 5_000)
+      }
+    }
+    await dir.remove()
+  }
+  const fail = async (msg: string, cause?: unknown): Promise<never> => {
+    await stop()
+    const tail = stderr.trim()
+    throw new BackupError('QEMU_TOOL_FAILED', `qemu-nbd: ${msg}${tail ? `: ${tail}` : ''}`, {
+      cause,
+      details: { args },
+    })
+  }
+
+  const deadline = Date.now() + (opts.readyTimeoutSec ?? 20) * 1000
+  for (;;) {
+    if (spawnError) return fail('cannot start', spawnError)
+    if (child.exitCode !== null || child.signalCode !== null) return fail('exited early')
+    if (opts.signal?.aborted === true) {
+      await stop()
+      throw new BackupError('ABORTED', 'qemu-nbd start aborted', { cause: opts.signal.reason })
+    }
+    if (await canConnect(socketPath)) break
+    if (Date.now() > deadline) return fail('did not start listening in time')
+    await sleep(20)
+  }
+  const pid = child.pid ?? -1
+  return {
+    socketPath,
+    exportName,
+    pid,
+    uri: `nbd+unix:///${encodeURIComponent(exportName)}?socket=${socketPath}`,
+    stop,
+    [Symbol.asyncDispose]: stop,
+  }
+}
