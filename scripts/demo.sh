@@ -54,6 +54,6 @@ show diff -r --no-dereference "$R" "$D/restore-ct/rootfs" || true
 echo "(tmp/scratch is excluded by '/tmp/?*' as intended)"
 getfattr -n user.demo "$D/restore-ct/rootfs/etc/hostname" | grep user.demo
 getfacl -p "$D/restore-ct/rootfs/home/alice/notes.txt" 2>/dev/null | grep 'user:1234'
-stat -c '%U:%G %n' "$D/restore-ct/rootfs/home/alice/notes.txt"
+stat -c 'owner %u:%g %n' "$D/restore-ct/rootfs/home/alice/notes.txt"
 echo "sparse file: $(du -k "$D/restore-ct/rootfs/var/log/sparse.img" | cut -f1) KiB allocated of 100 MiB"
 step "Demo OK"

@@ -111,10 +111,12 @@ export const openDiskReader = async (
     const client = await NbdClient.connect({
       path: server.socketPath,
       exportName: disk.device,
-      signal,
+      ...(signal ? { signal } : {}),
     })
     return {
-      reader: { read: (position, length, sig) => client.read(position, length, { signal: sig }) },
+      reader: {
+        read: (position, length, sig) => client.read(position, length, sig ? { signal: sig } : {}),
+      },
       close: async () => {
         await client.close()
         await server.stop()
