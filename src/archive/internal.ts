@@ -6,6 +6,7 @@ import { lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
+import type { Tool } from '../io/spawn.ts'
 
 /** The lines of a tool's stderr, without blanks and without tar's `--totals` line. */
 export const stderrLines = (stderr: string): string[] =>
@@ -68,6 +69,21 @@ export class Group {
         },
       ),
     )
+  }
+
+  /**
+   * Add a spawned tool: its `done` is a part, and when the group aborts its stdin/stdout are
+   * destroyed too (a killed child's `close` only comes once its pipes are closed, and a wrapper
+   * such as `Duplex.from` does not always destroy the pipes it wraps).
+   */
+  addTool(tool: Tool): void {
+    const destroy = (): void => {
+      tool.stdin?.destroy()
+      tool.stdout?.destroy()
+    }
+    if (this.#ac.signal.aborted) destroy()
+    else this.#ac.signal.addEventListener('abort', destroy, { once: true })
+    this.add(tool.done)
   }
 
   /**

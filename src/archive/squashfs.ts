@@ -275,7 +275,7 @@ export interface ExtractDirectoryOptions {
 /**
  * Copy a directory tree into `target` with a tar pipe, as pve-container restores the
  * 'directory' mechanism: `tar cpf - RESTORE_TAR_FLAGS --directory=SOURCE .` |
- * `tar xpf - --totals RESTORE_TAR_FLAGS -C TARGET --skip-old-files --anchored --exclude ./dev/*`.
+ * `tar xpf - --totals RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`.
  * `--one-file-system` is left out so that providers may mount sub-volumes inside `source`.
  * Returns tar's diagnostics as warnings (exit code 1 of the reading tar is a warning).
  *
@@ -295,13 +295,13 @@ export const extractDirectory = async (
     okExitCodes: [0, 1],
     signal: group.signal,
   })
-  group.add(reader.done)
+  group.addTool(reader)
   const extractArgs = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
   const writer = spawnTool('tar', [...extractArgs, ...RESTORE_EXTRACT_ARGS], {
     stdout: 'ignore',
     signal: group.signal,
   })
-  group.add(writer.done)
+  group.addTool(writer)
   const stages: NodeJS.ReadWriteStream[] = []
   if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
   const streams = [stdioOf(reader.stdout, group), ...stages, stdioOf(writer.stdin, group)]

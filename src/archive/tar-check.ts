@@ -64,7 +64,7 @@ export const checkTarArchive = async (
     errorCode: 'ARCHIVE_INVALID',
     signal: group.signal,
   })
-  group.add(tar.done)
+  group.addTool(tar)
   let members = 0
   const warnings: string[] = []
   const onLine = (line: string): void => {

@@ -43,15 +43,11 @@ export const RESTORE_TAR_FLAGS: readonly string[] = COMMON_TAR_FLAGS.filter(
 )
 
 /**
- * Arguments that make `tar x` restore like pve-container: existing files are never replaced
- * (relevant for archives that repeat a name), and nothing below `./dev/` is created.
+ * Arguments that make `tar x` skip everything below `./dev/`, as pve-container does. Unlike
+ * pve-container we do not pass `--skip-old-files`: our targets are empty, and with it tar would
+ * not restore the mode, owner and mtime of the root directory (`./`).
  */
-export const RESTORE_EXTRACT_ARGS: readonly string[] = [
-  '--skip-old-files',
-  '--anchored',
-  '--exclude',
-  './dev/*',
-]
+export const RESTORE_EXTRACT_ARGS: readonly string[] = ['--anchored', '--exclude', './dev/*']
 
 /** Options of {@link createTarArchive}. */
 export interface CreateTarOptions {
@@ -154,8 +150,8 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
       opts.compress === 'zstd'
         ? spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
         : undefined
-    group.add(tar.done)
-    if (zstd) group.add(zstd.done)
+    group.addTool(tar)
+    if (zstd) group.addTool(zstd)
     const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
     if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
     if (zstd) {
@@ -198,8 +194,7 @@ export interface ExtractTarResult {
 /**
  * Restore a container archive into `target`, as pve-container's `restore_tar_archive` does for
  * untrusted (external) archives: {@link checkTarArchive} first, then
- * `tar xpf - --totals [--zstd] RESTORE_TAR_FLAGS -C TARGET --skip-old-files --anchored
- * --exclude ./dev/*`, fed from the file through the bandwidth limit.
+ * `tar xpf - --totals [--zstd] RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`, fed from the file through the bandwidth limit.
  *
  * tar itself strips leading `/` and refuses members containing `..`, and defers symlinks, so an
  * archive cannot write outside `target`. Unlike Proxmox, extraction is **not** run in the
@@ -232,7 +227,7 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
     ...RESTORE_EXTRACT_ARGS,
   ]
   const tar = spawnTool('tar', args, { stdout: 'ignore', signal: group.signal })
-  group.add(tar.done)
+  group.addTool(tar)
   const stages: NodeJS.ReadWriteStream[] = []
   if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
   const input = createReadStream(opts.archive)
