@@ -64,6 +64,7 @@ program
   .addOption(
     new Option('--lxc-backup-mode <mode>', 'container archive format').choices(['tar', 'squashfs']),
   )
+  .option('--id <id>', 'store id, the prefix of volume ids (default: from the directory name)')
   .option('--prune-backups <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
   .option('--max-protected-backups <n>', 'protected backups per guest (-1: unlimited)', parseCount)
   .action(async (store: string, o: Record<string, string | number | undefined>) => {
@@ -77,8 +78,8 @@ program
         'max-protected-backups': o['maxProtectedBackups'],
       }).filter(([, v]) => v !== undefined),
     )
-    const opts = await initStore(store, input)
-    console.log(JSON.stringify(opts, null, 2))
+    const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
+    console.log(JSON.stringify(r, null, 2))
   })
 
 program

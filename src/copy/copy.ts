@@ -66,6 +66,8 @@ export interface CopyStats {
 }
 
 const ZERO_CHUNK_MAX = 32 * 1024 * 1024
+/** Granularity of zero detection in data reads (the qcow2 cluster size). */
+const ZERO_BLOCK = 64 * 1024
 let zeroBuf = Buffer.alloc(4 * 1024 * 1024)
 const isZero = (b: Buffer): boolean => {
   if (b.length > zeroBuf.length) zeroBuf = Buffer.alloc(Math.min(b.length, ZERO_CHUNK_MAX))
@@ -76,7 +78,11 @@ const isZero = (b: Buffer): boolean => {
   return true
 }
 
-type Job = { kind: 'data' | 'zero'; offset: number; length: number }
+interface Job {
+  kind: 'data' | 'zero'
+  offset: number
+  length: number
+}
 
 /** Largest single WRITE_ZEROES (NBD lengths are 32-bit). */
 const MAX_ZERO_REQ = 1024 * 1024 * 1024
@@ -117,6 +123,31 @@ export const copyBlocks = async (
     stats.zeroBytes += job.length
     if (!opts.targetIsZero) await dst.writeZeroes(job.offset, job.length, signal)
   }
+  // Write a data chunk, turning all-zero blocks inside it into holes or zeroes, so a source
+  // without an allocation map (file-handle) still yields a sparse backup.
+  const writeSparse = async (offset: number, buf: Buffer): Promise<void> => {
+    let runStart = 0
+    let runZero: boolean | undefined
+    const flushRun = async (end: number): Promise<void> => {
+      if (runZero === undefined || end === runStart) return
+      const len = end - runStart
+      if (runZero) {
+        await zero({ kind: 'zero', offset: offset + runStart, length: len })
+      } else {
+        await dst.write(offset + runStart, buf.subarray(runStart, end), signal)
+        stats.dataBytes += len
+      }
+    }
+    for (let o = 0; o < buf.length; o += ZERO_BLOCK) {
+      const z = isZero(buf.subarray(o, Math.min(o + ZERO_BLOCK, buf.length)))
+      if (z !== runZero) {
+        await flushRun(o)
+        runStart = o
+        runZero = z
+      }
+    }
+    await flushRun(buf.length)
+  }
   let stop = false
   const worker = async (): Promise<void> => {
     try {
@@ -141,12 +172,7 @@ export const copyBlocks = async (
         if (buf.length !== job.length) {
           throw new BackupError('IO', `short read at ${job.offset}: ${buf.length}/${job.length}`)
         }
-        if (isZero(buf)) {
-          await zero(job)
-        } else {
-          await dst.write(job.offset, buf, signal)
-          stats.dataBytes += job.length
-        }
+        await writeSparse(job.offset, buf)
       }
       await src.done?.(job.offset, job.length)
       done += job.length

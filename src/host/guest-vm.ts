@@ -27,10 +27,7 @@ export interface VmGuest {
 }
 
 /** Offline disks have no dirty bitmap: every answer becomes a full read. */
-const offlineBitmapMode = (q: IncrementalQuery | undefined): BitmapMode => {
-  void q
-  return 'none'
-}
+const offlineBitmapMode = (_q: IncrementalQuery | undefined): BitmapMode => 'none'
 
 /** Run the VM part; the caller handles init and cleanup. */
 export const backupVmGuest = async (
@@ -43,7 +40,7 @@ export const backupVmGuest = async (
   if (mechanism !== 'nbd' && mechanism !== 'file-handle') {
     throw new BackupError(
       'PROVIDER_INVALID',
-      `mechanism '${String(mechanism)}' requested by backup provider is not supported for VMs`,
+      `mechanism '${mechanism}' requested by backup provider is not supported for VMs`,
     )
   }
   if (guest.disks.length === 0) throw new BackupError('USAGE', 'the VM has no disks')
@@ -59,7 +56,10 @@ export const backupVmGuest = async (
     }
     const q = query[device]
     if (q !== 'new' && q !== 'use' && q !== 'none') {
-      throw new BackupError('PROVIDER_INVALID', `invalid incremental mode '${String(q)}'`)
+      throw new BackupError(
+        'PROVIDER_INVALID',
+        `invalid incremental mode '${String(q)}'`,
+      )
     }
   }
   const servers: QemuNbd[] = []

@@ -118,10 +118,7 @@ const backupGuest = async (
     const init = await provider.backupInit(guest.vmid, guest.type, startTime)
     started = true
     if (typeof init.archiveName !== 'string' || !isValidArchiveName(init.archiveName)) {
-      throw new BackupError(
-        'PROVIDER_INVALID',
-        `invalid archive name '${String(init.archiveName)}'`,
-      )
+      throw new BackupError('PROVIDER_INVALID', `invalid archive name '${init.archiveName}'`)
     }
     result.volid = `${opts.storeId}:backup/${init.archiveName}`
     log.info(`creating archive '${result.volid}'`)

@@ -46,7 +46,7 @@ export const validateChain = async (
   const chain: ChainLink[] = []
   const seen = new Set<string>()
   let next: string | undefined = top
-  while (next !== undefined) {
+  for (;;) {
     if (chain.length >= MAX_CHAIN_DEPTH) {
       throw unsafe(`backing chain deeper than ${MAX_CHAIN_DEPTH}`, { top })
     }
@@ -81,10 +81,7 @@ export const validateChain = async (
     }
     chain.push({ path: real, virtualSize: info['virtual-size'] })
     const backing = info['backing-filename']
-    if (backing === undefined) {
-      next = undefined
-      break
-    }
+    if (backing === undefined) break
     // A protocol prefix (json:, nbd:, http: …) before any slash would be parsed by QEMU.
     if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(backing)) {
       throw unsafe(`image ${real} names a protocol backing file`, { real, backing })

@@ -56,8 +56,13 @@ const qemuImg = async (
   signal?: AbortSignal,
   limited = false,
 ): Promise<string> => {
-  const [cmd, ...rest] = limited ? [...LIMITED, 'qemu-img', ...args] : ['qemu-img', ...args]
-  const { stdout } = await run(cmd ?? 'qemu-img', rest, { signal, errorCode: 'QEMU_TOOL_FAILED' })
+  const [cmd, argv] = limited
+    ? ['prlimit', [...LIMITED.slice(1), 'qemu-img', ...args]]
+    : ['qemu-img', args]
+  const { stdout } = await run(cmd, argv, {
+    signal,
+    errorCode: 'QEMU_TOOL_FAILED',
+  })
   return stdout
 }
 
@@ -94,12 +99,11 @@ export const createImage = async (path: string, opts: CreateImageOptions): Promi
     args.push('-b', opts.backingFile, '-F', opts.backingFormat, '-u')
   }
   args.push(opts.cwd === undefined ? abs(path) : path, String(opts.size))
-  const { stdout } = await run('qemu-img', args, {
+  await run('qemu-img', args, {
     signal: opts.signal,
     errorCode: 'QEMU_TOOL_FAILED',
     ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
   })
-  void stdout
 }
 
 /**

@@ -111,7 +111,10 @@ describe('copy/copy', () => {
     const data = Buffer.alloc(size)
     data[100] = 1
     const mem = memSource(data, [[0, size]])
-    const src: CopySource = { regions: mem.regions, read: mem.read }
+    const src: CopySource = {
+      regions: (s) => mem.regions(s),
+      read: (o, l, s) => mem.read(o, l, s),
+    }
     const dst = memTarget(Buffer.alloc(size))
     const st = await copyBlocks(src, dst, { targetIsZero: true, chunk: 4096, signal })
     assert.equal(st.dataBytes, 4096)

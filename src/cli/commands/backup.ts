@@ -6,7 +6,6 @@ import { runBackupJob } from '../../host/runner.ts'
 import { inspectDisk } from '../../host/disks.ts'
 import type { Logger } from '../../log.ts'
 import { openStore } from '../../provider/directory/store.ts'
-import { STORE_ID_DEFAULT } from '../../provider/directory/layout.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 
 /** Options of the backup command as commander parses them. */
@@ -76,7 +75,7 @@ export const backupCommand = async (
   const progress = new Progress()
   const [result] = await runBackupJob({
     provider: (log) => storage.newBackupProvider(log),
-    storeId: STORE_ID_DEFAULT,
+    storeId: storage.storeId,
     guests: [guest],
     bandwidthLimit: o.bwlimit,
     logger,

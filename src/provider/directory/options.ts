@@ -9,6 +9,9 @@ import { BackupError } from '../../errors.ts'
 /** Name of the store's configuration file, at the root of `path`. */
 export const STORE_FILE = 'guestbackup-store.json'
 
+/** Proxmox storage id syntax. */
+export const STORE_ID_RE = /^[a-z][a-z0-9._-]{0,63}$/
+
 /** Format version of {@link STORE_FILE}. */
 export const STORE_VERSION = 1
 
@@ -45,6 +48,8 @@ export type StoreOptionsInput = z.input<typeof StoreOptionsSchema>
 export const StoreFileSchema = z.strictObject({
   version: z.literal(STORE_VERSION),
   type: z.literal('dir'),
+  /** Store id, the prefix of volume ids (`<id>:backup/…`), Proxmox storage id syntax. */
+  id: z.string().regex(STORE_ID_RE, 'a store id starts with a letter: [a-z][a-z0-9._-]*'),
   options: StoreOptionsSchema,
 })
 

@@ -42,6 +42,11 @@ export class DirectoryStorage implements BackupStorage {
     this.#storeId = storeId
   }
 
+  /** The store id, prefix of volume ids. */
+  get storeId(): string {
+    return this.#storeId
+  }
+
   /** The validated store options. */
   get options(): StoreOptions {
     return this.#options

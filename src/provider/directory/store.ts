@@ -3,12 +3,18 @@
  * command opens the store through it, so an uninitialised directory is refused clearly.
  */
 import { mkdir, readFile, stat } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { z } from 'zod'
 import { BackupError } from '../../errors.ts'
 import { StoreLayout } from './layout.ts'
 import { writeFileDurable } from './manifest.ts'
-import { parseStoreOptions, STORE_FILE, STORE_VERSION, StoreFileSchema } from './options.ts'
+import {
+  parseStoreOptions,
+  STORE_FILE,
+  STORE_ID_RE,
+  STORE_VERSION,
+  StoreFileSchema,
+} from './options.ts'
 import type { StoreOptions, StoreOptionsInput } from './options.ts'
 import { DirectoryStorage } from './storage.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
@@ -20,11 +26,15 @@ import { parsePruneBackups } from '../../storage/prune-options.ts'
 export const initStore = async (
   path: string,
   options: Omit<StoreOptionsInput, 'path'>,
-): Promise<StoreOptions> => {
+  id?: string,
+): Promise<{ id: string; options: StoreOptions }> => {
   const root = resolve(path)
   let previous: Partial<StoreOptionsInput> = {}
+  let previousId: string | undefined
   try {
-    previous = (await readStoreFile(root)).options
+    const file = await readStoreFile(root)
+    previous = file.options
+    previousId = file.id
   } catch (e) {
     if (!(e instanceof BackupError && e.code === 'STORE_INVALID' && e.details?.['missing'])) {
       throw e
@@ -39,9 +49,22 @@ export const initStore = async (
   } catch (e) {
     throw new BackupError('STORE_INVALID', `cannot create store directory ${root}`, { cause: e })
   }
-  const file = { version: STORE_VERSION, type: 'dir' as const, options: opts }
+  const storeId = id ?? previousId ?? defaultStoreId(root)
+  if (!STORE_ID_RE.test(storeId)) {
+    throw new BackupError('CONFIG_INVALID', `invalid store id '${storeId}' ([a-z][a-z0-9._-]*)`)
+  }
+  const file = { version: STORE_VERSION, type: 'dir' as const, id: storeId, options: opts }
   await writeFileDurable(join(root, STORE_FILE), `${JSON.stringify(file, null, 2)}\n`)
-  return opts
+  return { id: storeId, options: opts }
+}
+
+/** A store id from the directory name: `/srv/Backups 1` -> `backups-1`. */
+export const defaultStoreId = (root: string): string => {
+  const base = basename(root)
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, '-')
+    .slice(0, 60)
+  return /^[a-z]/.test(base) ? base : `store-${base}`.replace(/-+$/, '')
 }
 
 const readStoreFile = async (root: string): Promise<z.infer<typeof StoreFileSchema>> => {
@@ -74,5 +97,5 @@ export const openStore = async (path: string): Promise<DirectoryStorage> => {
   const file = await readStoreFile(root)
   // The store may have been moved: its location is where it was opened, not where it was made.
   const options = { ...file.options, path: root }
-  return new DirectoryStorage(new StoreLayout(root), options)
+  return new DirectoryStorage(new StoreLayout(root), options, file.id)
 }
