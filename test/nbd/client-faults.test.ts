@@ -1,0 +1,447 @@
+import { describe, it, afterEach } from 'node:test'
+import assert from 'node:assert/strict'
+import { isBackupError, NbdServerError } from '../../src/errors.ts'
+import { NbdClient, walkExtents } from '../../src/nbd/index.ts'
+import { NBD_CMD, NBD_FLAG, NBD_FLAG_HS, NBD_REPLY_FLAG } from '../../src/nbd/constants.ts'
+import {
+  encodeBlockStatus,
+  encodeChunk,
+  encodeErrorChunk,
+  encodeOffsetData,
+  encodeSimpleReply,
+} from '../../src/nbd/wire-transmission.ts'
+import { FakeNbdServer } from '../helpers/fake-nbd-server.ts'
+import type { FakeNbdOptions, FakeRequest, FakeConnection } from '../helpers/fake-nbd-server.ts'
+
+const code = (c: Parameters<typeof isBackupError>[1]) => (e: unknown) => isBackupError(e, c)
+
+let cleanup: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f()
+  cleanup = []
+})
+
+/** Start a fake and connect a client to it; both are cleaned up after the test. */
+const setup = async (
+  opts: FakeNbdOptions = {},
+  connect: Partial<Parameters<typeof NbdClient.connect>[0]> = {},
+): Promise<{ srv: FakeNbdServer; client: NbdClient }> => {
+  const srv = await FakeNbdServer.start(opts)
+  cleanup.push(() => srv.close())
+  const client = await NbdClient.connect({ path: srv.path, ...connect })
+  cleanup.push(() => client.close())
+  return { srv, client }
+}
+
+/** Hold requests of type `cmd` until released, to control reply order and timing. */
+const holder = (cmd: number = NBD_CMD.READ) => {
+  const held: [FakeRequest, FakeConnection][] = []
+  let wake: (() => void) | undefined
+  return {
+    held,
+    onRequest: (req: FakeRequest, conn: FakeConnection): boolean => {
+      if (req.type !== cmd) return false
+      held.push([req, conn])
+      wake?.()
+      return true
+    },
+    waitFor: async (n: number): Promise<void> => {
+      while (held.length < n) await new Promise<void>((r) => (wake = r))
+    },
+  }
+}
+
+describe('nbd/client handshake against the fake server', () => {
+  it('negotiates size, flags, block sizes and meta contexts', async () => {
+    const { client, srv } = await setup(
+      {
+        size: 4 << 20,
+        exportName: 'vda',
+        metaContexts: ['base:allocation', 'qemu:dirty-bitmap:b'],
+        blockSize: { minimum: 512, preferred: 4096, maximum: 1 << 20 },
+      },
+      { exportName: 'vda', metaContexts: ['base:allocation', 'qemu:dirty-bitmap:b', 'x:nope'] },
+    )
+    assert.equal(client.size, 4 << 20)
+    assert.equal(client.exportName, 'vda')
+    assert.deepEqual(client.blockSize, { minimum: 512, preferred: 4096, maximum: 1 << 20 })
+    assert.deepEqual([...client.metaContexts.keys()], ['base:allocation', 'qemu:dirty-bitmap:b'])
+    assert.equal(client.structuredReplies, true)
+    assert.deepEqual(client.flags, {
+      readOnly: false,
+      canFlush: true,
+      canFua: true,
+      canTrim: true,
+      canWriteZeroes: true,
+      canFastZero: true,
+      canMultiConn: true,
+      canDf: false,
+      canCache: false,
+    })
+    assert.equal(srv.options.at(-1), 7) // NBD_OPT_GO last
+  })
+
+  it('names the export when the server does not know it', async () => {
+    const srv = await FakeNbdServer.start({ exportName: 'vda' })
+    cleanup.push(() => srv.close())
+    await assert.rejects(NbdClient.connect({ path: srv.path, exportName: 'vdb' }), (e) => {
+      assert.ok(isBackupError(e, 'NOT_FOUND'))
+      assert.match(e.message, /"vdb"/)
+      return true
+    })
+  })
+
+  it('falls back to simple replies when the server has no structured replies', async () => {
+    const { client } = await setup({ structured: false }, { metaContexts: ['base:allocation'] })
+    assert.equal(client.structuredReplies, false)
+    assert.equal(client.metaContexts.size, 0)
+    await client.write(8192, Buffer.alloc(4096, 7))
+    assert.deepEqual(await client.read(8192, 4096), Buffer.alloc(4096, 7))
+    await assert.rejects(client.blockStatus(0, 4096), code('NBD_UNSUPPORTED'))
+    assert.deepEqual(
+      await NbdClient.listMetaContexts({ path: (await setup({ structured: false })).srv.path }),
+      [],
+    )
+  })
+
+  it('falls back to NBD_OPT_EXPORT_NAME, with and without the 124 zero bytes', async () => {
+    for (const handshakeFlags of [
+      NBD_FLAG_HS.FIXED_NEWSTYLE,
+      NBD_FLAG_HS.FIXED_NEWSTYLE | NBD_FLAG_HS.NO_ZEROES,
+    ]) {
+      const { client } = await setup({ noGo: true, handshakeFlags, size: 65536 })
+      assert.equal(client.size, 65536)
+      await client.write(0, Buffer.alloc(512, 1))
+      assert.deepEqual(await client.read(0, 512), Buffer.alloc(512, 1))
+    }
+  })
+
+  it('refuses servers without fixed newstyle negotiation', async () => {
+    const srv = await FakeNbdServer.start({ handshakeFlags: 0 })
+    cleanup.push(() => srv.close())
+    await assert.rejects(NbdClient.connect({ path: srv.path }), code('NBD_UNSUPPORTED'))
+  })
+
+  it('fails with NBD_CLOSED when nothing listens', async () => {
+    await assert.rejects(NbdClient.connect({ path: '/nonexistent/nbd.sock' }), code('NBD_CLOSED'))
+  })
+
+  it('lists meta contexts with NBD_OPT_LIST_META_CONTEXT, then NBD_OPT_ABORT', async () => {
+    const srv = await FakeNbdServer.start({
+      metaContexts: ['base:allocation', 'qemu:dirty-bitmap:a'],
+    })
+    cleanup.push(() => srv.close())
+    assert.deepEqual(await NbdClient.listMetaContexts({ path: srv.path }), [
+      'base:allocation',
+      'qemu:dirty-bitmap:a',
+    ])
+    assert.deepEqual(await NbdClient.listMetaContexts({ path: srv.path, queries: ['qemu:'] }), [
+      'qemu:dirty-bitmap:a',
+    ])
+    assert.deepEqual(srv.options.slice(-3), [8, 9, 2])
+  })
+
+  it('aborts the handshake on its signal', async () => {
+    const srv = await FakeNbdServer.start()
+    cleanup.push(() => srv.close())
+    await assert.rejects(
+      NbdClient.connect({ path: srv.path, signal: AbortSignal.abort() }),
+      code('ABORTED'),
+    )
+  })
+})
+
+describe('nbd/client requests against the fake server', () => {
+  it('round-trips data with sparse structured reads', async () => {
+    const { client, srv } = await setup({ size: 1 << 20 })
+    const data = Buffer.alloc(12288)
+    data.fill(0xab, 4096, 8192)
+    await client.write(65536, data)
+    assert.deepEqual(await client.read(65536, 12288), data)
+    await client.writeZeroes(65536, 12288)
+    assert.equal(
+      srv.disk.subarray(65536, 65536 + 12288).every((b) => b === 0),
+      true,
+    )
+  })
+
+  it('matches out-of-order replies by cookie', async () => {
+    const h = holder()
+    const { client, srv } = await setup({ onRequest: h.onRequest })
+    for (let i = 0; i < 4; i++) srv.disk.fill(i + 1, i * 4096, (i + 1) * 4096)
+    const reads = [0, 1, 2, 3].map((i) => client.read(i * 4096, 4096))
+    await h.waitFor(4)
+    for (const [req, conn] of h.held.reverse()) conn.reply(req)
+    const bufs = await Promise.all(reads)
+    bufs.forEach((b, i) => {
+      assert.deepEqual(b, Buffer.alloc(4096, i + 1))
+    })
+  })
+
+  it('keeps at most maxInFlight requests outstanding', async () => {
+    let outstanding = 0
+    let peak = 0
+    const { client } = await setup(
+      {
+        onRequest: (req, conn) => {
+          peak = Math.max(peak, ++outstanding)
+          setImmediate(() => {
+            outstanding--
+            conn.reply(req)
+          })
+          return true
+        },
+      },
+      { maxInFlight: 3 },
+    )
+    await Promise.all(Array.from({ length: 20 }, (_, i) => client.read(i * 4096, 4096)))
+    assert.equal(peak, 3)
+  })
+
+  it('rejects a server errno with NbdServerError and keeps the connection', async () => {
+    const { client } = await setup({
+      onRequest: (req, conn) => {
+        if (req.offset !== 4096) return false
+        conn.write(encodeErrorChunk(req.cookie, 5, 'disk on fire', { offset: 4096 }))
+        return true
+      },
+    })
+    await assert.rejects(client.read(4096, 512), (e) => {
+      assert.ok(e instanceof NbdServerError)
+      assert.equal(e.errno, 5)
+      assert.match(e.message, /disk on fire/)
+      return true
+    })
+    assert.equal((await client.read(0, 512)).length, 512)
+  })
+
+  it('fails the connection on a simple-reply READ error', async () => {
+    const h = holder()
+    const { client } = await setup({ structured: false, onRequest: h.onRequest })
+    const bad = client.read(0, 512)
+    const other = client.read(512, 512)
+    await h.waitFor(2)
+    const [req, conn] = h.held[0]!
+    conn.write(encodeSimpleReply(req.cookie, 5))
+    await assert.rejects(bad, (e) => e instanceof NbdServerError && e.errno === 5)
+    await assert.rejects(other, code('NBD_CLOSED'))
+    await assert.rejects(client.read(0, 512), code('NBD_CLOSED'))
+  })
+
+  it('rejects all pending requests on a reply with a wrong cookie', async () => {
+    const h = holder()
+    const { client } = await setup({ onRequest: h.onRequest })
+    const reads = [client.read(0, 512), client.read(512, 512)]
+    await h.waitFor(2)
+    h.held[0]![1].write(encodeOffsetData(12345n, 0, Buffer.alloc(512), NBD_REPLY_FLAG.DONE))
+    for (const r of reads) await assert.rejects(r, code('NBD_PROTOCOL'))
+    await assert.rejects(client.flush(), code('NBD_CLOSED'))
+  })
+
+  it('rejects pending requests on a truncated reply', async () => {
+    const h = holder()
+    const { client } = await setup({ onRequest: h.onRequest })
+    const reads = [client.read(0, 4096), client.read(4096, 4096)]
+    await h.waitFor(2)
+    const [req, conn] = h.held[0]!
+    const chunk = encodeOffsetData(req.cookie, 0, Buffer.alloc(4096, 1), NBD_REPLY_FLAG.DONE)
+    conn.write(chunk.subarray(0, 10))
+    conn.socket.end()
+    for (const r of reads) {
+      await assert.rejects(r, (e) => {
+        assert.ok(isBackupError(e, 'NBD_CLOSED'))
+        assert.match(e.message, /2 request\(s\) in flight, inside a reply header/)
+        return true
+      })
+    }
+  })
+
+  it('rejects with NBD_CLOSED when the server hangs up mid-read', async () => {
+    const { client } = await setup({
+      onRequest: (req, conn) => {
+        const chunk = encodeOffsetData(req.cookie, req.offset, Buffer.alloc(req.length, 1))
+        conn.write(chunk.subarray(0, 3000))
+        conn.socket.destroy()
+        return true
+      },
+    })
+    await assert.rejects(client.read(0, 65536), (e) => {
+      assert.ok(isBackupError(e, 'NBD_CLOSED'))
+      assert.match(e.message, /bytes missing/)
+      return true
+    })
+  })
+
+  it('fails on a malformed chunk (data outside the request)', async () => {
+    const { client } = await setup({
+      onRequest: (req, conn) => {
+        conn.write(encodeOffsetData(req.cookie, req.offset + 512, Buffer.alloc(req.length), 1))
+        return true
+      },
+    })
+    await assert.rejects(client.read(0, 1024), code('NBD_PROTOCOL'))
+  })
+
+  it('aborts a request in flight and discards its late reply', async () => {
+    const h = holder()
+    const { client } = await setup({ onRequest: h.onRequest })
+    const ac = new AbortController()
+    const r = client.read(0, 512, { signal: ac.signal })
+    await h.waitFor(1)
+    ac.abort()
+    await assert.rejects(r, code('ABORTED'))
+    const [req, conn] = h.held[0]!
+    conn.reply(req)
+    await client.flush()
+    const next = client.read(512, 512)
+    await h.waitFor(2)
+    h.held[1]![1].reply(h.held[1]![0])
+    assert.equal((await next).length, 512)
+  })
+
+  it('aborts a request waiting for an in-flight slot without sending it', async () => {
+    const h = holder()
+    const { client, srv } = await setup({ onRequest: h.onRequest }, { maxInFlight: 1 })
+    const first = client.read(0, 512)
+    await h.waitFor(1)
+    const ac = new AbortController()
+    const second = client.read(512, 512, { signal: ac.signal })
+    ac.abort()
+    await assert.rejects(second, code('ABORTED'))
+    h.held[0]![1].reply(h.held[0]![0])
+    await first
+    await client.flush()
+    assert.deepEqual(
+      srv.requests.map((r) => r.type),
+      [NBD_CMD.READ, NBD_CMD.FLUSH],
+    )
+  })
+
+  it('validates offsets, lengths and alignment before sending', async () => {
+    const { client, srv } = await setup(
+      {
+        size: 1 << 20,
+        blockSize: { minimum: 512, preferred: 4096, maximum: 65536 },
+        metaContexts: ['base:allocation'],
+      },
+      { metaContexts: ['base:allocation'] },
+    )
+    const bad: [string, () => Promise<unknown>][] = [
+      ['beyond the end', () => client.read((1 << 20) - 512, 1024)],
+      ['negative', () => client.read(-512, 512)],
+      ['fraction', () => client.read(0.5, 512)],
+      ['unaligned offset', () => client.read(100, 512)],
+      ['unaligned length', () => client.write(0, Buffer.alloc(100))],
+      ['over maximum', () => client.read(0, 131072)],
+      ['block status beyond the end', () => client.blockStatus(0, 2 << 20)],
+    ]
+    for (const [what, f] of bad) await assert.rejects(f(), code('USAGE'), what)
+    assert.equal(srv.requests.length, 0)
+  })
+
+  it('refuses operations the export does not offer', async () => {
+    const { client } = await setup({ transmissionFlags: NBD_FLAG.HAS_FLAGS | NBD_FLAG.READ_ONLY })
+    assert.equal(client.flags.readOnly, true)
+    await assert.rejects(client.write(0, Buffer.alloc(512)), code('NBD_UNSUPPORTED'))
+    await assert.rejects(client.flush(), code('NBD_UNSUPPORTED'))
+    await assert.rejects(client.trim(0, 512), code('NBD_UNSUPPORTED'))
+    await assert.rejects(client.writeZeroes(0, 512), code('NBD_UNSUPPORTED'))
+  })
+
+  it('splits WRITE_ZEROES at the maximum block size', async () => {
+    const { client, srv } = await setup({
+      size: 8 << 20,
+      blockSize: { minimum: 512, preferred: 4096, maximum: 1 << 20 },
+    })
+    srv.disk.fill(1)
+    await client.writeZeroes(512, 5 << 20, { noHole: true })
+    const zs = srv.requests.filter((r) => r.type === NBD_CMD.WRITE_ZEROES)
+    assert.deepEqual(
+      zs.map((r) => r.length),
+      [1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20],
+    )
+    assert.ok(zs.every((r) => r.flags === 2))
+    assert.equal(srv.disk[511], 1)
+    assert.ok(srv.disk.subarray(512, 512 + (5 << 20)).every((b) => b === 0))
+    assert.equal(srv.disk[512 + (5 << 20)], 1)
+  })
+
+  it('survives a server that reads slowly (write backpressure)', async () => {
+    const { client, srv } = await setup({ size: 64 << 20 })
+    const data = Buffer.alloc(4 << 20)
+    const writes = Array.from({ length: 12 }, (_, i) => {
+      data.fill(i + 1)
+      return client.write(i * data.length, Buffer.from(data), { fua: true })
+    })
+    await Promise.all(writes)
+    for (let i = 0; i < 12; i++) assert.equal(srv.disk[i * data.length + 123], i + 1)
+  })
+
+  it('closes cleanly with NBD_CMD_DISC; close is idempotent; later calls fail', async () => {
+    const { client, srv } = await setup()
+    await client.read(0, 512)
+    await Promise.all([client.close(), client.close()])
+    await client.close()
+    assert.equal(srv.requests.at(-1)?.type, NBD_CMD.DISC)
+    await assert.rejects(client.read(0, 512), code('NBD_CLOSED'))
+  })
+
+  it('disconnects when the server answers ESHUTDOWN', async () => {
+    const { client, srv } = await setup({
+      onRequest: (req, conn) => {
+        if (req.type !== NBD_CMD.READ) return false
+        conn.write(
+          encodeChunk(NBD_REPLY_FLAG.DONE, 0x8001, req.cookie, Buffer.from([0, 0, 0, 108, 0, 0])),
+        )
+        return true
+      },
+    })
+    await assert.rejects(client.read(0, 512), (e) => e instanceof NbdServerError && e.errno === 108)
+    await client.close()
+    assert.equal(srv.requests.at(-1)?.type, NBD_CMD.DISC)
+  })
+})
+
+describe('nbd/extents against the fake server', () => {
+  it('walks a range fully when the server answers with one extent at a time', async () => {
+    const { client, srv } = await setup(
+      {
+        size: 1 << 20,
+        metaContexts: ['base:allocation', 'qemu:dirty-bitmap:x'],
+        onRequest: (req, conn) => {
+          if (req.type !== NBD_CMD.BLOCK_STATUS) return false
+          // One short extent per context: 4 KiB, alternating flags by 8 KiB.
+          const flags = Math.floor(req.offset / 8192) % 2
+          conn.write(encodeBlockStatus(req.cookie, 1, [{ length: 4096, flags }]))
+          conn.write(encodeBlockStatus(req.cookie, 2, [{ length: 4096, flags: 1 }], 1))
+          return true
+        },
+      },
+      { metaContexts: ['base:allocation', 'qemu:dirty-bitmap:x'] },
+    )
+    const got = []
+    for await (const e of walkExtents(client, 'base:allocation', { offset: 4096, length: 32768 }))
+      got.push(e)
+    assert.deepEqual(got, [
+      { offset: 4096, length: 4096, flags: 0 },
+      { offset: 8192, length: 8192, flags: 1 },
+      { offset: 16384, length: 8192, flags: 0 },
+      { offset: 24576, length: 8192, flags: 1 },
+      { offset: 32768, length: 4096, flags: 0 },
+    ])
+    assert.equal(srv.requests.length, 8)
+    await assert.rejects(walkExtents(client, 'nope:ctx').next(), code('NBD_UNSUPPORTED'))
+  })
+
+  it('merges equal extents and clips to the range with real allocation data', async () => {
+    const { client, srv } = await setup({ size: 1 << 20 }, { metaContexts: ['base:allocation'] })
+    srv.disk.fill(9, 65536, 131072)
+    const got = []
+    for await (const e of walkExtents(client, 'base:allocation', { chunk: 16384 })) got.push(e)
+    assert.deepEqual(got, [
+      { offset: 0, length: 65536, flags: 3 },
+      { offset: 65536, length: 65536, flags: 0 },
+      { offset: 131072, length: (1 << 20) - 131072, flags: 3 },
+    ])
+  })
+})
