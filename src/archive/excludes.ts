@@ -7,7 +7,9 @@
  *   (`/var/log` excludes `./var/log` but not `./usr/var/log`);
  * - any other pattern matches in every directory (`*.tmp`, `cache`, `var/log`);
  * - a trailing `/` never matches anything, because tar compares member names without their
- *   trailing slash. Such patterns are passed through (as Proxmox does) with a warning.
+ *   trailing slash. Such patterns are passed to tar (as Proxmox does) with a warning. mksquashfs
+ *   *would* match them against directories, so they are left out of its arguments: the same
+ *   excludes give the same tree in both modes.
  *
  * Wildcards follow each tool: tar's `*` also matches `/` in excludes (`--wildcards-match-slash`
  * is tar's default for exclusion), mksquashfs's does not. Keep patterns to one path component per
@@ -84,13 +86,15 @@ export const tarExcludeArgs = (patterns: readonly string[]): ExcludeArgs => {
 
 /**
  * mksquashfs arguments with the same meaning: `-wildcards -e '... lost+found' ['... PAT' …]
- * [PAT …]` (`... ` matches at any depth; anchored patterns lose their `/`). `-e` takes every
- * remaining argument, so these must come **last** on the mksquashfs command line.
+ * [PAT …]` (`... ` matches at any depth; anchored patterns lose their `/`). Patterns with a
+ * trailing `/` are left out, since tar never matches them. `-e` takes every remaining argument,
+ * so these must come **last** on the mksquashfs command line.
  */
 export const squashfsExcludeArgs = (patterns: readonly string[]): ExcludeArgs => {
   const rules = parseExcludes(patterns)
   const args = ['-wildcards', '-e', `... ${LOST_AND_FOUND}`]
-  for (const p of rules.unanchored) args.push(`... ${p}`)
-  for (const p of rules.anchored) args.push(p)
+  const matching = (p: string): boolean => !p.endsWith('/')
+  for (const p of rules.unanchored.filter(matching)) args.push(`... ${p}`)
+  for (const p of rules.anchored.filter(matching)) args.push(p)
   return { args, warnings: rules.warnings }
 }

@@ -3,17 +3,12 @@ export { LOST_AND_FOUND, parseExcludes, squashfsExcludeArgs, tarExcludeArgs } fr
 export type { ExcludeArgs, ExcludeRules } from './excludes.ts'
 export { mountsAt, parseMountInfo, readMounts } from './mountinfo.ts'
 export type { MountEntry } from './mountinfo.ts'
-export {
-  SQUASHFS_ACL_WARNING,
-  SquashfsMount,
-  createSquashfs,
-  extractDirectory,
-  mountSquashfs,
-} from './squashfs.ts'
+export { extractDirectory } from './directory.ts'
+export type { ExtractDirectoryOptions } from './directory.ts'
+export { SQUASHFS_ACL_WARNING, SquashfsMount, createSquashfs, mountSquashfs } from './squashfs.ts'
 export type {
   CreateSquashfsOptions,
   CreateSquashfsResult,
-  ExtractDirectoryOptions,
   MountSquashfsOptions,
   SquashfuseProgram,
 } from './squashfs.ts'

@@ -5,28 +5,22 @@
  *
  * Fidelity (measured, qemu-lab REPORT §5 and our tests): squashfs keeps owners, modes, mtimes,
  * hardlinks, symlinks, fifos, device nodes and `user.`/`trusted.`/`security.` xattrs, but
- * **POSIX ACLs are lost** (squashfs has no `system.` xattr prefix). Copying out of a squashfuse
- * mount also loses **sparseness**: squashfuse reports full `st_blocks`, so tar sees no holes and
- * the restored file is fully allocated (the content is identical).
+ * **POSIX ACLs are lost** (squashfs has no `system.` xattr prefix). Reading through squashfuse
+ * 0.1.104 adds two quirks, both handled or documented in {@link extractDirectory}: it lists
+ * `security.*` xattrs as `trusted.*` and vice versa (fixed upstream in vasi/squashfuse#83), and it
+ * reports full `st_blocks`, so copies of sparse files are fully allocated.
  */
 import { chmod, realpath, stat } from 'node:fs/promises'
-import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { run, spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
-import type { TokenBucket } from '../io/throttle.ts'
 import { squashfsExcludeArgs } from './excludes.ts'
-import {
-  Group,
-  assertDirectory,
-  assertEmptyDirectory,
-  stderrLines,
-  stdioOf,
-  writeAtomically,
-} from './internal.ts'
+import { assertDirectory, stderrLines, writeAtomically } from './internal.ts'
 import { mountsAt } from './mountinfo.ts'
-import { RESTORE_EXTRACT_ARGS, RESTORE_TAR_FLAGS } from './tar.ts'
+
+export { extractDirectory } from './directory.ts'
+export type { ExtractDirectoryOptions } from './directory.ts'
 
 /** The warning returned when mksquashfs dropped POSIX ACLs. */
 export const SQUASHFS_ACL_WARNING = 'squashfs does not store POSIX ACLs'
@@ -258,56 +252,4 @@ export const mountSquashfs = async (
     await mount.unmount()
     throw e
   }
-}
-
-/** Options of {@link extractDirectory}. */
-export interface ExtractDirectoryOptions {
-  /** The directory to copy (typically a {@link SquashfsMount.path}). */
-  source: string
-  /** Existing, empty directory to restore into. */
-  target: string
-  /** Shared bandwidth limit on the tar stream. Default: unlimited. */
-  bandwidth?: TokenBucket | undefined
-  /** Kills both tars. The target may then hold a partial copy. */
-  signal?: AbortSignal | undefined
-}
-
-/**
- * Copy a directory tree into `target` with a tar pipe, as pve-container restores the
- * 'directory' mechanism: `tar cpf - RESTORE_TAR_FLAGS --directory=SOURCE .` |
- * `tar xpf - --totals RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`.
- * `--one-file-system` is left out so that providers may mount sub-volumes inside `source`.
- * Returns tar's diagnostics as warnings (exit code 1 of the reading tar is a warning).
- *
- * @throws BackupError `USAGE` (source not a directory; target missing, not a directory or not
- *   empty: then nothing is touched), `ARCHIVE_TOOL_FAILED`, `ABORTED`.
- */
-export const extractDirectory = async (
-  opts: ExtractDirectoryOptions,
-): Promise<{ warnings: string[] }> => {
-  throwIfAborted(opts.signal)
-  await assertDirectory(opts.source, 'source')
-  await assertEmptyDirectory(opts.target, 'restore target')
-  const group = new Group(opts.signal)
-  const createArgs = ['cpf', '-', ...RESTORE_TAR_FLAGS, `--directory=${opts.source}`, '.']
-  const reader = spawnTool('tar', createArgs, {
-    stdin: 'ignore',
-    okExitCodes: [0, 1],
-    signal: group.signal,
-  })
-  group.addTool(reader)
-  const extractArgs = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
-  const writer = spawnTool('tar', [...extractArgs, ...RESTORE_EXTRACT_ARGS], {
-    stdout: 'ignore',
-    signal: group.signal,
-  })
-  group.addTool(writer)
-  const stages: NodeJS.ReadWriteStream[] = []
-  if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
-  const streams = [stdioOf(reader.stdout, group), ...stages, stdioOf(writer.stdin, group)]
-  group.add(pipeline(streams, { signal: group.signal }))
-  await group.settle()
-  const warnings = [...stderrLines(reader.stderr()), ...stderrLines(writer.stderr())]
-  if ((await reader.done) === 1) warnings.push('tar exit code 1: some files changed while copied')
-  return { warnings }
 }
