@@ -72,6 +72,13 @@ export type Region = readonly [offset: number, length: number]
 export interface VolumeSize {
   /** Virtual size in bytes. */
   size: number
+  /**
+   * guestbackup extension: opaque id of the dirty bitmap that currently tracks this device for
+   * this store (absent: no bitmap, e.g. lost with a VM restart or never created). A provider
+   * answers `use` only if it equals the {@link VmVolume.nextBitmapGeneration} it recorded with
+   * its newest backup; anything else means writes may have gone untracked.
+   */
+  bitmapGeneration?: string
 }
 
 /** Random access to a disk for the `file-handle` mechanism. */
@@ -101,6 +108,16 @@ export interface VmVolume {
    * `qemu:dirty-bitmap:<bitmapName>` (flag bit 0 set = dirty). Perl key `bitmap-name`.
    */
   bitmapName?: string
+  /**
+   * guestbackup extension: id of the bitmap started at this backup's instant, which will track
+   * the writes the next incremental needs. Record it with the backup.
+   */
+  nextBitmapGeneration?: string
+  /**
+   * guestbackup extension: id of the bitmap this backup reads (`bitmapMode` `reuse`), i.e. the
+   * one the base backup recorded as `nextBitmapGeneration`.
+   */
+  bitmapGeneration?: string
   /** `file-handle` mechanism: random access to the disk. Perl key `file-handle`. */
   fileHandle?: VolumeReader
   /**
@@ -118,6 +135,11 @@ export interface BackupInfo {
   firewallConfig?: string
   /** Aborts the backup; the provider must stop promptly and throw. */
   signal: AbortSignal
+  /**
+   * guestbackup extension: `fs` when the guest's file systems were frozen at the instant,
+   * `crash` for a plain point in time of a running VM, `offline` for a stopped guest.
+   */
+  consistency?: 'crash' | 'fs' | 'offline'
 }
 
 /** Extra information for a container backup (`directory` mechanism). */

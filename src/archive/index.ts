@@ -12,7 +12,7 @@ export type {
   MountSquashfsOptions,
   SquashfuseProgram,
 } from './squashfs.ts'
-export { checkTarArchive, compressionOption } from './tar-check.ts'
+export { checkTarArchive, decompressorFor } from './tar-check.ts'
 export type { TarCheckResult } from './tar-check.ts'
 export {
   COMMON_TAR_FLAGS,

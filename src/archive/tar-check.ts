@@ -2,9 +2,13 @@
  * pve-container's `check_tar_archive`: basic checks of a potentially untrusted or bogus tar
  * archive before it is extracted, by listing it with `tar -tvf`.
  */
+import { createReadStream } from 'node:fs'
+import { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError } from '../errors.ts'
+import type { ErrorCode } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
+import type { TokenBucket } from '../io/throttle.ts'
 import { Group, stdioOf } from './internal.ts'
 
 /** Lines longer than this are cut (names of hostile archives can be huge). */
@@ -16,22 +20,51 @@ const MAX_UNPARSED = 20
 const LISTING_LINE = /^(.)[-rwxsStT]{9}\s+\d+\/\d+\s+\S+\s+\d{4,}-\d\d-\d\d\s+\d\d:\d\d\s(.*)$/
 
 /**
- * tar's decompression option for an archive, derived from its name as pve-container does.
- * Throws `USAGE` for a name that is not a known tar archive name.
+ * The command that decompresses `archive` to stdout, chosen by its name as pve-container picks
+ * tar's compression option: `undefined` for `.tar`, `zstd -d` for `.tar.zst`, also `.tar.gz`,
+ * `.tar.bz2`, `.tar.xz`, `.tar.lzo`. Throws `USAGE` for any other name.
+ *
+ * We run the decompressor ourselves instead of passing `--zstd` to tar: tar would fork helper
+ * processes that outlive a killed tar (and linger as zombies under a non-reaping init).
  */
-export const compressionOption = (archive: string): string | undefined => {
-  const table: readonly (readonly [RegExp, string | undefined])[] = [
+export const decompressorFor = (archive: string): readonly string[] | undefined => {
+  const table: readonly (readonly [RegExp, readonly string[] | undefined])[] = [
     [/\.tar$/, undefined],
-    [/\.(tar\.zst|tzst)$/, '--zstd'],
-    [/\.(tar\.gz|tgz)$/, '--gzip'],
-    [/\.(tar\.bz2|tbz2?)$/, '--bzip2'],
-    [/\.(tar\.xz|txz)$/, '--xz'],
-    [/\.tar\.lzo$/, '--lzop'],
+    [/\.(tar\.zst|tzst)$/, ['zstd', '-d', '-c', '-q']],
+    [/\.(tar\.gz|tgz)$/, ['gzip', '-d', '-c']],
+    [/\.(tar\.bz2|tbz2?)$/, ['bzip2', '-d', '-c']],
+    [/\.(tar\.xz|txz)$/, ['xz', '-d', '-c']],
+    [/\.tar\.lzo$/, ['lzop', '-d', '-c']],
   ]
-  for (const [re, opt] of table) if (re.test(archive)) return opt
+  for (const [re, cmd] of table) if (re.test(archive)) return cmd
   throw new BackupError('USAGE', `${archive} does not look like a tar archive (by its name)`, {
     details: { archive },
   })
+}
+
+/**
+ * The first stages of a pipeline that feeds the tar stream of `archive` to a tool: the file,
+ * the bandwidth limit (on the file's bytes) and the decompressor, which joins `group`.
+ */
+export const archiveStages = (
+  archive: string,
+  group: Group,
+  opts: { bandwidth?: TokenBucket | undefined; errorCode?: ErrorCode } = {},
+): (NodeJS.ReadableStream | NodeJS.ReadWriteStream)[] => {
+  const cmd = decompressorFor(archive)
+  const stages: (NodeJS.ReadableStream | NodeJS.ReadWriteStream)[] = [createReadStream(archive)]
+  if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
+  if (cmd !== undefined) {
+    const [prog, ...args] = cmd as [string, ...string[]]
+    const tool = spawnTool(prog, args, {
+      signal: group.signal,
+      ...(opts.errorCode === undefined ? {} : { errorCode: opts.errorCode }),
+    })
+    group.addTool(tool)
+    const writable = stdioOf(tool.stdin, group)
+    stages.push(Duplex.from({ writable, readable: stdioOf(tool.stdout, group) }))
+  }
+  return stages
 }
 
 /** Result of {@link checkTarArchive}. */
@@ -43,7 +76,7 @@ export interface TarCheckResult {
 }
 
 /**
- * List `archive` with `tar -tvf ARCHIVE [--zstd …] --numeric-owner`, streaming, and reject it
+ * List `archive` with `tar -tvf - --numeric-owner` (decompressed by name), streaming, and reject it
  * (`ARCHIVE_INVALID`) when it has a multi-volume member (type `M`), has no member at all, or tar
  * cannot read it. Called by {@link extractTarArchive} before anything is written.
  *
@@ -56,15 +89,15 @@ export const checkTarArchive = async (
   archive: string,
   opts: { signal?: AbortSignal | undefined } = {},
 ): Promise<TarCheckResult> => {
-  const compression = compressionOption(archive)
+  decompressorFor(archive) // USAGE before anything runs
   const group = new Group(opts.signal)
-  const args = ['-tvf', archive, ...(compression === undefined ? [] : [compression])]
-  const tar = spawnTool('tar', [...args, '--numeric-owner'], {
-    stdin: 'ignore',
+  const tar = spawnTool('tar', ['-tvf', '-', '--numeric-owner'], {
     errorCode: 'ARCHIVE_INVALID',
     signal: group.signal,
   })
   group.addTool(tar)
+  const input = archiveStages(archive, group, { errorCode: 'ARCHIVE_INVALID' })
+  group.add(pipeline([...input, stdioOf(tar.stdin, group)], { signal: group.signal }))
   let members = 0
   const warnings: string[] = []
   const onLine = (line: string): void => {

@@ -3,7 +3,7 @@
  * backup providers (pve-container `VZDump/LXC.pm`, `LXC/Create.pm`). Everything streams through
  * `pipeline()`; an archive is never held in memory.
  */
-import { createReadStream, createWriteStream } from 'node:fs'
+import { createWriteStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { Duplex, Transform } from 'node:stream'
 import type { TransformCallback } from 'node:stream'
@@ -13,7 +13,7 @@ import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { tarExcludeArgs } from './excludes.ts'
 import { Group, assertEmptyDirectory, stderrLines, stdioOf, writeAtomically } from './internal.ts'
-import { checkTarArchive, compressionOption } from './tar-check.ts'
+import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
 
 /**
  * Proxmox's `COMMON_TAR_FLAGS`: stay on one file system, keep permissions, sparse files, numeric
@@ -173,7 +173,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
 
 /** Options of {@link extractTarArchive}. */
 export interface ExtractTarOptions {
-  /** The archive file: `*.tar`, `*.tar.zst` (also `.tar.gz|bz2|xz|lzo`); chosen by name. */
+  /** The archive file: `*.tar`, `*.tar.zst` (also `.tar.gz|bz2|xz|lzo`), decompressed by name. */
   archive: string
   /** Existing, empty directory to restore into (the container's root). */
   target: string
@@ -194,7 +194,8 @@ export interface ExtractTarResult {
 /**
  * Restore a container archive into `target`, as pve-container's `restore_tar_archive` does for
  * untrusted (external) archives: {@link checkTarArchive} first, then
- * `tar xpf - --totals [--zstd] RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`, fed from the file through the bandwidth limit.
+ * `tar xpf - --totals RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`, fed from the
+ * file through the bandwidth limit and the decompressor (by name, see `decompressorFor`).
  *
  * tar itself strips leading `/` and refuses members containing `..`, and defers symlinks, so an
  * archive cannot write outside `target`. Unlike Proxmox, extraction is **not** run in the
@@ -207,7 +208,7 @@ export interface ExtractTarResult {
  */
 export const extractTarArchive = async (opts: ExtractTarOptions): Promise<ExtractTarResult> => {
   throwIfAborted(opts.signal)
-  const compression = compressionOption(opts.archive)
+  decompressorFor(opts.archive) // USAGE for a name that is no tar archive, before anything runs
   const st = await stat(opts.archive).catch((e: unknown) => {
     throw new BackupError('USAGE', `archive ${opts.archive} is not accessible`, { cause: e })
   })
@@ -216,22 +217,14 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   const check = await checkTarArchive(opts.archive, { signal: opts.signal })
 
   const group = new Group(opts.signal)
-  const args = [
-    'xpf',
-    '-',
-    ...(compression === undefined ? [] : [compression]),
-    '--totals',
-    ...RESTORE_TAR_FLAGS,
-    '-C',
-    opts.target,
-    ...RESTORE_EXTRACT_ARGS,
-  ]
-  const tar = spawnTool('tar', args, { stdout: 'ignore', signal: group.signal })
+  const args = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
+  const tar = spawnTool('tar', [...args, ...RESTORE_EXTRACT_ARGS], {
+    stdout: 'ignore',
+    signal: group.signal,
+  })
   group.addTool(tar)
-  const stages: NodeJS.ReadWriteStream[] = []
-  if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
-  const input = createReadStream(opts.archive)
-  group.add(pipeline([input, ...stages, stdioOf(tar.stdin, group)], { signal: group.signal }))
+  const input = archiveStages(opts.archive, group, { bandwidth: opts.bandwidth })
+  group.add(pipeline([...input, stdioOf(tar.stdin, group)], { signal: group.signal }))
   await group.settle()
   return { members: check.members, warnings: [...check.warnings, ...stderrLines(tar.stderr())] }
 }

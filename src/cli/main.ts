@@ -67,6 +67,11 @@ program
   .option('--id <id>', 'store id, the prefix of volume ids (default: from the directory name)')
   .option('--prune-backups <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
   .option('--max-protected-backups <n>', 'protected backups per guest (-1: unlimited)', parseCount)
+  .option(
+    '--incremental-sample <n>',
+    'clean 64 KiB blocks per disk an incremental compares with the previous backup (0: off)',
+    parseCount,
+  )
   .action(async (store: string, o: Record<string, string | number | undefined>) => {
     if (typeof o['pruneBackups'] === 'string') parsePruneBackups(o['pruneBackups'])
     const input = Object.fromEntries(
@@ -76,6 +81,7 @@ program
         'lxc-backup-mode': o['lxcBackupMode'],
         'prune-backups': o['pruneBackups'],
         'max-protected-backups': o['maxProtectedBackups'],
+        'incremental-sample': o['incrementalSample'],
       }).filter(([, v]) => v !== undefined),
     )
     const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
@@ -84,7 +90,7 @@ program
 
 program
   .command('backup')
-  .description('back up an offline VM (--disk) or a container directory (--rootfs)')
+  .description('back up a stopped VM (--disk), a running VM (--qmp) or a container (--rootfs)')
   .requiredOption('--store <dir>', 'store directory')
   .requiredOption('--vmid <id>', 'guest id', parseVmid)
   .requiredOption('--config <file>', 'guest configuration file to keep with the backup')
@@ -94,6 +100,9 @@ program
     'VM disk (qcow2 by .qcow2 extension, else raw); repeatable',
     collectDisk,
   )
+  .option('--qmp <socket>', 'QMP socket of a running VM: back it up live, at one instant')
+  .option('--qga <socket>', 'guest agent socket of that VM: freeze file systems at the instant')
+  .option('--device <name>', 'with --qmp: only this disk (e.g. scsi0); repeatable', collect)
   .option('--rootfs <dir>', 'container root directory')
   .option(
     '--exclude <pattern>',

@@ -20,9 +20,11 @@ import type { CtGuest } from './guest-ct.ts'
 import { backupVmGuest } from './guest-vm.ts'
 import type { VmGuest } from './guest-vm.ts'
 import { TaskLog } from './task-log.ts'
+import { backupLiveVm } from './live/guest-live.ts'
+import type { BitmapFinalizer, LiveVmGuest } from './live/guest-live.ts'
 
-/** A guest of a job. */
-export type Guest = VmGuest | CtGuest
+/** A guest of a job: an offline VM (disk images), a running VM (QMP) or a container. */
+export type Guest = VmGuest | LiveVmGuest | CtGuest
 
 /** Options of {@link runBackupJob}. */
 export interface JobOptions {
@@ -114,6 +116,7 @@ const backupGuest = async (
   const result: GuestResult = { vmid: guest.vmid, type: guest.type, status: 'failed', warnings: 0 }
   log.info(`starting backup of ${guest.type} ${guest.vmid} via ${provider.name}`)
   let started = false
+  let finalizer: BitmapFinalizer | undefined
   try {
     const init = await provider.backupInit(guest.vmid, guest.type, startTime)
     started = true
@@ -128,10 +131,21 @@ const backupGuest = async (
       ...(guest.firewallConfig === undefined ? {} : { firewallConfig: guest.firewallConfig }),
       onProgress: (ev: ProgressEvent) => opts.onProgress?.(guest.vmid, ev),
     }
-    if (guest.type === 'qemu') await backupVmGuest(provider, guest, info, log)
-    else await backupCtGuest(provider, guest, info, log)
+    if (guest.type === 'lxc') await backupCtGuest(provider, guest, info, log)
+    else if ('qmp' in guest)
+      finalizer = await backupLiveVm(provider, guest, opts.storeId, info, log)
+    else await backupVmGuest(provider, guest, info, log)
     opts.signal.throwIfAborted()
     const res = await provider.backupCleanup(guest.vmid, guest.type, true, {})
+    // Only now, with the backup committed by the provider, may the frozen bitmaps go. A failure
+    // here leaves both bitmaps; the next run merges them and does a full backup.
+    const committing = finalizer
+    finalizer = undefined
+    try {
+      await committing?.commit()
+    } catch (ce) {
+      log.warn(`cannot drop the backed-up bitmaps: ${toBackupError(ce).message}`)
+    }
     result.archiveSize = res?.stats.archiveSize ?? 0
     result.status = 'ok'
     log.info(`backup finished: ${result.archiveSize} bytes stored`)
@@ -141,6 +155,11 @@ const backupGuest = async (
       : toBackupError(e, 'PROVIDER_FAILED')
     result.error = err
     log.error(`backup failed: ${err.message}`)
+    try {
+      await finalizer?.rollback()
+    } catch (re) {
+      log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
+    }
     if (started) {
       try {
         await provider.backupCleanup(guest.vmid, guest.type, false, { error: err.message })

@@ -17,6 +17,9 @@ export interface BackupCommandOptions {
   disk?: [string, string][]
   rootfs?: string
   exclude?: string[]
+  qmp?: string
+  qga?: string
+  device?: string[]
   bwlimit?: number
   json?: boolean
 }
@@ -38,11 +41,15 @@ export const backupCommand = async (
   signal: AbortSignal,
 ): Promise<number> => {
   const disks = o.disk ?? []
-  if (disks.length > 0 === (o.rootfs !== undefined)) {
+  const sources = [disks.length > 0, o.rootfs !== undefined, o.qmp !== undefined].filter(Boolean)
+  if (sources.length !== 1) {
     throw new BackupError(
       'USAGE',
-      'give either --disk NAME=PATH (a VM) or --rootfs DIR (a container)',
+      'give exactly one of --disk NAME=PATH (stopped VM), --qmp SOCKET (running VM), --rootfs DIR (container)',
     )
+  }
+  if ((o.qga !== undefined || o.device !== undefined) && o.qmp === undefined) {
+    throw new BackupError('USAGE', '--qga and --device apply to running VMs (--qmp) only')
   }
   if (o.exclude !== undefined && o.rootfs === undefined) {
     throw new BackupError('USAGE', '--exclude applies to container backups (--rootfs) only')
@@ -52,7 +59,17 @@ export const backupCommand = async (
   const firewall =
     o.firewallConfig === undefined ? undefined : await readText(o.firewallConfig, 'firewall config')
   let guest: Guest
-  if (o.rootfs !== undefined) {
+  if (o.qmp !== undefined) {
+    guest = {
+      type: 'qemu',
+      vmid: o.vmid,
+      config,
+      qmp: o.qmp,
+      qga: o.qga,
+      devices: o.device?.map((d) => (d.startsWith('drive-') ? d : `drive-${d}`)),
+      ...(firewall === undefined ? {} : { firewallConfig: firewall }),
+    }
+  } else if (o.rootfs !== undefined) {
     guest = {
       type: 'lxc',
       vmid: o.vmid,

@@ -3,6 +3,7 @@
  * last *successful* backup to this store, so the base must be the newest committed backup of
  * the guest, it must hold the device with the same size, and its chain must be intact.
  */
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { toBackupError } from '../../errors.ts'
 import { validateChain } from '../../qemu/chain.ts'
@@ -15,6 +16,8 @@ export type IncrementalBase =
       kind: 'base'
       /** Volume name of the base backup. */
       volname: string
+      /** Bitmap generation the base recorded as its successor. */
+      generation: string
       /** Backing file name relative to the new backup dir. */
       relativePath: string
       /** Chain depth of the base (1 = the base is a full backup). */
@@ -28,7 +31,10 @@ export const findIncrementalBase = async (
   vmid: number,
   device: string,
   size: number,
+  generation: string | undefined,
 ): Promise<IncrementalBase> => {
+  const forced = await readForceFull(layout, vmid)
+  if (forced !== undefined) return { kind: 'full', reason: `a full backup was forced: ${forced}` }
   const backups = await listGuestBackups(layout, vmid, 'qemu')
   const newest = backups[0]
   if (newest === undefined) return { kind: 'full', reason: 'no previous backup' }
@@ -42,11 +48,21 @@ export const findIncrementalBase = async (
   if (disk.size !== size) {
     return { kind: 'full', reason: `disk size changed (${disk.size} -> ${size} bytes)` }
   }
+  if (generation === undefined) {
+    return { kind: 'full', reason: 'no dirty bitmap tracks the disk (new, lost or VM restarted)' }
+  }
+  if (disk.nextBitmap !== generation) {
+    return {
+      kind: 'full',
+      reason: `bitmap ${generation} does not continue ${newest.ref.volname} (${disk.nextBitmap ?? 'none recorded'})`,
+    }
+  }
   try {
     const chain = await validateChain(join(newest.dir, disk.file), layout.guestDir(vmid))
     return {
       kind: 'base',
       volname: newest.ref.volname,
+      generation,
       relativePath: `../${newest.ref.dirName}/${disk.file}`,
       depth: chain.length,
     }
@@ -56,4 +72,34 @@ export const findIncrementalBase = async (
       reason: `previous backup failed verification: ${toBackupError(e).message}`,
     }
   }
+}
+
+/** Marker file forcing the next VM backup of a guest to be full (after a failed verification). */
+const forceFullFile = (layout: StoreLayout, vmid: number): string =>
+  join(layout.guestDir(vmid), 'force-full')
+
+/** The reason a full backup is forced, if one is. */
+export const readForceFull = async (
+  layout: StoreLayout,
+  vmid: number,
+): Promise<string | undefined> => {
+  try {
+    return (await readFile(forceFullFile(layout, vmid), 'utf8')).trim() || 'requested'
+  } catch {
+    return undefined
+  }
+}
+
+/** Force the next VM backup of the guest to be full. */
+export const forceFull = async (
+  layout: StoreLayout,
+  vmid: number,
+  reason: string,
+): Promise<void> => {
+  await writeFile(forceFullFile(layout, vmid), `${reason}\n`, { mode: 0o600 })
+}
+
+/** Clear {@link forceFull} (after a full backup was committed). */
+export const clearForceFull = async (layout: StoreLayout, vmid: number): Promise<void> => {
+  await rm(forceFullFile(layout, vmid), { force: true })
 }

@@ -19,6 +19,10 @@ const DiskSchema = z.strictObject({
   size: z.number().int().nonnegative(),
   /** Volume name of the backup whose image is the backing file, for incrementals. */
   parent: z.string().optional(),
+  /** Generation id of the bitmap this backup read (incrementals). */
+  bitmap: z.string().optional(),
+  /** Generation id of the bitmap started at this backup's instant: the next incremental's. */
+  nextBitmap: z.string().optional(),
   /** Bitmap mode the host granted (`none`, `new`, `reuse`). */
   bitmapMode: z.enum(['none', 'new', 'reuse']),
   /** Bytes read from the source and written as data. */

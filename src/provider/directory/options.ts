@@ -34,6 +34,11 @@ export const StoreOptionsSchema = z.strictObject({
   'lxc-backup-mode': z.enum(['tar', 'squashfs']).default('tar'),
   /** Retention (Proxmox property string). Default: keep everything. */
   'prune-backups': pruneString.default('keep-all=1'),
+  /**
+   * Clean blocks (64 KiB) per disk that an incremental compares with the previous backup, to
+   * catch a lying dirty bitmap; 0 disables the check.
+   */
+  'incremental-sample': z.number().int().min(0).max(100_000).default(64),
   /** Protected backups allowed per guest and type; -1 unlimited. */
   'max-protected-backups': z.number().int().min(-1).default(-1),
 })

@@ -20,7 +20,7 @@ import type {
   VmVolume,
   VolumeSize,
 } from '../../api/provider.ts'
-import { BackupError, toBackupError } from '../../errors.ts'
+import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import { TokenBucket } from '../../io/throttle.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock } from '../../io/lock.ts'
@@ -32,7 +32,7 @@ import { writeManifest } from './manifest.ts'
 import type { Manifest, ManifestDisk } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryRestore } from './restore.ts'
-import { findIncrementalBase } from './incremental.ts'
+import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes, syncDir } from './fsutil.ts'
 import { backupDisk } from './vm-disk.ts'
@@ -123,8 +123,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
     const g = this.#guest(vmid)
     const answer: Record<string, IncrementalQuery> = {}
-    for (const [device, { size }] of Object.entries(volumes)) {
-      const base = await findIncrementalBase(this.layout, vmid, device, size)
+    for (const [device, { size, bitmapGeneration }] of Object.entries(volumes)) {
+      const base = await findIncrementalBase(this.layout, vmid, device, size, bitmapGeneration)
       if (base.kind === 'base') {
         g.bases[device] = base
         answer[device] = 'use'
@@ -152,20 +152,39 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       if (volume === undefined) continue
       assertDeviceName(device)
       const found = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
-      const base = found?.kind === 'base' ? found : undefined
+      let base = found?.kind === 'base' ? found : undefined
       if (volume.bitmapMode === 'reuse' && base === undefined) {
-        throw new BackupError('PROVIDER_FAILED', `bitmap reused for ${device} without a base`)
+        this.#log('warn', `${device}: the host reused a bitmap this store did not ask for: full`)
       }
+      if (base !== undefined && volume.bitmapGeneration !== base.generation) {
+        this.#log(
+          'warn',
+          `${device}: bitmap ${volume.bitmapGeneration ?? '?'} is not ${base.generation}: full`,
+        )
+        base = undefined
+      }
+      // A full backup ignores any bitmap: read the whole disk into a fresh image.
+      const vol: VmVolume = base === undefined ? { ...volume, bitmapMode: 'none' } : volume
       this.#log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
-      const stats = await backupDisk({
-        dir: g.partial,
-        device,
-        volume,
-        backing: base?.relativePath,
-        bucket,
-        onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
-        signal: info.signal,
-      })
+      let stats
+      try {
+        stats = await backupDisk({
+          dir: g.partial,
+          device,
+          volume: vol,
+          backing: base?.relativePath,
+          bucket,
+          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+          sampleBlocks: this.#options['incremental-sample'],
+          log: (msg) => {
+            this.#log('info', msg)
+          },
+          signal: info.signal,
+        })
+      } catch (e) {
+        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(this.layout, vmid, e.message)
+        throw e
+      }
       this.#log(
         'info',
         `${device}: ${stats.dataBytes} bytes data, ${stats.zeroBytes} bytes zero of ${stats.totalBytes}`,
@@ -174,14 +193,21 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         file: `${device}.qcow2`,
         format: 'qcow2',
         size: volume.size,
-        ...(base ? { parent: base.volname } : {}),
-        bitmapMode: volume.bitmapMode,
+        ...(base ? { parent: base.volname, bitmap: base.generation } : {}),
+        ...(volume.nextBitmapGeneration === undefined
+          ? {}
+          : { nextBitmap: volume.nextBitmapGeneration }),
+        bitmapMode: vol.bitmapMode,
         dataBytes: stats.dataBytes,
         zeroBytes: stats.zeroBytes,
       }
       parent ??= base?.volname
     }
-    g.manifest = this.#baseManifest(g, info, { disks, ...(parent ? { parent } : {}) })
+    g.manifest = this.#baseManifest(g, info, {
+      disks,
+      ...(parent ? { parent } : {}),
+      consistency: info.consistency ?? 'offline',
+    })
   }
 
   async backupContainerPrepare(vmid: number, info: ContainerBackupInfo): Promise<void> {
@@ -254,6 +280,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       await rename(g.partial, final)
       await syncDir(this.layout.guestDir(vmid))
       g.committed = true
+      if (g.ref.subtype === 'qemu' && g.manifest.parent === undefined) {
+        await clearForceFull(this.layout, vmid)
+      }
       return { stats: { archiveSize: await allocatedBytes(final) } }
     } catch (e) {
       g.failed = true

@@ -13,6 +13,7 @@ import { BackupError } from '../../errors.ts'
 import type { TokenBucket } from '../../io/throttle.ts'
 import { NbdClient } from '../../nbd/client.ts'
 import { createImage } from '../../qemu/img.ts'
+import { assertSampleClean, sampleCleanBlocks } from '../../copy/sample.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
 
 /** Options of {@link backupDisk}. */
@@ -28,6 +29,10 @@ export interface BackupDiskOptions {
   backing?: string | undefined
   bucket?: TokenBucket | undefined
   onProgress?: ((done: number, total: number) => void) | undefined
+  /** Clean blocks of an incremental to compare with the parent chain (0: none). */
+  sampleBlocks?: number | undefined
+  /** Receives a line about sampling. */
+  log?: ((msg: string) => void) | undefined
   signal: AbortSignal
 }
 
@@ -90,12 +95,28 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
         throw new BackupError('PROVIDER_FAILED', `volume ${device} has neither NBD path nor handle`)
       }
       try {
-        return await copyBlocks(source, nbdTarget(target), {
+        const stats = await copyBlocks(source, nbdTarget(target), {
           targetIsZero: !incremental,
           bucket: opts.bucket,
           onProgress: opts.onProgress,
           signal,
         })
+        const bitmap = volume.bitmapName
+        const count = opts.sampleBlocks ?? 0
+        if (incremental && sourceClient !== undefined && bitmap !== undefined && count > 0) {
+          const r = await sampleCleanBlocks({
+            source: sourceClient,
+            target,
+            dirtyContext: dirtyContext(bitmap),
+            count,
+            signal,
+          })
+          opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
+          assertSampleClean(device, r)
+        } else if (incremental && count > 0) {
+          opts.log?.(`${device}: clean-block sampling needs the nbd mechanism; skipped`)
+        }
+        return stats
       } finally {
         await sourceClient?.close()
       }

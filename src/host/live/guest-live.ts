@@ -1,0 +1,178 @@
+/**
+ * Backup of a running VM over QMP (what qemu-server's `archive_external` does with PVE's
+ * backup-access API, done with upstream QEMU building blocks): recover leftovers of a killed run,
+ * discover the disks, ask the provider which may be incremental, freeze one instant for all disks
+ * (fleecing overlays + bitmaps in one transaction, optional guest-agent fs-freeze), export them
+ * over NBD on a private unix socket, run `backupVm`, tear the graph down on every path. The
+ * bitmaps are committed or rolled back by the runner after `backupCleanup`.
+ */
+import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../../api/provider.ts'
+import { BackupError, toBackupError } from '../../errors.ts'
+import type { ProgressInfo } from '../../provider/directory/provider.ts'
+import { QmpClient } from '../../qmp/client.ts'
+import type { TaskLog } from '../task-log.ts'
+import {
+  commitBitmaps,
+  currentGeneration,
+  instantActions,
+  planDiskBitmaps,
+  recoverBitmaps,
+  rollbackBitmaps,
+} from './bitmaps.ts'
+import type { DiskBitmapPlan } from './bitmaps.ts'
+import { listLiveDisks } from './discover.ts'
+import { recoverLeftovers, setupFleecing } from './fleece.ts'
+import { GuestAgent } from './qga.ts'
+
+/** A running VM to back up. */
+export interface LiveVmGuest {
+  type: 'qemu'
+  vmid: number
+  config: string
+  firewallConfig?: string
+  /** QMP socket of the running QEMU. */
+  qmp: string
+  /** Guest agent socket; when given, file systems are frozen around the instant. */
+  qga?: string | undefined
+  /** Back up only these devices (default: every disk). */
+  devices?: readonly string[] | undefined
+  /** Test hook: called with the NBD socket after the instant, before the provider reads. */
+  onInstant?: ((socketPath: string) => Promise<void>) | undefined
+}
+
+/** What the runner does after `backupCleanup`. */
+export interface BitmapFinalizer {
+  commit(): Promise<void>
+  rollback(): Promise<void>
+}
+
+/** The earliest QEMU we drive: persistent bitmaps, blockdev-backup sync=none, block exports. */
+const MIN_QEMU = [5, 2] as const
+
+/** Back up a running VM; returns how to finish its bitmaps. */
+export const backupLiveVm = async (
+  provider: BackupProvider,
+  guest: LiveVmGuest,
+  storeId: string,
+  info: BackupInfo & ProgressInfo,
+  log: TaskLog,
+): Promise<BitmapFinalizer> => {
+  const { signal } = info
+  const mechanism = await provider.backupGetMechanism(guest.vmid, 'qemu')
+  if (mechanism !== 'nbd') {
+    throw new BackupError(
+      'PROVIDER_INVALID',
+      `mechanism '${mechanism}' is not supported for running VMs (nbd only)`,
+    )
+  }
+  const qmp = await QmpClient.connect(guest.qmp, { signal })
+  let plans: DiskBitmapPlan[] = []
+  try {
+    const v = qmp.version
+    if (v.major < MIN_QEMU[0] || (v.major === MIN_QEMU[0] && v.minor < MIN_QEMU[1])) {
+      throw new BackupError('QMP_PROTOCOL', `QEMU ${v.major}.${v.minor} is too old (need 5.2+)`)
+    }
+    log.info(`QEMU ${v.major}.${v.minor}.${v.micro}: fleecing overlay + backup job graph`)
+    for (const what of await recoverLeftovers(qmp))
+      log.warn(`cleaned leftover of a killed run: ${what}`)
+    let disks = await listLiveDisks(qmp, signal)
+    const fixed = await recoverBitmaps(qmp, disks, storeId)
+    for (const f of fixed) log.warn(`bitmap recovery: ${f}`)
+    if (fixed.length > 0) disks = await listLiveDisks(qmp, signal)
+    if (guest.devices !== undefined) {
+      const want = new Set(guest.devices)
+      disks = disks.filter((d) => want.has(d.device))
+      for (const dev of want) {
+        if (!disks.some((d) => d.device === dev))
+          throw new BackupError('USAGE', `the VM has no disk ${dev}`)
+      }
+    }
+    if (disks.length === 0) throw new BackupError('USAGE', 'the VM has no disks')
+    const sizes: Record<string, VolumeSize> = {}
+    for (const d of disks) {
+      const gen = currentGeneration(d, storeId)
+      sizes[d.device] = { size: d.size, ...(gen === undefined ? {} : { bitmapGeneration: gen }) }
+    }
+    const answer = (await provider.backupVmQueryIncremental(guest.vmid, sizes)) ?? {}
+    plans = disks.map((d) => planDiskBitmaps(d, storeId, answer[d.device]))
+    const persistentNodes = new Set(disks.filter((d) => d.format === 'qcow2').map((d) => d.node))
+    let agent: GuestAgent | undefined
+    const freeze = { done: false }
+    if (guest.qga !== undefined) {
+      try {
+        agent = await GuestAgent.connect(guest.qga)
+      } catch (e) {
+        log.warn(`guest agent unavailable, backup is crash-consistent: ${toBackupError(e).message}`)
+      }
+    }
+    const session = await setupFleecing({
+      qmp,
+      disks,
+      bitmapActions: instantActions(plans, (node) => persistentNodes.has(node)),
+      exportBitmaps: Object.fromEntries(plans.map((p) => [p.device, p.read])),
+      aroundInstant: {
+        before: async () => {
+          if (agent === undefined) return
+          try {
+            const n = await agent.freeze()
+            freeze.done = true
+            log.info(`guest agent froze ${n} file system(s)`)
+          } catch (e) {
+            log.warn(`fs-freeze failed, backup is crash-consistent: ${toBackupError(e).message}`)
+          }
+        },
+        after: async () => {
+          if (agent !== undefined && freeze.done) await agent.thaw()
+          await agent?.close()
+        },
+      },
+      signal,
+    })
+    try {
+      await guest.onInstant?.(session.socketPath)
+      const volumes: Record<string, VmVolume> = {}
+      for (const p of plans) {
+        const d = disks.find((x) => x.device === p.device)
+        if (d === undefined) continue
+        log.info(
+          `${p.device}: ${d.format} ${d.file}, ${d.size} bytes, bitmap ${p.mode}${p.read ? ` (${p.read})` : ''}`,
+        )
+        volumes[p.device] = {
+          size: d.size,
+          bitmapMode: p.mode,
+          nbdPath: session.socketPath,
+          ...(p.read === undefined ? {} : { bitmapName: p.read, bitmapGeneration: p.read }),
+          ...(p.next === undefined ? {} : { nextBitmapGeneration: p.next }),
+        }
+      }
+      await provider.backupVm(guest.vmid, guest.config, volumes, {
+        ...info,
+        consistency: freeze.done ? 'fs' : 'crash',
+      })
+    } finally {
+      for (const e of await session.teardown()) log.error(`teardown: ${e.message}`)
+    }
+  } catch (e) {
+    try {
+      await rollbackBitmaps(qmp, plans)
+    } catch (re) {
+      log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
+    }
+    await qmp.close()
+    throw e
+  }
+  let done = false
+  const finish = async (fn: () => Promise<void>): Promise<void> => {
+    if (done) return
+    done = true
+    try {
+      await fn()
+    } finally {
+      await qmp.close()
+    }
+  }
+  return {
+    commit: () => finish(() => commitBitmaps(qmp, plans)),
+    rollback: () => finish(() => rollbackBitmaps(qmp, plans)),
+  }
+}
