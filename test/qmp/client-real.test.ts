@@ -2,9 +2,6 @@
  * QmpClient against a real `qemu-system-x86_64 -S` (QEMU 7.2). One VM serves the whole file; the
  * tests run in order and the last one quits QEMU.
  */
-// describe is stable since Node 20.0; the n plugin flags it only because '>=20.19' also spans
-// Node 21, where it was never marked stable.
-// eslint-disable-next-line n/no-unsupported-features/node-builtins
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
