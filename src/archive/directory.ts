@@ -56,7 +56,7 @@ const reapplyCapabilities = async (
   group.addTool(restore)
   const streams = [stdioOf(dump.stdout, group), stdioOf(restore.stdin, group)]
   group.add(pipeline(streams, { signal: group.signal }))
-  await group.settle()
+  await group.settle('IO', restore)
   return stderrLines(restore.stderr()).map((l) => `restoring file capabilities: ${l}`)
 }
 
@@ -96,9 +96,11 @@ export const extractDirectory = async (
   if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
   const streams = [stdioOf(reader.stdout, group), ...stages, stdioOf(writer.stdin, group)]
   group.add(pipeline(streams, { signal: group.signal }))
-  await group.settle()
+  await group.settle('IO', writer)
   const warnings = [...stderrLines(reader.stderr()), ...stderrLines(writer.stderr())]
-  if ((await reader.done) === 1) warnings.push('tar exit code 1: some files changed while copied')
+  // The reader may have been stopped by a broken pipe after the writer saw the end of archive.
+  if ((await reader.done.catch(() => undefined)) === 1)
+    warnings.push('tar exit code 1: some files changed while copied')
   if ((await fsTypeOf(opts.source))?.startsWith('fuse.squashfuse') === true) {
     warnings.push(...(await reapplyCapabilities(opts.source, opts.target, opts.signal)))
   }

@@ -33,9 +33,13 @@ const isSecondary = (e: unknown): boolean => {
 
 /**
  * A group of concurrently running parts (tool `done` promises, `pipeline()` promises) that fail
- * together: the first failure aborts {@link Group.signal}, which kills every tool and destroys
- * every stream of the group. Created per operation; the caller passes `group.signal` to
- * `spawnTool` and `pipeline`, then awaits {@link Group.settle}.
+ * together: a real failure aborts {@link Group.signal}, which kills every tool and destroys every
+ * stream of the group. Created per operation; the caller passes `group.signal` to `spawnTool` and
+ * `pipeline`, then awaits {@link Group.settle}.
+ *
+ * A broken pipe is not a real failure by itself: tar stops reading at the end-of-archive marker
+ * and exits 0, so feeding it the rest of the last record fails with EPIPE. Such errors only
+ * close every pipe of the group (so all tools wind down) and count only if the consumer failed.
  */
 export class Group {
   readonly #ac = new AbortController()
@@ -45,6 +49,7 @@ export class Group {
   }
   readonly #parts: Promise<void>[] = []
   readonly #failures: unknown[] = []
+  readonly #tools: Tool[] = []
 
   /** Throws `ABORTED` at once if `outer` has already fired. */
   constructor(outer: AbortSignal | undefined) {
@@ -53,19 +58,20 @@ export class Group {
     outer?.addEventListener('abort', this.#onOuterAbort, { once: true })
   }
 
-  /** Aborted when the caller's signal fires or any part of the group fails. */
+  /** Aborted when the caller's signal fires or any part of the group really fails. */
   get signal(): AbortSignal {
     return this.#ac.signal
   }
 
-  /** Add a running part; its rejection aborts the group. */
+  /** Add a running part; its rejection aborts the group (or closes its pipes, see above). */
   add(part: Promise<unknown>): void {
     this.#parts.push(
       part.then(
         () => undefined,
         (e: unknown) => {
           this.#failures.push(e)
-          this.#ac.abort()
+          if (isSecondary(e)) this.#closePipes()
+          else this.#ac.abort()
         },
       ),
     )
@@ -77,6 +83,7 @@ export class Group {
    * such as `Duplex.from` does not always destroy the pipes it wraps).
    */
   addTool(tool: Tool): void {
+    this.#tools.push(tool)
     const destroy = (): void => {
       tool.stdin?.destroy()
       tool.stdout?.destroy()
@@ -84,6 +91,13 @@ export class Group {
     if (this.#ac.signal.aborted) destroy()
     else this.#ac.signal.addEventListener('abort', destroy, { once: true })
     this.add(tool.done)
+  }
+
+  #closePipes(): void {
+    for (const tool of this.#tools) {
+      tool.stdin?.destroy()
+      tool.stdout?.destroy()
+    }
   }
 
   /**
@@ -94,10 +108,11 @@ export class Group {
   }
 
   /**
-   * Wait for every part. Throws `ABORTED` when the caller aborted, else the first failure that is
-   * not merely a consequence of another one (a tool's own error beats the EPIPE it caused).
+   * Wait for every part. Throws `ABORTED` when the caller aborted, else the first real failure
+   * (a tool's own error beats the EPIPE it caused). Broken pipes alone are ignored when
+   * `consumer`, the tool at the end of the data path, succeeded; otherwise the first is thrown.
    */
-  async settle(fallback: ErrorCode = 'IO'): Promise<void> {
+  async settle(fallback: ErrorCode = 'IO', consumer?: Tool): Promise<void> {
     try {
       await Promise.all(this.#parts)
     } finally {
@@ -107,8 +122,14 @@ export class Group {
       throw new BackupError('ABORTED', 'operation aborted', { cause: this.#outer.reason })
     }
     if (this.#failures.length === 0) return
-    const primary = this.#failures.find((e) => !isSecondary(e)) ?? this.#failures[0]
-    throw toBackupError(primary, fallback)
+    const primary = this.#failures.find((e) => !isSecondary(e))
+    if (primary !== undefined) throw toBackupError(primary, fallback)
+    const consumed = consumer?.done.then(
+      () => true,
+      () => false,
+    )
+    if (consumed !== undefined && (await consumed) && !this.#ac.signal.aborted) return
+    throw toBackupError(this.#failures[0], fallback)
   }
 }
 

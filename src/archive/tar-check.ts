@@ -125,7 +125,7 @@ export const checkTarArchive = async (
     if (carry !== '') onLine(carry)
   }
   group.add(pipeline(stdout, consume, { signal: group.signal }))
-  await group.settle('ARCHIVE_INVALID')
+  await group.settle('ARCHIVE_INVALID', tar)
   if (members === 0) {
     throw new BackupError('ARCHIVE_INVALID', `archive ${archive} has no members`, {
       details: { archive },

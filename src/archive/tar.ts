@@ -225,6 +225,6 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   group.addTool(tar)
   const input = archiveStages(opts.archive, group, { bandwidth: opts.bandwidth })
   group.add(pipeline([...input, stdioOf(tar.stdin, group)], { signal: group.signal }))
-  await group.settle()
+  await group.settle('IO', tar)
   return { members: check.members, warnings: [...check.warnings, ...stderrLines(tar.stderr())] }
 }
