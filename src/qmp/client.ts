@@ -29,13 +29,14 @@
 import { createConnection } from 'node:net'
 import type { Socket } from 'node:net'
 import { BackupError, QmpCommandError } from '../errors.ts'
-import type { QmpArgs, QmpCommandName, QmpEmpty, QmpEventName, QmpEvents } from './commands.ts'
-import type { QmpReturn } from './commands.ts'
+import type { QmpArgs, QmpCommandName, QmpEmpty, QmpReturn } from './commands.ts'
 import { abortedError, armDeadline, asError } from './deadline.ts'
 import type { QmpCallOptions } from './deadline.ts'
 import { closedError, QmpEventHub } from './events.ts'
 import type {
+  QmpEventName,
   QmpEventRecord,
+  QmpEvents,
   QmpSubscribeOptions,
   QmpTypedEvent,
   QmpWaitOptions,
@@ -128,6 +129,9 @@ export class QmpClient implements AsyncDisposable {
    * optional capability is enabled, so replies come in command order). Rejects with
    * `QMP_CLOSED` (cannot connect, EOF), `QMP_PROTOCOL`, `QMP_TIMEOUT`, `ABORTED` or
    * `QmpCommandError`.
+   *
+   * A QEMU monitor serves one client at a time: while another client is connected the socket
+   * accepts but no greeting comes, so this ends in `QMP_TIMEOUT` (checked on 7.2).
    */
   static async connect(path: string, opts: QmpConnectOptions = {}): Promise<QmpClient> {
     if (opts.signal?.aborted === true) throw abortedError('QMP connect', opts.signal)

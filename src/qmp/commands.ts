@@ -1,5 +1,5 @@
 /**
- * Typed map of the QMP commands and events guestbackup drives, checked against the
+ * Typed map of the QMP commands guestbackup drives (events: see events.ts), checked against the
  * `query-qmp-schema` of QEMU 7.2 (qapi/block-core.json, block-export.json, transaction.json,
  * run-state.json, job.json, misc.json, control.json). Only the members we use are typed; QEMU
  * may send more (qmp-spec.rst §"Compatibility Considerations"), and optional members are
@@ -358,56 +358,3 @@ export type QmpCommandName = keyof QmpCommands
 export type QmpArgs<C extends QmpCommandName> = QmpCommands[C]['args']
 /** Return value of command `C`. */
 export type QmpReturn<C extends QmpCommandName> = QmpCommands[C]['ret']
-
-/** Data of the block-job events (`BLOCK_JOB_COMPLETED`, `_CANCELLED`, `_READY`). */
-export interface QmpBlockJobEventData {
-  type: QmpJobType
-  /** The job id. */
-  device: string
-  len: number
-  offset: number
-  speed: number
-}
-
-/** Every typed event: name → `data`. */
-export interface QmpEvents {
-  /** A block job ended, successfully unless `error` is set. */
-  BLOCK_JOB_COMPLETED: QmpBlockJobEventData & { error?: string }
-  /** A block job was cancelled (`block-job-cancel`), e.g. the fleecing job at teardown. */
-  BLOCK_JOB_CANCELLED: QmpBlockJobEventData
-  /** A block job hit an I/O error; `action` says what QEMU does about it. */
-  BLOCK_JOB_ERROR: {
-    device: string
-    operation: 'read' | 'write'
-    action: 'ignore' | 'report' | 'stop'
-  }
-  /** A mirror-like job may now be completed. */
-  BLOCK_JOB_READY: QmpBlockJobEventData
-  /** A `block-export-del` finished; the node is no longer used by the export. */
-  BLOCK_EXPORT_DELETED: { id: string }
-  /** QEMU is shutting down; `guest` is false when the host asked (e.g. `quit`). */
-  SHUTDOWN: {
-    guest: boolean
-    reason:
-      | 'none'
-      | 'host-error'
-      | 'host-qmp-quit'
-      | 'host-qmp-system-reset'
-      | 'host-signal'
-      | 'host-ui'
-      | 'guest-shutdown'
-      | 'guest-reset'
-      | 'guest-panic'
-      | 'subsystem-reset'
-      | 'snapshot-load'
-  }
-  /** The vCPUs were paused. */
-  STOP: QmpEmpty
-  /** The vCPUs were resumed. */
-  RESUME: QmpEmpty
-  /** A job changed state in the job.json state machine. */
-  JOB_STATUS_CHANGE: { id: string; status: QmpJobStatus }
-}
-
-/** Name of a typed event. */
-export type QmpEventName = keyof QmpEvents

@@ -1,5 +1,6 @@
 /**
- * Bounded event store of a QMP connection.
+ * Typed QMP events ({@link QmpEvents}, from the QEMU 7.2 schema like commands.ts) and the bounded
+ * event store of a connection.
  *
  * Every event gets a sequence number (`seq`, 1, 2, …). The last `capacity` events stay in a ring
  * buffer, so a caller can take a marker ({@link QmpEventHub.mark}) *before* running a command and
@@ -12,10 +13,63 @@
  * are removed when they settle.
  */
 import { BackupError } from '../errors.ts'
-import type { QmpEventName, QmpEvents } from './commands.ts'
+import type { QmpEmpty, QmpJobStatus, QmpJobType } from './commands.ts'
 import { abortedError, armDeadline, asError } from './deadline.ts'
 import type { QmpCallOptions } from './deadline.ts'
 import type { QmpEventMessage, QmpTimestamp } from './wire.ts'
+
+/** Data of the block-job events (`BLOCK_JOB_COMPLETED`, `_CANCELLED`, `_READY`). */
+export interface QmpBlockJobEventData {
+  type: QmpJobType
+  /** The job id. */
+  device: string
+  len: number
+  offset: number
+  speed: number
+}
+
+/** Every typed event: name → `data`. */
+export interface QmpEvents {
+  /** A block job ended, successfully unless `error` is set. */
+  BLOCK_JOB_COMPLETED: QmpBlockJobEventData & { error?: string }
+  /** A block job was cancelled (`block-job-cancel`), e.g. the fleecing job at teardown. */
+  BLOCK_JOB_CANCELLED: QmpBlockJobEventData
+  /** A block job hit an I/O error; `action` says what QEMU does about it. */
+  BLOCK_JOB_ERROR: {
+    device: string
+    operation: 'read' | 'write'
+    action: 'ignore' | 'report' | 'stop'
+  }
+  /** A mirror-like job may now be completed. */
+  BLOCK_JOB_READY: QmpBlockJobEventData
+  /** A `block-export-del` finished; the node is no longer used by the export. */
+  BLOCK_EXPORT_DELETED: { id: string }
+  /** QEMU is shutting down; `guest` is false when the host asked (e.g. `quit`). */
+  SHUTDOWN: {
+    guest: boolean
+    reason:
+      | 'none'
+      | 'host-error'
+      | 'host-qmp-quit'
+      | 'host-qmp-system-reset'
+      | 'host-signal'
+      | 'host-ui'
+      | 'guest-shutdown'
+      | 'guest-reset'
+      | 'guest-panic'
+      | 'subsystem-reset'
+      | 'snapshot-load'
+  }
+  /** The vCPUs were paused. */
+  STOP: QmpEmpty
+  /** The vCPUs were resumed. */
+  RESUME: QmpEmpty
+  /** A job changed state in the job.json state machine. */
+  JOB_STATUS_CHANGE: { id: string; status: QmpJobStatus }
+}
+
+/** Name of a typed event. */
+export type QmpEventName = keyof QmpEvents
 
 /** An event as kept by the client. */
 export interface QmpEventRecord {
@@ -134,7 +188,7 @@ export class QmpEventHub {
     predicate: ((data: QmpEvents[E], event: QmpTypedEvent<E>) => boolean) | undefined,
     opts: QmpWaitOptions = {},
   ): Promise<QmpTypedEvent<E>> {
-    // Records named `name` are trusted to carry QmpEvents[name] (see commands.ts).
+    // Records named `name` are trusted to carry QmpEvents[name]; data is not validated.
     const match = (e: QmpEventRecord): boolean => {
       const typed = e as QmpTypedEvent<E>
       return predicate === undefined || predicate(typed.data as QmpEvents[E], typed)

@@ -4,7 +4,10 @@ export type { QmpClientState, QmpConnectOptions, QmpExecuteRest } from './client
 export type * from './commands.ts'
 export type { QmpCallOptions } from './deadline.ts'
 export type {
+  QmpBlockJobEventData,
+  QmpEventName,
   QmpEventRecord,
+  QmpEvents,
   QmpSubscribeOptions,
   QmpTypedEvent,
   QmpWaitOptions,

@@ -264,6 +264,18 @@ describe('QmpClient faults (fake server)', () => {
       assert.equal(t.client.state, 'closed')
       await t.server.close()
     })
+
+    it('closes on leaving an await using block', async () => {
+      await using t = await setup()
+      let inner: QmpClient | undefined
+      {
+        await using client = await QmpClient.connect(t.server.path)
+        inner = client
+        assert.equal(client.state, 'ready')
+      }
+      assert.equal(inner.state, 'closed')
+      assert.equal((await inner.closed).code, 'QMP_CLOSED')
+    })
   })
 
   describe('events', () => {
@@ -351,6 +363,13 @@ describe('QmpClient faults (fake server)', () => {
       await t.client.execute('stop')
       await reader
       assert.deepEqual(seen, ['RESUME', 'STOP'])
+      const aborted = t.client.events({ signal: AbortSignal.abort() })
+      await assert.rejects(aborted.next(), code('ABORTED'))
+      const ac2 = new AbortController()
+      const live = t.client.events({ signal: ac2.signal })
+      const next = assert.rejects(live.next(), code('ABORTED'))
+      ac2.abort()
+      await next
     })
 
     it('survives an event flood with bounded memory and still answers commands', async () => {

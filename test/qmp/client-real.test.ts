@@ -35,7 +35,17 @@ describe('QmpClient with a real QEMU', () => {
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '64M'], {
       errorCode: 'QEMU_TOOL_FAILED',
     })
-    vm = await startVm({ dir: tmp.path, disks: [{ path: disk, format: 'qcow2', id: DISK }] })
+    const raw = join(tmp.path, 'disk1.raw')
+    await run('qemu-img', ['create', '-q', '-f', 'raw', raw, '32M'], {
+      errorCode: 'QEMU_TOOL_FAILED',
+    })
+    vm = await startVm({
+      dir: tmp.path,
+      disks: [
+        { path: disk, format: 'qcow2', id: DISK },
+        { path: raw, format: 'raw', id: 'scsi0' },
+      ],
+    })
     client = await QmpClient.connect(vm.qmpPath, { timeoutMs: 10_000 })
   })
 
@@ -64,9 +74,17 @@ describe('QmpClient with a real QEMU', () => {
     assert.equal(dev.inserted?.['node-name'], NODE)
     assert.equal(dev.inserted.drv, 'qcow2')
     assert.equal(dev.inserted.image['virtual-size'], 64 * MiB)
+    // query-block names a device with an id by that id, a virtio-blk backend by its QOM path.
+    const scsi = blocks.find((b) => b.qdev === 'scsi0')
+    assert.equal(scsi?.inserted?.['node-name'], 'drive-scsi0')
+    assert.equal(scsi.inserted.drv, 'raw')
     const nodes = await client.execute('query-named-block-nodes', { flat: true })
-    const names = nodes.map((n) => n['node-name'])
-    assert.ok(names.includes(NODE) && names.includes(`${NODE}-file`), names.join(','))
+    assert.deepEqual(nodes.map((n) => n['node-name']).sort(), [
+      'drive-scsi0',
+      'drive-scsi0-file',
+      NODE,
+      `${NODE}-file`,
+    ])
   })
 
   it('rejects an unknown command with QmpCommandError CommandNotFound and stays usable', async () => {
@@ -92,6 +110,9 @@ describe('QmpClient with a real QEMU', () => {
     assert.match(read, /read 65536\/65536 bytes at offset 1048576/)
     await assert.rejects(vm.guestIo(DISK, 'read -P 0xcd 1M 64k'), /Pattern verification failed/)
     await assert.rejects(vm.guestIo('virtio9', 'read 0 4k'), /not found/)
+    await vm.guestWrite('scsi0', 'write -P 0x5a 31M 1M')
+    await vm.guestIo('scsi0', 'read -P 0x5a 31M 1M')
+    await assert.rejects(vm.guestIo('scsi0', 'read 32M 4k'), /failed/)
   })
 
   it('adds a dirty bitmap that records guest writes', async () => {
