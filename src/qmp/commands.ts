@@ -308,7 +308,10 @@ export interface QmpCommands {
   stop: QmpCommandDef<QmpEmpty, QmpEmpty>
   /** Resume the vCPUs (emits `RESUME`). */
   cont: QmpCommandDef<QmpEmpty, QmpEmpty>
-  /** Exit QEMU. `SHUTDOWN` (reason `host-qmp-quit`) may arrive before the reply. */
+  /**
+   * Exit QEMU. On 7.2 `SHUTDOWN` (reason `host-qmp-quit`) arrives before the reply, so wait with a
+   * `since` marker; the connection then closes, and may do so before the reply is read.
+   */
   quit: QmpCommandDef<QmpEmpty, QmpEmpty>
   /** Run an HMP command; returns its text output (often empty, see `qemu-io`). */
   'human-monitor-command': QmpCommandDef<{ 'command-line': string; 'cpu-index'?: number }, string>
