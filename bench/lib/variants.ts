@@ -1,0 +1,217 @@
+/**
+ * The tools measured: guestbackup's CLI and the reference copies (nbdcopy between two
+ * qemu-nbd, qemu-img convert). Each factory returns a {@link Variant} working in its own
+ * subdirectory of the scenario dir.
+ */
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { run, runMeasured, serve } from './procs.ts'
+import type { Measured, Server } from './procs.ts'
+import type { ScenarioContext, Variant } from './types.ts'
+
+/** The source image of a scenario. */
+export interface Source {
+  /** Absolute path of the qcow2. */
+  path: string
+  virtualSize: number
+}
+
+/** qemu-img compare; throws when the images differ. */
+export const assertSameContent = async (a: string, b: string): Promise<void> => {
+  try {
+    await run('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', a, b])
+  } catch (e) {
+    throw new Error(`output ${b} differs from source ${a}`, { cause: e })
+  }
+}
+
+const findFiles = async (dir: string, suffix: string): Promise<string[]> => {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true })
+  return entries
+    .filter((e) => e.isFile() && e.name.endsWith(suffix))
+    .map((e) => join(e.parentPath, e.name))
+}
+
+const subdir = async (ctx: ScenarioContext, name: string): Promise<string> => {
+  const d = join(ctx.dir, name)
+  await mkdir(d, { recursive: true })
+  return d
+}
+
+const createQcow2 = (path: string, size: number): Promise<unknown> =>
+  run('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(size)])
+
+/**
+ * `bin/guestbackup backup` of the source as disk scsi0 of VM 100 into a fresh store (created
+ * untimed with `guestbackup init` before every run). The whole CLI call is timed.
+ */
+export const guestbackupBackup = async (ctx: ScenarioContext, src: Source): Promise<Variant> => {
+  const dir = await subdir(ctx, 'ours')
+  const cli = join(ctx.repo, 'bin', 'guestbackup')
+  const store = join(dir, 'store')
+  const conf = join(dir, 'vm.conf')
+  await writeFile(
+    conf,
+    `name: bench\nmemory: 512\nscsi0: local:100/vm-100-disk-0.qcow2,size=${src.virtualSize}\n`,
+  )
+  return {
+    label: '**guestbackup backup** (whole CLI call)',
+    role: 'ours',
+    prepare: async () => {
+      await rm(store, { recursive: true, force: true })
+      await run(cli, ['init', store])
+    },
+    run: () =>
+      runMeasured(
+        cli,
+        [
+          'backup',
+          '--store',
+          store,
+          '--vmid',
+          '100',
+          '--config',
+          conf,
+          '--disk',
+          `scsi0=${src.path}`,
+        ],
+        join(dir, 'rss'),
+        { node: true },
+      ),
+    verify: async () => {
+      const out = await findFiles(store, '.qcow2')
+      if (out.length !== 1 || out[0] === undefined) {
+        throw new Error(`expected one qcow2 in ${store}, found ${out.length}`)
+      }
+      await assertSameContent(src.path, out[0])
+    },
+    cleanup: () => rm(store, { recursive: true, force: true }),
+  }
+}
+
+/**
+ * `nbdcopy --destination-is-zero` from a read-only qemu-nbd of the source into a fresh qcow2
+ * served by a writable qemu-nbd. Both servers run already (untimed); timed: nbdcopy + sync, the
+ * method of qemu-lab REPORT §4 row 15. Servers are started with guestbackup's own launcher, so
+ * their flags are those of a backup.
+ */
+export const nbdcopyServersRunning = async (
+  ctx: ScenarioContext,
+  src: Source,
+): Promise<Variant> => {
+  const dir = await subdir(ctx, 'nbdcopy')
+  const out = join(dir, 'out.qcow2')
+  let source: Server | undefined
+  let target: Server | undefined
+  const stopTarget = async (): Promise<void> => {
+    await target?.stop()
+    target = undefined
+  }
+  return {
+    label: 'nbdcopy qemu-nbd → qemu-nbd (servers already running)',
+    role: 'reference',
+    prepare: async () => {
+      source ??= await serve({
+        image: src.path,
+        format: 'qcow2',
+        readOnly: true,
+        signal: ctx.signal,
+      })
+      await rm(out, { force: true })
+      await createQcow2(out, src.virtualSize)
+      target = await serve({ image: out, format: 'qcow2', signal: ctx.signal })
+    },
+    run: async (): Promise<Measured> => {
+      if (source === undefined || target === undefined) throw new Error('servers not started')
+      return runMeasured(
+        'nbdcopy',
+        ['--destination-is-zero', source.uri, target.uri],
+        join(dir, 'rss'),
+      )
+    },
+    verify: async () => {
+      await stopTarget()
+      await assertSameContent(src.path, out)
+    },
+    cleanup: async () => {
+      await stopTarget()
+      await rm(out, { force: true })
+    },
+    dispose: async () => {
+      await stopTarget()
+      await source?.stop()
+      source = undefined
+    },
+  }
+}
+
+/**
+ * Everything a script would do for the same copy, all timed: start a read-only qemu-nbd on the
+ * source, create the target qcow2, start a writable qemu-nbd on it, `nbdcopy
+ * --destination-is-zero`, stop both servers (the target flushes and closes), sync. This is the
+ * work our CLI does minus Node start-up and store bookkeeping.
+ */
+export const nbdcopyEndToEnd = async (ctx: ScenarioContext, src: Source): Promise<Variant> => {
+  const dir = await subdir(ctx, 'nbdcopy-e2e')
+  const out = join(dir, 'out.qcow2')
+  return {
+    label: 'nbdcopy end to end (start 2 × qemu-nbd, copy, stop)',
+    role: 'reference',
+    prepare: () => rm(out, { force: true }),
+    run: async (): Promise<Measured> => {
+      const source = await serve({
+        image: src.path,
+        format: 'qcow2',
+        readOnly: true,
+        signal: ctx.signal,
+      })
+      try {
+        await createQcow2(out, src.virtualSize)
+        const target = await serve({ image: out, format: 'qcow2', signal: ctx.signal })
+        try {
+          return await runMeasured(
+            'nbdcopy',
+            ['--destination-is-zero', source.uri, target.uri],
+            join(dir, 'rss'),
+          )
+        } finally {
+          await target.stop()
+        }
+      } finally {
+        await source.stop()
+      }
+    },
+    verify: () => assertSameContent(src.path, out),
+    cleanup: () => rm(out, { force: true }),
+  }
+}
+
+/** `qemu-img convert -f qcow2 -O qcow2 SRC DST` (defaults) into a new file. */
+export const qemuImgConvert = async (ctx: ScenarioContext, src: Source): Promise<Variant> => {
+  const dir = await subdir(ctx, 'convert')
+  const out = join(dir, 'out.qcow2')
+  return {
+    label: '`qemu-img convert -f qcow2 -O qcow2`',
+    role: 'reference',
+    prepare: () => rm(out, { force: true }),
+    run: () =>
+      runMeasured(
+        'qemu-img',
+        ['convert', '-f', 'qcow2', '-O', 'qcow2', src.path, out],
+        join(dir, 'rss'),
+      ),
+    verify: () => assertSameContent(src.path, out),
+    cleanup: () => rm(out, { force: true }),
+  }
+}
+
+/** `bin/guestbackup --version`: the fixed cost of starting the CLI (Node + tsx + imports). */
+export const guestbackupStart = async (ctx: ScenarioContext): Promise<Variant> => {
+  const dir = await subdir(ctx, 'start')
+  const cli = join(ctx.repo, 'bin', 'guestbackup')
+  return {
+    label: '`guestbackup --version` (CLI start-up only)',
+    role: 'info',
+    run: () => runMeasured(cli, ['--version'], join(dir, 'rss'), { node: true }),
+  }
+}

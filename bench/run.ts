@@ -1,0 +1,115 @@
+/**
+ * guestbackup benchmark: `make bench` / `npm run bench`.
+ *
+ * Measures, in one run on this machine, guestbackup's full backup of a 2 GiB qcow2 holding
+ * 1 GiB of random data against nbdcopy and qemu-img convert, prints a Markdown table and
+ * writes it to bench/results/latest.md. Scratch lives in a temp dir under /var/tmp (or
+ * $BENCH_TMPDIR) that is removed at the end, also on error and SIGINT.
+ *
+ * Environment: BENCH_RUNS (default 3), BENCH_TMPDIR (default /var/tmp).
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { rmSync } from 'node:fs'
+import { loadavg } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { runScenario } from './lib/harness.ts'
+import type { ScenarioResult } from './lib/harness.ts'
+import { freeBytes, isTmpfs, machineInfo } from './lib/machine.ts'
+import { killAllNow, run, stopAll } from './lib/procs.ts'
+import { formatMarkdown, renderReport } from './lib/report.ts'
+import { scenarios } from './scenarios.ts'
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const RESULTS = join(REPO, 'bench', 'results', 'latest.md')
+/** Source 1 GiB + one output 1 GiB + the raw file while generating + margin. */
+const NEEDED_FREE = 4 * 1024 ** 3
+
+const log = (msg: string): void => {
+  process.stderr.write(`bench: ${msg}\n`)
+}
+
+const readRuns = (): number => {
+  const v = process.env['BENCH_RUNS']
+  if (v === undefined || v === '') return 3
+  const n = Number(v)
+  if (!Number.isInteger(n) || n < 1 || n > 50) throw new Error(`BENCH_RUNS must be 1..50: ${v}`)
+  return n
+}
+
+const controller = new AbortController()
+let scratch: string | undefined
+let interrupts = 0
+const onSignal = (sig: NodeJS.Signals): void => {
+  interrupts++
+  if (interrupts > 1) {
+    killAllNow()
+    if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true })
+    process.exit(130)
+  }
+  log(`${sig}: stopping children and removing scratch (again to force)`)
+  controller.abort(new Error(`interrupted by ${sig}`))
+  void stopAll()
+}
+process.on('SIGINT', onSignal)
+process.on('SIGTERM', onSignal)
+
+const main = async (): Promise<number> => {
+  const runs = readRuns()
+  for (const tool of ['qemu-img', 'qemu-nbd', 'nbdcopy']) {
+    await run(tool, ['--version']).catch((e: unknown) => {
+      throw new Error(`${tool} is needed (make deps installs it)`, { cause: e })
+    })
+  }
+  const parent = process.env['BENCH_TMPDIR'] ?? '/var/tmp'
+  if (await isTmpfs(parent)) {
+    log(`WARNING: ${parent} is tmpfs: writes go to RAM; set BENCH_TMPDIR to a disk directory`)
+  }
+  if ((await freeBytes(parent)) < NEEDED_FREE) {
+    throw new Error(`${parent} needs ${NEEDED_FREE / 1024 ** 3} GiB free`)
+  }
+  scratch = await mkdtemp(join(parent, 'guestbackup-bench-'))
+  log(`scratch ${scratch}; ${runs} runs per tool`)
+  const results: ScenarioResult[] = []
+  const t0 = performance.now()
+  try {
+    const machine = await machineInfo(scratch)
+    for (const [i, scenario] of scenarios.entries()) {
+      const dir = join(scratch, `s${i}`)
+      await mkdir(dir)
+      const prepared = await scenario({ repo: REPO, dir, signal: controller.signal, log })
+      log(`${prepared.title}: ${prepared.variants.length} tools × ${runs} runs`)
+      try {
+        results.push(await runScenario(prepared, runs, controller.signal, log))
+      } finally {
+        await prepared.teardown?.()
+        await rm(dir, { recursive: true, force: true })
+      }
+    }
+    const report = await formatMarkdown(
+      renderReport(machine, results, { runs, scratchParent: parent, loadEnd: loadavg()[0] ?? 0 }),
+      RESULTS,
+    )
+    console.log(report)
+    await mkdir(dirname(RESULTS), { recursive: true })
+    await writeFile(RESULTS, report)
+    log(`wrote ${RESULTS} (${((performance.now() - t0) / 1000).toFixed(0)} s in all)`)
+    return 0
+  } finally {
+    await stopAll()
+    await rm(scratch, { recursive: true, force: true })
+  }
+}
+
+try {
+  process.exitCode = await main()
+} catch (e) {
+  if (controller.signal.aborted) {
+    log('interrupted; scratch removed')
+    process.exitCode = 130
+  } else {
+    log(`failed: ${e instanceof Error ? e.message : String(e)}`)
+    if (e instanceof Error && e.cause !== undefined) console.error(e.cause)
+    process.exitCode = 1
+  }
+}
