@@ -4,6 +4,7 @@
  */
 import { lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
+import { Duplex } from 'node:stream'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
 import type { Tool } from '../io/spawn.ts'
@@ -38,8 +39,9 @@ const isSecondary = (e: unknown): boolean => {
  * `pipeline`, then awaits {@link Group.settle}.
  *
  * A broken pipe is not a real failure by itself: tar stops reading at the end-of-archive marker
- * and exits 0, so feeding it the rest of the last record fails with EPIPE. Such errors only
- * close every pipe of the group (so all tools wind down) and count only if the consumer failed.
+ * and exits 0, so feeding it the rest of the last record fails with EPIPE. Such errors do not
+ * abort the group (the failed pipeline has destroyed its own streams, so its tools wind down)
+ * and count only if the consumer failed.
  */
 export class Group {
   readonly #ac = new AbortController()
@@ -49,7 +51,6 @@ export class Group {
   }
   readonly #parts: Promise<void>[] = []
   readonly #failures: unknown[] = []
-  readonly #tools: Tool[] = []
 
   /** Throws `ABORTED` at once if `outer` has already fired. */
   constructor(outer: AbortSignal | undefined) {
@@ -70,8 +71,7 @@ export class Group {
         () => undefined,
         (e: unknown) => {
           this.#failures.push(e)
-          if (isSecondary(e)) this.#closePipes()
-          else this.#ac.abort()
+          if (!isSecondary(e)) this.#ac.abort()
         },
       ),
     )
@@ -83,7 +83,6 @@ export class Group {
    * such as `Duplex.from` does not always destroy the pipes it wraps).
    */
   addTool(tool: Tool): void {
-    this.#tools.push(tool)
     const destroy = (): void => {
       tool.stdin?.destroy()
       tool.stdout?.destroy()
@@ -91,13 +90,6 @@ export class Group {
     if (this.#ac.signal.aborted) destroy()
     else this.#ac.signal.addEventListener('abort', destroy, { once: true })
     this.add(tool.done)
-  }
-
-  #closePipes(): void {
-    for (const tool of this.#tools) {
-      tool.stdin?.destroy()
-      tool.stdout?.destroy()
-    }
   }
 
   /**
@@ -141,6 +133,21 @@ export const stdioOf = <S>(stream: S | null, group: Group): S => {
   if (stream !== null) return stream
   group.abort()
   throw new BackupError('ARCHIVE_TOOL_FAILED', 'child process has no piped stdio')
+}
+
+/**
+ * A filter tool (stdin → stdout, e.g. zstd) as one pipeline stage. Destroying the stage destroys
+ * both pipes, so the tool sees EOF or EPIPE and exits when its pipeline fails.
+ */
+export const toolStage = (tool: Tool, group: Group): Duplex => {
+  const writable = stdioOf(tool.stdin, group)
+  const readable = stdioOf(tool.stdout, group)
+  const stage = Duplex.from({ writable, readable })
+  stage.once('close', () => {
+    writable.destroy()
+    readable.destroy()
+  })
+  return stage
 }
 
 /** fsync a file or directory by path. */

@@ -3,13 +3,12 @@
  * archive before it is extracted, by listing it with `tar -tvf`.
  */
 import { createReadStream } from 'node:fs'
-import { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
-import { Group, stdioOf } from './internal.ts'
+import { Group, stdioOf, toolStage } from './internal.ts'
 
 /** Lines longer than this are cut (names of hostile archives can be huge). */
 const MAX_LINE = 64 * 1024
@@ -61,8 +60,7 @@ export const archiveStages = (
       ...(opts.errorCode === undefined ? {} : { errorCode: opts.errorCode }),
     })
     group.addTool(tool)
-    const writable = stdioOf(tool.stdin, group)
-    stages.push(Duplex.from({ writable, readable: stdioOf(tool.stdout, group) }))
+    stages.push(toolStage(tool, group))
   }
   return stages
 }

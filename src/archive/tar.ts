@@ -5,14 +5,21 @@
  */
 import { createWriteStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
-import { Duplex, Transform } from 'node:stream'
+import { Transform } from 'node:stream'
 import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { tarExcludeArgs } from './excludes.ts'
-import { Group, assertEmptyDirectory, stderrLines, stdioOf, writeAtomically } from './internal.ts'
+import {
+  Group,
+  assertEmptyDirectory,
+  stderrLines,
+  stdioOf,
+  toolStage,
+  writeAtomically,
+} from './internal.ts'
 import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
 
 /**
@@ -154,10 +161,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     if (zstd) group.addTool(zstd)
     const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
     if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
-    if (zstd) {
-      const writable = stdioOf(zstd.stdin, group)
-      stages.push(Duplex.from({ writable, readable: stdioOf(zstd.stdout, group) }))
-    }
+    if (zstd) stages.push(toolStage(zstd, group))
     const out = createWriteStream(partial, { flags: 'w', mode: 0o600 })
     group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
     await group.settle()

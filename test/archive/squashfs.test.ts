@@ -111,7 +111,7 @@ describe('squashfs archives', () => {
       withoutAcls(withoutPaths(source, [...TREE_EXCLUDED, 'dev/placeholder'])),
     )
     // squashfuse reports full st_blocks, so tar sees no holes: the copy is not sparse.
-    assert.equal(await allocatedBytes(join(target, SPARSE_FILE)), SPARSE_SIZE)
+    assert.ok((await allocatedBytes(join(target, SPARSE_FILE))) >= SPARSE_SIZE)
   })
 
   it('extractDirectory of a plain directory keeps everything, including ACLs and holes', async () => {
