@@ -11,6 +11,7 @@
  * reports full `st_blocks`, so copies of sparse files are fully allocated.
  */
 import { chmod, realpath, stat } from 'node:fs/promises'
+import { resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { run, spawnTool } from '../io/spawn.ts'
@@ -66,7 +67,9 @@ export const createSquashfs = async (
     throw new BackupError('USAGE', `invalid zstd compression level ${level}`)
   }
   const stderr = await writeAtomically(opts.output, async (partial) => {
-    const args = [opts.directory, partial, '-noappend', '-quiet', '-no-progress', '-comp', 'zstd']
+    // Absolute paths: mksquashfs would take a name starting with '-' for an option.
+    const args = [resolve(opts.directory), resolve(partial), '-noappend', '-quiet', '-no-progress']
+    args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
     const tool = spawnTool('mksquashfs', args, {
       stdin: 'ignore',
@@ -243,7 +246,8 @@ export const mountSquashfs = async (
   if ((await mountsAt(path)).length > 0)
     throw new BackupError('USAGE', `${path} is already a mount point`)
   const program = opts.program ?? 'squashfuse_ll'
-  const tool = spawnTool(program, ['-f', image, path], { stdin: 'ignore', stdout: 'ignore' })
+  const args = ['-f', resolve(image), path]
+  const tool = spawnTool(program, args, { stdin: 'ignore', stdout: 'ignore' })
   const mount = new SquashfsMount(image, path, tool)
   try {
     await mount.waitMounted(opts.timeoutMs ?? 10_000, opts.signal)

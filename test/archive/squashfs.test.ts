@@ -15,6 +15,7 @@ import {
 import type { CreateSquashfsResult } from '../../src/archive/index.ts'
 import { isBackupError } from '../../src/errors.ts'
 import type { ErrorCode } from '../../src/errors.ts'
+import { TokenBucket } from '../../src/io/throttle.ts'
 import { makeTempDir } from '../../src/io/tmpdir.ts'
 import type { TempDir } from '../../src/io/tmpdir.ts'
 import {
@@ -100,7 +101,8 @@ describe('squashfs archives', () => {
   it('extractDirectory copies a mounted image: equal except ACLs and ./dev/*', async () => {
     const target = await fresh('target')
     {
-      await using mount = await mountSquashfs(image, await fresh('mnt'))
+      // A mount point the kernel escapes in mountinfo (space → \040).
+      await using mount = await mountSquashfs(image, await fresh('mnt with space'))
       const r = await extractDirectory({ source: mount.path, target })
       assert.deepEqual(r.warnings, [])
     }
@@ -127,6 +129,22 @@ describe('squashfs archives', () => {
       fails('USAGE'),
     )
     assert.deepEqual(await readdir(empty), [])
+  })
+
+  it('abort during extractDirectory kills both tars', async () => {
+    const ac = new AbortController()
+    const bucket = new TokenBucket({
+      bytesPerSecond: 64 * 1024,
+      burst: 64 * 1024,
+      sleep: (ms, signal) => {
+        ac.abort() // at the first throttled chunk: both tars are running
+        return sleep(ms, undefined, { signal })
+      },
+    })
+    const target = await fresh('target')
+    const job = extractDirectory({ source: src, target, bandwidth: bucket, signal: ac.signal })
+    await assert.rejects(job, fails('ABORTED'))
+    assert.deepEqual(await leftoverTools(), [])
   })
 
   it("the high-level 'squashfuse' program works but splits hardlinks", async () => {
@@ -209,6 +227,11 @@ describe('squashfs archives', () => {
     await assert.rejects(createSquashfs({ directory: src, output, signal }), fails('ABORTED'))
     await assert.rejects(
       createSquashfs({ directory: src, output, excludes: ['a\nb'] }),
+      fails('USAGE'),
+    )
+    const compressionLevel = 0
+    await assert.rejects(
+      createSquashfs({ directory: src, output, compressionLevel }),
       fails('USAGE'),
     )
     await writeFile(output, 'precious')
