@@ -73,7 +73,7 @@ const main = async (): Promise<number> => {
   const results: ScenarioResult[] = []
   const t0 = performance.now()
   try {
-    const machine = await machineInfo(scratch)
+    const machine = await machineInfo(scratch, REPO)
     for (const [i, scenario] of scenarios.entries()) {
       const dir = join(scratch, `s${i}`)
       await mkdir(dir)

@@ -17,6 +17,8 @@ export interface MachineInfo {
   scratchFs: string
   /** 1-minute load average when the benchmark started. */
   loadStart: number
+  /** The guestbackup code measured: commit, and whether src/ or bin/ had local changes. */
+  revision: string
 }
 
 const firstLine = (s: string): string => s.trim().split('\n')[0] ?? ''
@@ -43,9 +45,14 @@ export const freeBytes = async (path: string): Promise<number> => {
 }
 
 /** Collect the machine description. */
-export const machineInfo = async (scratch: string): Promise<MachineInfo> => ({
+export const machineInfo = async (scratch: string, repo: string): Promise<MachineInfo> => ({
   date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
   loadStart: loadavg()[0] ?? 0,
+  revision: await orUnknown(async () => {
+    const head = (await run('git', ['rev-parse', '--short', 'HEAD'], { cwd: repo })).stdout.trim()
+    const st = await run('git', ['status', '--porcelain', '--', 'src', 'bin'], { cwd: repo })
+    return st.stdout.trim() === '' ? head : `${head} + uncommitted changes in src/ or bin/`
+  }),
   nproc: await orUnknown(async () => (await run('nproc', [])).stdout.trim()),
   cpuModel: await orUnknown(async () => {
     const text = await readFile('/proc/cpuinfo', 'utf8')

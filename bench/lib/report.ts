@@ -64,6 +64,7 @@ export const renderReport = (
     `- Date: ${m.date}`,
     `- Machine: ${m.nproc} CPUs (nproc), ${m.cpuModel}, ${m.memory}, ${m.kernel}`,
     `- Scratch: ${m.scratchFs} (temp dir under ${o.scratchParent})`,
+    `- guestbackup: git ${m.revision}`,
     `- Software: ${m.qemu}; ${m.libnbd}; ${m.node}`,
     `- Load average (1 min): ${m.loadStart.toFixed(1)} at start, ${o.loadEnd.toFixed(1)} at end` +
       ` (above ${m.nproc}: other processes competed for the CPUs; expect noisy numbers)`,
