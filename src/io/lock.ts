@@ -9,16 +9,18 @@ export interface GuestLock extends AsyncDisposable {
 
 /**
  * Lock a guest directory of a store (one backup, prune or free at a time per guest). The lock
- * is `<dir>/.lock`, refreshed while held and considered stale 30 s after its holder died.
+ * is `<dir>/.lock`, refreshed while held and considered stale 6 s after its holder died.
  */
 export const lockGuest = async (dir: string): Promise<GuestLock> => {
   let releaseFn: () => Promise<void>
   try {
     releaseFn = await lockfile.lock(dir, {
       lockfilePath: join(dir, '.lock'),
-      stale: 30_000,
-      update: 5_000,
-      retries: 0,
+      // A holder refreshes the lock every 2 s; one killed with SIGKILL leaves it behind, and it
+      // counts as stale after 6 s. A new run waits that long instead of failing at once.
+      stale: 6_000,
+      update: 2_000,
+      retries: { retries: 9, factor: 1, minTimeout: 1_000, maxTimeout: 1_000 },
       realpath: false,
     })
   } catch (e) {

@@ -70,6 +70,7 @@ export class NbdClient implements AsyncDisposable {
       canDf: has(NBD_FLAG.SEND_DF) && n.structuredReplies,
       canCache: has(NBD_FLAG.SEND_CACHE),
     }
+  }
 
   /**
    * Connect to an NBD server on a unix socket and negotiate: fixed newstyle, NO_ZEROES,

@@ -148,16 +148,6 @@ export class Connection {
     throw new BackupError('NBD_CLOSED', `NBD client is ${this.#state}`)
   }
 
-  #checkOpen(): void {
-    if (this.#state === 'open') return
-    if (this.#state === 'failed' && this.#failure) {
-      throw new BackupError('NBD_CLOSED', `NBD connection failed: ${this.#failure.message}`, {
-        cause: this.#failure,
-      })
-    }
-    throw new BackupError('NBD_CLOSED', `NBD client is ${this.#state}`)
-  }
-
   /** Send one request; resolves with it completed, rejects with the server error or abort. */
   async request(
     cmd: number,
@@ -165,7 +155,7 @@ export class Connection {
     offset: number,
     length: number,
     signal: AbortSignal | undefined,
-    extra: { dest?: Buffer; data?: Buffer; reqOne?: boolean } = {},
+    extra: RequestExtra = {},
   ): Promise<InFlight> {
     this.#checkOpen()
     if (signal?.aborted === true) throw abortedError(signal)
@@ -173,6 +163,7 @@ export class Connection {
     try {
       while (this.#drain) await this.#raceAbort(this.#drain, signal)
       this.#checkOpen()
+      if (signal?.aborted === true) throw abortedError(signal)
     } catch (e) {
       this.#slots.release()
       throw e
@@ -218,6 +209,7 @@ export class Connection {
 
   #raceAbort<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
     if (!signal) return p
+    if (signal.aborted) return Promise.reject(abortedError(signal))
     return new Promise<T>((resolve, reject) => {
       const unwatch = this.#watch.add(signal, () => {
         reject(abortedError(signal))

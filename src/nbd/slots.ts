@@ -43,6 +43,7 @@ export class Slots {
       this.#used++
       return undefined
     }
+    if (signal?.aborted === true) return Promise.reject(abortedError(signal))
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = { resolve, reject, unwatch: () => undefined }
       w.unwatch = this.#watch.add(signal, () => {
@@ -54,8 +55,9 @@ export class Slots {
     })
   }
 
-  /** Give a slot back; the longest waiter gets it. */
+  /** Give a slot back; the longest waiter gets it. Ignored after {@link Slots.reset}. */
   release(): void {
+    if (this.#used === 0) return
     this.#used--
     const w = this.#waiters.shift()
     if (w === undefined) return

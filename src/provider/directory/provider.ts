@@ -5,7 +5,7 @@
  * is built in a hidden `.partial-*` dir and renamed into place only by `backupCleanup(success)`,
  * after `manifest.json` is written, so no half backup is ever listed.
  */
-import { chown, copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { chown, copyFile, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type {
   BackupCleanupResult,
@@ -100,7 +100,11 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       // Two backups in the same second: take the next free second rather than overwrite.
       for (let t = startTime; await this.exists(ref); t++) ref = volumeRef(vmid, vmtype, t + 1)
       const partial = this.layout.partialDir(ref)
-      await rm(partial, { recursive: true, force: true })
+      // We hold the guest lock: any partial backup left is from a killed run.
+      for (const name of await readdir(guestDir)) {
+        if (name.startsWith('.partial-'))
+          await rm(join(guestDir, name), { recursive: true, force: true })
+      }
       await mkdir(partial, { mode: 0o700 })
       this.#guests.set(vmid, { ref, partial, lock, failed: false, committed: false, bases: {} })
       return { archiveName: ref.archiveName }

@@ -1,0 +1,369 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { runBackupJob } from '../../src/host/runner.ts'
+import type { GuestResult } from '../../src/host/runner.ts'
+import { restoreBackup } from '../../src/host/restore.ts'
+import { TaskLog } from '../../src/host/task-log.ts'
+import { silentLogger } from '../../src/log.ts'
+import { initStore, openStore } from '../../src/provider/directory/store.ts'
+import type { DirectoryStorage } from '../../src/provider/directory/storage.ts'
+import { QmpClient } from '../../src/qmp/index.ts'
+import { run } from '../../src/io/spawn.ts'
+import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
+import { startVm } from '../helpers/qemu-vm.ts'
+import type { TestVm } from '../helpers/qemu-vm.ts'
+
+const MiB = 1024 * 1024
+
+/**
+ * Issue 3, done-when: a real (paused, no guest OS) QEMU through several backups with guest
+ * writes between them — data, zeroes over old data, discard, the tail of the disk — a VM
+ * restart between two incrementals and a disk resize forcing a full. Every restore point must be
+ * identical to a copy of the export taken at that backup's instant, and a write made during a
+ * backup must be absent from it and present in the next.
+ */
+describe('host/live: incremental backups of a running VM', () => {
+  let dir: string
+  let storage: DirectoryStorage
+  let vm: TestVm
+  const disk = (): string => join(dir, 'disk.qcow2')
+  const disk2 = (): string => join(dir, 'disk2.qcow2')
+  const points: { volid: string; refs: Record<string, string>; parent: boolean }[] = []
+
+  const startTheVm = async (): Promise<void> => {
+    vm = await startVm({
+      disks: [
+        { path: disk(), format: 'qcow2', id: 'scsi0' },
+        { path: disk2(), format: 'qcow2', id: 'virtio1' },
+      ],
+      dir: join(dir, 'vm'),
+    })
+  }
+
+  /** One backup; at the instant, copy each export as the reference, then run `during`. */
+  const backup = async (during?: () => Promise<void>): Promise<GuestResult> => {
+    const n = points.length
+    const refs: Record<string, string> = {}
+    const [res] = await runBackupJob({
+      provider: (log) => storage.newBackupProvider(log),
+      storeId: storage.storeId,
+      guests: [
+        {
+          type: 'qemu',
+          vmid: 400,
+          config: 'name: live\n',
+          qmp: vm.qmpPath,
+          onInstant: async (socket) => {
+            for (const dev of ['drive-scsi0', 'drive-virtio1']) {
+              const ref = join(dir, `ref-${n}-${dev}.raw`)
+              await run('qemu-img', [
+                'convert',
+                '-f',
+                'raw',
+                '-O',
+                'raw',
+                `nbd+unix:///${dev}?socket=${socket}`,
+                ref,
+              ])
+              refs[dev] = ref
+            }
+            await during?.()
+          },
+        },
+      ],
+      logger: silentLogger(),
+      signal: new AbortController().signal,
+    })
+    assert.ok(res)
+    assert.equal(res.status, 'ok', res.error?.message)
+    const vols = await storage.listVolumes({ vmid: 400 })
+    const v = vols.find((x) => x.volid === res.volid)
+    assert.ok(v)
+    points.push({ volid: res.volid ?? '', refs, parent: v.parent !== undefined })
+    return res
+  }
+
+  const io = (cmd: string): Promise<string> => vm.guestIo('scsi0', cmd)
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'gb-live-'))
+    await mkdir(join(dir, 'vm'))
+    await createImage(disk(), { format: 'qcow2', size: 64 * MiB })
+    await createImage(disk2(), { format: 'qcow2', size: 16 * MiB })
+    await initStore(join(dir, 'store'), { 'vm-backup-mode': 'incremental' }, 'lab')
+    storage = await openStore(join(dir, 'store'))
+    await startTheVm()
+  })
+  after(async () => {
+    await vm.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('1: full backup of two disks at one instant', async () => {
+    await io('write -P 0x11 0 8M')
+    await io('write -P 0x12 32M 4M')
+    await vm.guestIo('virtio1', 'write -P 0x21 1M 1M')
+    await backup()
+    assert.equal(points[0]?.parent, false)
+  })
+
+  it('2: incremental after data, zeroes over data, discard and a tail write; a write during it is left out', async () => {
+    await io('write -P 0x13 1M 64k')
+    await io('write -z 2M 1M')
+    await io('discard 4M 1M')
+    await io('write -P 0x14 63M 1M')
+    await backup(async () => {
+      await io('write -P 0xee 10M 64k')
+    })
+    assert.equal(points[1]?.parent, true)
+    const ref = points[1]?.refs['drive-scsi0'] ?? ''
+    const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
+      okExitCodes: [0, 1],
+    })
+    assert.match(stdout, /Pattern verification failed/)
+  })
+
+  it('3: the write made during backup 2 is in backup 3', async () => {
+    await backup()
+    assert.equal(points[2]?.parent, true)
+    const ref = points[2]?.refs['drive-scsi0'] ?? ''
+    const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
+      okExitCodes: [0, 1],
+    })
+    assert.doesNotMatch(stdout, /failed/)
+  })
+
+  it('4: incremental across a VM restart (persistent bitmaps)', async () => {
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    await qmp.executeRaw('quit').catch(() => undefined)
+    await qmp.close()
+    await vm.stop()
+    await startTheVm()
+    await io('write -P 0x15 20M 2M')
+    await backup()
+    assert.equal(points[3]?.parent, true, 'still incremental after the restart')
+  })
+
+  it('5: a disk resize forces a full backup, then incrementals resume', async () => {
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    await qmp.executeRaw('block_resize', { 'node-name': 'drive-scsi0', size: 96 * MiB })
+    await qmp.close()
+    await io('write -P 0x16 90M 1M')
+    await backup()
+    // The resized disk starts a new chain; the other disk stays incremental.
+    const volid = points[4]?.volid ?? ''
+    const info = await imageInfo(
+      join(
+        dir,
+        'store',
+        volid.slice(volid.indexOf('backup/') + 'backup/'.length),
+        'drive-scsi0.qcow2',
+      ),
+      'qcow2',
+    )
+    assert.equal(info['backing-filename'], undefined, 'full after resize')
+    assert.equal(info['virtual-size'], 96 * MiB)
+    await io('write -P 0x17 95M 1M')
+    await backup()
+    assert.equal(points[5]?.parent, true)
+  })
+
+  it('restores every point identical to the export at its instant', async () => {
+    const provider = storage.newBackupProvider(() => undefined)
+    for (const [i, p] of points.entries()) {
+      const target = join(dir, `restore-${i}`)
+      const log = new TaskLog(join(dir, `restore-${i}.log`), silentLogger())
+      const volname = p.volid.slice(p.volid.indexOf(':') + 1)
+      await restoreBackup({ provider, volname, target, log, signal: new AbortController().signal })
+      for (const [dev, ref] of Object.entries(p.refs)) {
+        assert.ok(
+          await compareImages(join(target, `${dev}.raw`), 'raw', ref, 'raw'),
+          `point ${i} ${dev} differs from its instant`,
+        )
+      }
+    }
+  })
+
+  it('leaves the VM graph as it was: no overlays, jobs, exports; one bitmap per disk', async () => {
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    try {
+      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
+        'node-name': string
+      }[]
+      assert.deepEqual(
+        nodes
+          .map((n) => n['node-name'])
+          .filter((n) => !n.startsWith('#'))
+          .sort(),
+        ['drive-scsi0', 'drive-scsi0-file', 'drive-virtio1', 'drive-virtio1-file'],
+      )
+      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
+      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
+      const blocks = (await qmp.executeRaw('query-block')) as {
+        inserted?: { 'dirty-bitmaps'?: { name: string; recording: boolean }[] }
+      }[]
+      for (const b of blocks) {
+        const bms = b.inserted?.['dirty-bitmaps'] ?? []
+        assert.equal(bms.length, 1)
+        assert.equal(bms[0]?.recording, true)
+        assert.match(bms[0]?.name ?? '', /^gb-lab-\d+$/)
+      }
+    } finally {
+      await qmp.close()
+    }
+  })
+
+  it('fails loudly and forces a full backup when the bitmap lies', async () => {
+    // Write behind the bitmap's back: a clean block changes without being marked dirty.
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    const blocks = (await qmp.executeRaw('query-block')) as {
+      qdev?: string
+      inserted?: { 'dirty-bitmaps'?: { name: string }[] }
+    }[]
+    const name = blocks.find((b) => b.qdev === 'scsi0')?.inserted?.['dirty-bitmaps']?.[0]?.name
+    assert.ok(name)
+    await qmp.executeRaw('block-dirty-bitmap-disable', { node: 'drive-scsi0', name })
+    await io('write -P 0x66 0 8M')
+    await qmp.executeRaw('block-dirty-bitmap-enable', { node: 'drive-scsi0', name })
+    await qmp.close()
+    const [res] = await runBackupJob({
+      provider: (log) => storage.newBackupProvider(log),
+      storeId: storage.storeId,
+      guests: [{ type: 'qemu', vmid: 400, config: 'x\n', qmp: vm.qmpPath }],
+      logger: silentLogger(),
+      signal: new AbortController().signal,
+    })
+    assert.equal(res?.status, 'failed')
+    assert.equal(res.error?.code, 'VERIFY_FAILED')
+    await backup()
+    assert.equal(points.at(-1)?.parent, false, 'the next backup is full')
+  })
+})
+
+describe('host/live: the backup process killed at random moments', () => {
+  let dir: string
+  let vm: TestVm
+  let storage: DirectoryStorage
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'gb-kill-'))
+    await mkdir(join(dir, 'vm'))
+    await createImage(join(dir, 'd.qcow2'), { format: 'qcow2', size: 256 * MiB })
+    vm = await startVm({
+      disks: [{ path: join(dir, 'd.qcow2'), format: 'qcow2', id: 'scsi0' }],
+      dir: join(dir, 'vm'),
+    })
+    await vm.guestIo('scsi0', 'write -P 0x31 0 128M')
+    await initStore(join(dir, 'store'), { 'vm-backup-mode': 'incremental' }, 'k')
+    storage = await openStore(join(dir, 'store'))
+    await writeFile(join(dir, 'vm.conf'), 'name: k\n')
+  })
+  after(async () => {
+    await vm.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('keeps the VM running and the next incremental correct', async () => {
+    const { spawn } = await import('node:child_process')
+    // Random moments across start-up, setup, copy and commit (the copy is slowed to ~4 s).
+    const delays = Array.from({ length: 4 }, () => 300 + Math.floor(Math.random() * 3500))
+    let incrementals = 0
+    for (const [i, ms] of delays.entries()) {
+      await vm.guestIo('scsi0', `write -P ${0x40 + i} ${i * 8}M 1M`)
+      const child = spawn(
+        join(import.meta.dirname, '../../bin/guestbackup'),
+        [
+          'backup',
+          '--store',
+          join(dir, 'store'),
+          '--vmid',
+          '500',
+          '--config',
+          join(dir, 'vm.conf'),
+          '--qmp',
+          vm.qmpPath,
+          '--bwlimit',
+          '32M',
+        ],
+        { stdio: 'ignore' },
+      )
+      const exited = new Promise((r) => child.once('exit', r))
+      await new Promise((r) => setTimeout(r, ms))
+      // The run may have finished on its own by now; killing it then is a no-op.
+      child.kill('SIGKILL')
+      await exited
+      const qmp = await QmpClient.connect(vm.qmpPath)
+      const status = (await qmp.executeRaw('query-status')) as { status: string }
+      await qmp.close()
+      assert.notEqual(status.status, 'shutdown')
+      // The next run repairs the graph and produces a correct backup.
+      const refs: string[] = []
+      const [res] = await runBackupJob({
+        provider: (log) => storage.newBackupProvider(log),
+        storeId: storage.storeId,
+        guests: [
+          {
+            type: 'qemu',
+            vmid: 500,
+            config: 'name: k\n',
+            qmp: vm.qmpPath,
+            onInstant: async (socket) => {
+              const ref = join(dir, `ref-${i}.raw`)
+              await run('qemu-img', [
+                'convert',
+                '-f',
+                'raw',
+                '-O',
+                'raw',
+                `nbd+unix:///drive-scsi0?socket=${socket}`,
+                ref,
+              ])
+              refs.push(ref)
+            },
+          },
+        ],
+        logger: silentLogger(),
+        signal: new AbortController().signal,
+      })
+      assert.equal(res?.status, 'ok', res?.error?.message)
+      const mine = (await storage.listVolumes({ vmid: 500 })).find((v) => v.volid === res.volid)
+      if (mine?.parent !== undefined) incrementals++
+      const target = join(dir, `restore-${i}`)
+      const volname = (res.volid ?? '').slice((res.volid ?? '').indexOf(':') + 1)
+      await restoreBackup({
+        provider: storage.newBackupProvider(() => undefined),
+        volname,
+        target,
+        log: new TaskLog(join(dir, `r-${i}.log`), silentLogger()),
+        signal: new AbortController().signal,
+      })
+      assert.ok(await compareImages(join(target, 'drive-scsi0.raw'), 'raw', refs[0] ?? '', 'raw'))
+      await rm(target, { recursive: true })
+      await rm(refs[0] ?? '', { force: true })
+    }
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    try {
+      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
+      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
+      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
+        'node-name': string
+      }[]
+      assert.ok(!nodes.some((n) => n['node-name'].startsWith('gb-')))
+    } finally {
+      await qmp.close()
+    }
+    const vols = await storage.listVolumes({ vmid: 500 })
+    // Each round adds our backup, plus the killed one if it finished before the kill.
+    assert.ok(vols.length >= delays.length && vols.length <= 2 * delays.length)
+    assert.ok(incrementals > 0, 'backups after a kill are incremental again')
+    // No partial backups left in the store.
+    const { readdir } = await import('node:fs/promises')
+    const entries = await readdir(join(dir, 'store', '500'))
+    assert.deepEqual(
+      entries.filter((e) => e.startsWith('.partial')),
+      [],
+    )
+  })
+})
