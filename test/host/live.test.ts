@@ -119,7 +119,7 @@ describe('host/live: incremental backups of a running VM', () => {
       await io('write -P 0xee 10M 64k')
     })
     assert.equal(points[1]?.parent, true)
-    const ref = points[1]?.refs['drive-scsi0'] ?? ''
+    const ref = points.at(1)?.refs['drive-scsi0'] ?? ''
     const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
       okExitCodes: [0, 1],
     })
@@ -129,7 +129,7 @@ describe('host/live: incremental backups of a running VM', () => {
   it('3: the write made during backup 2 is in backup 3', async () => {
     await backup()
     assert.equal(points[2]?.parent, true)
-    const ref = points[2]?.refs['drive-scsi0'] ?? ''
+    const ref = points.at(2)?.refs['drive-scsi0'] ?? ''
     const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
       okExitCodes: [0, 1],
     })
@@ -209,7 +209,7 @@ describe('host/live: incremental backups of a running VM', () => {
         const bms = b.inserted?.['dirty-bitmaps'] ?? []
         assert.equal(bms.length, 1)
         assert.equal(bms[0]?.recording, true)
-        assert.match(bms[0]?.name ?? '', /^gb-lab-\d+$/)
+        assert.match(String(bms.at(0)?.name), /^gb-lab-\d+$/)
       }
     } finally {
       await qmp.close()
