@@ -6,7 +6,8 @@
 import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { basename, resolve } from 'node:path'
-import type { VolumeReader } from '../api/provider.ts'
+import type { Region, VolumeReader } from '../api/provider.ts'
+import { walkExtents } from '../nbd/extents.ts'
 import { BackupError } from '../errors.ts'
 import { NbdClient } from '../nbd/client.ts'
 import { imageInfo } from '../qemu/img.ts'
@@ -68,27 +69,46 @@ export const diskSize = async (disk: DiskSpec, signal?: AbortSignal): Promise<nu
 }
 
 /** Serve a disk read-only over NBD; export name = device name. */
-export const serveDisk = (disk: DiskSpec, signal?: AbortSignal): Promise<QemuNbd> =>
+export const serveDisk = (
+  disk: DiskSpec,
+  signal?: AbortSignal,
+  bitmap?: string,
+): Promise<QemuNbd> =>
   startQemuNbd({
     image: disk.path,
     format: disk.format,
     readOnly: true,
     exportName: disk.device,
+    ...(bitmap === undefined ? {} : { bitmap }),
     signal,
   })
 
 /** A {@link VolumeReader} plus how to release it. */
 export interface OpenedReader {
   reader: VolumeReader
+  /** Dirty regions (the whole disk without a bitmap), then undefined. */
+  nextDirtyRegion: () => Promise<Region | undefined>
   close(): Promise<void>
+}
+
+/** The whole disk as one region, once. */
+const wholeDisk = (size: number): (() => Promise<Region | undefined>) => {
+  let given = false
+  return () => {
+    const r = given || size === 0 ? undefined : ([0, size] as const)
+    given = true
+    return Promise.resolve(r)
+  }
 }
 
 /** Open a disk for the `file-handle` mechanism. Raw: the file itself; qcow2: through qemu-nbd. */
 export const openDiskReader = async (
   disk: DiskSpec,
   signal?: AbortSignal,
+  bitmap?: string,
 ): Promise<OpenedReader> => {
   if (disk.format === 'raw') {
+    const size = await diskSize(disk, signal)
     const fh: FileHandle = await open(disk.path, 'r')
     return {
       reader: {
@@ -103,17 +123,32 @@ export const openDiskReader = async (
           return buf
         },
       },
+      nextDirtyRegion: wholeDisk(size),
       close: () => fh.close(),
     }
   }
-  const server = await serveDisk(disk, signal)
+  const server = await serveDisk(disk, signal, bitmap)
   try {
+    const ctx = bitmap === undefined ? undefined : `qemu:dirty-bitmap:${bitmap}`
     const client = await NbdClient.connect({
       path: server.socketPath,
       exportName: disk.device,
+      ...(ctx === undefined ? {} : { metaContexts: [ctx] }),
       ...(signal ? { signal } : {}),
     })
+    const extents =
+      ctx === undefined ? undefined : walkExtents(client, ctx, signal ? { signal } : {})
     return {
+      nextDirtyRegion:
+        extents === undefined
+          ? wholeDisk(client.size)
+          : async () => {
+              for (;;) {
+                const r = await extents.next()
+                if (r.done === true) return undefined
+                if ((r.value.flags & 1) !== 0) return [r.value.offset, r.value.length] as const
+              }
+            },
       reader: {
         read: (position, length, sig) => client.read(position, length, sig ? { signal: sig } : {}),
       },

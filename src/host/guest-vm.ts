@@ -2,19 +2,21 @@
  * The VM part of a backup (qemu-server's `archive_external` for offline disks): sizes, the
  * incremental query, one NBD export (or reader) per disk, `backupVm`, teardown on every path.
  */
-import type {
-  BackupInfo,
-  BackupProvider,
-  BitmapMode,
-  IncrementalQuery,
-  VmVolume,
-} from '../api/provider.ts'
+import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import type { ProgressInfo } from '../provider/directory/provider.ts'
 import type { QemuNbd } from '../qemu/nbd-server.ts'
 import { diskSize, openDiskReader, serveDisk } from './disks.ts'
 import type { DiskSpec, OpenedReader } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
+import type { BitmapFinalizer } from './live/guest-live.ts'
+import {
+  commitOfflineBitmaps,
+  currentOfflineGeneration,
+  prepareOfflineBitmaps,
+  rollbackOfflineBitmaps,
+} from './offline-bitmaps.ts'
+import type { OfflineBitmapPlan } from './offline-bitmaps.ts'
 
 /** A VM to back up. */
 export interface VmGuest {
@@ -26,16 +28,14 @@ export interface VmGuest {
   disks: readonly DiskSpec[]
 }
 
-/** Offline disks have no dirty bitmap: every answer becomes a full read. */
-const offlineBitmapMode = (_q: IncrementalQuery | undefined): BitmapMode => 'none'
-
-/** Run the VM part; the caller handles init and cleanup. */
+/** Run the VM part; the caller handles init and cleanup and finishes the bitmaps. */
 export const backupVmGuest = async (
   provider: BackupProvider,
   guest: VmGuest,
+  storeId: string,
   info: BackupInfo & ProgressInfo,
   log: TaskLog,
-): Promise<void> => {
+): Promise<BitmapFinalizer> => {
   const mechanism = await provider.backupGetMechanism(guest.vmid, 'qemu')
   if (mechanism !== 'nbd' && mechanism !== 'file-handle') {
     throw new BackupError(
@@ -44,10 +44,14 @@ export const backupVmGuest = async (
     )
   }
   if (guest.disks.length === 0) throw new BackupError('USAGE', 'the VM has no disks')
-  const sizes: Record<string, { size: number }> = {}
+  const sizes: Record<string, VolumeSize> = {}
   for (const d of guest.disks) {
     if (sizes[d.device] !== undefined) throw new BackupError('USAGE', `duplicate disk ${d.device}`)
-    sizes[d.device] = { size: await diskSize(d, info.signal) }
+    const gen = await currentOfflineGeneration(d, storeId, log)
+    sizes[d.device] = {
+      size: await diskSize(d, info.signal),
+      ...(gen === undefined ? {} : { bitmapGeneration: gen }),
+    }
   }
   const query = (await provider.backupVmQueryIncremental(guest.vmid, sizes)) ?? {}
   for (const device of Object.keys(query)) {
@@ -56,8 +60,16 @@ export const backupVmGuest = async (
     }
     const q = query[device]
     if (q !== 'new' && q !== 'use' && q !== 'none') {
-      throw new BackupError('PROVIDER_INVALID', `invalid incremental mode '${String(q)}'`)
+      throw new BackupError(
+        'PROVIDER_INVALID',
+        `invalid incremental mode '${String(q as unknown)}'`,
+      )
     }
+  }
+  const plans = new Map<DiskSpec, OfflineBitmapPlan>()
+  const rollback = async (): Promise<void> => {
+    for (const [d, p] of plans) await rollbackOfflineBitmaps(d, p)
+    plans.clear()
   }
   const servers: QemuNbd[] = []
   const readers: OpenedReader[] = []
@@ -65,31 +77,49 @@ export const backupVmGuest = async (
     const volumes: Record<string, VmVolume> = {}
     for (const d of guest.disks) {
       const size = sizes[d.device]?.size ?? 0
-      const bitmapMode = offlineBitmapMode(query[d.device])
-      log.info(`${d.device}: ${d.format} ${d.path}, ${size} bytes, bitmap ${bitmapMode}`)
+      const plan = await prepareOfflineBitmaps(
+        d,
+        storeId,
+        sizes[d.device]?.bitmapGeneration,
+        query[d.device],
+      )
+      plans.set(d, plan)
+      log.info(`${d.device}: ${d.format} ${d.path}, ${size} bytes, bitmap ${plan.mode}`)
+      const bitmaps = {
+        ...(plan.read === undefined ? {} : { bitmapName: plan.read, bitmapGeneration: plan.read }),
+        ...(plan.next === undefined ? {} : { nextBitmapGeneration: plan.next }),
+      }
       if (mechanism === 'nbd') {
-        const server = await serveDisk(d, info.signal)
+        const server = await serveDisk(d, info.signal, plan.read)
         servers.push(server)
-        volumes[d.device] = { size, bitmapMode, nbdPath: server.socketPath }
+        volumes[d.device] = { size, bitmapMode: plan.mode, nbdPath: server.socketPath, ...bitmaps }
       } else {
-        const opened = await openDiskReader(d, info.signal)
+        const opened = await openDiskReader(d, info.signal, plan.read)
         readers.push(opened)
-        let given = false
         volumes[d.device] = {
           size,
-          bitmapMode,
+          bitmapMode: plan.mode,
           fileHandle: opened.reader,
-          nextDirtyRegion: () => {
-            const r = given ? undefined : ([0, size] as const)
-            given = true
-            return Promise.resolve(r)
-          },
+          nextDirtyRegion: opened.nextDirtyRegion,
+          ...bitmaps,
         }
       }
     }
-    await provider.backupVm(guest.vmid, guest.config, volumes, info)
+    await provider.backupVm(guest.vmid, guest.config, volumes, { ...info, consistency: 'offline' })
+  } catch (e) {
+    for (const r of readers.splice(0)) await r.close()
+    for (const s of servers.splice(0)) await s.stop()
+    await rollback()
+    throw e
   } finally {
     for (const r of readers) await r.close()
     for (const s of servers) await s.stop()
+  }
+  return {
+    commit: async () => {
+      for (const [d, p] of plans) await commitOfflineBitmaps(d, p)
+      plans.clear()
+    },
+    rollback,
   }
 }

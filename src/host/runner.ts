@@ -134,7 +134,7 @@ const backupGuest = async (
     if (guest.type === 'lxc') await backupCtGuest(provider, guest, info, log)
     else if ('qmp' in guest)
       finalizer = await backupLiveVm(provider, guest, opts.storeId, info, log)
-    else await backupVmGuest(provider, guest, info, log)
+    else finalizer = await backupVmGuest(provider, guest, opts.storeId, info, log)
     opts.signal.throwIfAborted()
     const res = await provider.backupCleanup(guest.vmid, guest.type, true, {})
     // Only now, with the backup committed by the provider, may the frozen bitmaps go. A failure

@@ -1,0 +1,141 @@
+/**
+ * Persistent dirty bitmaps of stopped VMs' qcow2 disks, through `qemu-img bitmap`: the same
+ * life cycle as for running VMs (see live/bitmaps.ts) — freeze the bitmap to read and add its
+ * successor before the backup, drop the frozen one after the provider committed, merge back on
+ * failure — so a VM that is sometimes backed up running and sometimes stopped keeps one chain.
+ * `qemu-img` takes the image's write lock, so a disk in use by a running QEMU is refused.
+ */
+import type { BitmapMode, IncrementalQuery } from '../api/provider.ts'
+import { BackupError } from '../errors.ts'
+import { run } from '../io/spawn.ts'
+import { imageInfo } from '../qemu/img.ts'
+import { BITMAP_GRANULARITY } from './live/bitmaps.ts'
+import { bitmapName, storeBitmaps } from './live/bitmap-names.ts'
+import type { DiskSpec } from './disks.ts'
+import type { TaskLog } from './task-log.ts'
+
+/** Bitmap decisions of one offline disk. */
+export interface OfflineBitmapPlan {
+  mode: BitmapMode
+  read?: string
+  next?: string
+}
+
+interface QcowBitmap {
+  name: string
+  flags: string[]
+}
+
+const bitmapOp = async (disk: DiskSpec, bitmap: string, ops: string[]): Promise<void> => {
+  try {
+    await run('qemu-img', ['bitmap', ...ops, '-f', 'qcow2', disk.path, bitmap], {
+      errorCode: 'QEMU_TOOL_FAILED',
+    })
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e)
+    if (/lock/i.test(msg)) {
+      throw new BackupError(
+        'USAGE',
+        `${disk.path} is in use by a running QEMU: back the VM up with --qmp`,
+        { cause: e },
+      )
+    }
+    throw e
+  }
+}
+
+const listBitmaps = async (disk: DiskSpec): Promise<QcowBitmap[]> => {
+  const info = await imageInfo(disk.path, 'qcow2')
+  return (info['format-specific']?.data?.bitmaps ?? []).map((b) => ({
+    name: b.name,
+    flags: b.flags,
+  }))
+}
+
+/**
+ * Repair leftovers (several of our bitmaps: merge into the oldest and enable it; a lone disabled
+ * or inconsistent one: remove it) and return the current tracking bitmap, if any.
+ */
+export const currentOfflineGeneration = async (
+  disk: DiskSpec,
+  storeId: string,
+  log: TaskLog,
+): Promise<string | undefined> => {
+  if (disk.format !== 'qcow2') return undefined
+  let bitmaps = await listBitmaps(disk)
+  for (const b of bitmaps) {
+    if (b.flags.includes('in-use') && storeBitmaps(storeId, [b.name]).length > 0) {
+      // QEMU died with the image open: the bitmap may have missed writes.
+      await bitmapOp(disk, b.name, ['--remove'])
+      log.warn(`${disk.device}: removed inconsistent bitmap ${b.name}`)
+    }
+  }
+  bitmaps = await listBitmaps(disk)
+  const ours = storeBitmaps(
+    storeId,
+    bitmaps.map((b) => b.name),
+  )
+  const oldest = ours[0]?.[1]
+  if (oldest === undefined) return undefined
+  for (const [, newer] of ours.slice(1)) {
+    await bitmapOp(disk, oldest, ['--merge', newer])
+    await bitmapOp(disk, newer, ['--remove'])
+    log.warn(`${disk.device}: merged leftover bitmap ${newer} back into ${oldest}`)
+  }
+  const enabled = bitmaps.find((b) => b.name === oldest)?.flags.includes('auto') === true
+  if (ours.length > 1 && !enabled) {
+    await bitmapOp(disk, oldest, ['--enable'])
+    return oldest
+  }
+  if (!enabled) {
+    await bitmapOp(disk, oldest, ['--remove'])
+    log.warn(`${disk.device}: removed disabled bitmap ${oldest}`)
+    return undefined
+  }
+  return oldest
+}
+
+/** Apply the provider's answer before serving the disk. */
+export const prepareOfflineBitmaps = async (
+  disk: DiskSpec,
+  storeId: string,
+  current: string | undefined,
+  answer: IncrementalQuery | undefined,
+): Promise<OfflineBitmapPlan> => {
+  if (disk.format !== 'qcow2') return { mode: 'none' }
+  const ours = storeBitmaps(
+    storeId,
+    (await listBitmaps(disk)).map((b) => b.name),
+  )
+  const next = bitmapName(storeId, (ours.at(-1)?.[0] ?? 0) + 1)
+  const add = ['--add', '-g', String(BITMAP_GRANULARITY)]
+  if (answer === 'use' && current !== undefined) {
+    await bitmapOp(disk, current, ['--disable'])
+    await bitmapOp(disk, next, add)
+    return { mode: 'reuse', read: current, next }
+  }
+  for (const [, name] of ours) await bitmapOp(disk, name, ['--remove'])
+  if (answer === 'use' || answer === 'new') {
+    await bitmapOp(disk, next, add)
+    return { mode: 'new', next }
+  }
+  return { mode: 'none' }
+}
+
+/** After the provider committed: drop the read bitmap. */
+export const commitOfflineBitmaps = async (
+  disk: DiskSpec,
+  plan: OfflineBitmapPlan,
+): Promise<void> => {
+  if (plan.read !== undefined) await bitmapOp(disk, plan.read, ['--remove'])
+}
+
+/** After a failure: merge the successor back and re-enable the read bitmap. */
+export const rollbackOfflineBitmaps = async (
+  disk: DiskSpec,
+  plan: OfflineBitmapPlan,
+): Promise<void> => {
+  if (plan.next === undefined) return
+  if (plan.read !== undefined) await bitmapOp(disk, plan.read, ['--merge', plan.next, '--enable'])
+  await bitmapOp(disk, plan.next, ['--remove'])
+}
