@@ -62,7 +62,7 @@ export const backupVmGuest = async (
     if (q !== 'new' && q !== 'use' && q !== 'none') {
       throw new BackupError(
         'PROVIDER_INVALID',
-        `invalid incremental mode '${String(q as unknown)}'`,
+        `invalid incremental mode '${String(q)}'`,
       )
     }
   }

@@ -115,7 +115,7 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
       await cliOk(['protect', '--store', store, oldest])
       const after1 = (await list()).at(-1)
       assert.equal(after1?.notes, 'first full')
-      assert.equal(after1?.protected, true)
+      assert.equal(after1.protected, true)
       const r = await cli(['remove', '--store', store, oldest])
       assert.equal(r.code, 1)
       assert.match(r.stderr, /protected/)
