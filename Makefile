@@ -23,6 +23,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@touch $@
 
 build: npm
+	rm -rf dist
 	npx tsc -p tsconfig.build.json
 
 typecheck: npm
@@ -37,13 +38,13 @@ format-check: npm
 unit: npm
 	npm test
 
-test: deps typecheck lint format-check
+test: deps typecheck lint format-check build
 	npm test
 
-demo: deps
+demo: deps build
 	bash scripts/demo.sh
 
-bench: deps
+bench: deps build
 	npm run bench
 
 clean:
