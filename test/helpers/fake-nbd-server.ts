@@ -82,6 +82,8 @@ export interface FakeNbdOptions {
   metaContexts?: readonly string[]
   /** NBD_INFO_BLOCK_SIZE to advertise, if any. */
   blockSize?: { minimum: number; preferred: number; maximum: number }
+  /** Take over an option: return the raw bytes to send instead of the default reply. */
+  onOption?: (option: number, data: Buffer) => Buffer | undefined
   /** Take over a request: return true if handled (the default reply is then skipped). */
   onRequest?: (req: FakeRequest, conn: FakeConnection) => boolean
 }
@@ -183,6 +185,11 @@ export class FakeNbdServer {
       const h = decodeOptionHeader(await reader.read(16), 1 << 20)
       const data = await reader.read(h.length)
       this.options.push(h.option)
+      const custom = o.onOption?.(h.option, data)
+      if (custom) {
+        s.write(custom)
+        continue
+      }
       if (h.option === NBD_OPT.STRUCTURED_REPLY && o.structured !== false) {
         structured = true
         reply(h.option, NBD_REP.ACK)

@@ -1,8 +1,17 @@
 import { describe, it, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
+import { setImmediate as tick } from 'node:timers/promises'
 import { isBackupError, NbdServerError } from '../../src/errors.ts'
 import { NbdClient, walkExtents } from '../../src/nbd/index.ts'
-import { NBD_CMD, NBD_FLAG, NBD_FLAG_HS, NBD_REPLY_FLAG } from '../../src/nbd/constants.ts'
+import {
+  NBD_CMD,
+  NBD_FLAG,
+  NBD_FLAG_HS,
+  NBD_OPT,
+  NBD_REP,
+  NBD_REPLY_FLAG,
+} from '../../src/nbd/constants.ts'
+import { encodeMetaContext, encodeOptionReply } from '../../src/nbd/wire.ts'
 import {
   encodeBlockStatus,
   encodeChunk,
@@ -148,6 +157,93 @@ describe('nbd/client handshake against the fake server', () => {
       NbdClient.connect({ path: srv.path, signal: AbortSignal.abort() }),
       code('ABORTED'),
     )
+  })
+})
+
+describe('nbd/client handshake failures', () => {
+  const reply = (opt: number, type: number, msg = '') =>
+    encodeOptionReply(opt, type, Buffer.from(msg))
+  const cases: [string, FakeNbdOptions, Parameters<typeof isBackupError>[1], RegExp][] = [
+    [
+      'TLS required',
+      { onOption: (o) => (o === NBD_OPT.GO ? reply(o, NBD_REP.ERR_TLS_REQD) : undefined) },
+      'NBD_UNSUPPORTED',
+      /requires TLS/,
+    ],
+    [
+      'policy refusal',
+      { onOption: (o) => (o === NBD_OPT.GO ? reply(o, NBD_REP.ERR_POLICY, 'go away') : undefined) },
+      'NBD_UNSUPPORTED',
+      /policy.*go away/,
+    ],
+    [
+      'shutdown during negotiation',
+      {
+        onOption: (o) =>
+          o === NBD_OPT.STRUCTURED_REPLY ? reply(o, NBD_REP.ERR_SHUTDOWN) : undefined,
+      },
+      'NBD_CLOSED',
+      /shutting down/,
+    ],
+    [
+      'a reply to another option',
+      { onOption: (o) => (o === NBD_OPT.GO ? reply(NBD_OPT.INFO, NBD_REP.ACK) : undefined) },
+      'NBD_PROTOCOL',
+      /NBD_OPT_INFO while NBD_OPT_GO/,
+    ],
+    [
+      'GO acknowledged without NBD_INFO_EXPORT',
+      { onOption: (o) => (o === NBD_OPT.GO ? reply(o, NBD_REP.ACK) : undefined) },
+      'NBD_PROTOCOL',
+      /without NBD_INFO_EXPORT/,
+    ],
+    [
+      'an invalid minimum block size',
+      { blockSize: { minimum: 3, preferred: 4096, maximum: 1 << 20 } },
+      'NBD_PROTOCOL',
+      /minimum must be a power of 2/,
+    ],
+    [
+      'a maximum block size that is not a multiple of the minimum',
+      { blockSize: { minimum: 512, preferred: 4096, maximum: 1000 } },
+      'NBD_PROTOCOL',
+      /multiple of minimum/,
+    ],
+    ['transmission flags without HAS_FLAGS', { transmissionFlags: 0 }, 'NBD_PROTOCOL', /HAS_FLAGS/],
+    [
+      'an unexpected reply type',
+      {
+        onOption: (o) =>
+          o === NBD_OPT.STRUCTURED_REPLY
+            ? encodeOptionReply(o, NBD_REP.META_CONTEXT, encodeMetaContext(1, 'a:b'))
+            : undefined,
+      },
+      'NBD_PROTOCOL',
+      /unexpected meta-context reply/,
+    ],
+  ]
+  for (const [name, opts, want, message] of cases) {
+    it(`fails on ${name}`, async () => {
+      const srv = await FakeNbdServer.start(opts)
+      cleanup.push(() => srv.close())
+      await assert.rejects(NbdClient.connect({ path: srv.path }), (e) => {
+        assert.ok(isBackupError(e, want), String(e))
+        assert.match(e.message, message)
+        return true
+      })
+    })
+  }
+
+  it('treats an unsupported SET_META_CONTEXT as no contexts', async () => {
+    const { client } = await setup(
+      {
+        onOption: (o) =>
+          o === NBD_OPT.SET_META_CONTEXT ? encodeOptionReply(o, NBD_REP.ERR_UNSUP) : undefined,
+      },
+      { metaContexts: ['base:allocation'] },
+    )
+    assert.equal(client.metaContexts.size, 0)
+    await assert.rejects(walkExtents(client, 'base:allocation').next(), code('NBD_UNSUPPORTED'))
   })
 })
 
@@ -306,6 +402,7 @@ describe('nbd/client requests against the fake server', () => {
     await h.waitFor(1)
     const ac = new AbortController()
     const second = client.read(512, 512, { signal: ac.signal })
+    await tick()
     ac.abort()
     await assert.rejects(second, code('ABORTED'))
     h.held[0]![1].reply(h.held[0]![0])
@@ -375,6 +472,38 @@ describe('nbd/client requests against the fake server', () => {
     })
     await Promise.all(writes)
     for (let i = 0; i < 12; i++) assert.equal(srv.disk[i * data.length + 123], i + 1)
+  })
+
+  it('waits for drain when the socket is full, and aborts that wait', async () => {
+    let paused: FakeConnection | undefined
+    const { client, srv } = await setup({
+      size: 64 << 20,
+      onRequest: (req, conn) => {
+        if (req.type !== NBD_CMD.READ) return false
+        // Stop reading: the client's socket buffer fills up behind this request.
+        conn.socket.pause()
+        paused = conn
+        conn.reply(req)
+        return true
+      },
+    })
+    await client.read(0, 512)
+    const big = Buffer.alloc(8 << 20, 0x42)
+    const first = client.write(0, big)
+    const ac = new AbortController()
+    const second = client.write(8 << 20, big, { signal: ac.signal })
+    await tick() // let it reach the wait for 'drain'
+    ac.abort()
+    await assert.rejects(second, code('ABORTED'))
+    paused?.socket.resume()
+    await first
+    await client.flush()
+    const writes = srv.requests.filter((r) => r.type === NBD_CMD.WRITE)
+    assert.deepEqual(
+      writes.map((r) => r.offset),
+      [0],
+    )
+    assert.equal(srv.disk[(8 << 20) - 1], 0x42)
   })
 
   it('closes cleanly with NBD_CMD_DISC; close is idempotent; later calls fail', async () => {
