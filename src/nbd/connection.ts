@@ -28,7 +28,7 @@ import { AbortWatch } from './abort-watch.ts'
 import { NBD_CMD, NBD_ERRNO, NBD_SIZE } from './constants.ts'
 import { inFlight, Receiver } from './receiver.ts'
 import type { InFlight } from './receiver.ts'
-import { abortedError, Slots } from './slots.ts'
+import { abortedError, checkAborted, Slots } from './slots.ts'
 import type { NbdSocket } from './socket.ts'
 import { writeRequest } from './wire-transmission.ts'
 
@@ -158,12 +158,12 @@ export class Connection {
     extra: RequestExtra = {},
   ): Promise<InFlight> {
     this.#checkOpen()
-    if (signal?.aborted === true) throw abortedError(signal)
+    checkAborted(signal)
     await this.#slots.acquire(signal)
     try {
       while (this.#drain) await this.#raceAbort(this.#drain, signal)
       this.#checkOpen()
-      if (signal?.aborted === true) throw abortedError(signal)
+      checkAborted(signal)
     } catch (e) {
       this.#slots.release()
       throw e

@@ -15,6 +15,11 @@ interface Waiter {
 export const abortedError = (signal: AbortSignal): BackupError =>
   new BackupError('ABORTED', 'NBD request aborted', { cause: signal.reason })
 
+/** Throw `ABORTED` if `signal` fired. */
+export const checkAborted = (signal: AbortSignal | undefined): void => {
+  if (signal?.aborted === true) throw abortedError(signal)
+}
+
 /** See the file comment. */
 export class Slots {
   readonly #max: number
