@@ -20,6 +20,7 @@ import type {
   NbdConnectOptions,
   NbdExportFlags,
   NbdListOptions,
+  NbdReadOptions,
   NbdRequestOptions,
 } from './types.ts'
 
@@ -120,15 +121,22 @@ export class NbdClient implements AsyncDisposable {
   }
 
   /**
-   * Read `length` bytes at `offset`. Holes arrive as OFFSET_HOLE chunks and are zero-filled;
-   * data chunks are received straight into the returned buffer. `length` must not exceed
-   * `blockSize.maximum`.
+   * Read `length` bytes at `offset` (at most `blockSize.maximum`). Holes arrive as OFFSET_HOLE
+   * chunks and are zero-filled; data is received straight into the result buffer, which is new
+   * unless `opts.into` is given.
    */
-  async read(offset: number, length: number, opts: NbdRequestOptions = {}): Promise<Buffer> {
+  async read(offset: number, length: number, opts: NbdReadOptions = {}): Promise<Buffer> {
     this.#checkRange('read', offset, length, this.blockSize.maximum)
-    if (length === 0) return Buffer.alloc(0)
-    const dest = Buffer.allocUnsafe(length)
-    await this.#conn.request(NBD_CMD.READ, 0, offset, length, opts.signal, { dest })
+    const into = opts.into
+    if (into !== undefined && into.length < length) {
+      throw usage(`NBD read: 'into' holds ${into.length} bytes, ${length} needed`)
+    }
+    if (length === 0) return into ? into.subarray(0, 0) : Buffer.alloc(0)
+    const dest = into ? into.subarray(0, length) : Buffer.allocUnsafe(length)
+    await this.#conn.request(NBD_CMD.READ, 0, offset, length, opts.signal, {
+      dest,
+      holdAbort: into !== undefined,
+    })
     return dest
   }
 

@@ -16,7 +16,9 @@
  * - failed: every pending and waiting request rejects with the cause (`NBD_PROTOCOL` /
  *   `NBD_CLOSED`), the socket is destroyed, later calls reject `NBD_CLOSED`.
  * - An aborted request rejects `ABORTED` at once but keeps its slot and cookie until its reply
- *   arrives and is discarded: memory stays bounded and the stream in sync.
+ *   arrives and is discarded: memory stays bounded and the stream in sync. A READ into a
+ *   caller's buffer (`holdAbort`) rejects only once its reply is in, since until then the
+ *   reply is still being written into that buffer.
  * - closing (proto.md §"Terminating the transmission phase"): waiters are rejected, replies in
  *   flight are awaited (bounded), then NBD_CMD_DISC is sent and the socket ended.
  */
@@ -37,6 +39,8 @@ interface Pending {
   readonly resolve: (req: InFlight) => void
   readonly reject: (e: BackupError) => void
   settled: boolean
+  /** Set when aborted while the caller's buffer may still be written (`holdAbort`). */
+  aborted: BackupError | undefined
   unwatch: () => void
 }
 
@@ -57,6 +61,11 @@ export interface RequestExtra {
   readonly data?: Buffer
   /** BLOCK_STATUS with NBD_CMD_FLAG_REQ_ONE. */
   readonly reqOne?: boolean
+  /**
+   * `dest` belongs to the caller: once sent, an abort rejects only after the reply has been
+   * received (or the connection failed), because until then the reply is written into `dest`.
+   */
+  readonly holdAbort?: boolean
 }
 
 /** See the file comment. */
@@ -171,9 +180,20 @@ export class Connection {
     const cookie = this.#nextCookie++
     const req = inFlight(cookie, cmd, offset, length, extra)
     const done = new Promise<InFlight>((resolve, reject) => {
-      const p: Pending = { req, resolve, reject, settled: false, unwatch: () => undefined }
+      const p: Pending = {
+        req,
+        resolve,
+        reject,
+        settled: false,
+        aborted: undefined,
+        unwatch: () => undefined,
+      }
       p.unwatch = this.#watch.add(signal, () => {
         if (!signal || p.settled) return
+        if (extra.holdAbort === true) {
+          p.aborted = abortedError(signal)
+          return
+        }
         p.settled = true
         reject(abortedError(signal))
       })
@@ -234,7 +254,8 @@ export class Connection {
     if (p && !p.settled) {
       p.settled = true
       p.unwatch()
-      if (err) p.reject(err)
+      const e = p.aborted ?? err
+      if (e) p.reject(e)
       else p.resolve(req)
     }
     if (this.#pending.size === 0) this.#onIdle?.()
@@ -262,7 +283,7 @@ export class Connection {
       if (p.settled) continue
       p.settled = true
       p.unwatch()
-      p.reject(err)
+      p.reject(p.aborted ?? err)
     }
     this.#pending.clear()
     this.#slots.reset()

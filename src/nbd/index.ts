@@ -9,6 +9,7 @@ export type {
   NbdConnectOptions,
   NbdExportFlags,
   NbdListOptions,
+  NbdReadOptions,
   NbdRequestOptions,
 } from './types.ts'
 export { allocationFlags, dirtyBitmapFlags, dirtyExtents, walkExtents } from './extents.ts'

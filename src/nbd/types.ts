@@ -55,3 +55,14 @@ export interface NbdRequestOptions {
   /** Rejects the request with `ABORTED`; its reply is still consumed and discarded. */
   readonly signal?: AbortSignal | undefined
 }
+
+/** Options of `NbdClient.read`. */
+export interface NbdReadOptions extends NbdRequestOptions {
+  /**
+   * Receive into this buffer (at least `length` bytes) instead of a new one, and resolve with
+   * `into.subarray(0, length)`. Reusing buffers spares the allocation, page faults and GC of a
+   * fresh buffer per read. After an abort the promise rejects `ABORTED` only once the server's
+   * reply has been received, because it is written into `into` until then.
+   */
+  readonly into?: Buffer | undefined
+}

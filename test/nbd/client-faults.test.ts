@@ -395,6 +395,35 @@ describe('nbd/client requests against the fake server', () => {
     assert.equal((await next).length, 512)
   })
 
+  it('reads into a caller buffer', async () => {
+    const { client, srv } = await setup()
+    srv.disk.fill(7, 4096, 8192)
+    const into = Buffer.alloc(16384, 0xff)
+    const got = await client.read(0, 8192, { into })
+    assert.equal(got.buffer, into.buffer)
+    assert.equal(got.length, 8192)
+    assert.deepEqual(got, Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 7)]))
+    assert.deepEqual(into.subarray(8192), Buffer.alloc(8192, 0xff))
+    await assert.rejects(client.read(0, 8192, { into: Buffer.alloc(100) }), code('USAGE'))
+  })
+
+  it('holds back ABORTED of a read into a caller buffer until its reply is in', async () => {
+    const h = holder()
+    const { client, srv } = await setup({ onRequest: h.onRequest })
+    srv.disk.fill(3, 0, 65536)
+    const into = Buffer.alloc(65536)
+    const ac = new AbortController()
+    let settled = false
+    const r = client.read(0, 65536, { into, signal: ac.signal }).finally(() => (settled = true))
+    await h.waitFor(1)
+    ac.abort()
+    await tick()
+    assert.equal(settled, false)
+    h.held[0]![1].reply(h.held[0]![0])
+    await assert.rejects(r, code('ABORTED'))
+    assert.deepEqual(into, Buffer.alloc(65536, 3))
+  })
+
   it('aborts a request waiting for an in-flight slot without sending it', async () => {
     const h = holder()
     const { client, srv } = await setup({ onRequest: h.onRequest }, { maxInFlight: 1 })

@@ -164,19 +164,31 @@ const sha256File = async (path: string): Promise<string> => {
   return h.digest('hex')
 }
 
-/** Read the whole export with `depth` requests of `size` bytes in flight; sha256 in order. */
-const sha256Export = async (c: NbdClient, size = 4 * MiB, depth = 8): Promise<string> => {
+/**
+ * Read the whole export with `depth` requests of `size` bytes in flight and hash it in order;
+ * with `reuse`, every read goes into a recycled buffer (`into`).
+ */
+const sha256Export = async (
+  c: NbdClient,
+  size = 4 * MiB,
+  depth = 8,
+  reuse = false,
+): Promise<string> => {
   const h = createHash('sha256')
   const queue: Promise<Buffer>[] = []
+  const pool: Buffer[] = []
   let next = 0
   const issue = (): void => {
     if (next >= c.size) return
-    queue.push(c.read(next, Math.min(size, c.size - next)))
+    const into = reuse ? (pool.pop() ?? Buffer.allocUnsafe(size)) : undefined
+    queue.push(c.read(next, Math.min(size, c.size - next), { into }))
     next += size
   }
   for (let i = 0; i < depth; i++) issue()
   for (let p = queue.shift(); p; p = queue.shift()) {
-    h.update(await p)
+    const b = await p
+    h.update(b)
+    if (reuse) pool.push(Buffer.from(b.buffer, b.byteOffset, size))
     issue()
   }
   return h.digest('hex')
@@ -288,6 +300,7 @@ describe('nbd/client against qemu-nbd 7.2 (qcow2)', () => {
     await using c = await NbdClient.connect({ path: sock, exportName: 'disk0' })
     assert.equal(await sha256Export(c), rawSha)
     assert.equal(await sha256Export(c, 192 * 1024, 16), rawSha)
+    assert.equal(await sha256Export(c, 2 * MiB, 8, true), rawSha)
     const edge = await c.read(MiB - 4096, 8192)
     assert.deepEqual(edge, Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 0xab)]))
   })
