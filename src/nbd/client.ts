@@ -109,8 +109,7 @@ export class NbdClient implements AsyncDisposable {
   static async listMetaContexts(opts: NbdListOptions): Promise<string[]> {
     const s = await openNbdSocket(opts.path, opts.signal)
     try {
-      const listing = listContexts(s.io, opts.exportName ?? '', opts.queries ?? [])
-      return await listing
+      return await listContexts(s.io, opts.exportName ?? '', opts.queries ?? [])
     } catch (e) {
       throw toBackupError(e, 'NBD_PROTOCOL')
     } finally {

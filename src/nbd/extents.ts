@@ -60,7 +60,9 @@ export async function* walkExtents(
   let held: Extent | undefined
   let pos = start
   while (pos < end) {
-    const status = await client.blockStatus(pos, Math.min(chunk, end - pos), opts)
+    const status = await client.blockStatus(pos, Math.min(chunk, end - pos), {
+      signal: opts.signal,
+    })
     const extents = status.get(context) ?? []
     const before = pos
     for (const e of extents) {

@@ -260,8 +260,8 @@ export const listContexts = async (
     const found = await metaContextOption(io, NBD_OPT.LIST_META_CONTEXT, exportName, queries)
     names = [...(found?.keys() ?? [])]
   }
-  // Soft disconnect; the server MUST reply with ACK but may also just hang up.
+  // Soft disconnect. The server MUST ACK but may also hang up; the caller ends the socket and
+  // waits (bounded) for the server to close it, so a silent server cannot stall us here.
   io.write(encodeOption(NBD_OPT.ABORT))
-  await nextReply(io, NBD_OPT.ABORT).catch(() => undefined)
   return names
 }
