@@ -1,6 +1,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runBackupJob } from '../../src/host/runner.ts'
@@ -216,6 +217,57 @@ describe('host/live: incremental backups of a running VM', () => {
     }
   })
 
+  it('freezes the guest file systems through the guest agent around the instant', async () => {
+    const calls: string[] = []
+    const sock = join(dir, 'qga.sock')
+    const server = createServer((c) => {
+      c.setEncoding('utf8')
+      let buf = ''
+      c.on('data', (d: string) => {
+        buf += d
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const msg = JSON.parse(buf.slice(0, i)) as {
+            execute: string
+            arguments?: { id?: number }
+          }
+          buf = buf.slice(i + 1)
+          calls.push(msg.execute)
+          if (msg.execute === 'guest-sync-delimited') {
+            c.write(`\xff${JSON.stringify({ return: msg.arguments?.id })}\n`)
+          } else {
+            c.write(`${JSON.stringify({ return: 1 })}\n`)
+          }
+        }
+      })
+    })
+    await new Promise<void>((r) => server.listen(sock, r))
+    try {
+      const [res] = await runBackupJob({
+        provider: (log) => storage.newBackupProvider(log),
+        storeId: storage.storeId,
+        guests: [{ type: 'qemu', vmid: 400, config: 'x\n', qmp: vm.qmpPath, qga: sock }],
+        logger: silentLogger(),
+        signal: new AbortController().signal,
+      })
+      assert.equal(res?.status, 'ok', res?.error?.message)
+      assert.deepEqual(calls, [
+        'guest-sync-delimited',
+        'guest-fsfreeze-freeze',
+        'guest-fsfreeze-thaw',
+      ])
+      const volid = res.volid ?? ''
+      const m = JSON.parse(
+        await readFile(
+          join(dir, 'store', volid.slice(volid.indexOf('backup/') + 7), 'manifest.json'),
+          'utf8',
+        ),
+      ) as { consistency: string }
+      assert.equal(m.consistency, 'fs')
+    } finally {
+      server.close()
+    }
+  })
+
   it('fails loudly and forces a full backup when the bitmap lies', async () => {
     // Write behind the bitmap's back: a clean block changes without being marked dirty.
     const qmp = await QmpClient.connect(vm.qmpPath)
@@ -263,6 +315,52 @@ describe('host/live: the backup process killed at random moments', () => {
   after(async () => {
     await vm.stop()
     await rm(dir, { recursive: true, force: true })
+  })
+
+  it('tears everything down itself on SIGTERM (exit 130)', async () => {
+    const { spawn } = await import('node:child_process')
+    const child = spawn(
+      join(import.meta.dirname, '../../bin/guestbackup'),
+      [
+        '-v',
+        'backup',
+        '--store',
+        join(dir, 'store'),
+        '--vmid',
+        '500',
+        '--config',
+        join(dir, 'vm.conf'),
+        '--qmp',
+        vm.qmpPath,
+        '--bwlimit',
+        '16M',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    )
+    let stderr = ''
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)))
+    // Wait until the provider copies (QMP allows one client, so watch the log), then SIGTERM.
+    const deadline = Date.now() + 20_000
+    while (!/drive-scsi0: (full|incremental)/.test(stderr) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    await new Promise((r) => setTimeout(r, 300))
+    child.kill('SIGTERM')
+    const code = await exited
+    assert.equal(code, 130, `stderr: ${stderr}`)
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    try {
+      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
+      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
+      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
+        'node-name': string
+      }[]
+      assert.ok(!nodes.some((n) => n['node-name'].startsWith('gb-')))
+    } finally {
+      await qmp.close()
+    }
+    assert.equal((await storage.listVolumes({ vmid: 500 })).length, 0)
   })
 
   it('keeps the VM running and the next incremental correct', async () => {
