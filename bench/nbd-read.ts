@@ -3,7 +3,7 @@
  * qcow2, 1 GiB random data, REPORT §4/§6), warm page cache, runs interleaved.
  *
  *   node --import tsx bench/nbd-read.ts [--runs 3] [--scratch /var/tmp/nbd-read-bench]
- *                                       [--configs 8x4,16x2,8x4r,16x2r]
+ *                                       [--configs 8x4,16x2,8x2r,16x2r,8x4r]
  *
  * A config is requests × MiB; a trailing `r` reuses one buffer per request slot (`into`).
  *
@@ -29,7 +29,7 @@ const { values } = parseArgs({
   options: {
     runs: { type: 'string', default: '3' },
     scratch: { type: 'string', default: '/var/tmp/nbd-read-bench' },
-    configs: { type: 'string', default: '8x4,16x2,8x4r,16x2r' },
+    configs: { type: 'string', default: '8x4,16x2,8x2r,16x2r,8x4r' },
   },
 })
 const runs = Number(values.runs)
