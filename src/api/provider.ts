@@ -83,8 +83,11 @@ export interface VolumeSize {
 
 /** Random access to a disk for the `file-handle` mechanism. */
 export interface VolumeReader {
-  /** Read `length` bytes at `position`. Reading past the end is an error. */
-  read(position: number, length: number, signal?: AbortSignal): Promise<Buffer>
+  /**
+   * Read `length` bytes at `position`. Reading past the end is an error. With `into` (at least
+   * `length` bytes), fill and return its first `length` bytes instead of allocating.
+   */
+  read(position: number, length: number, signal?: AbortSignal, into?: Buffer): Promise<Buffer>
   /**
    * Tell the source a region is backed up and may be dropped (Proxmox: discard in the fleecing
    * image). Optional; a no-op where the source keeps no fleecing data.

@@ -25,7 +25,11 @@ export interface CopySource {
    * and all-zero chunks are detected in memory.
    */
   allocation?(offset: number, length: number, signal: AbortSignal): AsyncIterable<Piece>
-  read(offset: number, length: number, signal: AbortSignal): Promise<Buffer>
+  /**
+   * Read `length` bytes at `offset`. With `into` (exactly `length` bytes), fill and return it:
+   * the engine reuses one buffer per request in flight, so no memory is allocated per chunk.
+   */
+  read(offset: number, length: number, signal: AbortSignal, into?: Buffer): Promise<Buffer>
   /** Called after a region piece was written to the target (e.g. discard in a fleecing image). */
   done?(offset: number, length: number): Promise<void>
 }
@@ -44,7 +48,7 @@ export interface CopyOptions {
    * skipped. Otherwise they are written as WRITE_ZEROES.
    */
   targetIsZero: boolean
-  /** Largest read, bytes. Default 4 MiB. */
+  /** Largest read, bytes. Default 2 MiB (faster than 4 MiB against qemu-nbd 7.2). */
   chunk?: number
   /** Requests in flight. Default 8. */
   inFlight?: number
@@ -112,7 +116,7 @@ export const copyBlocks = async (
   opts: CopyOptions,
 ): Promise<CopyStats> => {
   const { signal } = opts
-  const chunk = opts.chunk ?? 4 * 1024 * 1024
+  const chunk = opts.chunk ?? 2 * 1024 * 1024
   const inFlight = opts.inFlight ?? 8
   let total = 0
   for await (const [, len] of src.regions(signal)) total += len
@@ -158,6 +162,8 @@ export const copyBlocks = async (
     }
   }
   const work = async (): Promise<void> => {
+    // One buffer per worker, reused for every chunk: the write completes before the next read.
+    const own = Buffer.allocUnsafe(chunk)
     for (;;) {
       throwIfAborted(signal)
       if (stop) return
@@ -168,7 +174,7 @@ export const copyBlocks = async (
         await zero(job)
       } else {
         await opts.bucket?.take(job.length, signal)
-        const buf = await src.read(job.offset, job.length, signal)
+        const buf = await src.read(job.offset, job.length, signal, own.subarray(0, job.length))
         if (buf.length !== job.length) {
           throw new BackupError('IO', `short read at ${job.offset}: ${buf.length}/${job.length}`)
         }

@@ -24,7 +24,7 @@ export const fileHandleSource = (vol: VmVolume): CopySource => {
       }
       yield* cached
     },
-    read: (offset, length, signal) => reader.read(offset, length, signal),
+    read: (offset, length, signal, into) => reader.read(offset, length, signal, into),
     done: async (offset, length) => {
       await reader.discard?.(offset, length)
     },

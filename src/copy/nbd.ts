@@ -48,7 +48,8 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
       }
       if (pending) yield pending
     },
-    read: (offset, length, signal) => client.read(offset, length, { signal }),
+    read: (offset, length, signal, into) =>
+      client.read(offset, length, into === undefined ? { signal } : { signal, into }),
   }
   if (haveAlloc) {
     src.allocation = async function* (offset, length, signal): AsyncGenerator<Piece> {

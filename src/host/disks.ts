@@ -112,8 +112,8 @@ export const openDiskReader = async (
     const fh: FileHandle = await open(disk.path, 'r')
     return {
       reader: {
-        async read(position, length) {
-          const buf = Buffer.allocUnsafe(length)
+        async read(position, length, _signal, into) {
+          const buf = into === undefined ? Buffer.allocUnsafe(length) : into.subarray(0, length)
           let got = 0
           while (got < length) {
             const { bytesRead } = await fh.read(buf, got, length - got, position + got)
@@ -150,7 +150,11 @@ export const openDiskReader = async (
               }
             },
       reader: {
-        read: (position, length, sig) => client.read(position, length, sig ? { signal: sig } : {}),
+        read: (position, length, sig, into) =>
+          client.read(position, length, {
+            ...(sig ? { signal: sig } : {}),
+            ...(into ? { into } : {}),
+          }),
       },
       close: async () => {
         await client.close()

@@ -60,10 +60,7 @@ export const backupVmGuest = async (
     }
     const q = query[device]
     if (q !== 'new' && q !== 'use' && q !== 'none') {
-      throw new BackupError(
-        'PROVIDER_INVALID',
-        `invalid incremental mode '${String(q)}'`,
-      )
+      throw new BackupError('PROVIDER_INVALID', `invalid incremental mode '${String(q)}'`)
     }
   }
   const plans = new Map<DiskSpec, OfflineBitmapPlan>()
