@@ -48,9 +48,9 @@ export interface CopyOptions {
    * skipped. Otherwise they are written as WRITE_ZEROES.
    */
   targetIsZero: boolean
-  /** Largest read, bytes. Default 2 MiB (faster than 4 MiB against qemu-nbd 7.2). */
+  /** Largest read, bytes. Default 1 MiB (measured fastest against qemu-nbd 7.2 over 4 connections). */
   chunk?: number
-  /** Requests in flight. Default 8. */
+  /** Requests in flight. Default 16. */
   inFlight?: number
   /** Shared bandwidth limit on source reads. */
   bucket?: TokenBucket | undefined
@@ -116,8 +116,8 @@ export const copyBlocks = async (
   opts: CopyOptions,
 ): Promise<CopyStats> => {
   const { signal } = opts
-  const chunk = opts.chunk ?? 2 * 1024 * 1024
-  const inFlight = opts.inFlight ?? 8
+  const chunk = opts.chunk ?? 1024 * 1024
+  const inFlight = opts.inFlight ?? 16
   let total = 0
   for await (const [, len] of src.regions(signal)) total += len
   const stats: CopyStats = { totalBytes: total, dataBytes: 0, zeroBytes: 0 }

@@ -24,12 +24,16 @@ export interface NbdSourceOptions {
   dirtyContext?: string | undefined
   /** Use `base:allocation` to skip holes (default: if negotiated). */
   allocation?: boolean
+  /** Connections to spread reads over (default: just `client`). */
+  readers?: readonly NbdClient[]
 }
 
 /** An NBD export as a copy source. */
 export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopySource => {
   const haveAlloc = client.metaContexts.has(BASE_ALLOCATION) && opts.allocation !== false
   const dirty = opts.dirtyContext
+  const readers = opts.readers ?? [client]
+  let next = 0
   const src: CopySource = {
     async *regions(signal) {
       if (dirty === undefined) {
@@ -48,8 +52,10 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
       }
       if (pending) yield pending
     },
-    read: (offset, length, signal, into) =>
-      client.read(offset, length, into === undefined ? { signal } : { signal, into }),
+    read: (offset, length, signal, into) => {
+      const c = readers[next++ % readers.length] ?? client
+      return c.read(offset, length, into === undefined ? { signal } : { signal, into })
+    },
   }
   if (haveAlloc) {
     src.allocation = async function* (offset, length, signal): AsyncGenerator<Piece> {
@@ -61,9 +67,20 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
   return src
 }
 
-/** An NBD export as a copy target. */
-export const nbdTarget = (client: NbdClient): CopyTarget => ({
-  write: (offset, data, signal) => client.write(offset, data, { signal }),
-  writeZeroes: (offset, length, signal) => client.writeZeroes(offset, length, { signal }),
-  flush: (signal) => client.flush({ signal }),
-})
+/**
+ * An NBD export as a copy target, over one or more connections: writes go round-robin, and
+ * `flush` flushes every connection (a flush covers the writes completed on its connection).
+ */
+export const nbdTarget = (all: readonly NbdClient[]): CopyTarget => {
+  const first = all[0]
+  if (first === undefined) throw new Error('nbdTarget needs a connection')
+  let next = 0
+  const pick = (): NbdClient => all[next++ % all.length] ?? first
+  return {
+    write: (offset, data, signal) => pick().write(offset, data, { signal }),
+    writeZeroes: (offset, length, signal) => pick().writeZeroes(offset, length, { signal }),
+    flush: async (signal) => {
+      await Promise.all(all.map((c) => c.flush({ signal })))
+    },
+  }
+}

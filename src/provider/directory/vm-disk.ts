@@ -57,74 +57,101 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
     discard: true,
     signal,
   })
+  const open: NbdClient[] = []
   try {
-    const target = await NbdClient.connect({ path: server.socketPath, signal })
-    try {
-      let source: CopySource
-      let sourceClient: NbdClient | undefined
-      if (volume.nbdPath !== undefined) {
-        const bitmap = volume.bitmapMode === 'reuse' ? volume.bitmapName : undefined
-        if (incremental && bitmap === undefined) {
-          throw new BackupError('PROVIDER_FAILED', `incremental backup of ${device} has no bitmap`)
-        }
-        const contexts = [BASE_ALLOCATION, ...(bitmap === undefined ? [] : [dirtyContext(bitmap)])]
-        sourceClient = await NbdClient.connect({
-          path: volume.nbdPath,
-          exportName: device,
-          metaContexts: contexts,
-          signal,
-        })
-        if (sourceClient.size !== volume.size) {
-          throw new BackupError(
-            'PROVIDER_FAILED',
-            `export ${device} has ${sourceClient.size} bytes, expected ${volume.size}`,
-          )
-        }
-        if (bitmap !== undefined && !sourceClient.metaContexts.has(dirtyContext(bitmap))) {
-          throw new BackupError(
-            'PROVIDER_FAILED',
-            `export ${device} does not offer bitmap ${bitmap}`,
-          )
-        }
-        source = nbdSource(sourceClient, {
-          dirtyContext: bitmap === undefined ? undefined : dirtyContext(bitmap),
-        })
-      } else if (volume.fileHandle !== undefined) {
-        source = fileHandleSource(volume)
-      } else {
-        throw new BackupError('PROVIDER_FAILED', `volume ${device} has neither NBD path nor handle`)
+    // Several connections keep qemu-nbd's write side busy (nbdcopy does the same); every one is
+    // flushed at the end, so durability does not depend on the server's multi-conn promise.
+    const targets = await connectPool(CONNECTIONS, open, { path: server.socketPath, signal })
+    const target = targets[0]
+    if (target === undefined) throw new BackupError('IO', 'no target connection')
+    let source: CopySource
+    let sourceClient: NbdClient | undefined
+    if (volume.nbdPath !== undefined) {
+      const bitmap = volume.bitmapMode === 'reuse' ? volume.bitmapName : undefined
+      if (incremental && bitmap === undefined) {
+        throw new BackupError('PROVIDER_FAILED', `incremental backup of ${device} has no bitmap`)
       }
-      try {
-        const stats = await copyBlocks(source, nbdTarget(target), {
-          targetIsZero: !incremental,
-          bucket: opts.bucket,
-          onProgress: opts.onProgress,
-          signal,
-        })
-        const bitmap = volume.bitmapName
-        const count = opts.sampleBlocks ?? 0
-        if (incremental && sourceClient !== undefined && bitmap !== undefined && count > 0) {
-          const r = await sampleCleanBlocks({
-            source: sourceClient,
-            target,
-            dirtyContext: dirtyContext(bitmap),
-            count,
-            signal,
-          })
-          opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
-          assertSampleClean(device, r)
-        } else if (incremental && count > 0) {
-          opts.log?.(`${device}: clean-block sampling needs the nbd mechanism; skipped`)
-        }
-        return stats
-      } finally {
-        await sourceClient?.close()
+      const contexts = [BASE_ALLOCATION, ...(bitmap === undefined ? [] : [dirtyContext(bitmap)])]
+      const first = await connectPool(1, open, {
+        path: volume.nbdPath,
+        exportName: device,
+        metaContexts: contexts,
+        signal,
+      })
+      sourceClient = first[0]
+      if (sourceClient === undefined) throw new BackupError('IO', 'no source connection')
+      if (sourceClient.size !== volume.size) {
+        throw new BackupError(
+          'PROVIDER_FAILED',
+          `export ${device} has ${sourceClient.size} bytes, expected ${volume.size}`,
+        )
       }
-    } finally {
-      await target.close()
+      if (bitmap !== undefined && !sourceClient.metaContexts.has(dirtyContext(bitmap))) {
+        throw new BackupError('PROVIDER_FAILED', `export ${device} does not offer bitmap ${bitmap}`)
+      }
+      // Extra read connections only where the server says they see the same data.
+      const readers = sourceClient.flags.canMultiConn
+        ? [
+            sourceClient,
+            ...(await connectPool(CONNECTIONS - 1, open, {
+              path: volume.nbdPath,
+              exportName: device,
+              signal,
+            })),
+          ]
+        : [sourceClient]
+      source = nbdSource(sourceClient, {
+        dirtyContext: bitmap === undefined ? undefined : dirtyContext(bitmap),
+        readers,
+      })
+    } else if (volume.fileHandle !== undefined) {
+      source = fileHandleSource(volume)
+    } else {
+      throw new BackupError('PROVIDER_FAILED', `volume ${device} has neither NBD path nor handle`)
     }
+    const stats = await copyBlocks(source, nbdTarget(targets), {
+      targetIsZero: !incremental,
+      bucket: opts.bucket,
+      onProgress: opts.onProgress,
+      signal,
+    })
+    const bitmap = volume.bitmapName
+    const count = opts.sampleBlocks ?? 0
+    if (incremental && sourceClient !== undefined && bitmap !== undefined && count > 0) {
+      const r = await sampleCleanBlocks({
+        source: sourceClient,
+        target,
+        dirtyContext: dirtyContext(bitmap),
+        count,
+        signal,
+      })
+      opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
+      assertSampleClean(device, r)
+    } else if (incremental && count > 0) {
+      opts.log?.(`${device}: clean-block sampling needs the nbd mechanism; skipped`)
+    }
+    return stats
   } finally {
+    for (const c of open) await c.close()
     // SIGTERM: qemu-nbd flushes and closes the qcow2 before exiting.
     await server.stop()
   }
+}
+
+/** NBD connections per export for data (reads on the source, writes on the target). */
+const CONNECTIONS = 4
+
+/** Open `n` connections; every one is recorded in `open` so the caller closes it. */
+const connectPool = async (
+  n: number,
+  open: NbdClient[],
+  opts: Parameters<typeof NbdClient.connect>[0],
+): Promise<NbdClient[]> => {
+  const out: NbdClient[] = []
+  for (let i = 0; i < n; i++) {
+    const c = await NbdClient.connect(opts)
+    open.push(c)
+    out.push(c)
+  }
+  return out
 }
