@@ -2,7 +2,8 @@
  * guestbackup benchmark: `make bench` / `npm run bench`.
  *
  * Measures, in one run on this machine, guestbackup's full backup of a 2 GiB qcow2 holding
- * 1 GiB of random data against nbdcopy and qemu-img convert, prints a Markdown table and
+ * 1 GiB of random data against nbdcopy and qemu-img convert, and a live incremental backup
+ * with 1 % of that disk dirty against the full one of the same VM, prints a Markdown table and
  * writes it to bench/results/latest.md. Scratch lives in a temp dir under /var/tmp (or
  * $BENCH_TMPDIR) that is removed at the end, also on error and SIGINT.
  *
@@ -18,11 +19,16 @@ import type { ScenarioResult } from './lib/harness.ts'
 import { freeBytes, isTmpfs, machineInfo } from './lib/machine.ts'
 import { killAllNow, run, stopAll } from './lib/procs.ts'
 import { formatMarkdown, renderReport } from './lib/report.ts'
+import { LAB_LAYOUT, dataBytes, makeRandomQcow2 } from './lib/source.ts'
+import { fmtBytes } from './lib/stats.ts'
 import { scenarios } from './scenarios.ts'
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const RESULTS = join(REPO, 'bench', 'results', 'latest.md')
-/** Source 1 GiB + one output 1 GiB + the raw file while generating + margin. */
+/**
+ * Shared source 1 GiB + the raw file while generating it (1 GiB) + margin; later the source +
+ * one output (1 GiB), or for the incremental scenario the source + the VM's copy + the store.
+ */
 const NEEDED_FREE = 4 * 1024 ** 3
 
 const log = (msg: string): void => {
@@ -68,23 +74,45 @@ const main = async (): Promise<number> => {
   if ((await freeBytes(parent)) < NEEDED_FREE) {
     throw new Error(`${parent} needs ${NEEDED_FREE / 1024 ** 3} GiB free`)
   }
-  scratch = await mkdtemp(join(parent, 'guestbackup-bench-'))
-  log(`scratch ${scratch}; ${runs} runs per tool`)
+  const root = await mkdtemp(join(parent, 'guestbackup-bench-'))
+  scratch = root
+  log(`scratch ${root}; ${runs} runs per tool`)
   const results: ScenarioResult[] = []
   const t0 = performance.now()
+  let lab: Promise<string> | undefined
+  const labSource = (): Promise<string> => {
+    lab ??= (async () => {
+      const l = LAB_LAYOUT
+      const path = join(root, 'lab.qcow2')
+      log(`generating ${fmtBytes(l.virtualSize)} qcow2 with ${fmtBytes(dataBytes(l))} random data`)
+      const t1 = performance.now()
+      await makeRandomQcow2(path, l, controller.signal)
+      log(`  done in ${((performance.now() - t1) / 1000).toFixed(1)} s`)
+      return path
+    })()
+    return lab
+  }
   try {
-    const machine = await machineInfo(scratch, REPO)
+    const machine = await machineInfo(root, REPO)
     for (const [i, scenario] of scenarios.entries()) {
-      const dir = join(scratch, `s${i}`)
+      const dir = join(root, `s${i}`)
       await mkdir(dir)
-      const prepared = await scenario({ repo: REPO, dir, signal: controller.signal, log })
+      const prepared = await scenario({
+        repo: REPO,
+        dir,
+        signal: controller.signal,
+        log,
+        labSource,
+      })
       log(`${prepared.title}: ${prepared.variants.length} tools × ${runs} runs`)
+      const ts = performance.now()
       try {
         results.push(await runScenario(prepared, runs, controller.signal, log))
       } finally {
         await prepared.teardown?.()
         await rm(dir, { recursive: true, force: true })
       }
+      log(`${prepared.title}: done in ${((performance.now() - ts) / 1000).toFixed(0)} s`)
     }
     const report = await formatMarkdown(
       renderReport(machine, results, { runs, scratchParent: parent, loadEnd: loadavg()[0] ?? 0 }),
@@ -97,7 +125,7 @@ const main = async (): Promise<number> => {
     return 0
   } finally {
     await stopAll()
-    await rm(scratch, { recursive: true, force: true })
+    await rm(root, { recursive: true, force: true })
   }
 }
 

@@ -7,6 +7,8 @@ import type { PreparedScenario, Role } from './types.ts'
 export interface VariantResult {
   label: string
   role: Role
+  /** Bytes of guest data copied per run, when it differs from the scenario's. */
+  dataBytes?: number
   /** Wall-clock seconds of each run (tool + final sync). */
   seconds: number[]
   /** Peak RSS in KiB of each run, when measured. */
@@ -19,6 +21,8 @@ export interface ScenarioResult {
   description: string
   dataBytes: number
   variants: VariantResult[]
+  /** Extra Markdown lines of the scenario ({@link PreparedScenario.details}). */
+  details?: readonly string[]
 }
 
 /**
@@ -34,6 +38,7 @@ export const runScenario = async (
   const results: VariantResult[] = s.variants.map((v) => ({
     label: v.label,
     role: v.role,
+    ...(v.dataBytes === undefined ? {} : { dataBytes: v.dataBytes }),
     seconds: [],
     rssKiB: [],
   }))
@@ -64,5 +69,12 @@ export const runScenario = async (
   } finally {
     for (const v of s.variants) await v.dispose?.()
   }
-  return { title: s.title, description: s.description, dataBytes: s.dataBytes, variants: results }
+  const details = s.details?.(results)
+  return {
+    title: s.title,
+    description: s.description,
+    dataBytes: s.dataBytes,
+    variants: results,
+    ...(details === undefined ? {} : { details }),
+  }
 }

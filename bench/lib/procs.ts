@@ -32,7 +32,8 @@ export interface RunResult {
 const MAX_CAPTURE = 1 << 20
 const live = new Map<number, ChildProcess>()
 const stoppers = new Set<() => Promise<void>>()
-const serverPids = new Set<number>()
+/** PIDs of the servers and VMs stopped by {@link stoppers}, for {@link killAllNow}. */
+const trackedPids = new Set<number>()
 
 /** PIDs of all descendants of `pid` (children first), from /proc. */
 export const descendants = (pid: number): number[] => {
@@ -201,11 +202,27 @@ export const serve = async (opts: QemuNbdOptions): Promise<Server> => {
   const stop = async (): Promise<void> => {
     stoppers.delete(stop)
     await s.stop()
-    serverPids.delete(s.pid)
+    trackedPids.delete(s.pid)
   }
   stoppers.add(stop)
-  serverPids.add(s.pid)
+  trackedPids.add(s.pid)
   return { uri: s.uri, pid: s.pid, stop }
+}
+
+/**
+ * Track a long-running child started by other code (the QEMU of the live-VM scenario), so that
+ * {@link stopAll} stops it with `stop` and {@link killAllNow} SIGKILLs its PID. `stop` must wait
+ * until the process has exited. Returns an idempotent stop function that also untracks it.
+ */
+export const trackChild = (pid: number, stop: () => Promise<void>): (() => Promise<void>) => {
+  const stopIt = async (): Promise<void> => {
+    stoppers.delete(stopIt)
+    await stop()
+    trackedPids.delete(pid)
+  }
+  stoppers.add(stopIt)
+  trackedPids.add(pid)
+  return stopIt
 }
 
 /** Stop every server and every running tool (with its descendants), by PID. */
@@ -216,7 +233,7 @@ export const stopAll = async (): Promise<void> => {
 
 /** Last resort on a second SIGINT: SIGKILL everything known at once. */
 export const killAllNow = (): void => {
-  for (const pid of [...live.keys(), ...serverPids]) {
+  for (const pid of [...live.keys(), ...trackedPids]) {
     signalAll([pid, ...descendants(pid)], 'SIGKILL')
   }
 }

@@ -27,8 +27,8 @@ export const renderTable = (results: readonly ScenarioResult[], runs: number): s
     for (const [i, v] of s.variants.entries()) {
       if (v.seconds.length === 0) continue
       const sum = summarize(v.seconds)
-      const rate =
-        s.dataBytes > 0 && v.role !== 'info' ? String(mbps(s.dataBytes, sum.median)) : '—'
+      const bytes = v.dataBytes ?? s.dataBytes
+      const rate = bytes > 0 && v.role !== 'info' ? String(mbps(bytes, sum.median)) : '—'
       const group = i === 0 ? `**${s.title}**` : ''
       lines.push(
         `| ${group} | ${cell(v.label)} | ${fmtSummary(sum)} | ${rate} | ${ratioCell(ours, v)} | ${rssCell(v)} |`,
@@ -85,6 +85,9 @@ export const renderReport = (
     `- ${rssNote}.`,
     '- Each output was checked identical to its source with `qemu-img compare` (untimed).',
     '',
+    ...results.flatMap((s) =>
+      s.details === undefined ? [] : [`## ${s.title}`, '', ...s.details, ''],
+    ),
   ].join('\n')
 }
 

@@ -1,4 +1,5 @@
 /** The shapes a scenario (one row group of the table) is made of. */
+import type { VariantResult } from './harness.ts'
 import type { Measured } from './procs.ts'
 
 /** What a scenario gets to work with. */
@@ -11,6 +12,11 @@ export interface ScenarioContext {
   signal: AbortSignal
   /** Progress line on stderr. */
   log: (msg: string) => void
+  /**
+   * The 2 GiB qcow2 with 1 GiB of random data (`LAB_LAYOUT` of source.ts), made once per benchmark run
+   * outside the scenario dirs and shared by the scenarios. Never write to it: copy it first.
+   */
+  labSource: () => Promise<string>
 }
 
 /** `ours` is compared against every `reference` of its group; `info` rows are not compared. */
@@ -25,6 +31,8 @@ export type Role = 'ours' | 'reference' | 'info'
 export interface Variant {
   label: string
   role: Role
+  /** Bytes of guest data this variant copies, for MB/s, if not the scenario's `dataBytes`. */
+  dataBytes?: number
   prepare?: () => Promise<void>
   run: () => Promise<Measured>
   /** Check the output equals the source; throws if not. */
@@ -44,6 +52,11 @@ export interface PreparedScenario {
   /** Files read before every timed run (warm page cache). */
   warmFiles: readonly string[]
   variants: readonly Variant[]
+  /**
+   * Extra Markdown for the report (e.g. a per-round table), built from the timings after the
+   * last run; shown under its own heading below the main table.
+   */
+  details?: (results: readonly VariantResult[]) => readonly string[]
   /** Untimed: stop what setup started. The scenario dir is removed by the harness. */
   teardown?: () => Promise<void>
 }

@@ -16,10 +16,18 @@ export interface Source {
   virtualSize: number
 }
 
-/** qemu-img compare; throws when the images differ. */
-export const assertSameContent = async (a: string, b: string): Promise<void> => {
+/**
+ * qemu-img compare; throws when the images differ. `forceShare` (`-U`) reads an image that a
+ * running QEMU holds locked.
+ */
+export const assertSameContent = async (
+  a: string,
+  b: string,
+  opts: { forceShare?: boolean } = {},
+): Promise<void> => {
+  const share = opts.forceShare === true ? ['-U'] : []
   try {
-    await run('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', a, b])
+    await run('qemu-img', ['compare', '-q', ...share, '-f', 'qcow2', '-F', 'qcow2', a, b])
   } catch (e) {
     throw new Error(`output ${b} differs from source ${a}`, { cause: e })
   }
