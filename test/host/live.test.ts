@@ -339,7 +339,11 @@ describe('host/live: the backup process killed at random moments', () => {
     )
     let stderr = ''
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => { r(code); }))
+    const exited = new Promise<number | null>((r) =>
+      child.once('exit', (code) => {
+        r(code)
+      }),
+    )
     // Wait until the provider copies (QMP allows one client, so watch the log), then SIGTERM.
     const deadline = Date.now() + 20_000
     while (!/drive-scsi0: (full|incremental)/.test(stderr) && Date.now() < deadline) {
