@@ -1,5 +1,3 @@
-// describe/it are stable since Node 20.0; the n plugin flags describe only because '>=20.19' also
-// spans Node 21, where it was never marked stable.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
