@@ -55,6 +55,12 @@ export const inspectDisk = async (device: string, path: string): Promise<DiskSpe
   if (st.isFile() && st.size === 0) {
     throw new BackupError('USAGE', `disk ${device}: ${path} is empty`)
   }
+  if (st.isFile() && st.size % 512 !== 0) {
+    throw new BackupError(
+      'USAGE',
+      `disk ${device}: ${path} is not a disk image (${st.size} bytes is not a multiple of 512)`,
+    )
+  }
   return { device, path: abs, format: 'raw' }
 }
 

@@ -3,6 +3,7 @@
  * provider names a raw source per VM disk, which `qemu-img convert -f raw` copies verbatim into
  * `<target>/<device>.raw` (sparse); containers are unpacked into `<target>/rootfs`.
  */
+import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { BackupProvider } from '../api/provider.ts'
@@ -40,6 +41,7 @@ const prepareTarget = async (dir: string): Promise<void> => {
 export const restoreBackup = async (opts: RestoreOptions): Promise<RestoreResult> => {
   const { provider, volname, log, signal } = opts
   const target = resolve(opts.target)
+  setMaxListeners(1024, signal)
   const mech = await provider.restoreGetMechanism(volname)
   const config = await provider.archiveGetGuestConfig(volname)
   if (config === '')

@@ -8,6 +8,7 @@
  * A provider or source error leads to `backupCleanup(false, { error })`; the provider then
  * discards the partial backup (nothing half-done is listed) and keeps the log.
  */
+import { setMaxListeners } from 'node:events'
 import { join } from 'node:path'
 import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
 import { isValidArchiveName } from '../api/names.ts'
@@ -58,6 +59,8 @@ export interface GuestResult {
 /** Run a backup job over the given guests, one after another. */
 export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => {
   const now = opts.now ?? (() => Math.floor(Date.now() / 1000))
+  // Every request in flight listens on the signal; the default limit of 10 would warn.
+  setMaxListeners(1024, opts.signal)
   await using tmp = await makeTempDir('guestbackup-job-')
   // One provider instance for the whole job, as vzdump does; its log function writes into the
   // task log of the guest being processed.
@@ -154,7 +157,8 @@ const backupGuest = async (
       ? new BackupError('ABORTED', 'backup aborted', { cause: e })
       : toBackupError(e, 'PROVIDER_FAILED')
     result.error = err
-    log.error(`backup failed: ${err.message}`)
+    // The caller reports the error itself (the CLI prints one line): keep it in the file only.
+    log.record('err', `backup failed: ${err.message}`)
     try {
       await finalizer?.rollback()
     } catch (re) {

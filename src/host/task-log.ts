@@ -35,6 +35,12 @@ export class TaskLog {
     else this.#logger.info(message)
   }
 
+  /** Write a line to the task log file only (the caller reports it another way). */
+  record(level: ProviderLogLevel, message: string): void {
+    const tag = level === 'err' ? 'ERROR' : level.toUpperCase()
+    appendFileSync(this.path, `${new Date().toISOString()} ${tag}: ${message}\n`)
+  }
+
   info(message: string): void {
     this.log('info', message)
   }

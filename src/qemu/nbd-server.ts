@@ -30,6 +30,8 @@ export interface QemuNbdOptions {
   bitmap?: string
   /** Host page cache mode. Default `writeback` (flushes are honoured). */
   cache?: 'none' | 'writeback' | 'writethrough' | 'directsync'
+  /** AIO mode; `native` needs `cache: 'none'`. Default `threads`. */
+  aio?: 'threads' | 'native' | 'io_uring'
   /** Also expose `qemu:allocation-depth` (`-A`). */
   allocationDepth?: boolean
   /** Max simultaneous clients (`-e`). Default 8. */
@@ -89,7 +91,7 @@ export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
     `--shared=${opts.shared ?? 8}`,
     `--export-name=${exportName}`,
     `--cache=${opts.cache ?? 'writeback'}`,
-    '--aio=threads',
+    `--aio=${opts.aio ?? 'threads'}`,
   ]
   if (!opts.image.startsWith('json:')) args.push(`--format=${opts.format ?? 'raw'}`)
   if (opts.readOnly === true) args.push('--read-only')
@@ -98,7 +100,12 @@ export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
   if (opts.allocationDepth === true) args.push('--allocation-depth')
   args.push(opts.image)
 
-  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  // setpriv (util-linux) sets PR_SET_PDEATHSIG before exec: if guestbackup dies, even by
+  // SIGKILL, the kernel sends qemu-nbd SIGTERM, so no server keeps a disk or a partial backup
+  // locked. Its PID stays the one we manage (setpriv execs qemu-nbd).
+  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'qemu-nbd', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
   let stderr = ''
   child.stderr.setEncoding('utf8')
   child.stderr.on('data', (s: string) => {

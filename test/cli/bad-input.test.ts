@@ -138,6 +138,24 @@ describe('cli: bad input', () => {
     await unchanged()
   })
 
+  it('refuses a raw disk whose size is no multiple of 512 bytes', async () => {
+    const r = await cli([
+      'backup',
+      '--store',
+      store,
+      '--vmid',
+      '100',
+      '--config',
+      conf(),
+      '--disk',
+      `scsi0=${conf()}`,
+    ])
+    assert.equal(r.code, 2)
+    assert.match(r.stderr, /not a disk image/)
+    oneLine(r)
+    await unchanged()
+  })
+
   it('refuses a directory as disk', async () => {
     const r = await cli([
       'backup',

@@ -273,7 +273,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     try {
       if (!success || g.manifest === undefined) {
         g.failed = true
-        this.#log('err', `backup failed: ${info.error ?? 'no data was backed up'}`)
+        this.#log(
+          'info',
+          `discarding the partial backup (${info.error ?? 'no data was backed up'})`,
+        )
         await rm(g.partial, { recursive: true, force: true })
         return undefined
       }

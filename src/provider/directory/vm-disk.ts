@@ -51,19 +51,20 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
     signal,
   })
   // The target chain is our own, freshly validated by the caller: qemu-nbd may open it.
-  const server = await startQemuNbd({
-    image: join(dir, file),
-    format: 'qcow2',
-    discard: true,
-    signal,
+  const target = { image: join(dir, file), format: 'qcow2' as const, discard: true, signal }
+  // O_DIRECT (cache=none) writes the backup ~30 % faster than through the page cache (measured
+  // in bench/); file systems without O_DIRECT (tmpfs) get the page cache instead.
+  const server = await startQemuNbd({ ...target, cache: 'none' }).catch((e: unknown) => {
+    if (signal.aborted) throw e
+    return startQemuNbd({ ...target, cache: 'writeback' })
   })
   const open: NbdClient[] = []
   try {
     // Several connections keep qemu-nbd's write side busy (nbdcopy does the same); every one is
     // flushed at the end, so durability does not depend on the server's multi-conn promise.
     const targets = await connectPool(CONNECTIONS, open, { path: server.socketPath, signal })
-    const target = targets[0]
-    if (target === undefined) throw new BackupError('IO', 'no target connection')
+    const targetClient = targets[0]
+    if (targetClient === undefined) throw new BackupError('IO', 'no target connection')
     let source: CopySource
     let sourceClient: NbdClient | undefined
     if (volume.nbdPath !== undefined) {
@@ -120,7 +121,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
     if (incremental && sourceClient !== undefined && bitmap !== undefined && count > 0) {
       const r = await sampleCleanBlocks({
         source: sourceClient,
-        target,
+        target: targetClient,
         dirtyContext: dirtyContext(bitmap),
         count,
         signal,
