@@ -9,28 +9,10 @@
  */
 
 import { inspect } from 'node:util'
+import type { KeepOptions } from '../api/storage.ts'
 import { BackupError } from '../errors.ts'
 
-/**
- * Retention options of one storage or backup job, keyed exactly as in Proxmox VE.
- * Counts are non-negative integers; 0 and a missing key both mean "option not used".
- */
-export interface KeepOptions {
-  /** Keep all backups. Conflicts with the other options when true. */
-  'keep-all'?: boolean
-  /** Keep the last N backups. */
-  'keep-last'?: number
-  /** Keep backups for the last N different hours; only the latest one of an hour is kept. */
-  'keep-hourly'?: number
-  /** Keep backups for the last N different days; only the latest one of a day is kept. */
-  'keep-daily'?: number
-  /** Keep backups for the last N different ISO weeks; only the latest one of a week is kept. */
-  'keep-weekly'?: number
-  /** Keep backups for the last N different months; only the latest one of a month is kept. */
-  'keep-monthly'?: number
-  /** Keep backups for the last N different years; only the latest one of a year is kept. */
-  'keep-yearly'?: number
-}
+export type { KeepOptions }
 
 /** The count options, in the order `prune_mark_backup_group` processes them. */
 export const KEEP_COUNT_KEYS = [

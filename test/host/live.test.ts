@@ -1,7 +1,10 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import type { ChildProcessByStdio } from 'node:child_process'
 import { createServer } from 'node:net'
+import type { Readable } from 'node:stream'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runBackupJob } from '../../src/host/runner.ts'
@@ -317,26 +320,20 @@ describe('host/live: the backup process killed at random moments', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('tears everything down itself on SIGTERM (exit 130)', async () => {
-    const { spawn } = await import('node:child_process')
-    const child = spawn(
+  /** `guestbackup [-v] backup … --qmp` of VM 500 as a child process, slowed to `rate`. */
+  const spawnBackup = (rate: string, verbose = false): ChildProcessByStdio<null, null, Readable> =>
+    spawn(
       join(import.meta.dirname, '../../bin/guestbackup'),
       [
-        '-v',
-        'backup',
-        '--store',
-        join(dir, 'store'),
-        '--vmid',
-        '500',
-        '--config',
-        join(dir, 'vm.conf'),
-        '--qmp',
-        vm.qmpPath,
-        '--bwlimit',
-        '16M',
+        ...(verbose ? ['-v'] : []),
+        ...['backup', '--store', join(dir, 'store'), '--vmid', '500'],
+        ...['--config', join(dir, 'vm.conf'), '--qmp', vm.qmpPath, '--bwlimit', rate],
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     )
+
+  it('tears everything down itself on SIGTERM (exit 130)', async () => {
+    const child = spawnBackup('16M', true)
     let stderr = ''
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s))
     const exited = new Promise<number | null>((r) =>
@@ -368,29 +365,12 @@ describe('host/live: the backup process killed at random moments', () => {
   })
 
   it('keeps the VM running and the next incremental correct', async () => {
-    const { spawn } = await import('node:child_process')
     // Random moments across start-up, setup, copy and commit (the copy is slowed to ~4 s).
     const delays = Array.from({ length: 4 }, () => 300 + Math.floor(Math.random() * 3500))
     let incrementals = 0
     for (const [i, ms] of delays.entries()) {
       await vm.guestIo('scsi0', `write -P ${0x40 + i} ${i * 8}M 1M`)
-      const child = spawn(
-        join(import.meta.dirname, '../../bin/guestbackup'),
-        [
-          'backup',
-          '--store',
-          join(dir, 'store'),
-          '--vmid',
-          '500',
-          '--config',
-          join(dir, 'vm.conf'),
-          '--qmp',
-          vm.qmpPath,
-          '--bwlimit',
-          '32M',
-        ],
-        { stdio: 'ignore' },
-      )
+      const child = spawnBackup('32M')
       const exited = new Promise((r) => child.once('exit', r))
       await new Promise((r) => setTimeout(r, ms))
       // The run may have finished on its own by now; killing it then is a no-op.
