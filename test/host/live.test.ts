@@ -290,6 +290,23 @@ describe('host/live: incremental backups of a running VM', () => {
     })
     assert.equal(res?.status, 'failed')
     assert.equal(res.error?.code, 'VERIFY_FAILED')
+    // The failure path left the graph clean and folded the new bitmap back into the old one.
+    const after = await QmpClient.connect(vm.qmpPath)
+    try {
+      assert.deepEqual(await after.executeRaw('query-block-jobs'), [])
+      assert.deepEqual(await after.executeRaw('query-block-exports'), [])
+      const blocks2 = (await after.executeRaw('query-block')) as {
+        qdev?: string
+        inserted?: { 'dirty-bitmaps'?: { name: string; recording: boolean }[] }
+      }[]
+      const bms = blocks2.find((b) => b.qdev === 'scsi0')?.inserted?.['dirty-bitmaps'] ?? []
+      assert.deepEqual(
+        bms.map((b) => [b.name, b.recording]),
+        [[name, true]],
+      )
+    } finally {
+      await after.close()
+    }
     await backup()
     assert.equal(points.at(-1)?.parent, false, 'the next backup is full')
   })
