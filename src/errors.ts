@@ -96,8 +96,9 @@ export const toBackupError = (e: unknown, fallback: ErrorCode = 'IO'): BackupErr
     if (e.name === 'AbortError')
       return new BackupError('ABORTED', 'operation aborted', { cause: e })
     const code = (e as NodeJS.ErrnoException).code
-    if (code === 'ENOSPC')
+    if (code === 'ENOSPC' || code === 'EFBIG' || code === 'EDQUOT') {
       return new BackupError('NO_SPACE', `no space left: ${e.message}`, { cause: e })
+    }
     return new BackupError(fallback, e.message, { cause: e })
   }
   return new BackupError(fallback, String(e))

@@ -26,6 +26,8 @@ const onSignal = (sig: NodeJS.Signals): void => {
   controller.abort(new BackupError('ABORTED', `interrupted by ${sig}`))
 }
 process.on('SIGINT', onSignal)
+// A file size limit (RLIMIT_FSIZE) must fail the write with EFBIG, not kill the process.
+process.on('SIGXFSZ', () => undefined)
 process.on('SIGTERM', onSignal)
 
 const program = new Command('guestbackup')
@@ -34,7 +36,12 @@ const program = new Command('guestbackup')
   .option('-v, --verbose', 'log progress details on stderr')
   .option('--log-json', 'log JSON lines on stderr')
   .option('--debug', 'print stack traces on errors')
-  .showHelpAfterError()
+  // One line per usage error, with where to look: 'error: unknown option … (see --help)'.
+  .configureOutput({
+    outputError: (str, write) => {
+      write(`${str.trimEnd()} (see --help)\n`)
+    },
+  })
   .exitOverride()
 
 const logger = () => {
@@ -103,6 +110,7 @@ program
   .option('--qmp <socket>', 'QMP socket of a running VM: back it up live, at one instant')
   .option('--qga <socket>', 'guest agent socket of that VM: freeze file systems at the instant')
   .option('--device <name>', 'with --qmp: only this disk (e.g. scsi0); repeatable', collect)
+  .option('--fleecing-dir <dir>', 'with --qmp: where overlays keep old data during the backup')
   .option('--rootfs <dir>', 'container root directory')
   .option(
     '--exclude <pattern>',

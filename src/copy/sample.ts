@@ -6,23 +6,23 @@
  */
 import { randomInt } from 'node:crypto'
 import { BackupError } from '../errors.ts'
-import type { NbdClient } from '../nbd/client.ts'
-import { walkExtents } from '../nbd/extents.ts'
 
 /** Options of {@link sampleCleanBlocks}. */
 export interface SampleOptions {
-  /** The point-in-time export, with the dirty bitmap context negotiated. */
-  source: NbdClient
-  /** The freshly written backup image (data falls through to its backing chain). */
-  target: NbdClient
-  dirtyContext: string
+  /** Disk size in bytes. */
+  size: number
+  /** The dirty regions of this backup, increasing (what the bitmap says changed). */
+  dirty: AsyncIterable<readonly [number, number]>
+  /** Read from the point-in-time source. */
+  readSource: (offset: number, length: number) => Promise<Buffer>
+  /** Read from the new backup, where clean blocks fall through to the parent chain. */
+  readTarget: (offset: number, length: number) => Promise<Buffer>
   /** Blocks to compare. */
   count: number
   /** Block size in bytes. Default 64 KiB. */
   block?: number
   /** Random integer in [0, max) (injected by tests). */
   random?: (max: number) => number
-  signal: AbortSignal
 }
 
 /** Result of {@link sampleCleanBlocks}. */
@@ -33,23 +33,21 @@ export interface SampleResult {
   mismatches: number[]
 }
 
-/** Most dirty extents we keep in memory for sampling; beyond that sampling is skipped. */
-const MAX_EXTENTS = 1_000_000
+/** Most dirty regions kept in memory for sampling; beyond that sampling is skipped. */
+const MAX_REGIONS = 1_000_000
 
 /** Compare `count` random clean blocks of source and backup. */
 export const sampleCleanBlocks = async (o: SampleOptions): Promise<SampleResult> => {
   const block = o.block ?? 64 * 1024
-  const size = o.source.size
   const starts: number[] = []
   const ends: number[] = []
-  for await (const e of walkExtents(o.source, o.dirtyContext, { signal: o.signal })) {
-    if ((e.flags & 1) === 0) continue
-    if (starts.length >= MAX_EXTENTS) return { checked: 0, mismatches: [] }
-    starts.push(e.offset)
-    ends.push(e.offset + e.length)
+  for await (const [off, len] of o.dirty) {
+    if (starts.length >= MAX_REGIONS) return { checked: 0, mismatches: [] }
+    starts.push(off)
+    ends.push(off + len)
   }
   const isDirty = (off: number, len: number): boolean => {
-    // Binary search for the last dirty extent starting before off + len.
+    // Binary search for the last dirty region starting before off + len.
     let lo = 0
     let hi = starts.length
     while (lo < hi) {
@@ -60,16 +58,13 @@ export const sampleCleanBlocks = async (o: SampleOptions): Promise<SampleResult>
     return lo > 0 && (ends[lo - 1] ?? 0) > off
   }
   const random = o.random ?? ((max: number) => randomInt(max))
-  const blocks = Math.floor(size / block)
+  const blocks = Math.floor(o.size / block)
   const result: SampleResult = { checked: 0, mismatches: [] }
   if (blocks === 0) return result
   for (let tries = 0; result.checked < o.count && tries < o.count * 20; tries++) {
     const off = random(blocks) * block
     if (isDirty(off, block)) continue
-    const [a, b] = await Promise.all([
-      o.source.read(off, block, { signal: o.signal }),
-      o.target.read(off, block, { signal: o.signal }),
-    ])
+    const [a, b] = await Promise.all([o.readSource(off, block), o.readTarget(off, block)])
     result.checked++
     if (!a.equals(b)) result.mismatches.push(off)
   }

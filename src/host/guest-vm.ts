@@ -3,7 +3,7 @@
  * incremental query, one NBD export (or reader) per disk, `backupVm`, teardown on every path.
  */
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../api/provider.ts'
-import { BackupError } from '../errors.ts'
+import { BackupError, toBackupError } from '../errors.ts'
 import type { ProgressInfo } from '../provider/directory/provider.ts'
 import type { QemuNbd } from '../qemu/nbd-server.ts'
 import { diskSize, openDiskReader, serveDisk } from './disks.ts'
@@ -106,7 +106,12 @@ export const backupVmGuest = async (
   } catch (e) {
     for (const r of readers.splice(0)) await r.close()
     for (const s of servers.splice(0)) await s.stop()
-    await rollback()
+    try {
+      await rollback()
+    } catch (re) {
+      // Keep the real error; the next run repairs the bitmaps.
+      log.error(`bitmap rollback failed: ${toBackupError(re).message}`)
+    }
     throw e
   } finally {
     for (const r of readers) await r.close()

@@ -10,7 +10,7 @@ import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 import { imageInfo } from '../qemu/img.ts'
 import { BITMAP_GRANULARITY } from './live/bitmaps.ts'
-import { bitmapName, storeBitmaps } from './live/bitmap-names.ts'
+import { nextBitmapName, storeBitmaps } from './live/bitmap-names.ts'
 import type { DiskSpec } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
 
@@ -107,7 +107,7 @@ export const prepareOfflineBitmaps = async (
     storeId,
     (await listBitmaps(disk)).map((b) => b.name),
   )
-  const next = bitmapName(storeId, (ours.at(-1)?.[0] ?? 0) + 1)
+  const next = nextBitmapName(storeId, ours)
   const add = ['--add', '-g', String(BITMAP_GRANULARITY)]
   if (answer === 'use' && current !== undefined) {
     await bitmapOp(disk, current, ['--disable'])

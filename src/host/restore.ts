@@ -4,7 +4,7 @@
  * `<target>/<device>.raw` (sparse); containers are unpacked into `<target>/rootfs`.
  */
 import { setMaxListeners } from 'node:events'
-import { mkdir, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
@@ -30,24 +30,42 @@ export interface RestoreResult {
   files: string[]
 }
 
-const prepareTarget = async (dir: string): Promise<void> => {
-  await mkdir(dir, { recursive: true })
+/** Create (or check) the target; true if it was created here. */
+const prepareTarget = async (dir: string): Promise<boolean> => {
+  const created = (await mkdir(dir, { recursive: true })) !== undefined
   if ((await readdir(dir)).length > 0) {
     throw new BackupError('USAGE', `restore target ${dir} is not empty`)
   }
+  return created
 }
 
 /** Restore a backup into a directory. */
 export const restoreBackup = async (opts: RestoreOptions): Promise<RestoreResult> => {
-  const { provider, volname, log, signal } = opts
   const target = resolve(opts.target)
+  const created = await prepareTarget(target)
+  try {
+    return await restoreInto(opts, target)
+  } catch (e) {
+    // Nothing half-restored stays behind: the target was empty (or new) when we started.
+    if (created) {
+      await rm(target, { recursive: true, force: true })
+    } else {
+      for (const name of await readdir(target).catch(() => [] as string[])) {
+        await rm(join(target, name), { recursive: true, force: true })
+      }
+    }
+    throw e
+  }
+}
+
+const restoreInto = async (opts: RestoreOptions, target: string): Promise<RestoreResult> => {
+  const { provider, volname, log, signal } = opts
   setMaxListeners(1024, signal)
   const mech = await provider.restoreGetMechanism(volname)
   const config = await provider.archiveGetGuestConfig(volname)
   if (config === '')
     throw new BackupError('ARCHIVE_INVALID', 'the backup has an empty guest config')
   const firewall = await provider.archiveGetFirewallConfig(volname)
-  await prepareTarget(target)
   const files: string[] = []
   await writeFile(join(target, 'guest.conf'), config, { mode: 0o600 })
   files.push('guest.conf')

@@ -210,7 +210,7 @@ describe('host/live: incremental backups of a running VM', () => {
         const bms = b.inserted?.['dirty-bitmaps'] ?? []
         assert.equal(bms.length, 1)
         assert.equal(bms[0]?.recording, true)
-        assert.match(String(bms.at(0)?.name), /^gb-lab-\d+$/)
+        assert.match(String(bms.at(0)?.name), /^gb-lab-\d+-[0-9a-f]{8}$/)
       }
     } finally {
       await qmp.close()

@@ -20,6 +20,7 @@ export interface BackupCommandOptions {
   qmp?: string
   qga?: string
   device?: string[]
+  fleecingDir?: string
   bwlimit?: number
   json?: boolean
 }
@@ -48,8 +49,14 @@ export const backupCommand = async (
       'give exactly one of --disk NAME=PATH (stopped VM), --qmp SOCKET (running VM), --rootfs DIR (container)',
     )
   }
-  if ((o.qga !== undefined || o.device !== undefined) && o.qmp === undefined) {
-    throw new BackupError('USAGE', '--qga and --device apply to running VMs (--qmp) only')
+  if (
+    (o.qga !== undefined || o.device !== undefined || o.fleecingDir !== undefined) &&
+    o.qmp === undefined
+  ) {
+    throw new BackupError(
+      'USAGE',
+      '--qga, --device and --fleecing-dir apply to running VMs (--qmp) only',
+    )
   }
   if (o.exclude !== undefined && o.rootfs === undefined) {
     throw new BackupError('USAGE', '--exclude applies to container backups (--rootfs) only')
@@ -66,6 +73,7 @@ export const backupCommand = async (
       config,
       qmp: o.qmp,
       qga: o.qga,
+      fleeceDir: o.fleecingDir,
       devices: o.device?.map((d) => (d.startsWith('drive-') ? d : `drive-${d}`)),
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }

@@ -1,21 +1,32 @@
 /**
- * Names of guestbackup's dirty bitmaps: `gb-<storeid>-<generation>`, one tracking bitmap per
- * (disk, store), so several stores never disturb each other's incrementals. The generation
- * grows by one at every backup instant; the name is the generation id providers record.
+ * Names of guestbackup's dirty bitmaps: `gb-<storeid>-<generation>-<nonce>`, one tracking bitmap
+ * per (disk, store), so several stores never disturb each other's incrementals. The name is the
+ * generation id providers record, so it must never come back: the generation is at least the
+ * current time in milliseconds and grows at every backup instant, and a random nonce guards
+ * against clocks going backwards. A bitmap that was lost and recreated therefore can never pass
+ * for the one a backup recorded.
  */
+import { randomBytes } from 'node:crypto'
 
 const PREFIX = 'gb-'
 
-/** Bitmap name of a store and generation. */
-export const bitmapName = (storeId: string, generation: number): string =>
-  `${PREFIX}${storeId}-${generation}`
+/** A new bitmap name of a store, newer than every generation in `existing`. */
+export const nextBitmapName = (
+  storeId: string,
+  existing: readonly [number, string][],
+  now: number = Date.now(),
+): string => {
+  const top = existing.at(-1)?.[0] ?? 0
+  const generation = Math.max(top + 1, now)
+  return `${PREFIX}${storeId}-${generation}-${randomBytes(4).toString('hex')}`
+}
 
 /** Generation of a bitmap of this store, or undefined for other bitmaps. */
 export const bitmapGenerationOf = (storeId: string, name: string): number | undefined => {
   const p = `${PREFIX}${storeId}-`
   if (!name.startsWith(p)) return undefined
-  const rest = name.slice(p.length)
-  return /^[1-9]\d{0,15}$/.test(rest) ? Number(rest) : undefined
+  const m = /^([1-9]\d{0,15})-[0-9a-f]{8}$/.exec(name.slice(p.length))
+  return m?.[1] === undefined ? undefined : Number(m[1])
 }
 
 /** Names of every bitmap of this store in `names`, by generation ascending. */

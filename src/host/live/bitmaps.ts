@@ -10,7 +10,7 @@
  */
 import type { BitmapMode, IncrementalQuery } from '../../api/provider.ts'
 import type { QmpClient } from '../../qmp/client.ts'
-import { bitmapName, storeBitmaps } from './bitmap-names.ts'
+import { nextBitmapName, storeBitmaps } from './bitmap-names.ts'
 import type { LiveDisk } from './discover.ts'
 import type { TransactionAction } from './fleece.ts'
 
@@ -51,8 +51,7 @@ export const planDiskBitmaps = (
     disk.bitmaps.map((b) => b.name),
   )
   const current = currentGeneration(disk, storeId)
-  const top = ours.at(-1)?.[0] ?? 0
-  const next = bitmapName(storeId, top + 1)
+  const next = nextBitmapName(storeId, ours)
   if (answer === 'use' && current !== undefined) {
     return {
       device: disk.device,

@@ -14,8 +14,9 @@
  *                └─ job gb-fleece-<dev> (sync=none): old data copied into the overlay
  * ```
  */
-import { rm } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { BackupError, QmpCommandError, toBackupError } from '../../errors.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import type { TempDir } from '../../io/tmpdir.ts'
@@ -54,59 +55,50 @@ export interface FleeceOptions {
   aroundInstant?: { before(): Promise<void>; after(): Promise<void> }
   /** Parent dir of the private fleecing dir. Default: the system temp dir. */
   fleeceParent?: string | undefined
+  /** Guest id: names the fleecing dir, so the next run can sweep what a killed one left. */
+  vmid: number
+  /** Called right after the instant's transaction succeeded (bitmaps changed from then on). */
+  onApplied?: () => void
   signal: AbortSignal
 }
 
-const opts = (signal: AbortSignal | undefined) => (signal ? { signal } : {})
-
-/** Build the point-in-time graph and export it. On failure everything built is removed. */
+/**
+ * Build the point-in-time graph and export it. On failure everything built is removed.
+ *
+ * The QMP commands of the set-up get no AbortSignal on purpose: an aborted wait does not stop
+ * QEMU from applying a command, so the objects could exist without our knowing. They are short;
+ * an abort is honoured between them, and teardown finds our objects by name, not by memory.
+ */
 export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> => {
   const { qmp, disks, signal } = o
-  const dir: TempDir = await makeTempDir(FLEECE_DIR_PREFIX, o.fleeceParent)
-  const added: string[] = []
-  const jobs: string[] = []
-  const exports: string[] = []
+  const parent = o.fleeceParent ?? tmpdir()
+  const dir: TempDir = await makeTempDir(`${FLEECE_DIR_PREFIX}${o.vmid}-`, parent)
   let server = false
   let torn = false
   const teardown = async (): Promise<BackupError[]> => {
     if (torn) return []
     torn = true
     const errors: BackupError[] = []
-    const attempt = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
-      try {
-        await fn()
-      } catch (e) {
-        errors.push(new BackupError('QMP_COMMAND', `${what}: ${toBackupError(e).message}`))
-      }
-    }
-    for (const id of exports) await attempt(`remove export ${id}`, () => deleteExport(qmp, id))
-    if (server) await attempt('stop NBD server', () => qmp.executeRaw('nbd-server-stop'))
-    for (const job of jobs) await attempt(`cancel job ${job}`, () => cancelJob(qmp, job))
-    for (const node of added) {
-      await attempt(`remove node ${node}`, () =>
-        qmp.executeRaw('blockdev-del', { 'node-name': node }),
-      )
+    try {
+      await removeOurObjects(qmp, server)
+    } catch (e) {
+      errors.push(new BackupError('QMP_COMMAND', `teardown: ${toBackupError(e).message}`))
     }
     await dir.remove()
     return errors
   }
   try {
     for (const d of disks) {
+      signal.throwIfAborted()
       const file = join(dir.path, `${d.device}.qcow2`)
       // No backing in the header: QEMU gets the live node as backing through blockdev-add.
       await createImage(file, { format: 'qcow2', size: d.size, signal })
-      const node = `${FLEECE_PREFIX}${d.device}`
-      await qmp.executeRaw(
-        'blockdev-add',
-        {
-          driver: 'qcow2',
-          'node-name': node,
-          file: { driver: 'file', filename: file },
-          backing: d.node,
-        },
-        opts(signal),
-      )
-      added.push(node)
+      await qmp.executeRaw('blockdev-add', {
+        driver: 'qcow2',
+        'node-name': `${FLEECE_PREFIX}${d.device}`,
+        file: { driver: 'file', filename: file },
+        backing: d.node,
+      })
     }
     const actions: TransactionAction[] = [...o.bitmapActions]
     for (const d of disks) {
@@ -121,36 +113,28 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
         },
       })
     }
+    signal.throwIfAborted()
     await o.aroundInstant?.before()
     try {
-      await qmp.executeRaw('transaction', { actions }, opts(signal))
+      await qmp.executeRaw('transaction', { actions })
+      o.onApplied?.()
     } finally {
       await o.aroundInstant?.after()
     }
-    for (const d of disks) jobs.push(`${FLEECE_PREFIX}${d.device}`)
+    signal.throwIfAborted()
     const socketPath = join(dir.path, 'nbd.sock')
-    await qmp.executeRaw(
-      'nbd-server-start',
-      { addr: { type: 'unix', data: { path: socketPath } } },
-      opts(signal),
-    )
     server = true
+    await qmp.executeRaw('nbd-server-start', { addr: { type: 'unix', data: { path: socketPath } } })
     for (const d of disks) {
-      const id = `${EXPORT_PREFIX}${d.device}`
       const bitmap = o.exportBitmaps[d.device]
-      await qmp.executeRaw(
-        'block-export-add',
-        {
-          type: 'nbd',
-          id,
-          'node-name': `${FLEECE_PREFIX}${d.device}`,
-          name: d.device,
-          writable: false,
-          ...(bitmap === undefined ? {} : { bitmaps: [{ node: d.node, name: bitmap }] }),
-        },
-        opts(signal),
-      )
-      exports.push(id)
+      await qmp.executeRaw('block-export-add', {
+        type: 'nbd',
+        id: `${EXPORT_PREFIX}${d.device}`,
+        'node-name': `${FLEECE_PREFIX}${d.device}`,
+        name: d.device,
+        writable: false,
+        ...(bitmap === undefined ? {} : { bitmaps: [{ node: d.node, name: bitmap }] }),
+      })
     }
     return { socketPath, teardown }
   } catch (e) {
@@ -185,11 +169,10 @@ const cancelJob = async (qmp: QmpClient, job: string): Promise<void> => {
 }
 
 /**
- * Remove what a killed run left in the VM: our exports (and then the NBD server, which can only
- * be ours if it serves our exports), jobs and overlay nodes, and their fleecing files.
- * Returns what was cleaned, for the log.
+ * Remove our objects from the VM, found by name: exports, then the NBD server (ours if
+ * `serverIsOurs`, or if it serves our exports), jobs and overlay nodes. Returns what went.
  */
-export const recoverLeftovers = async (qmp: QmpClient): Promise<string[]> => {
+const removeOurObjects = async (qmp: QmpClient, serverIsOurs: boolean): Promise<string[]> => {
   const cleaned: string[] = []
   const exports = (await qmp.executeRaw('query-block-exports')) as { id: string }[]
   const ours = exports.filter((x) => x.id.startsWith(EXPORT_PREFIX))
@@ -199,7 +182,7 @@ export const recoverLeftovers = async (qmp: QmpClient): Promise<string[]> => {
   }
   const jobs = (await qmp.executeRaw('query-block-jobs')) as { device: string }[]
   const ourJobs = jobs.filter((j) => j.device.startsWith(FLEECE_PREFIX))
-  if (ours.length > 0 || ourJobs.length > 0) {
+  if (serverIsOurs || ours.length > 0 || ourJobs.length > 0) {
     try {
       await qmp.executeRaw('nbd-server-stop')
       cleaned.push('NBD server')
@@ -213,15 +196,29 @@ export const recoverLeftovers = async (qmp: QmpClient): Promise<string[]> => {
   }
   const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
     'node-name': string
-    file: string
   }[]
   for (const n of nodes) {
     if (!n['node-name'].startsWith(FLEECE_PREFIX)) continue
     await qmp.executeRaw('blockdev-del', { 'node-name': n['node-name'] })
     cleaned.push(`node ${n['node-name']}`)
-    const parent = dirname(n.file)
-    if (basename(parent).startsWith(FLEECE_DIR_PREFIX)) {
-      await rm(parent, { recursive: true, force: true })
+  }
+  return cleaned
+}
+
+/**
+ * Remove what a killed run left: our objects in the VM, then the fleecing dirs of this guest
+ * (QMP accepts one client at a time, so no other backup of this VM can be running).
+ */
+export const recoverLeftovers = async (
+  qmp: QmpClient,
+  vmid: number,
+  fleeceParent: string = tmpdir(),
+): Promise<string[]> => {
+  const cleaned = await removeOurObjects(qmp, false)
+  for (const name of await readdir(fleeceParent).catch(() => [] as string[])) {
+    if (name.startsWith(`${FLEECE_DIR_PREFIX}${vmid}-`)) {
+      await rm(join(fleeceParent, name), { recursive: true, force: true })
+      cleaned.push(`fleecing dir ${name}`)
     }
   }
   return cleaned

@@ -36,6 +36,11 @@ export interface LiveVmGuest {
   qga?: string | undefined
   /** Back up only these devices (default: every disk). */
   devices?: readonly string[] | undefined
+  /**
+   * Where fleecing overlays live (they hold the old data the guest overwrites during the
+   * backup). Default: the system temp dir.
+   */
+  fleeceDir?: string | undefined
   /** Test hook: called with the NBD socket after the instant, before the provider reads. */
   onInstant?: ((socketPath: string) => Promise<void>) | undefined
 }
@@ -67,14 +72,17 @@ export const backupLiveVm = async (
   }
   const qmp = await QmpClient.connect(guest.qmp, { signal })
   let plans: DiskBitmapPlan[] = []
+  // Bitmaps change only with the instant's transaction; before it there is nothing to undo.
+  const state = { applied: false }
   try {
     const v = qmp.version
     if (v.major < MIN_QEMU[0] || (v.major === MIN_QEMU[0] && v.minor < MIN_QEMU[1])) {
       throw new BackupError('QMP_PROTOCOL', `QEMU ${v.major}.${v.minor} is too old (need 5.2+)`)
     }
     log.info(`QEMU ${v.major}.${v.minor}.${v.micro}: fleecing overlay + backup job graph`)
-    for (const what of await recoverLeftovers(qmp))
+    for (const what of await recoverLeftovers(qmp, guest.vmid, guest.fleeceDir)) {
       log.warn(`cleaned leftover of a killed run: ${what}`)
+    }
     let disks = await listLiveDisks(qmp, signal)
     const fixed = await recoverBitmaps(qmp, disks, storeId)
     for (const f of fixed) log.warn(`bitmap recovery: ${f}`)
@@ -110,6 +118,11 @@ export const backupLiveVm = async (
       disks,
       bitmapActions: instantActions(plans, (node) => persistentNodes.has(node)),
       exportBitmaps: Object.fromEntries(plans.map((p) => [p.device, p.read])),
+      vmid: guest.vmid,
+      fleeceParent: guest.fleeceDir,
+      onApplied: () => {
+        state.applied = true
+      },
       aroundInstant: {
         before: async () => {
           if (agent === undefined) return
@@ -154,7 +167,7 @@ export const backupLiveVm = async (
     }
   } catch (e) {
     try {
-      await rollbackBitmaps(qmp, plans)
+      if (state.applied) await rollbackBitmaps(qmp, plans)
     } catch (re) {
       log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
     }

@@ -6,7 +6,7 @@
 import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { toBackupError } from '../../errors.ts'
-import { validateChain } from '../../qemu/chain.ts'
+import { MAX_CHAIN_DEPTH, validateChain } from '../../qemu/chain.ts'
 import { listGuestBackups } from './scan.ts'
 import type { StoreLayout } from './layout.ts'
 
@@ -59,6 +59,10 @@ export const findIncrementalBase = async (
   }
   try {
     const chain = await validateChain(join(newest.dir, disk.file), layout.guestDir(vmid))
+    // Restore validates chains up to MAX_CHAIN_DEPTH images: start a new chain before that.
+    if (chain.length >= MAX_CHAIN_DEPTH) {
+      return { kind: 'full', reason: `the chain reached ${MAX_CHAIN_DEPTH} backups` }
+    }
     return {
       kind: 'base',
       volname: newest.ref.volname,

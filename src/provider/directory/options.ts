@@ -62,7 +62,8 @@ export const StoreFileSchema = z.strictObject({
 export const parseStoreOptions = (raw: unknown): StoreOptions => {
   const r = StoreOptionsSchema.safeParse(raw)
   if (!r.success) {
-    throw new BackupError('CONFIG_INVALID', `invalid store options: ${z.prettifyError(r.error)}`)
+    const issues = r.error.issues.map((i) => `${i.path.join('.') || 'options'}: ${i.message}`)
+    throw new BackupError('CONFIG_INVALID', `invalid store options: ${issues.join('; ')}`)
   }
   return r.data
 }

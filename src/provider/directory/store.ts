@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
-import { z } from 'zod'
+import type { z } from 'zod'
 import { BackupError } from '../../errors.ts'
 import { StoreLayout } from './layout.ts'
 import { writeFileDurable } from './manifest.ts'
@@ -86,7 +86,8 @@ const readStoreFile = async (root: string): Promise<z.infer<typeof StoreFileSche
   }
   const r = StoreFileSchema.safeParse(json)
   if (!r.success) {
-    throw new BackupError('STORE_INVALID', `store file is invalid: ${z.prettifyError(r.error)}`)
+    const issues = r.error.issues.map((i) => `${i.path.join('.') || 'file'}: ${i.message}`)
+    throw new BackupError('STORE_INVALID', `store file is invalid: ${issues.join('; ')}`)
   }
   return r.data
 }

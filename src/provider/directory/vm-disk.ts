@@ -116,20 +116,17 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
       onProgress: opts.onProgress,
       signal,
     })
-    const bitmap = volume.bitmapName
     const count = opts.sampleBlocks ?? 0
-    if (incremental && sourceClient !== undefined && bitmap !== undefined && count > 0) {
+    if (incremental && count > 0) {
       const r = await sampleCleanBlocks({
-        source: sourceClient,
-        target: targetClient,
-        dirtyContext: dirtyContext(bitmap),
+        size: volume.size,
+        dirty: source.regions(signal),
+        readSource: (off, len) => source.read(off, len, signal),
+        readTarget: (off, len) => targetClient.read(off, len, { signal }),
         count,
-        signal,
       })
       opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
       assertSampleClean(device, r)
-    } else if (incremental && count > 0) {
-      opts.log?.(`${device}: clean-block sampling needs the nbd mechanism; skipped`)
     }
     return stats
   } finally {
