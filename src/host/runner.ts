@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
 import { isValidArchiveName } from '../api/names.ts'
 import { BackupError, toBackupError } from '../errors.ts'
-import { makeTempDir } from '../io/tmpdir.ts'
+import { makeTempDir, sweepStaleTempDirs } from '../io/tmpdir.ts'
 import type { Logger } from '../log.ts'
 import type { ProgressEvent } from '../provider/directory/provider.ts'
 import { backupCtGuest } from './guest-ct.ts'
@@ -61,6 +61,7 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
   const now = opts.now ?? (() => Math.floor(Date.now() / 1000))
   // Every request in flight listens on the signal; the default limit of 10 would warn.
   setMaxListeners(1024, opts.signal)
+  await sweepStaleTempDirs()
   await using tmp = await makeTempDir('guestbackup-job-')
   // One provider instance for the whole job, as vzdump does; its log function writes into the
   // task log of the guest being processed.
