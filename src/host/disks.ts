@@ -135,40 +135,56 @@ export const openDiskReader = async (
   }
   const server = await serveDisk(disk, signal, bitmap)
   try {
-    const ctx = bitmap === undefined ? undefined : `qemu:dirty-bitmap:${bitmap}`
-    const client = await NbdClient.connect({
-      path: server.socketPath,
-      exportName: disk.device,
-      ...(ctx === undefined ? {} : { metaContexts: [ctx] }),
-      ...(signal ? { signal } : {}),
-    })
-    const extents =
-      ctx === undefined ? undefined : walkExtents(client, ctx, signal ? { signal } : {})
+    const opened = await openNbdReader(server.socketPath, disk.device, bitmap, signal)
     return {
-      nextDirtyRegion:
-        extents === undefined
-          ? wholeDisk(client.size)
-          : async () => {
-              for (;;) {
-                const r = await extents.next()
-                if (r.done === true) return undefined
-                if ((r.value.flags & 1) !== 0) return [r.value.offset, r.value.length] as const
-              }
-            },
-      reader: {
-        read: (position, length, sig, into) =>
-          client.read(position, length, {
-            ...(sig ? { signal: sig } : {}),
-            ...(into ? { into } : {}),
-          }),
-      },
+      ...opened,
       close: async () => {
-        await client.close()
+        await opened.close()
         await server.stop()
       },
     }
   } catch (e) {
     await server.stop()
     throw e
+  }
+}
+
+/**
+ * An NBD export as a `file-handle` volume: random reads, and the dirty regions of `bitmap`
+ * (`qemu:dirty-bitmap:<bitmap>`, bit 0 set = dirty) or else the whole export.
+ */
+export const openNbdReader = async (
+  path: string,
+  exportName: string,
+  bitmap: string | undefined,
+  signal?: AbortSignal,
+): Promise<OpenedReader> => {
+  const ctx = bitmap === undefined ? undefined : `qemu:dirty-bitmap:${bitmap}`
+  const client = await NbdClient.connect({
+    path,
+    exportName,
+    ...(ctx === undefined ? {} : { metaContexts: [ctx] }),
+    ...(signal ? { signal } : {}),
+  })
+  const extents = ctx === undefined ? undefined : walkExtents(client, ctx, signal ? { signal } : {})
+  return {
+    nextDirtyRegion:
+      extents === undefined
+        ? wholeDisk(client.size)
+        : async () => {
+            for (;;) {
+              const r = await extents.next()
+              if (r.done === true) return undefined
+              if ((r.value.flags & 1) !== 0) return [r.value.offset, r.value.length] as const
+            }
+          },
+    reader: {
+      read: (position, length, sig, into) =>
+        client.read(position, length, {
+          ...(sig ? { signal: sig } : {}),
+          ...(into ? { into } : {}),
+        }),
+    },
+    close: () => client.close(),
   }
 }

@@ -310,4 +310,50 @@ describe('host/live: incremental backups of a running VM', () => {
     await backup()
     assert.equal(points.at(-1)?.parent, false, 'the next backup is full')
   })
+
+  it('serves the file-handle mechanism from the same exports, incrementals included', async () => {
+    await initStore(
+      join(dir, 'store-fh'),
+      { 'vm-backup-mode': 'incremental', 'vm-backup-mechanism': 'file-handle' },
+      'fh',
+    )
+    const fh = await openStore(join(dir, 'store-fh'))
+    for (const [n, write] of ['write -P 0x51 5M 1M', 'write -P 0x52 7M 64k'].entries()) {
+      await io(write)
+      const ref = join(dir, `ref-fh-${n}.raw`)
+      const [res] = await runBackupJob({
+        provider: (log) => fh.newBackupProvider(log),
+        storeId: fh.storeId,
+        guests: [
+          {
+            type: 'qemu',
+            vmid: 400,
+            config: 'x\n',
+            qmp: vm.qmpPath,
+            devices: ['drive-scsi0'],
+            onInstant: async (socket) => {
+              await run('qemu-img', [
+                ...['convert', '-f', 'raw', '-O', 'raw'],
+                ...[`nbd+unix:///drive-scsi0?socket=${socket}`, ref],
+              ])
+            },
+          },
+        ],
+        logger: silentLogger(),
+        signal: new AbortController().signal,
+      })
+      assert.equal(res?.status, 'ok', res?.error?.message)
+      const v = (await fh.listVolumes()).find((x) => x.volid === res.volid)
+      assert.equal(v?.parent !== undefined, n === 1, 'the second one is incremental')
+      const target = join(dir, `restore-fh-${n}`)
+      await restoreBackup({
+        provider: fh.newBackupProvider(() => undefined),
+        volname: (res.volid ?? '').slice('fh:'.length),
+        target,
+        log: new TaskLog(join(dir, `fh-${n}.log`), silentLogger()),
+        signal: new AbortController().signal,
+      })
+      assert.ok(await compareImages(join(target, 'drive-scsi0.raw'), 'raw', ref, 'raw'))
+    }
+  })
 })

@@ -1,5 +1,5 @@
 /** `guestbackup backup`: back up one offline VM (disk images) or one container directory. */
-import { readFile } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { BackupError } from '../../errors.ts'
 import type { Guest } from '../../host/runner.ts'
 import { runBackupJob } from '../../host/runner.ts'
@@ -60,6 +60,16 @@ export const backupCommand = async (
   }
   if (o.exclude !== undefined && o.rootfs === undefined) {
     throw new BackupError('USAGE', '--exclude applies to container backups (--rootfs) only')
+  }
+  for (const [flag, path] of [
+    ['--qmp', o.qmp],
+    ['--qga', o.qga],
+  ] as const) {
+    if (path === undefined) continue
+    const st = await stat(path).catch(() => undefined)
+    if (st?.isSocket() !== true) {
+      throw new BackupError('USAGE', `${flag} ${path} is not a unix socket`)
+    }
   }
   const storage = await openStore(o.store)
   const config = await readText(o.config, 'guest config')

@@ -23,6 +23,8 @@ import type { DiskBitmapPlan } from './bitmaps.ts'
 import { listLiveDisks } from './discover.ts'
 import { recoverLeftovers, setupFleecing } from './fleece.ts'
 import { GuestAgent } from './qga.ts'
+import { openNbdReader } from '../disks.ts'
+import type { OpenedReader } from '../disks.ts'
 
 /** A running VM to back up. */
 export interface LiveVmGuest {
@@ -64,10 +66,10 @@ export const backupLiveVm = async (
 ): Promise<BitmapFinalizer> => {
   const { signal } = info
   const mechanism = await provider.backupGetMechanism(guest.vmid, 'qemu')
-  if (mechanism !== 'nbd') {
+  if (mechanism !== 'nbd' && mechanism !== 'file-handle') {
     throw new BackupError(
       'PROVIDER_INVALID',
-      `mechanism '${mechanism}' is not supported for running VMs (nbd only)`,
+      `mechanism '${mechanism}' requested by backup provider is not supported for VMs`,
     )
   }
   const qmp = await QmpClient.connect(guest.qmp, { signal })
@@ -141,6 +143,7 @@ export const backupLiveVm = async (
       },
       signal,
     })
+    const readers: OpenedReader[] = []
     try {
       await guest.onInstant?.(session.socketPath)
       const volumes: Record<string, VmVolume> = {}
@@ -150,12 +153,27 @@ export const backupLiveVm = async (
         log.info(
           `${p.device}: ${d.format} ${d.file}, ${d.size} bytes, bitmap ${p.mode}${p.read ? ` (${p.read})` : ''}`,
         )
-        volumes[p.device] = {
-          size: d.size,
-          bitmapMode: p.mode,
-          nbdPath: session.socketPath,
+        const ids = {
           ...(p.read === undefined ? {} : { bitmapName: p.read, bitmapGeneration: p.read }),
           ...(p.next === undefined ? {} : { nextBitmapGeneration: p.next }),
+        }
+        if (mechanism === 'nbd') {
+          volumes[p.device] = {
+            size: d.size,
+            bitmapMode: p.mode,
+            nbdPath: session.socketPath,
+            ...ids,
+          }
+        } else {
+          const opened = await openNbdReader(session.socketPath, p.device, p.read, signal)
+          readers.push(opened)
+          volumes[p.device] = {
+            size: d.size,
+            bitmapMode: p.mode,
+            fileHandle: opened.reader,
+            nextDirtyRegion: opened.nextDirtyRegion,
+            ...ids,
+          }
         }
       }
       await provider.backupVm(guest.vmid, guest.config, volumes, {
@@ -163,6 +181,7 @@ export const backupLiveVm = async (
         consistency: freeze.done ? 'fs' : 'crash',
       })
     } finally {
+      for (const r of readers.splice(0)) await r.close()
       for (const e of await session.teardown()) log.error(`teardown: ${e.message}`)
     }
   } catch (e) {
