@@ -9,6 +9,7 @@
  * discards the partial backup (nothing half-done is listed) and keeps the log.
  */
 import { setMaxListeners } from 'node:events'
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
 import { isValidArchiveName } from '../api/names.ts'
@@ -119,6 +120,13 @@ const backupGuest = async (
 ): Promise<GuestResult> => {
   const result: GuestResult = { vmid: guest.vmid, type: guest.type, status: 'failed', warnings: 0 }
   log.info(`starting backup of ${guest.type} ${guest.vmid} via ${provider.name}`)
+  try {
+    await preflight(guest)
+  } catch (e) {
+    // Bad input found before the provider is involved: no backup is started, nothing is kept.
+    result.error = toBackupError(e, 'USAGE')
+    return result
+  }
   let started = false
   let finalizer: BitmapFinalizer | undefined
   try {
@@ -180,4 +188,21 @@ const backupGuest = async (
     opts.logger.warn(`cannot store the task log: ${toBackupError(e).message}`)
   }
   return result
+}
+
+/** Checks that need no provider: refused before `backupInit`, so the store stays untouched. */
+const preflight = async (guest: Guest): Promise<void> => {
+  if (guest.type === 'lxc') {
+    const st = await stat(guest.rootfs).catch((e: unknown) => {
+      throw new BackupError('USAGE', `cannot access root directory ${guest.rootfs}`, { cause: e })
+    })
+    if (!st.isDirectory()) throw new BackupError('USAGE', `${guest.rootfs} is not a directory`)
+  } else if (!('qmp' in guest)) {
+    const seen = new Set<string>()
+    for (const d of guest.disks) {
+      if (seen.has(d.device)) throw new BackupError('USAGE', `duplicate disk ${d.device}`)
+      seen.add(d.device)
+    }
+    if (seen.size === 0) throw new BackupError('USAGE', 'the VM has no disks')
+  }
 }
