@@ -130,7 +130,12 @@ describe('qmp/wire QmpLineSplitter', () => {
         assert.deepEqual(splitAt(bytes, cuts), lines)
         assert.deepEqual(
           lines.map((l) => parseMessage(l)),
-          msgs.map((m) => ({ kind: 'return', id: m.id, value: m.return })),
+          // JSON has no -0: compare with what survives a JSON round trip.
+          msgs.map((m) => ({
+            kind: 'return',
+            id: m.id,
+            value: JSON.parse(JSON.stringify(m.return)) as unknown,
+          })),
         )
       }),
     )
