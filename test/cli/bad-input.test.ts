@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
-import { cli, cliOk } from '../helpers/cli.ts'
+import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
 import type { CliResult } from '../helpers/cli.ts'
 
 const oneLine = (r: CliResult): void => {
@@ -29,17 +29,7 @@ describe('cli: bad input', () => {
     good = join(dir, 'good.qcow2')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', good, '64M'])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 0 8M', good])
-    await cliOk([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${good}`,
-    ])
+    await cliOk(backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`))
     before1 = (await cliOk(['list', '--store', store, '--json'])).stdout
   })
   after(async () => {
@@ -58,11 +48,7 @@ describe('cli: bad input', () => {
     ['an unknown option', ['list', '--store', 'X', '--bogus'], /unknown option/],
     ['an unknown command', ['frobnicate'], /unknown command/],
     ['a bad vmid', ['list', '--store', 'X', '--vmid', '12a'], /guest id/],
-    [
-      'a bad disk spec',
-      ['backup', '--store', 'X', '--vmid', '1', '--config', 'c', '--disk', 'oops'],
-      /NAME=PATH/,
-    ],
+    ['a bad disk spec', backupArgs('X', 1, 'c', '--disk', 'oops'), /NAME=PATH/],
     ['a bad choice', ['init', 'X', '--vm-backup-mode', 'sometimes'], /Allowed choices/],
     ['a bad prune spec', ['init', 'X', '--prune-backups', 'keep-lots=3'], /keep-lots|prune/],
   ]
@@ -83,17 +69,7 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a missing config file', async () => {
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      join(dir, 'nope'),
-      '--disk',
-      `scsi0=${good}`,
-    ])
+    const r = await cli(backupArgs(store, 100, join(dir, 'nope'), '--disk', `scsi0=${good}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /cannot read guest config/)
     oneLine(r)
@@ -101,17 +77,9 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a missing disk', async () => {
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${join(dir, 'missing.qcow2')}`,
-    ])
+    const r = await cli(
+      backupArgs(store, 100, conf(), '--disk', `scsi0=${join(dir, 'missing.qcow2')}`),
+    )
     assert.equal(r.code, 2)
     assert.match(r.stderr, /cannot access/)
     oneLine(r)
@@ -121,17 +89,7 @@ describe('cli: bad input', () => {
   it('refuses a .qcow2 disk that is not an image', async () => {
     const fake = join(dir, 'fake.qcow2')
     await writeFile(fake, 'just text\n')
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${fake}`,
-    ])
+    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${fake}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a qcow2 image/)
     oneLine(r)
@@ -139,17 +97,7 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a raw disk whose size is no multiple of 512 bytes', async () => {
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${conf()}`,
-    ])
+    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${conf()}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a disk image/)
     oneLine(r)
@@ -157,36 +105,14 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a directory as disk', async () => {
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${dir}`,
-    ])
+    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${dir}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a file or block device/)
     await unchanged()
   })
 
   it('refuses both --disk and --rootfs', async () => {
-    const r = await cli([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '100',
-      '--config',
-      conf(),
-      '--disk',
-      `scsi0=${good}`,
-      '--rootfs',
-      dir,
-    ])
+    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`, '--rootfs', dir))
     assert.equal(r.code, 2)
     oneLine(r)
   })
@@ -228,10 +154,11 @@ describe('cli: bad input', () => {
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', big, '256M'])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 64M', big])
     // RLIMIT_FSIZE makes every write past 16 MiB fail with EFBIG, as a full file system would.
-    const r = await cli(
-      ['backup', '--store', store, '--vmid', '100', '--config', conf(), '--disk', `scsi0=${big}`],
-      ['prlimit', `--fsize=${16 * 1024 * 1024}`, '--'],
-    )
+    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${big}`), [
+      'prlimit',
+      `--fsize=${16 * 1024 * 1024}`,
+      '--',
+    ])
     assert.equal(r.code, 1)
     assert.match(r.stderr, /guestbackup: /)
     await unchanged()

@@ -15,7 +15,7 @@ import {
   withoutPaths,
 } from '../helpers/tree.ts'
 import type { Manifest } from '../helpers/tree.ts'
-import { cliOk } from '../helpers/cli.ts'
+import { backupArgs, cliOk } from '../helpers/cli.ts'
 
 // Issue 2, done-when: regular, sparse, hard-linked, symlinked files, a fifo, a user.* xattr, an
 // ACL and non-root owners come back identical (content, modes, owners, xattrs, ACLs, sparseness).
@@ -50,7 +50,7 @@ describe('cli: container backup and restore', () => {
     it(`restores the same tree (${mode})`, async () => {
       const store = join(dir, `store-${mode}`)
       await cliOk(['init', store, '--lxc-backup-mode', mode])
-      const args = ['backup', '--store', store, '--vmid', '200', '--config', join(dir, 'ct.conf')]
+      const args = backupArgs(store, 200, join(dir, 'ct.conf'))
       for (const e of TREE_EXCLUDES) args.push('--exclude', e)
       const b = await cliOk([...args, '--rootfs', root, '--json'])
       const { volid, status } = JSON.parse(b.stdout) as { volid: string; status: string }

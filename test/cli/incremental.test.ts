@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
-import { cli, cliOk } from '../helpers/cli.ts'
+import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -29,18 +29,9 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
     const backup = async (n: number): Promise<string> => {
       const ref = join(dir, `ref-${n}.raw`)
       await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk(), ref])
-      const r = await cliOk([
-        'backup',
-        '--store',
-        store,
-        '--vmid',
-        '100',
-        '--config',
-        join(dir, 'c'),
-        '--disk',
-        `scsi0=${disk()}`,
-        '--json',
-      ])
+      const r = await cliOk(
+        backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk()}`, '--json'),
+      )
       const { volid } = JSON.parse(r.stdout) as { volid: string }
       copies.set(volid, ref)
       return volid

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
-import { cliOk } from '../helpers/cli.ts'
+import { backupArgs, cliOk } from '../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -46,18 +46,8 @@ describe('cli: VM disk backup and restore', () => {
     it(`restores an identical disk and stores only the data (${mechanism})`, async () => {
       await cliOk(['init', store, '--vm-backup-mechanism', mechanism])
       const b = await cliOk([
-        'backup',
-        '--store',
-        store,
-        '--vmid',
-        '100',
-        '--config',
-        join(dir, 'vm.conf'),
-        '--firewall-config',
-        join(dir, 'fw.conf'),
-        '--disk',
-        `scsi0=${disk()}`,
-        '--json',
+        ...backupArgs(store, 100, join(dir, 'vm.conf'), '--firewall-config', join(dir, 'fw.conf')),
+        ...['--disk', `scsi0=${disk()}`, '--json'],
       ])
       const res = JSON.parse(b.stdout) as { status: string; volid: string }
       assert.equal(res.status, 'ok')
@@ -87,18 +77,9 @@ describe('cli: VM disk backup and restore', () => {
   it('backs up a raw disk too', async () => {
     const raw = join(dir, 'disk.raw')
     await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk(), raw])
-    const b = await cliOk([
-      'backup',
-      '--store',
-      store,
-      '--vmid',
-      '101',
-      '--config',
-      join(dir, 'vm.conf'),
-      '--disk',
-      `virtio0=${raw}`,
-      '--json',
-    ])
+    const b = await cliOk(
+      backupArgs(store, 101, join(dir, 'vm.conf'), '--disk', `virtio0=${raw}`, '--json'),
+    )
     const { volid } = JSON.parse(b.stdout) as { volid: string }
     const target = join(dir, 'restore-raw')
     await cliOk(['restore', '--store', store, volid, '--target', target])

@@ -5,6 +5,14 @@ import { fileURLToPath } from 'node:url'
 /** Path of `bin/guestbackup`. */
 export const BIN = fileURLToPath(new URL('../../bin/guestbackup', import.meta.url))
 
+/** `backup --store STORE --vmid VMID --config CONFIG REST…`, the arguments of a backup run. */
+export const backupArgs = (
+  store: string,
+  vmid: string | number,
+  config: string,
+  ...rest: string[]
+): string[] => ['backup', '--store', store, '--vmid', String(vmid), '--config', config, ...rest]
+
 /** Result of {@link cli}. */
 export interface CliResult {
   code: number | null

@@ -6,17 +6,14 @@ import type { ChildProcessByStdio } from 'node:child_process'
 import type { Readable } from 'node:stream'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { runBackupJob } from '../../src/host/runner.ts'
-import { restoreBackup } from '../../src/host/restore.ts'
-import { TaskLog } from '../../src/host/task-log.ts'
-import { silentLogger } from '../../src/log.ts'
 import { initStore, openStore } from '../../src/provider/directory/store.ts'
 import type { DirectoryStorage } from '../../src/provider/directory/storage.ts'
 import { QmpClient } from '../../src/qmp/index.ts'
-import { run } from '../../src/io/spawn.ts'
-import { compareImages, createImage } from '../../src/qemu/img.ts'
+import { createImage } from '../../src/qemu/img.ts'
 import { startVm } from '../helpers/qemu-vm.ts'
 import type { TestVm } from '../helpers/qemu-vm.ts'
+import { liveBackup, restoreMatches } from '../helpers/live.ts'
+import { backupArgs } from '../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -48,11 +45,26 @@ describe('host/live: the backup process killed at random moments', () => {
       join(import.meta.dirname, '../../bin/guestbackup'),
       [
         ...(verbose ? ['-v'] : []),
-        ...['backup', '--store', join(dir, 'store'), '--vmid', '500'],
-        ...['--config', join(dir, 'vm.conf'), '--qmp', vm.qmpPath, '--bwlimit', rate],
+        ...backupArgs(join(dir, 'store'), 500, join(dir, 'vm.conf')),
+        ...['--qmp', vm.qmpPath, '--bwlimit', rate],
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     )
+
+  /** No block jobs, exports or gb-* nodes are left in the VM's graph. */
+  const noLeftovers = async (): Promise<void> => {
+    const qmp = await QmpClient.connect(vm.qmpPath)
+    try {
+      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
+      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
+      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
+        'node-name': string
+      }[]
+      assert.ok(!nodes.some((n) => n['node-name'].startsWith('gb-')))
+    } finally {
+      await qmp.close()
+    }
+  }
 
   it('tears everything down itself on SIGTERM (exit 130)', async () => {
     const child = spawnBackup('16M', true)
@@ -72,17 +84,7 @@ describe('host/live: the backup process killed at random moments', () => {
     child.kill('SIGTERM')
     const code = await exited
     assert.equal(code, 130, `stderr: ${stderr}`)
-    const qmp = await QmpClient.connect(vm.qmpPath)
-    try {
-      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
-      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
-      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
-        'node-name': string
-      }[]
-      assert.ok(!nodes.some((n) => n['node-name'].startsWith('gb-')))
-    } finally {
-      await qmp.close()
-    }
+    await noLeftovers()
     assert.equal((await storage.listVolumes({ vmid: 500 })).length, 0)
   })
 
@@ -103,61 +105,23 @@ describe('host/live: the backup process killed at random moments', () => {
       await qmp.close()
       assert.notEqual(status.status, 'shutdown')
       // The next run repairs the graph and produces a correct backup.
-      const refs: string[] = []
-      const [res] = await runBackupJob({
-        provider: (log) => storage.newBackupProvider(log),
-        storeId: storage.storeId,
-        guests: [
-          {
-            type: 'qemu',
-            vmid: 500,
-            config: 'name: k\n',
-            qmp: vm.qmpPath,
-            onInstant: async (socket) => {
-              const ref = join(dir, `ref-${i}.raw`)
-              await run('qemu-img', [
-                'convert',
-                '-f',
-                'raw',
-                '-O',
-                'raw',
-                `nbd+unix:///drive-scsi0?socket=${socket}`,
-                ref,
-              ])
-              refs.push(ref)
-            },
-          },
-        ],
-        logger: silentLogger(),
-        signal: new AbortController().signal,
+      const { res, refs } = await liveBackup({
+        storage,
+        vmid: 500,
+        qmp: vm.qmpPath,
+        devices: ['drive-scsi0'],
+        refDir: dir,
+        tag: String(i),
+        config: 'name: k\n',
       })
-      assert.equal(res?.status, 'ok', res?.error?.message)
       const mine = (await storage.listVolumes({ vmid: 500 })).find((v) => v.volid === res.volid)
       if (mine?.parent !== undefined) incrementals++
       const target = join(dir, `restore-${i}`)
-      const volname = (res.volid ?? '').slice((res.volid ?? '').indexOf(':') + 1)
-      await restoreBackup({
-        provider: storage.newBackupProvider(() => undefined),
-        volname,
-        target,
-        log: new TaskLog(join(dir, `r-${i}.log`), silentLogger()),
-        signal: new AbortController().signal,
-      })
-      assert.ok(await compareImages(join(target, 'drive-scsi0.raw'), 'raw', refs[0] ?? '', 'raw'))
+      await restoreMatches(storage, res.volid ?? '', target, refs)
       await rm(target, { recursive: true })
-      await rm(refs[0] ?? '', { force: true })
+      await rm(refs['drive-scsi0'] ?? '', { force: true })
     }
-    const qmp = await QmpClient.connect(vm.qmpPath)
-    try {
-      assert.deepEqual(await qmp.executeRaw('query-block-jobs'), [])
-      assert.deepEqual(await qmp.executeRaw('query-block-exports'), [])
-      const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
-        'node-name': string
-      }[]
-      assert.ok(!nodes.some((n) => n['node-name'].startsWith('gb-')))
-    } finally {
-      await qmp.close()
-    }
+    await noLeftovers()
     const vols = await storage.listVolumes({ vmid: 500 })
     // Each round adds our backup, plus the killed one if it finished before the kill.
     assert.ok(vols.length >= delays.length && vols.length <= 2 * delays.length)

@@ -4,18 +4,15 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { runBackupJob } from '../../src/host/runner.ts'
 import type { GuestResult } from '../../src/host/runner.ts'
-import { restoreBackup } from '../../src/host/restore.ts'
-import { TaskLog } from '../../src/host/task-log.ts'
-import { silentLogger } from '../../src/log.ts'
 import { initStore, openStore } from '../../src/provider/directory/store.ts'
 import type { DirectoryStorage } from '../../src/provider/directory/storage.ts'
 import { QmpClient } from '../../src/qmp/index.ts'
 import { run } from '../../src/io/spawn.ts'
-import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
+import { createImage, imageInfo } from '../../src/qemu/img.ts'
 import { startVm } from '../helpers/qemu-vm.ts'
 import type { TestVm } from '../helpers/qemu-vm.ts'
+import { liveBackup, liveJob, restoreMatches } from '../helpers/live.ts'
 
 const MiB = 1024 * 1024
 
@@ -46,40 +43,16 @@ describe('host/live: incremental backups of a running VM', () => {
 
   /** One backup; at the instant, copy each export as the reference, then run `during`. */
   const backup = async (during?: () => Promise<void>): Promise<GuestResult> => {
-    const n = points.length
-    const refs: Record<string, string> = {}
-    const [res] = await runBackupJob({
-      provider: (log) => storage.newBackupProvider(log),
-      storeId: storage.storeId,
-      guests: [
-        {
-          type: 'qemu',
-          vmid: 400,
-          config: 'name: live\n',
-          qmp: vm.qmpPath,
-          onInstant: async (socket) => {
-            for (const dev of ['drive-scsi0', 'drive-virtio1']) {
-              const ref = join(dir, `ref-${n}-${dev}.raw`)
-              await run('qemu-img', [
-                'convert',
-                '-f',
-                'raw',
-                '-O',
-                'raw',
-                `nbd+unix:///${dev}?socket=${socket}`,
-                ref,
-              ])
-              refs[dev] = ref
-            }
-            await during?.()
-          },
-        },
-      ],
-      logger: silentLogger(),
-      signal: new AbortController().signal,
+    const { res, refs } = await liveBackup({
+      storage,
+      vmid: 400,
+      qmp: vm.qmpPath,
+      devices: ['drive-scsi0', 'drive-virtio1'],
+      refDir: dir,
+      tag: String(points.length),
+      config: 'name: live\n',
+      during,
     })
-    assert.ok(res)
-    assert.equal(res.status, 'ok', res.error?.message)
     const vols = await storage.listVolumes({ vmid: 400 })
     const v = vols.find((x) => x.volid === res.volid)
     assert.ok(v)
@@ -88,6 +61,12 @@ describe('host/live: incremental backups of a running VM', () => {
   }
 
   const io = (cmd: string): Promise<string> => vm.guestIo('scsi0', cmd)
+  /** qemu-io's output of reading backup 2's concurrent write (0xee at 10M) in point `i`. */
+  const readWriteDuring2 = async (i: number): Promise<string> => {
+    const ref = points.at(i)?.refs['drive-scsi0'] ?? ''
+    const cmd = ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref]
+    return (await run('qemu-io', cmd, { okExitCodes: [0, 1] })).stdout
+  }
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gb-live-'))
@@ -120,21 +99,13 @@ describe('host/live: incremental backups of a running VM', () => {
       await io('write -P 0xee 10M 64k')
     })
     assert.equal(points[1]?.parent, true)
-    const ref = points.at(1)?.refs['drive-scsi0'] ?? ''
-    const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
-      okExitCodes: [0, 1],
-    })
-    assert.match(stdout, /Pattern verification failed/)
+    assert.match(await readWriteDuring2(1), /Pattern verification failed/)
   })
 
   it('3: the write made during backup 2 is in backup 3', async () => {
     await backup()
     assert.equal(points[2]?.parent, true)
-    const ref = points.at(2)?.refs['drive-scsi0'] ?? ''
-    const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xee 10M 64k', ref], {
-      okExitCodes: [0, 1],
-    })
-    assert.doesNotMatch(stdout, /failed/)
+    assert.doesNotMatch(await readWriteDuring2(2), /failed/)
   })
 
   it('4: incremental across a VM restart (persistent bitmaps)', async () => {
@@ -173,18 +144,8 @@ describe('host/live: incremental backups of a running VM', () => {
   })
 
   it('restores every point identical to the export at its instant', async () => {
-    const provider = storage.newBackupProvider(() => undefined)
     for (const [i, p] of points.entries()) {
-      const target = join(dir, `restore-${i}`)
-      const log = new TaskLog(join(dir, `restore-${i}.log`), silentLogger())
-      const volname = p.volid.slice(p.volid.indexOf(':') + 1)
-      await restoreBackup({ provider, volname, target, log, signal: new AbortController().signal })
-      for (const [dev, ref] of Object.entries(p.refs)) {
-        assert.ok(
-          await compareImages(join(target, `${dev}.raw`), 'raw', ref, 'raw'),
-          `point ${i} ${dev} differs from its instant`,
-        )
-      }
+      await restoreMatches(storage, p.volid, join(dir, `restore-${i}`), p.refs)
     }
   })
 
@@ -242,14 +203,14 @@ describe('host/live: incremental backups of a running VM', () => {
     })
     await new Promise<void>((r) => server.listen(sock, r))
     try {
-      const [res] = await runBackupJob({
-        provider: (log) => storage.newBackupProvider(log),
-        storeId: storage.storeId,
-        guests: [{ type: 'qemu', vmid: 400, config: 'x\n', qmp: vm.qmpPath, qga: sock }],
-        logger: silentLogger(),
-        signal: new AbortController().signal,
+      const res = await liveJob(storage, {
+        type: 'qemu',
+        vmid: 400,
+        config: 'x\n',
+        qmp: vm.qmpPath,
+        qga: sock,
       })
-      assert.equal(res?.status, 'ok', res?.error?.message)
+      assert.equal(res.status, 'ok', res.error?.message)
       assert.deepEqual(calls, [
         'guest-sync-delimited',
         'guest-fsfreeze-freeze',
@@ -281,14 +242,8 @@ describe('host/live: incremental backups of a running VM', () => {
     await io('write -P 0x66 0 8M')
     await qmp.executeRaw('block-dirty-bitmap-enable', { node: 'drive-scsi0', name })
     await qmp.close()
-    const [res] = await runBackupJob({
-      provider: (log) => storage.newBackupProvider(log),
-      storeId: storage.storeId,
-      guests: [{ type: 'qemu', vmid: 400, config: 'x\n', qmp: vm.qmpPath }],
-      logger: silentLogger(),
-      signal: new AbortController().signal,
-    })
-    assert.equal(res?.status, 'failed')
+    const res = await liveJob(storage, { type: 'qemu', vmid: 400, config: 'x\n', qmp: vm.qmpPath })
+    assert.equal(res.status, 'failed')
     assert.equal(res.error?.code, 'VERIFY_FAILED')
     // The failure path left the graph clean and folded the new bitmap back into the old one.
     const after = await QmpClient.connect(vm.qmpPath)
@@ -320,40 +275,18 @@ describe('host/live: incremental backups of a running VM', () => {
     const fh = await openStore(join(dir, 'store-fh'))
     for (const [n, write] of ['write -P 0x51 5M 1M', 'write -P 0x52 7M 64k'].entries()) {
       await io(write)
-      const ref = join(dir, `ref-fh-${n}.raw`)
-      const [res] = await runBackupJob({
-        provider: (log) => fh.newBackupProvider(log),
-        storeId: fh.storeId,
-        guests: [
-          {
-            type: 'qemu',
-            vmid: 400,
-            config: 'x\n',
-            qmp: vm.qmpPath,
-            devices: ['drive-scsi0'],
-            onInstant: async (socket) => {
-              await run('qemu-img', [
-                ...['convert', '-f', 'raw', '-O', 'raw'],
-                ...[`nbd+unix:///drive-scsi0?socket=${socket}`, ref],
-              ])
-            },
-          },
-        ],
-        logger: silentLogger(),
-        signal: new AbortController().signal,
+      const { res, refs } = await liveBackup({
+        storage: fh,
+        vmid: 400,
+        qmp: vm.qmpPath,
+        devices: ['drive-scsi0'],
+        onlyDevices: true,
+        refDir: dir,
+        tag: `fh-${n}`,
       })
-      assert.equal(res?.status, 'ok', res?.error?.message)
       const v = (await fh.listVolumes()).find((x) => x.volid === res.volid)
       assert.equal(v?.parent !== undefined, n === 1, 'the second one is incremental')
-      const target = join(dir, `restore-fh-${n}`)
-      await restoreBackup({
-        provider: fh.newBackupProvider(() => undefined),
-        volname: (res.volid ?? '').slice('fh:'.length),
-        target,
-        log: new TaskLog(join(dir, `fh-${n}.log`), silentLogger()),
-        signal: new AbortController().signal,
-      })
-      assert.ok(await compareImages(join(target, 'drive-scsi0.raw'), 'raw', ref, 'raw'))
+      await restoreMatches(fh, res.volid ?? '', join(dir, `restore-fh-${n}`), refs)
     }
   })
 })
