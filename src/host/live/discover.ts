@@ -52,13 +52,74 @@ interface RawInserted {
   }[]
 }
 
+/** Filter drivers we look through to find the format node (they pass data on unchanged). */
+const FILTER_DRIVERS = new Set([
+  'throttle',
+  'copy-on-read',
+  'preallocate',
+  'compress',
+  'blkdebug',
+  'copy-before-write',
+])
+
+interface RawNode {
+  'node-name': string
+  drv: string
+  file: string
+  'dirty-bitmaps'?: RawInserted['dirty-bitmaps']
+}
+
+interface RawGraph {
+  nodes: { id: number; name: string; type: string }[]
+  edges: { parent: number; child: number; name: string }[]
+}
+
+/**
+ * The node under `top` that holds the image: filters (a throttle group, as Proxmox puts above
+ * its drives) are followed down their `file` child, so bitmaps go onto the qcow2 node, where they
+ * can be persistent. Without the debug graph command, `top` itself is used.
+ */
+const formatNode = (
+  top: string,
+  nodes: ReadonlyMap<string, RawNode>,
+  graph: RawGraph | undefined,
+): RawNode | undefined => {
+  let node = nodes.get(top)
+  for (let hops = 0; node !== undefined && FILTER_DRIVERS.has(node.drv) && hops < 16; hops++) {
+    const id = graph?.nodes.find(
+      (n) => n.type === 'block-driver' && n.name === node?.['node-name'],
+    )?.id
+    const edge = graph?.edges.find((e) => e.parent === id && e.name === 'file')
+    const child = graph?.nodes.find((n) => n.id === edge?.child)?.name
+    if (child === undefined) break
+    node = nodes.get(child)
+  }
+  return node
+}
+
+const toBitmaps = (raw: RawInserted['dirty-bitmaps']): LiveBitmap[] =>
+  (raw ?? []).map((bm) => ({
+    name: bm.name ?? '',
+    recording: bm.recording ?? false,
+    persistent: bm.persistent ?? false,
+    busy: bm.busy ?? false,
+    count: bm.count ?? 0,
+    granularity: bm.granularity ?? 0,
+  }))
+
 /** List the VM's disks (devices with a medium; CD-ROMs without one are skipped). */
 export const listLiveDisks = async (qmp: QmpClient, signal?: AbortSignal): Promise<LiveDisk[]> => {
-  const blocks = (await qmp.execute('query-block', {}, signal ? { signal } : {})) as unknown as {
+  const opts = signal ? { signal } : {}
+  const blocks = (await qmp.executeRaw('query-block', {}, opts)) as {
     device?: string
     qdev?: string
     inserted?: RawInserted
   }[]
+  const flat = (await qmp.executeRaw('query-named-block-nodes', { flat: true }, opts)) as RawNode[]
+  const nodes = new Map(flat.map((n) => [n['node-name'], n]))
+  const graph = (await qmp
+    .executeRaw('x-debug-query-block-graph', {}, opts)
+    .catch(() => undefined)) as RawGraph | undefined
   const out: LiveDisk[] = []
   for (const b of blocks) {
     const ins = b.inserted
@@ -66,25 +127,19 @@ export const listLiveDisks = async (qmp: QmpClient, signal?: AbortSignal): Promi
     const id = b.device !== undefined && b.device !== '' ? b.device : qdevId(b.qdev ?? '')
     if (id === '') continue
     const device = id.startsWith('drive-') ? id : `drive-${id}`
-    const node = ins['node-name']
+    const top = ins['node-name']
     const size = ins.image?.['virtual-size']
-    if (node === undefined || size === undefined) {
+    if (top === undefined || size === undefined) {
       throw new BackupError('QMP_PROTOCOL', `query-block gave no node or size for ${device}`)
     }
+    const fmt = formatNode(top, nodes, graph)
     out.push({
       device,
-      node,
-      format: ins.drv ?? 'unknown',
+      node: fmt?.['node-name'] ?? top,
+      format: fmt?.drv ?? ins.drv ?? 'unknown',
       file: ins.file ?? '',
       size,
-      bitmaps: (ins['dirty-bitmaps'] ?? []).map((bm) => ({
-        name: bm.name ?? '',
-        recording: bm.recording ?? false,
-        persistent: bm.persistent ?? false,
-        busy: bm.busy ?? false,
-        count: bm.count ?? 0,
-        granularity: bm.granularity ?? 0,
-      })),
+      bitmaps: toBitmaps(fmt?.['dirty-bitmaps'] ?? ins['dirty-bitmaps']),
     })
   }
   return out
