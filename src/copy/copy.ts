@@ -69,18 +69,11 @@ export interface CopyStats {
   zeroBytes: number
 }
 
-const ZERO_CHUNK_MAX = 32 * 1024 * 1024
 /** Granularity of zero detection in data reads (the qcow2 cluster size). */
 const ZERO_BLOCK = 64 * 1024
-let zeroBuf = Buffer.alloc(4 * 1024 * 1024)
-const isZero = (b: Buffer): boolean => {
-  if (b.length > zeroBuf.length) zeroBuf = Buffer.alloc(Math.min(b.length, ZERO_CHUNK_MAX))
-  for (let off = 0; off < b.length; off += zeroBuf.length) {
-    const n = Math.min(zeroBuf.length, b.length - off)
-    if (!b.subarray(off, off + n).equals(zeroBuf.subarray(0, n))) return false
-  }
-  return true
-}
+const ZEROES = Buffer.alloc(ZERO_BLOCK)
+/** True if `b` (at most {@link ZERO_BLOCK} bytes) is all zero. */
+const isZero = (b: Buffer): boolean => b.equals(ZEROES.subarray(0, b.length))
 
 interface Job {
   kind: 'data' | 'zero'

@@ -4,13 +4,8 @@
  * export as a {@link CopyTarget}.
  */
 import type { NbdClient } from '../nbd/client.ts'
-import { walkExtents } from '../nbd/extents.ts'
+import { allocationFlags, dirtyExtents, walkExtents } from '../nbd/extents.ts'
 import type { CopySource, CopyTarget, Piece } from './copy.ts'
-
-/** `base:allocation` flags (NBD proto.md §"Metadata querying"). */
-const STATE_ZERO = 2
-/** `qemu:dirty-bitmap:*` flag: dirty. */
-const DIRTY = 1
 
 /** Meta context of QEMU's allocation map. */
 export const BASE_ALLOCATION = 'base:allocation'
@@ -40,17 +35,9 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
         if (client.size > 0) yield [0, client.size] as const
         return
       }
-      let pending: [number, number] | undefined
-      for await (const e of walkExtents(client, dirty, { signal })) {
-        if ((e.flags & DIRTY) === 0) continue
-        if (pending && pending[0] + pending[1] === e.offset) {
-          pending[1] += e.length
-        } else {
-          if (pending) yield pending
-          pending = [e.offset, e.length]
-        }
-      }
-      if (pending) yield pending
+      // walkExtents already merges neighbours with equal flags, so dirty runs come out whole.
+      for await (const e of dirtyExtents(client, dirty, { signal }))
+        yield [e.offset, e.length] as const
     },
     read: (offset, length, signal, into) => {
       const c = readers[next++ % readers.length] ?? client
@@ -60,7 +47,7 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
   if (haveAlloc) {
     src.allocation = async function* (offset, length, signal): AsyncGenerator<Piece> {
       for await (const e of walkExtents(client, BASE_ALLOCATION, { offset, length, signal })) {
-        yield { offset: e.offset, length: e.length, zero: (e.flags & STATE_ZERO) !== 0 }
+        yield { offset: e.offset, length: e.length, zero: (e.flags & allocationFlags.ZERO) !== 0 }
       }
     }
   }

@@ -7,7 +7,8 @@ import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { basename, resolve } from 'node:path'
 import type { Region, VolumeReader } from '../api/provider.ts'
-import { walkExtents } from '../nbd/extents.ts'
+import { dirtyExtents } from '../nbd/extents.ts'
+import { dirtyContext } from '../copy/nbd.ts'
 import { BackupError } from '../errors.ts'
 import { NbdClient } from '../nbd/client.ts'
 import { imageInfo } from '../qemu/img.ts'
@@ -107,14 +108,17 @@ const wholeDisk = (size: number): (() => Promise<Region | undefined>) => {
   }
 }
 
-/** Open a disk for the `file-handle` mechanism. Raw: the file itself; qcow2: through qemu-nbd. */
+/**
+ * Open a disk of `size` bytes for the `file-handle` mechanism. Raw: the file itself; qcow2:
+ * through qemu-nbd.
+ */
 export const openDiskReader = async (
   disk: DiskSpec,
+  size: number,
   signal?: AbortSignal,
   bitmap?: string,
 ): Promise<OpenedReader> => {
   if (disk.format === 'raw') {
-    const size = await diskSize(disk, signal)
     const fh: FileHandle = await open(disk.path, 'r')
     return {
       reader: {
@@ -159,24 +163,22 @@ export const openNbdReader = async (
   bitmap: string | undefined,
   signal?: AbortSignal,
 ): Promise<OpenedReader> => {
-  const ctx = bitmap === undefined ? undefined : `qemu:dirty-bitmap:${bitmap}`
+  const ctx = bitmap === undefined ? undefined : dirtyContext(bitmap)
   const client = await NbdClient.connect({
     path,
     exportName,
     ...(ctx === undefined ? {} : { metaContexts: [ctx] }),
     ...(signal ? { signal } : {}),
   })
-  const extents = ctx === undefined ? undefined : walkExtents(client, ctx, signal ? { signal } : {})
+  const extents =
+    ctx === undefined ? undefined : dirtyExtents(client, ctx, signal ? { signal } : {})
   return {
     nextDirtyRegion:
       extents === undefined
         ? wholeDisk(client.size)
         : async () => {
-            for (;;) {
-              const r = await extents.next()
-              if (r.done === true) return undefined
-              if ((r.value.flags & 1) !== 0) return [r.value.offset, r.value.length] as const
-            }
+            const r = await extents.next()
+            return r.done === true ? undefined : ([r.value.offset, r.value.length] as const)
           },
     reader: {
       read: (position, length, sig, into) =>

@@ -1,5 +1,6 @@
 /** The container part of a backup (pve-container's `archive` for providers). */
 import { stat } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
 import { resolve } from 'node:path'
 import type { BackupInfo, BackupProvider, ContainerBackupInfo } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
@@ -18,6 +19,18 @@ export interface CtGuest {
   excludes: readonly string[]
 }
 
+/**
+ * Input checks that need no provider (the runner calls them before `backupInit`, so bad input
+ * leaves the store untouched). Returns the root directory's stat.
+ */
+export const preflightCt = async (guest: CtGuest): Promise<Stats> => {
+  const st = await stat(guest.rootfs).catch((e: unknown) => {
+    throw new BackupError('USAGE', `cannot access root directory ${guest.rootfs}`, { cause: e })
+  })
+  if (!st.isDirectory()) throw new BackupError('USAGE', `${guest.rootfs} is not a directory`)
+  return st
+}
+
 /** Run the container part; the caller handles init and cleanup. */
 export const backupCtGuest = async (
   provider: BackupProvider,
@@ -33,13 +46,7 @@ export const backupCtGuest = async (
     )
   }
   const directory = resolve(guest.rootfs)
-  let st
-  try {
-    st = await stat(directory)
-  } catch (e) {
-    throw new BackupError('USAGE', `cannot access root directory ${guest.rootfs}`, { cause: e })
-  }
-  if (!st.isDirectory()) throw new BackupError('USAGE', `${guest.rootfs} is not a directory`)
+  const st = await preflightCt(guest)
   // The owner of the root directory is the container's (mapped) root on the host.
   const ctInfo: ContainerBackupInfo & ProgressInfo = {
     ...info,

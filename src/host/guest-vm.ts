@@ -28,6 +28,16 @@ export interface VmGuest {
   disks: readonly DiskSpec[]
 }
 
+/** Input checks that need no provider (the runner calls them before `backupInit`). */
+export const preflightVm = (guest: VmGuest): void => {
+  if (guest.disks.length === 0) throw new BackupError('USAGE', 'the VM has no disks')
+  const seen = new Set<string>()
+  for (const d of guest.disks) {
+    if (seen.has(d.device)) throw new BackupError('USAGE', `duplicate disk ${d.device}`)
+    seen.add(d.device)
+  }
+}
+
 /** Run the VM part; the caller handles init and cleanup and finishes the bitmaps. */
 export const backupVmGuest = async (
   provider: BackupProvider,
@@ -43,10 +53,9 @@ export const backupVmGuest = async (
       `mechanism '${mechanism}' requested by backup provider is not supported for VMs`,
     )
   }
-  if (guest.disks.length === 0) throw new BackupError('USAGE', 'the VM has no disks')
+  preflightVm(guest)
   const sizes: Record<string, VolumeSize> = {}
   for (const d of guest.disks) {
-    if (sizes[d.device] !== undefined) throw new BackupError('USAGE', `duplicate disk ${d.device}`)
     const gen = await currentOfflineGeneration(d, storeId, log)
     sizes[d.device] = {
       size: await diskSize(d, info.signal),
@@ -91,7 +100,7 @@ export const backupVmGuest = async (
         servers.push(server)
         volumes[d.device] = { size, bitmapMode: plan.mode, nbdPath: server.socketPath, ...bitmaps }
       } else {
-        const opened = await openDiskReader(d, info.signal, plan.read)
+        const opened = await openDiskReader(d, size, info.signal, plan.read)
         readers.push(opened)
         volumes[d.device] = {
           size,

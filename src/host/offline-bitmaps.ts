@@ -10,7 +10,7 @@ import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 import { imageInfo } from '../qemu/img.ts'
 import { BITMAP_GRANULARITY } from './live/bitmaps.ts'
-import { nextBitmapName, storeBitmaps } from './live/bitmap-names.ts'
+import { nextBitmapName, planBitmapRepair, storeBitmaps } from './live/bitmap-names.ts'
 import type { DiskSpec } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
 
@@ -62,37 +62,29 @@ export const currentOfflineGeneration = async (
   log: TaskLog,
 ): Promise<string | undefined> => {
   if (disk.format !== 'qcow2') return undefined
-  let bitmaps = await listBitmaps(disk)
-  for (const b of bitmaps) {
+  const bitmaps: { name: string; enabled: boolean }[] = []
+  for (const b of await listBitmaps(disk)) {
     if (b.flags.includes('in-use') && storeBitmaps(storeId, [b.name]).length > 0) {
       // QEMU died with the image open: the bitmap may have missed writes.
       await bitmapOp(disk, b.name, ['--remove'])
       log.warn(`${disk.device}: removed inconsistent bitmap ${b.name}`)
+    } else {
+      bitmaps.push({ name: b.name, enabled: b.flags.includes('auto') })
     }
   }
-  bitmaps = await listBitmaps(disk)
-  const ours = storeBitmaps(
-    storeId,
-    bitmaps.map((b) => b.name),
-  )
-  const oldest = ours[0]?.[1]
-  if (oldest === undefined) return undefined
-  for (const [, newer] of ours.slice(1)) {
-    await bitmapOp(disk, oldest, ['--merge', newer])
+  const r = planBitmapRepair(storeId, bitmaps)
+  for (const name of r.remove) {
+    await bitmapOp(disk, name, ['--remove'])
+    log.warn(`${disk.device}: removed disabled bitmap ${name}`)
+  }
+  if (r.keep === undefined) return undefined
+  for (const newer of r.merge) {
+    await bitmapOp(disk, r.keep, ['--merge', newer])
     await bitmapOp(disk, newer, ['--remove'])
-    log.warn(`${disk.device}: merged leftover bitmap ${newer} back into ${oldest}`)
+    log.warn(`${disk.device}: merged leftover bitmap ${newer} back into ${r.keep}`)
   }
-  const enabled = bitmaps.find((b) => b.name === oldest)?.flags.includes('auto') === true
-  if (ours.length > 1 && !enabled) {
-    await bitmapOp(disk, oldest, ['--enable'])
-    return oldest
-  }
-  if (!enabled) {
-    await bitmapOp(disk, oldest, ['--remove'])
-    log.warn(`${disk.device}: removed disabled bitmap ${oldest}`)
-    return undefined
-  }
-  return oldest
+  if (r.enable) await bitmapOp(disk, r.keep, ['--enable'])
+  return r.keep
 }
 
 /** Apply the provider's answer before serving the disk. */
@@ -103,10 +95,8 @@ export const prepareOfflineBitmaps = async (
   answer: IncrementalQuery | undefined,
 ): Promise<OfflineBitmapPlan> => {
   if (disk.format !== 'qcow2') return { mode: 'none' }
-  const ours = storeBitmaps(
-    storeId,
-    (await listBitmaps(disk)).map((b) => b.name),
-  )
+  // After currentOfflineGeneration's repair, `current` is the only bitmap of this store.
+  const ours = storeBitmaps(storeId, current === undefined ? [] : [current])
   const next = nextBitmapName(storeId, ours)
   const add = ['--add', '-g', String(BITMAP_GRANULARITY)]
   if (answer === 'use' && current !== undefined) {

@@ -9,7 +9,6 @@
  * discards the partial backup (nothing half-done is listed) and keeps the log.
  */
 import { setMaxListeners } from 'node:events'
-import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
 import { isValidArchiveName } from '../api/names.ts'
@@ -17,9 +16,9 @@ import { BackupError, toBackupError } from '../errors.ts'
 import { makeTempDir, sweepStaleTempDirs } from '../io/tmpdir.ts'
 import type { Logger } from '../log.ts'
 import type { ProgressEvent } from '../provider/directory/provider.ts'
-import { backupCtGuest } from './guest-ct.ts'
+import { backupCtGuest, preflightCt } from './guest-ct.ts'
 import type { CtGuest } from './guest-ct.ts'
-import { backupVmGuest } from './guest-vm.ts'
+import { backupVmGuest, preflightVm } from './guest-vm.ts'
 import type { VmGuest } from './guest-vm.ts'
 import { TaskLog } from './task-log.ts'
 import { backupLiveVm } from './live/guest-live.ts'
@@ -192,17 +191,6 @@ const backupGuest = async (
 
 /** Checks that need no provider: refused before `backupInit`, so the store stays untouched. */
 const preflight = async (guest: Guest): Promise<void> => {
-  if (guest.type === 'lxc') {
-    const st = await stat(guest.rootfs).catch((e: unknown) => {
-      throw new BackupError('USAGE', `cannot access root directory ${guest.rootfs}`, { cause: e })
-    })
-    if (!st.isDirectory()) throw new BackupError('USAGE', `${guest.rootfs} is not a directory`)
-  } else if (!('qmp' in guest)) {
-    const seen = new Set<string>()
-    for (const d of guest.disks) {
-      if (seen.has(d.device)) throw new BackupError('USAGE', `duplicate disk ${d.device}`)
-      seen.add(d.device)
-    }
-    if (seen.size === 0) throw new BackupError('USAGE', 'the VM has no disks')
-  }
+  if (guest.type === 'lxc') await preflightCt(guest)
+  else if (!('qmp' in guest)) preflightVm(guest)
 }

@@ -26,10 +26,8 @@ export class TaskLog {
 
   /** Log one line at a provider level. */
   log(level: ProviderLogLevel, message: string): void {
-    const stamp = new Date().toISOString()
-    const tag = level === 'err' ? 'ERROR' : level.toUpperCase()
     if (level === 'warn') this.#warnings++
-    appendFileSync(this.path, `${stamp} ${tag}: ${message}\n`)
+    this.record(level, message)
     if (level === 'err') this.#logger.error(message)
     else if (level === 'warn') this.#logger.warn(message)
     else this.#logger.info(message)

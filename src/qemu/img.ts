@@ -49,7 +49,7 @@ const ImageInfoSchema = z.looseObject({
 export type ImageInfo = z.infer<typeof ImageInfoSchema>
 
 /** Resource limits for qemu-img on untrusted input (REPORT §3: `prlimit --as=1G --cpu=30`). */
-const LIMITED = ['prlimit', '--as=1073741824', '--cpu=30', '--'] as const
+const PRLIMIT_ARGS = ['--as=1073741824', '--cpu=30', '--'] as const
 
 const qemuImg = async (
   args: readonly string[],
@@ -57,7 +57,7 @@ const qemuImg = async (
   limited = false,
 ): Promise<string> => {
   const [cmd, argv] = limited
-    ? ['prlimit', [...LIMITED.slice(1), 'qemu-img', ...args]]
+    ? ['prlimit', [...PRLIMIT_ARGS, 'qemu-img', ...args]]
     : ['qemu-img', args]
   const { stdout } = await run(cmd, argv, {
     signal,
@@ -155,9 +155,16 @@ export const convertImage = async (
   target: string,
   opts: ConvertOptions,
 ): Promise<void> => {
-  const src = source.startsWith('nbd') || source.startsWith('json:') ? source : abs(source)
-  const args = ['convert', '-q', '-f', opts.sourceFormat, '-O', opts.targetFormat]
-  if (source.startsWith('json:')) args.splice(2, 2)
+  const spec = source.startsWith('json:')
+  const src = spec || source.startsWith('nbd') ? source : abs(source)
+  // A json: spec names its driver itself; -f beside it would conflict.
+  const args = [
+    'convert',
+    '-q',
+    ...(spec ? [] : ['-f', opts.sourceFormat]),
+    '-O',
+    opts.targetFormat,
+  ]
   if (opts.targetExists === true) args.push('-n')
   if (opts.rateLimit !== undefined && opts.rateLimit > 0) args.push('-r', String(opts.rateLimit))
   args.push(src, abs(target))

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import {
   bitmapGenerationOf,
   nextBitmapName,
+  planBitmapRepair,
   storeBitmaps,
 } from '../../src/host/live/bitmap-names.ts'
 
@@ -28,5 +29,32 @@ describe('host/live/bitmap-names', () => {
       storeBitmaps('a', [ab, a, 'gb-a-12', 'other', 'gb-a-1-xyz']).map(([, n]) => n),
       [a],
     )
+  })
+
+  it('plans the repair a killed run needs: merge back, re-enable, or drop a lone disabled one', () => {
+    const a = nextBitmapName('s', [], 1000)
+    const b = nextBitmapName('s', [], 2000)
+    const other = nextBitmapName('t', [], 1500)
+    assert.deepEqual(planBitmapRepair('s', [{ name: a, enabled: true }]), {
+      keep: a,
+      merge: [],
+      enable: false,
+      remove: [],
+    })
+    assert.deepEqual(
+      planBitmapRepair('s', [
+        { name: b, enabled: true },
+        { name: a, enabled: false },
+        { name: other, enabled: false },
+      ]),
+      { keep: a, merge: [b], enable: true, remove: [] },
+    )
+    assert.deepEqual(planBitmapRepair('s', [{ name: a, enabled: false }]), {
+      keep: undefined,
+      merge: [],
+      enable: false,
+      remove: [a],
+    })
+    assert.deepEqual(planBitmapRepair('s', [{ name: other, enabled: true }]).keep, undefined)
   })
 })

@@ -35,3 +35,36 @@ export const storeBitmaps = (storeId: string, names: readonly string[]): [number
     .map((n): [number | undefined, string] => [bitmapGenerationOf(storeId, n), n])
     .filter((e): e is [number, string] => e[0] !== undefined)
     .sort((a, b) => a[0] - b[0])
+
+/** How to repair one disk's bitmaps of a store after a run was killed between instant and end. */
+export interface BitmapRepair {
+  /** The bitmap that tracks the disk afterwards, if any (the oldest: the one last recorded). */
+  keep: string | undefined
+  /** Newer bitmaps to merge into `keep` and then remove (the rollback of an unfinished backup). */
+  merge: string[]
+  /** `keep` was left disabled and must record again. */
+  enable: boolean
+  /** Bitmaps to remove outright: a lone disabled one missed writes, so the next backup is full. */
+  remove: string[]
+}
+
+/**
+ * Decide the repair of one disk's bitmaps of `storeId`, for running VMs (QMP) and stopped ones
+ * (`qemu-img bitmap`) alike. Nothing to do when `keep` is the only bitmap and it records.
+ */
+export const planBitmapRepair = (
+  storeId: string,
+  bitmaps: readonly { name: string; enabled: boolean }[],
+): BitmapRepair => {
+  const ours = storeBitmaps(
+    storeId,
+    bitmaps.map((b) => b.name),
+  ).map(([, n]) => n)
+  const [oldest, ...newer] = ours
+  if (oldest === undefined) return { keep: undefined, merge: [], enable: false, remove: [] }
+  const enabled = bitmaps.find((b) => b.name === oldest)?.enabled === true
+  if (newer.length === 0 && !enabled) {
+    return { keep: undefined, merge: [], enable: false, remove: [oldest] }
+  }
+  return { keep: oldest, merge: newer, enable: !enabled, remove: [] }
+}

@@ -10,7 +10,7 @@
  */
 import type { BitmapMode, IncrementalQuery } from '../../api/provider.ts'
 import type { QmpClient } from '../../qmp/client.ts'
-import { nextBitmapName, storeBitmaps } from './bitmap-names.ts'
+import { nextBitmapName, planBitmapRepair, storeBitmaps } from './bitmap-names.ts'
 import type { LiveDisk } from './discover.ts'
 import type { TransactionAction } from './fleece.ts'
 
@@ -148,30 +148,27 @@ export const recoverBitmaps = async (
   const fixed: string[] = []
   const actions: TransactionAction[] = []
   for (const d of disks) {
-    const ours = storeBitmaps(
+    const r = planBitmapRepair(
       storeId,
-      d.bitmaps.map((b) => b.name),
+      d.bitmaps.map((b) => ({ name: b.name, enabled: b.recording })),
     )
-    const oldest = ours[0]?.[1]
-    if (oldest === undefined) continue
-    const rec = d.bitmaps.find((b) => b.name === oldest)?.recording === true
-    if (ours.length === 1) {
-      if (!rec) {
-        actions.push({ type: 'block-dirty-bitmap-remove', data: { node: d.node, name: oldest } })
-        fixed.push(`${d.device}: removed disabled bitmap ${oldest}`)
-      }
-      continue
+    const node = d.node
+    for (const name of r.remove) {
+      actions.push({ type: 'block-dirty-bitmap-remove', data: { node, name } })
+      fixed.push(`${d.device}: removed disabled bitmap ${name}`)
     }
-    const newer = ours.slice(1).map(([, n]) => n)
-    actions.push({
-      type: 'block-dirty-bitmap-merge',
-      data: { node: d.node, target: oldest, bitmaps: newer },
-    })
-    if (!rec)
-      actions.push({ type: 'block-dirty-bitmap-enable', data: { node: d.node, name: oldest } })
-    for (const n of newer)
-      actions.push({ type: 'block-dirty-bitmap-remove', data: { node: d.node, name: n } })
-    fixed.push(`${d.device}: merged ${newer.join(', ')} back into ${oldest}`)
+    if (r.keep === undefined) continue
+    if (r.merge.length > 0) {
+      actions.push({
+        type: 'block-dirty-bitmap-merge',
+        data: { node, target: r.keep, bitmaps: r.merge },
+      })
+      fixed.push(`${d.device}: merged ${r.merge.join(', ')} back into ${r.keep}`)
+    }
+    if (r.enable) actions.push({ type: 'block-dirty-bitmap-enable', data: { node, name: r.keep } })
+    for (const name of r.merge) {
+      actions.push({ type: 'block-dirty-bitmap-remove', data: { node, name } })
+    }
   }
   if (actions.length > 0) await qmp.executeRaw('transaction', { actions })
   return fixed

@@ -54,10 +54,10 @@ interface GuestState {
   ref: VolumeRef
   partial: string
   lock: GuestLock
-  failed: boolean
   committed: boolean
   manifest?: Omit<Manifest, 'files' | 'completed'>
-  bases: Record<string, IncrementalBase>
+  /** Incremental bases found by backupVmQueryIncremental, per device. */
+  bases: Record<string, Extract<IncrementalBase, { kind: 'base' }>>
 }
 
 /** The directory provider. One instance per job or restore. */
@@ -106,7 +106,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           await rm(join(guestDir, name), { recursive: true, force: true })
       }
       await mkdir(partial, { mode: 0o700 })
-      this.#guests.set(vmid, { ref, partial, lock, failed: false, committed: false, bases: {} })
+      this.#guests.set(vmid, { ref, partial, lock, committed: false, bases: {} })
       return { archiveName: ref.archiveName }
     } catch (e) {
       await lock.release()
@@ -155,8 +155,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       const volume = volumes[device]
       if (volume === undefined) continue
       assertDeviceName(device)
-      const found = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
-      let base = found?.kind === 'base' ? found : undefined
+      let base = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
       if (volume.bitmapMode === 'reuse' && base === undefined) {
         this.#log('warn', `${device}: the host reused a bitmap this store did not ask for: full`)
       }
@@ -272,7 +271,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     if (g === undefined) return undefined
     try {
       if (!success || g.manifest === undefined) {
-        g.failed = true
         this.#log(
           'info',
           `discarding the partial backup (${info.error ?? 'no data was backed up'})`,
@@ -292,7 +290,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       }
       return { stats: { archiveSize: await allocatedBytes(final) } }
     } catch (e) {
-      g.failed = true
       await rm(g.partial, { recursive: true, force: true })
       throw toBackupError(e)
     }

@@ -34,7 +34,7 @@ export class DirectoryRestore {
   protected readonly layout: StoreLayout
   readonly #log: ProviderLogFunction
   readonly #servers = new Map<string, QemuNbd>()
-  readonly #mounts = new Map<string, AsyncDisposable & { remove?: () => Promise<void> }>()
+  readonly #mounts = new Map<string, AsyncDisposable>()
 
   constructor(layout: StoreLayout, log: ProviderLogFunction) {
     this.layout = layout
