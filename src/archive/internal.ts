@@ -2,11 +2,13 @@
  * Helpers shared by the archive modules (not re-exported): running several processes and streams
  * as one pipeline, writing an output file atomically, and checking restore targets.
  */
+import { constants } from 'node:fs'
 import { lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Duplex } from 'node:stream'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
+import { fdPath } from '../io/beneath.ts'
 import type { Tool } from '../io/spawn.ts'
 
 /** The lines of a tool's stderr, without blanks and without tar's `--totals` line. */
@@ -164,6 +166,9 @@ const fsyncPath = async (path: string): Promise<void> => {
  * Produce `output` atomically: `write` fills `output + '.partial'`, which is then fsynced and
  * renamed, and the directory is fsynced. On any failure the partial file is removed, so nothing
  * half-written ever carries the final name. Refuses (`USAGE`) when `output` already exists.
+ * The partial file is created here, exclusively and without following a link (the output may
+ * live in an untrusted store), and `write` gets the path of that very file (`/proc/<pid>/fd/<n>`),
+ * so a name planted in the directory meanwhile cannot redirect the tool that fills it.
  */
 export const writeAtomically = async <T>(
   output: string,
@@ -175,8 +180,18 @@ export const writeAtomically = async <T>(
   const partial = `${output}.partial`
   try {
     await rm(partial, { force: true })
-    const result = await write(partial)
-    await fsyncPath(partial)
+    const fh = await open(
+      partial,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    )
+    let result: T
+    try {
+      result = await write(fdPath(fh.fd))
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
     await rename(partial, output)
     await fsyncPath(dirname(output))
     return result

@@ -2,7 +2,7 @@
  * pve-container's `check_tar_archive`: basic checks of a potentially untrusted or bogus tar
  * archive before it is extracted, by listing it with `tar -tvf`.
  */
-import { createReadStream } from 'node:fs'
+import { createReadStream, readlinkSync } from 'node:fs'
 import { pipeline } from 'node:stream/promises'
 import { BackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
@@ -27,6 +27,8 @@ const LISTING_LINE = /^(.)[-rwxsStT]{9}\s+\d+\/\d+\s+\S+\s+\d{4,}-\d\d-\d\d\s+\d
  * processes that outlive a killed tar (and linger as zombies under a non-reaping init).
  */
 export const decompressorFor = (archive: string): readonly string[] | undefined => {
+  // A pinned file (`/proc/<pid>/fd/<n>`, see src/io/beneath.ts) is named by its link target.
+  const name = /^\/proc\/\d+\/fd\/\d+$/.test(archive) ? readlinkSync(archive) : archive
   const table: readonly (readonly [RegExp, readonly string[] | undefined])[] = [
     [/\.tar$/, undefined],
     [/\.(tar\.zst|tzst)$/, ['zstd', '-d', '-c', '-q']],
@@ -35,7 +37,7 @@ export const decompressorFor = (archive: string): readonly string[] | undefined 
     [/\.(tar\.xz|txz)$/, ['xz', '-d', '-c']],
     [/\.tar\.lzo$/, ['lzop', '-d', '-c']],
   ]
-  for (const [re, cmd] of table) if (re.test(archive)) return cmd
+  for (const [re, cmd] of table) if (re.test(name)) return cmd
   throw new BackupError('USAGE', `${archive} does not look like a tar archive (by its name)`, {
     details: { archive },
   })

@@ -117,6 +117,7 @@ program
     'container exclude pattern (vzdump semantics); repeatable',
     collect,
   )
+  .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
   .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
   .option('--json', 'print the result as JSON')
   .action(async (o: BackupCommandOptions) => {

@@ -1,14 +1,17 @@
 /**
- * Validation of an untrusted qcow2 backing chain before anything opens it as a chain
- * (qemu-lab REPORT §3, "Hostile images"). A stored qcow2 header can name any file on the host
+ * Opening an untrusted qcow2 backing chain. A stored qcow2 header can name any file on the host
  * as its backing file, an external data file, a protocol (`json:`, `nbd:`), or omit the backing
- * format so QEMU probes a raw guest disk as qcow2. We walk the chain ourselves, one image at a
- * time with `qemu-img info -f qcow2` under prlimit, and afterwards open it only through an
- * explicit `json:` spec that names every file and ends in `"backing": null`.
+ * format so QEMU probes a raw guest disk as qcow2 (see "qcow2 backing file" in
+ * https://www.qemu.org/docs/master/system/qemu-block-drivers.html and QEMU's
+ * docs/system/images.rst on untrusted images). We walk the chain ourselves, one image at a time:
+ * every link must be a regular file reached without following a symbolic link (through
+ * {@link Dir}), pinned open, and read with `qemu-img info -f qcow2` under prlimit; the chain is
+ * then only ever opened through an explicit `json:` spec that names each pinned file by its fd
+ * and ends in `"backing": null`, so neither header names nor later renames in the store matter.
  */
-import { realpath, stat } from 'node:fs/promises'
-import { dirname, isAbsolute, join, relative, sep } from 'node:path'
 import { BackupError } from '../errors.ts'
+import { isPlainName } from '../io/beneath.ts'
+import type { Dir, PinnedFile } from '../io/beneath.ts'
 import { imageInfo } from './img.ts'
 
 /** Longest chain accepted. */
@@ -16,82 +19,139 @@ export const MAX_CHAIN_DEPTH = 64
 
 /** One validated image of a chain, top first. */
 export interface ChainLink {
-  /** Real absolute path (symlinks resolved). */
+  /** The directory (in the chain root) and file name of the image. */
+  dirName: string
+  file: string
+  /** `/proc/<pid>/fd/<n>` of the pinned image. */
   path: string
   /** Virtual size in bytes. */
   virtualSize: number
+  /** The backing name recorded in the header, verbatim (undefined for the base). */
+  backing: string | undefined
 }
 
-const inside = (root: string, p: string): boolean => {
-  const rel = relative(root, p)
-  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) && !rel.startsWith(`..${sep}`)
+/** A validated chain whose images stay pinned until it is disposed. */
+export interface Chain extends AsyncDisposable {
+  readonly links: readonly ChainLink[]
+  close(): Promise<void>
 }
 
-const unsafe = (msg: string, details: Record<string, unknown>): BackupError =>
-  new BackupError('UNSAFE_IMAGE', msg, { details })
+const unsafe = (msg: string, rule: string, details: Record<string, unknown>): BackupError =>
+  new BackupError('UNSAFE_IMAGE', msg, { details: { ...details, rule } })
+
+/** The only backing name we accept: a sibling directory's file, `../<dir>/<file>`. */
+const BACKING_RE = /^\.\.\/([^/]+)\/([^/]+)$/
+
+/** Options of {@link openChain}. */
+export interface OpenChainOptions {
+  /** Names of the directories of `root` that chain images may live in. */
+  dirName: RegExp
+  signal?: AbortSignal | undefined
+}
 
 /**
- * Validate the chain starting at `top`. Every image must be a regular qcow2 file whose real path
- * lies inside `root`, without data file, encryption or corruption; every backing reference must
- * be a plain relative or absolute file name (no protocol, no `json:`), with backing format
- * `qcow2`, resolving inside `root`; no loops; at most {@link MAX_CHAIN_DEPTH} deep; one virtual
- * size throughout. Returns the chain top first.
+ * Validate and pin the chain whose top is `root/<dirName>/<file>`. Every image must be a regular
+ * qcow2 file in a directory of `root` matching `opts.dirName`, reached without following links,
+ * without data file, encryption or corruption; every backing reference must be exactly
+ * `../<dir>/<file>` (relative, no protocol, no `json:`) with backing format `qcow2`; no loops;
+ * at most {@link MAX_CHAIN_DEPTH} deep; one virtual size throughout. Links top first.
+ *
+ * @throws BackupError `UNSAFE_IMAGE` with `details.rule` naming the rule that refused,
+ *   `UNSAFE_PATH` for a link or special file in the store, `IMAGE_INVALID` for a missing image.
  */
-export const validateChain = async (
-  top: string,
-  root: string,
-  signal?: AbortSignal,
-): Promise<ChainLink[]> => {
-  const realRoot = await realpath(root)
-  const chain: ChainLink[] = []
-  const seen = new Set<string>()
-  let next: string | undefined = top
-  for (;;) {
-    if (chain.length >= MAX_CHAIN_DEPTH) {
-      throw unsafe(`backing chain deeper than ${MAX_CHAIN_DEPTH}`, { top })
-    }
-    let real: string
-    try {
-      real = await realpath(next)
-    } catch (e) {
-      throw new BackupError('IMAGE_INVALID', `image ${next} is missing`, { cause: e })
-    }
-    if (!inside(realRoot, real)) throw unsafe(`image ${next} resolves outside ${root}`, { real })
-    if (seen.has(real)) throw unsafe(`backing chain loops at ${real}`, { top })
-    seen.add(real)
-    const st = await stat(real)
-    if (!st.isFile()) throw unsafe(`image ${real} is not a regular file`, { real })
-    let info
-    try {
-      info = await imageInfo(real, 'qcow2', { signal, untrusted: true })
-    } catch (e) {
-      if (signal?.aborted === true) throw e
-      throw unsafe(`image ${real} is not a readable qcow2 image`, { real, cause: String(e) })
-    }
-    if (info.format !== 'qcow2') throw unsafe(`image ${real} is not qcow2`, { real })
-    const data = info['format-specific']?.data
-    if (data?.['data-file'] !== undefined) {
-      throw unsafe(`image ${real} has an external data file`, { real })
-    }
-    if (info.encrypted === true) throw unsafe(`image ${real} is encrypted`, { real })
-    if (data?.corrupt === true) throw unsafe(`image ${real} is marked corrupt`, { real })
-    const first = chain[0]
-    if (first !== undefined && first.virtualSize !== info['virtual-size']) {
-      throw unsafe(`image ${real} has a different virtual size than ${first.path}`, { real })
-    }
-    chain.push({ path: real, virtualSize: info['virtual-size'] })
-    const backing = info['backing-filename']
-    if (backing === undefined) break
-    // A protocol prefix (json:, nbd:, http: …) before any slash would be parsed by QEMU.
-    if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(backing)) {
-      throw unsafe(`image ${real} names a protocol backing file`, { real, backing })
-    }
-    if (info['backing-filename-format'] !== 'qcow2') {
-      throw unsafe(`image ${real} has no qcow2 backing format (would be probed)`, { real })
-    }
-    next = isAbsolute(backing) ? backing : join(dirname(real), backing)
+export const openChain = async (
+  root: Dir,
+  dirName: string,
+  file: string,
+  opts: OpenChainOptions,
+): Promise<Chain> => {
+  const held: (Dir | PinnedFile)[] = []
+  const close = async (): Promise<void> => {
+    for (const h of held.splice(0).reverse()) await h.close()
   }
-  return chain
+  try {
+    const links: ChainLink[] = []
+    const seen = new Set<string>()
+    let next = { dirName, file }
+    for (;;) {
+      const where = `${root.label}/${next.dirName}/${next.file}`
+      if (links.length >= MAX_CHAIN_DEPTH) {
+        throw unsafe(`backing chain deeper than ${MAX_CHAIN_DEPTH}`, 'depth', { top: file })
+      }
+      if (!opts.dirName.test(next.dirName) || !isPlainName(next.dirName)) {
+        throw unsafe(`image ${where} is outside the backup directories`, 'outside', { where })
+      }
+      if (!isPlainName(next.file)) {
+        throw unsafe(`image ${where} is not a plain file name`, 'name', { where })
+      }
+      let pin: PinnedFile
+      try {
+        const dir = await root.openDir(next.dirName)
+        held.push(dir)
+        pin = await dir.pin(next.file)
+        held.push(pin)
+      } catch (e) {
+        if (e instanceof BackupError && e.code === 'NOT_FOUND') {
+          throw new BackupError('IMAGE_INVALID', `image ${where} is missing`, { cause: e })
+        }
+        throw e
+      }
+      const id = `${pin.stat.dev}:${pin.stat.ino}`
+      if (seen.has(id)) throw unsafe(`backing chain loops at ${where}`, 'loop', { where })
+      seen.add(id)
+      let info
+      try {
+        info = await imageInfo(pin.path, 'qcow2', { signal: opts.signal, untrusted: true })
+      } catch (e) {
+        if (opts.signal?.aborted === true) throw e
+        throw unsafe(`image ${where} is not a readable qcow2 image`, 'unreadable', {
+          where,
+          cause: String(e),
+        })
+      }
+      if (info.format !== 'qcow2') throw unsafe(`image ${where} is not qcow2`, 'format', { where })
+      const data = info['format-specific']?.data
+      if (data?.['data-file'] !== undefined) {
+        throw unsafe(`image ${where} has an external data file`, 'data-file', { where })
+      }
+      if (info.encrypted === true) throw unsafe(`image ${where} is encrypted`, 'encrypted', { where })
+      if (data?.corrupt === true) throw unsafe(`image ${where} is marked corrupt`, 'corrupt', { where })
+      const first = links[0]
+      if (first !== undefined && first.virtualSize !== info['virtual-size']) {
+        throw unsafe(`image ${where} has a different virtual size than the top`, 'size', { where })
+      }
+      const backing = info['backing-filename']
+      links.push({
+        dirName: next.dirName,
+        file: next.file,
+        path: pin.path,
+        virtualSize: info['virtual-size'],
+        backing,
+      })
+      if (backing === undefined) break
+      // A protocol prefix (json:, nbd:, http: …) before any slash would be parsed by QEMU.
+      if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(backing)) {
+        throw unsafe(`image ${where} names a protocol backing file`, 'protocol', { where, backing })
+      }
+      if (info['backing-filename-format'] !== 'qcow2') {
+        throw unsafe(`image ${where} has no qcow2 backing format (would be probed)`, 'backing-format', {
+          where,
+        })
+      }
+      const m = BACKING_RE.exec(backing)
+      if (m?.[1] === undefined || m[2] === undefined) {
+        throw unsafe(`image ${where} names a backing file outside the store layout`, 'backing-name', {
+          where,
+          backing,
+        })
+      }
+      next = { dirName: m[1], file: m[2] }
+    }
+    return { links, close, [Symbol.asyncDispose]: close }
+  } catch (e) {
+    await close()
+    throw e
+  }
 }
 
 /** A blockdev spec node: qcow2 over a file, with an explicit backing. */
@@ -101,11 +161,11 @@ export interface Qcow2Spec {
   backing: Qcow2Spec | null
 }
 
-/** The explicit spec of a validated chain: header names are never used. */
-export const chainSpec = (chain: readonly ChainLink[]): Qcow2Spec => {
+/** The explicit spec of a validated chain (optionally only its top `depth` links). */
+export const chainSpec = (links: readonly ChainLink[], depth = links.length): Qcow2Spec => {
   let spec: Qcow2Spec | null = null
-  for (let i = chain.length - 1; i >= 0; i--) {
-    const link = chain[i]
+  for (let i = Math.min(depth, links.length) - 1; i >= 0; i--) {
+    const link = links[i]
     if (link === undefined) continue
     spec = { driver: 'qcow2', file: { driver: 'file', filename: link.path }, backing: spec }
   }
@@ -113,6 +173,8 @@ export const chainSpec = (chain: readonly ChainLink[]): Qcow2Spec => {
   return spec
 }
 
-/** `json:{…}` filename of {@link chainSpec}, for qemu-img and qemu-nbd. */
-export const chainJson = (chain: readonly ChainLink[]): string =>
-  `json:${JSON.stringify(chainSpec(chain))}`
+/** `json:{…}` filename of a spec, for qemu-img and qemu-nbd. */
+export const specJson = (spec: Qcow2Spec): string => `json:${JSON.stringify(spec)}`
+
+/** `json:{…}` filename of {@link chainSpec}. */
+export const chainJson = (links: readonly ChainLink[]): string => specJson(chainSpec(links))

@@ -190,3 +190,15 @@ export const compareImages = async (
     throw e
   }
 }
+
+/**
+ * `qemu-img commit -d SPEC`: write the clusters of the top image of `spec` (a `json:{…}` chain
+ * built by guestbackup) into its immediate backing image. `-d` keeps the top image as it was, so
+ * its guest view never changes while the backing image below it takes its data.
+ */
+export const commitImage = async (spec: string, signal?: AbortSignal): Promise<void> => {
+  if (!spec.startsWith('json:')) {
+    throw new BackupError('IMAGE_INVALID', 'commit takes an explicit json: chain spec only')
+  }
+  await qemuImg(['commit', '-q', '-d', spec], signal)
+}

@@ -1,236 +1,204 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import { chainJson, validateChain } from '../../src/qemu/chain.ts'
+import { Dir } from '../../src/io/beneath.ts'
+import { chainJson, openChain } from '../../src/qemu/chain.ts'
 import { convertImage } from '../../src/qemu/img.ts'
 import { isBackupError } from '../../src/errors.ts'
 
 const sh = promisify(execFile)
 const img = (args: string[], cwd: string) => sh('qemu-img', args, { cwd })
+/** `qemu-img create -u -b BACKING -F FMT NAME SIZE` in `cwd` (header only, nothing opened). */
+const overlay = (cwd: string, name: string, backing: string, fmt = 'qcow2', size = '1M') =>
+  img(['create', '-q', '-f', 'qcow2', '-u', '-b', backing, '-F', fmt, name, size], cwd)
 
-// Hostile images of qemu-lab REPORT §3: each must be refused before QEMU opens the chain.
+const DIRS = /^b[a-z0-9-]+$/
+
+// Hostile images (see QEMU's docs/system/images.rst on untrusted images): each must be refused,
+// by the rule named in `details.rule`, before QEMU opens anything as a chain.
 describe('qemu/chain: untrusted qcow2 chains', () => {
   let root: string
-  let bk: string
+  let top: Dir
   before(async () => {
     root = await mkdtemp(join(tmpdir(), 'gb-chain-'))
-    bk = join(root, 'bk')
-    await mkdir(join(root, 'outside'))
-    await mkdir(bk)
+    for (const d of ['outside', 'b-base', 'b-inc']) await mkdir(join(root, d))
     await writeFile(join(root, 'outside', 'secret.txt'), 'TOP SECRET'.repeat(100))
-    await img(['create', '-q', '-f', 'qcow2', 'outside/secret.qcow2', '1M'], root)
-    await img(['create', '-q', '-f', 'qcow2', 'base.qcow2', '1M'], bk)
-    await sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 64k', join(bk, 'base.qcow2')])
-    await img(
-      ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'inc.qcow2', '1M'],
-      bk,
-    )
-    await sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 64k 64k', join(bk, 'inc.qcow2')])
+    await img(['create', '-q', '-f', 'qcow2', 'secret.qcow2', '1M'], join(root, 'outside'))
+    const base = join(root, 'b-base')
+    await img(['create', '-q', '-f', 'qcow2', 'd.qcow2', '1M'], base)
+    await sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 64k', join(base, 'd.qcow2')])
+    await overlay(join(root, 'b-inc'), 'd.qcow2', '../b-base/d.qcow2')
+    await sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 64k 64k', join(root, 'b-inc/d.qcow2')])
+    top = await Dir.open(root)
   })
   after(async () => {
+    await top.close()
     await rm(root, { recursive: true, force: true })
   })
 
-  const rejects = async (file: string): Promise<void> => {
-    await assert.rejects(
-      validateChain(join(bk, file), bk),
-      (e: unknown) => isBackupError(e, 'UNSAFE_IMAGE') || isBackupError(e, 'IMAGE_INVALID'),
-    )
+  /** A fresh backup-like directory `b-<name>` holding `d.qcow2` made by `make`. */
+  const hostile = async (name: string, make: (dir: string) => Promise<unknown>) => {
+    const dir = join(root, `b-${name}`)
+    await mkdir(dir)
+    await make(dir)
+    return `b-${name}`
+  }
+  const refused = async (dirName: string, code: string, rule?: string): Promise<void> => {
+    await assert.rejects(openChain(top, dirName, 'd.qcow2', { dirName: DIRS }), (e: unknown) => {
+      assert.ok(isBackupError(e), String(e))
+      assert.equal(e.code, code, e.message)
+      if (rule !== undefined) assert.equal(e.details?.['rule'], rule, e.message)
+      return true
+    })
   }
 
-  it('accepts a chain inside the dir and restores it through an explicit spec', async () => {
-    const chain = await validateChain(join(bk, 'inc.qcow2'), bk)
-    assert.equal(chain.length, 2)
+  it('accepts a chain of sibling dirs and restores it through the pinned spec', async () => {
+    await using chain = await openChain(top, 'b-inc', 'd.qcow2', { dirName: DIRS })
+    assert.deepEqual(
+      chain.links.map((l) => [l.dirName, l.backing]),
+      [
+        ['b-inc', '../b-base/d.qcow2'],
+        ['b-base', undefined],
+      ],
+    )
+    // The spec names the pinned files, not the paths: a rename after validation changes nothing.
+    await rename(join(root, 'b-base'), join(root, 'b-moved'))
     const out = join(root, 'out.raw')
-    await convertImage(chainJson(chain), out, { sourceFormat: 'qcow2', targetFormat: 'raw' })
+    try {
+      await convertImage(chainJson(chain.links), out, {
+        sourceFormat: 'qcow2',
+        targetFormat: 'raw',
+      })
+    } finally {
+      await rename(join(root, 'b-moved'), join(root, 'b-base'))
+    }
     const { stdout } = await sh('qemu-io', [
-      '-f',
-      'raw',
-      '-c',
-      'read -P 0x11 0 64k',
-      '-c',
-      'read -P 0x22 64k 64k',
-      out,
+      ...['-f', 'raw', '-c', 'read -P 0x11 0 64k', '-c', 'read -P 0x22 64k 64k', out],
     ])
     assert.doesNotMatch(stdout, /fail/i)
   })
 
-  it('refuses an absolute backing path outside the dir', async () => {
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        join(root, 'outside/secret.txt'),
-        '-F',
-        'raw',
-        'abs.qcow2',
-        '1M',
-      ],
-      bk,
+  it('refuses an absolute backing path', async () => {
+    const d = await hostile('abs', (dir) =>
+      overlay(dir, 'd.qcow2', join(root, 'outside/secret.qcow2')),
     )
-    await rejects('abs.qcow2')
+    await refused(d, 'UNSAFE_IMAGE', 'backing-name')
   })
 
-  it('refuses a ../ backing path', async () => {
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        '../outside/secret.qcow2',
-        '-F',
-        'qcow2',
-        'dotdot.qcow2',
-        '1M',
-      ],
-      bk,
+  it('refuses a backing in the same directory (not the layout)', async () => {
+    const d = await hostile('same', async (dir) => {
+      await img(['create', '-q', '-f', 'qcow2', 'other.qcow2', '1M'], dir)
+      await overlay(dir, 'd.qcow2', 'other.qcow2')
+    })
+    await refused(d, 'UNSAFE_IMAGE', 'backing-name')
+  })
+
+  it('refuses a ../ backing into a directory that is no backup', async () => {
+    const d = await hostile('dotdot', (dir) => overlay(dir, 'd.qcow2', '../outside/secret.qcow2'))
+    await refused(d, 'UNSAFE_IMAGE', 'outside')
+  })
+
+  it('refuses a deeper ../../ backing', async () => {
+    const d = await hostile('deep', (dir) =>
+      overlay(dir, 'd.qcow2', '../../x/b-base/d.qcow2', 'qcow2'),
     )
-    await rejects('dotdot.qcow2')
+    await refused(d, 'UNSAFE_IMAGE', 'backing-name')
   })
 
   it('refuses a json: backing', async () => {
     const spec = `json:{"driver":"raw","file":{"driver":"file","filename":"${join(root, 'outside/secret.txt')}"}}`
-    await img(
-      ['create', '-q', '-f', 'qcow2', '-u', '-b', spec, '-F', 'raw', 'json.qcow2', '1M'],
-      bk,
-    )
-    await rejects('json.qcow2')
+    const d = await hostile('json', (dir) => overlay(dir, 'd.qcow2', spec, 'raw'))
+    await refused(d, 'UNSAFE_IMAGE', 'protocol')
   })
 
   it('refuses an nbd: backing', async () => {
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        'nbd+unix:///?socket=/tmp/evil.sock',
-        '-F',
-        'raw',
-        'nbd.qcow2',
-        '1M',
-      ],
-      bk,
+    const d = await hostile('nbd', (dir) =>
+      overlay(dir, 'd.qcow2', 'nbd+unix:///?socket=/tmp/evil.sock', 'raw'),
     )
-    await rejects('nbd.qcow2')
+    await refused(d, 'UNSAFE_IMAGE', 'protocol')
   })
 
-  it('refuses a symlinked backing that leaves the dir', async () => {
-    await symlink(join(root, 'outside/secret.qcow2'), join(bk, 'innocent.qcow2'))
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        'innocent.qcow2',
-        '-F',
-        'qcow2',
-        'sym.qcow2',
-        '1M',
-      ],
-      bk,
+  it('refuses a symlinked image, even one pointing to a valid image', async () => {
+    const d = await hostile('symfile', (dir) =>
+      symlink(join(root, 'outside/secret.qcow2'), join(dir, 'd.qcow2')),
     )
-    await rejects('sym.qcow2')
+    await refused(d, 'UNSAFE_PATH')
+  })
+
+  it('refuses a symlinked backing directory', async () => {
+    await symlink(join(root, 'outside'), join(root, 'b-linkdir'))
+    await rename(join(root, 'outside/secret.qcow2'), join(root, 'outside/d.qcow2'))
+    try {
+      const d = await hostile('vialink', (dir) => overlay(dir, 'd.qcow2', '../b-linkdir/d.qcow2'))
+      await refused(d, 'UNSAFE_PATH')
+    } finally {
+      await rename(join(root, 'outside/d.qcow2'), join(root, 'outside/secret.qcow2'))
+    }
+  })
+
+  it('refuses a FIFO posing as an image without blocking', async () => {
+    const d = await hostile('fifo', (dir) => sh('mkfifo', [join(dir, 'd.qcow2')]))
+    await refused(d, 'UNSAFE_PATH')
   })
 
   it('refuses a backing file without backing format (would be probed)', async () => {
-    await writeFile(join(bk, 'guest.raw'), Buffer.alloc(1024 * 1024))
-    await img(
-      ['create', '-q', '-f', 'qcow2', '-u', '-b', 'guest.raw', '-F', 'raw', 'probe.qcow2', '1M'],
-      bk,
-    )
-    // qemu-img no longer writes such images: hide the backing-format header extension
-    // (type 0xe2792aca) behind an unknown type, which QEMU ignores.
-    const file = join(bk, 'probe.qcow2')
-    const bytes = await readFile(file)
-    const at = bytes.indexOf(Buffer.from([0xe2, 0x79, 0x2a, 0xca]))
-    assert.ok(at > 0 && at < 4096)
-    bytes.writeUInt32BE(0x12345678, at)
-    await writeFile(file, bytes)
-    const { stdout } = await img(['info', '--output=json', '-f', 'qcow2', file], bk)
-    assert.doesNotMatch(stdout, /backing-filename-format/)
-    await rejects('probe.qcow2')
+    const d = await hostile('probe', async (dir) => {
+      await writeFile(join(dir, 'guest.raw'), Buffer.alloc(1024 * 1024))
+      await overlay(dir, 'd.qcow2', '../b-base/d.qcow2')
+      // qemu-img no longer writes such images: hide the backing-format header extension
+      // (type 0xe2792aca) behind an unknown type, which QEMU ignores.
+      const file = join(dir, 'd.qcow2')
+      const bytes = await readFile(file)
+      const at = bytes.indexOf(Buffer.from([0xe2, 0x79, 0x2a, 0xca]))
+      assert.ok(at > 0 && at < 4096)
+      bytes.writeUInt32BE(0x12345678, at)
+      await writeFile(file, bytes)
+      const { stdout } = await img(['info', '--output=json', '-f', 'qcow2', file], dir)
+      assert.doesNotMatch(stdout, /backing-filename-format/)
+    })
+    await refused(d, 'UNSAFE_IMAGE', 'backing-format')
   })
 
   it('refuses an external data file', async () => {
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-o',
-        `data_file=${join(root, 'outside/secret.txt')},data_file_raw=on`,
-        'data.qcow2',
-        '1M',
-      ],
-      bk,
-    ).catch(() => undefined)
-    await rejects('data.qcow2')
+    const d = await hostile('data', (dir) =>
+      img(
+        [
+          ...['create', '-q', '-f', 'qcow2', '-o'],
+          `data_file=${join(root, 'outside/secret.txt')},data_file_raw=on`,
+          ...['d.qcow2', '1M'],
+        ],
+        dir,
+      ),
+    )
+    await refused(d, 'UNSAFE_IMAGE', 'data-file')
   })
 
   it('refuses a loop', async () => {
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        'loop-b.qcow2',
-        '-F',
-        'qcow2',
-        'loop-a.qcow2',
-        '1M',
-      ],
-      bk,
-    )
-    await img(
-      [
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-u',
-        '-b',
-        'loop-a.qcow2',
-        '-F',
-        'qcow2',
-        'loop-b.qcow2',
-        '1M',
-      ],
-      bk,
-    )
-    await rejects('loop-a.qcow2')
+    await mkdir(join(root, 'b-loop1'))
+    await mkdir(join(root, 'b-loop2'))
+    await overlay(join(root, 'b-loop1'), 'd.qcow2', '../b-loop2/d.qcow2')
+    await overlay(join(root, 'b-loop2'), 'd.qcow2', '../b-loop1/d.qcow2')
+    await refused('b-loop1', 'UNSAFE_IMAGE', 'loop')
   })
 
   it('refuses a raw file posing as the top image', async () => {
-    await writeFile(join(bk, 'notqcow.qcow2'), 'hello')
-    await rejects('notqcow.qcow2')
+    const d = await hostile('notqcow', (dir) => writeFile(join(dir, 'd.qcow2'), 'hello'))
+    await refused(d, 'UNSAFE_IMAGE', 'unreadable')
   })
 
   it('refuses a chain whose virtual sizes differ', async () => {
-    await img(
-      ['create', '-q', '-f', 'qcow2', '-u', '-b', 'base.qcow2', '-F', 'qcow2', 'big.qcow2', '2M'],
-      bk,
+    const d = await hostile('big', (dir) =>
+      overlay(dir, 'd.qcow2', '../b-base/d.qcow2', 'qcow2', '2M'),
     )
-    await rejects('big.qcow2')
+    await refused(d, 'UNSAFE_IMAGE', 'size')
+  })
+
+  it('reports a missing backing image as such', async () => {
+    const d = await hostile('missing', (dir) => overlay(dir, 'd.qcow2', '../b-gone/d.qcow2'))
+    await refused(d, 'IMAGE_INVALID')
   })
 })

@@ -1,11 +1,15 @@
 /** `guestbackup backup`: back up one offline VM (disk images) or one container directory. */
-import { readFile, stat } from 'node:fs/promises'
+import { stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { BackupError } from '../../errors.ts'
+import { readInputFile } from '../../io/beneath.ts'
 import type { Guest } from '../../host/runner.ts'
 import { runBackupJob } from '../../host/runner.ts'
 import { inspectDisk } from '../../host/disks.ts'
 import type { Logger } from '../../log.ts'
+import { CONFIG_MAX_BYTES } from '../../provider/directory/restore.ts'
 import { openStore } from '../../provider/directory/store.ts'
+import { insideOrSame, realPathOf } from '../paths.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 
 /** Options of the backup command as commander parses them. */
@@ -21,18 +25,45 @@ export interface BackupCommandOptions {
   qga?: string
   device?: string[]
   fleecingDir?: string
+  allowHostRoot?: boolean
   bwlimit?: number
   json?: boolean
 }
 
-const readText = async (path: string, what: string): Promise<string> => {
-  try {
-    return await readFile(path, 'utf8')
-  } catch (e) {
-    throw new BackupError('USAGE', `cannot read ${what} ${path}: ${(e as Error).message}`, {
-      cause: e,
-    })
+const readText = (path: string, what: string): Promise<string> =>
+  readInputFile(path, what, CONFIG_MAX_BYTES)
+
+/**
+ * Excludes that keep guestbackup's own directories (the store, the temp dir) out of a container
+ * backup whose root contains them, as anchored vzdump patterns; `/` itself is refused unless
+ * forced, and a root inside the store is refused.
+ */
+const ownDirExcludes = async (
+  rootfs: string,
+  own: readonly (readonly [string, string])[],
+  allowHostRoot: boolean,
+): Promise<{ excludes: string[]; notes: string[] }> => {
+  const root = await realPathOf(rootfs)
+  if (root === '/' && !allowHostRoot) {
+    throw new BackupError(
+      'USAGE',
+      `--rootfs ${rootfs} is the host's root directory: give --allow-host-root to back it up`,
+    )
   }
+  const excludes: string[] = []
+  const notes: string[] = []
+  for (const [what, path] of own) {
+    const real = await realPathOf(path)
+    if (what === 'store' && insideOrSame(root, real)) {
+      throw new BackupError('USAGE', `--rootfs ${rootfs} is inside the ${what} ${path}`)
+    }
+    if (!insideOrSame(real, root)) continue
+    const rel = real.slice(root === '/' ? 0 : root.length)
+    if (rel === '') continue
+    excludes.push(rel)
+    notes.push(`the ${what} ${real} is inside the container root: excluded`)
+  }
+  return { excludes, notes }
 }
 
 /** Run the backup command; returns the process exit code. */
@@ -58,8 +89,11 @@ export const backupCommand = async (
       '--qga, --device and --fleecing-dir apply to running VMs (--qmp) only',
     )
   }
-  if (o.exclude !== undefined && o.rootfs === undefined) {
-    throw new BackupError('USAGE', '--exclude applies to container backups (--rootfs) only')
+  if ((o.exclude !== undefined || o.allowHostRoot === true) && o.rootfs === undefined) {
+    throw new BackupError(
+      'USAGE',
+      '--exclude and --allow-host-root apply to container backups (--rootfs) only',
+    )
   }
   for (const [flag, path] of [
     ['--qmp', o.qmp],
@@ -88,12 +122,21 @@ export const backupCommand = async (
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }
   } else if (o.rootfs !== undefined) {
+    const own = await ownDirExcludes(
+      o.rootfs,
+      [
+        ['store', o.store],
+        ['temporary directory', tmpdir()],
+      ],
+      o.allowHostRoot === true,
+    )
+    for (const n of own.notes) logger.warn(n)
     guest = {
       type: 'lxc',
       vmid: o.vmid,
       config,
       rootfs: o.rootfs,
-      excludes: o.exclude ?? [],
+      excludes: [...(o.exclude ?? []), ...own.excludes],
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }
   } else {

@@ -1,11 +1,13 @@
 /** `guestbackup restore`: restore a backup into a directory. */
 import { join } from 'node:path'
+import { BackupError } from '../../errors.ts'
 import { restoreBackup } from '../../host/restore.ts'
 import { TaskLog } from '../../host/task-log.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import type { Logger } from '../../log.ts'
 import { parseVolname } from '../../provider/directory/layout.ts'
 import { openStore } from '../../provider/directory/store.ts'
+import { insideOrSame, realPathOf } from '../paths.ts'
 
 /** Run the restore command; returns the exit code. */
 export const restoreCommand = async (
@@ -17,6 +19,10 @@ export const restoreCommand = async (
   const volname = stripStoreId(volume)
   parseVolname(volname)
   const storage = await openStore(o.store)
+  const [target, store] = [await realPathOf(o.target), await realPathOf(o.store)]
+  if (insideOrSame(target, store) || insideOrSame(store, target)) {
+    throw new BackupError('USAGE', `restore target ${o.target} overlaps the store ${o.store}`)
+  }
   await using tmp = await makeTempDir('guestbackup-restore-')
   const log = new TaskLog(join(tmp.path, 'restore.log'), logger)
   const provider = storage.newBackupProvider((level, msg) => {

@@ -3,12 +3,11 @@
  * last *successful* backup to this store, so the base must be the newest committed backup of
  * the guest, it must hold the device with the same size, and its chain must be intact.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { toBackupError } from '../../errors.ts'
-import { MAX_CHAIN_DEPTH, validateChain } from '../../qemu/chain.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { MAX_CHAIN_DEPTH, openChain } from '../../qemu/chain.ts'
+import { BACKUP_DIR_RE } from './layout.ts'
 import { listGuestBackups } from './scan.ts'
-import type { StoreLayout } from './layout.ts'
 
 /** The result of {@link findIncrementalBase}. */
 export type IncrementalBase =
@@ -16,6 +15,10 @@ export type IncrementalBase =
       kind: 'base'
       /** Volume name of the base backup. */
       volname: string
+      /** Directory name of the base backup in the guest directory. */
+      dirName: string
+      /** Image file of the device in the base backup. */
+      file: string
       /** Bitmap generation the base recorded as its successor. */
       generation: string
       /** Backing file name relative to the new backup dir. */
@@ -27,15 +30,15 @@ export type IncrementalBase =
 
 /** Find the base for an incremental backup of `device`, or say why a full one is needed. */
 export const findIncrementalBase = async (
-  layout: StoreLayout,
+  guest: Dir,
   vmid: number,
   device: string,
   size: number,
   generation: string | undefined,
 ): Promise<IncrementalBase> => {
-  const forced = await readForceFull(layout, vmid)
+  const forced = await readForceFull(guest)
   if (forced !== undefined) return { kind: 'full', reason: `a full backup was forced: ${forced}` }
-  const backups = await listGuestBackups(layout, vmid, 'qemu')
+  const backups = await listGuestBackups(guest, vmid, 'qemu')
   const newest = backups[0]
   if (newest === undefined) return { kind: 'full', reason: 'no previous backup' }
   if (newest.manifest === undefined) {
@@ -58,17 +61,21 @@ export const findIncrementalBase = async (
     }
   }
   try {
-    const chain = await validateChain(join(newest.dir, disk.file), layout.guestDir(vmid))
+    await using chain = await openChain(guest, newest.ref.dirName, disk.file, {
+      dirName: BACKUP_DIR_RE,
+    })
     // Restore validates chains up to MAX_CHAIN_DEPTH images: start a new chain before that.
-    if (chain.length >= MAX_CHAIN_DEPTH) {
+    if (chain.links.length >= MAX_CHAIN_DEPTH) {
       return { kind: 'full', reason: `the chain reached ${MAX_CHAIN_DEPTH} backups` }
     }
     return {
       kind: 'base',
       volname: newest.ref.volname,
+      dirName: newest.ref.dirName,
+      file: disk.file,
       generation,
       relativePath: `../${newest.ref.dirName}/${disk.file}`,
-      depth: chain.length,
+      depth: chain.links.length,
     }
   } catch (e) {
     return {
@@ -79,31 +86,24 @@ export const findIncrementalBase = async (
 }
 
 /** Marker file forcing the next VM backup of a guest to be full (after a failed verification). */
-const forceFullFile = (layout: StoreLayout, vmid: number): string =>
-  join(layout.guestDir(vmid), 'force-full')
+const FORCE_FULL = 'force-full'
 
-/** The reason a full backup is forced, if one is. */
-export const readForceFull = async (
-  layout: StoreLayout,
-  vmid: number,
-): Promise<string | undefined> => {
+/** The reason a full backup is forced, if one is. Anything but a small regular file forces. */
+export const readForceFull = async (guest: Dir): Promise<string | undefined> => {
   try {
-    return (await readFile(forceFullFile(layout, vmid), 'utf8')).trim() || 'requested'
-  } catch {
-    return undefined
+    const text = await guest.tryReadFile(FORCE_FULL, 64 * 1024)
+    return text === undefined ? undefined : text.trim() || 'requested'
+  } catch (e) {
+    return `unusable ${FORCE_FULL} marker: ${toBackupError(e).message}`
   }
 }
 
 /** Force the next VM backup of the guest to be full. */
-export const forceFull = async (
-  layout: StoreLayout,
-  vmid: number,
-  reason: string,
-): Promise<void> => {
-  await writeFile(forceFullFile(layout, vmid), `${reason}\n`, { mode: 0o600 })
+export const forceFull = async (guest: Dir, reason: string): Promise<void> => {
+  await guest.writeFileAtomic(FORCE_FULL, `${reason}\n`)
 }
 
 /** Clear {@link forceFull} (after a full backup was committed). */
-export const clearForceFull = async (layout: StoreLayout, vmid: number): Promise<void> => {
-  await rm(forceFullFile(layout, vmid), { force: true })
+export const clearForceFull = async (guest: Dir): Promise<void> => {
+  await guest.removeTree(FORCE_FULL)
 }

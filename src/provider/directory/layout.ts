@@ -10,9 +10,9 @@
  * <path>/<vmid>/<type>-<time>.failed/backup.log   the log of a failed backup
  * ```
  */
-import { join } from 'node:path'
 import type { GuestType } from '../../api/provider.ts'
 import { BackupError } from '../../errors.ts'
+import { Dir } from '../../io/beneath.ts'
 
 /** `<type>-<YYYY-MM-DDTHH:MM:SSZ>`: the name of a backup directory. */
 export const BACKUP_DIR_RE = /^(qemu|lxc)-(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)$/
@@ -72,28 +72,39 @@ export const parseVolname = (volname: string): VolumeRef => {
   return volumeRef(Number(m[1]), m[3] as GuestType, ctime)
 }
 
-/** Paths of one store. */
+/** Name of a guest directory in the store root. */
+export const GUEST_DIR_RE = /^[1-9]\d{0,8}$/
+
+/** Journal of a removal in progress in a guest directory (see `merge.ts`). */
+export const JOURNAL = '.removing.json'
+
+/**
+ * Names of one store. The root is the administrator's path; everything below it is reached
+ * through {@link Dir} handles, one plain name at a time, never by joined paths.
+ */
 export class StoreLayout {
   readonly root: string
   constructor(root: string) {
     this.root = root
   }
-  guestDir(vmid: number): string {
-    return join(this.root, String(vmid))
+  /** Open the store root. */
+  openRoot(): Promise<Dir> {
+    return Dir.open(this.root)
   }
-  backupDir(ref: VolumeRef): string {
-    return join(this.root, String(ref.vmid), ref.dirName)
+  /** Open (or with `create`, create) the directory of a guest. */
+  openGuest(root: Dir, vmid: number, create = false): Promise<Dir> {
+    return root.openDir(String(vmid), create ? { create: 0o700 } : {})
   }
-  partialDir(ref: VolumeRef): string {
-    return join(this.root, String(ref.vmid), `.partial-${ref.dirName}`)
+  partialName(ref: VolumeRef): string {
+    return `.partial-${ref.dirName}`
   }
-  failedDir(ref: VolumeRef): string {
-    return join(this.root, String(ref.vmid), `${ref.dirName}.failed`)
+  failedName(ref: VolumeRef): string {
+    return `${ref.dirName}.failed`
   }
-  notesFile(ref: VolumeRef): string {
-    return join(this.root, String(ref.vmid), `${ref.dirName}.notes`)
+  notesName(ref: VolumeRef): string {
+    return `${ref.dirName}.notes`
   }
-  protectedFile(ref: VolumeRef): string {
-    return join(this.root, String(ref.vmid), `${ref.dirName}.protected`)
+  protectedName(ref: VolumeRef): string {
+    return `${ref.dirName}.protected`
   }
 }

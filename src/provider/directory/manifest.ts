@@ -2,23 +2,33 @@
  * `manifest.json`: the last file written into a backup. It describes every file of the backup
  * and is what `list`, restore and incrementals trust (after checking it against the files).
  */
-import { readFile, writeFile, rename, open } from 'node:fs/promises'
-import { join } from 'node:path'
 import { z } from 'zod'
+import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
 import { BackupError } from '../../errors.ts'
-import { MANIFEST } from './layout.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { MANIFEST, VOLNAME_RE } from './layout.ts'
+import type { VolumeRef } from './layout.ts'
+
+/** Upper bound of a manifest's size: a manifest is a few KiB; anything larger is not ours. */
+export const MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+
+// Every name read from a manifest becomes part of a path or is shown to the user: each is
+// checked against the strict pattern of its kind before anything uses it.
+const FileName = z.string().regex(BACKUP_FILE_RE, 'not a plain file name')
+const Volname = z.string().regex(VOLNAME_RE, 'not a volume name')
+const Device = z.string().regex(DEVICE_NAME_RE, 'not a device name')
 
 /** Format version of the manifest. */
 export const MANIFEST_VERSION = 1
 
 const DiskSchema = z.strictObject({
   /** File name inside the backup dir, `<device>.qcow2`. */
-  file: z.string(),
+  file: FileName,
   format: z.literal('qcow2'),
   /** Virtual size in bytes. */
   size: z.number().int().nonnegative(),
   /** Volume name of the backup whose image is the backing file, for incrementals. */
-  parent: z.string().optional(),
+  parent: Volname.optional(),
   /** Generation id of the bitmap this backup read (incrementals). */
   bitmap: z.string().optional(),
   /** Generation id of the bitmap started at this backup's instant: the next incremental's. */
@@ -39,19 +49,19 @@ export const ManifestSchema = z.strictObject({
   /** Backup time, Unix seconds. */
   ctime: z.number().int().nonnegative(),
   /** Archive name `<vmid>/<type>-<time>`. */
-  archiveName: z.string(),
+  archiveName: z.string().regex(/^[1-9]\d{0,8}\/(qemu|lxc)-[0-9TZ:-]+$/),
   /** When the backup was committed (ISO time). */
   completed: z.string(),
   /** Files of the backup with their sizes in bytes (apparent). */
-  files: z.record(z.string(), z.number().int().nonnegative()),
+  files: z.record(FileName, z.number().int().nonnegative()),
   /** Volume name this backup depends on (any disk has it as backing), if any. */
-  parent: z.string().optional(),
+  parent: Volname.optional(),
   /** VM disks keyed by device name. */
-  disks: z.record(z.string(), DiskSchema).optional(),
+  disks: z.record(Device, DiskSchema).optional(),
   /** Container archive. */
   container: z
     .strictObject({
-      file: z.string(),
+      file: z.enum(['archive.tar', 'archive.sqfs']),
       format: z.enum(['tar', 'squashfs']),
       excludes: z.array(z.string()),
     })
@@ -70,41 +80,52 @@ export type Manifest = z.infer<typeof ManifestSchema>
 /** Disk entry of a manifest. */
 export type ManifestDisk = z.infer<typeof DiskSchema>
 
-/** Read and validate the manifest of a backup dir; `ARCHIVE_INVALID` if absent or broken. */
-export const readManifest = async (dir: string): Promise<Manifest> => {
+/**
+ * Read and validate the manifest of a backup dir; with `ref`, it must describe that backup (its
+ * vmid, type, time and archive name), every disk file must be `<device>.qcow2`, every parent a
+ * backup of the same guest and type. `ARCHIVE_INVALID` if absent or broken.
+ */
+export const readManifest = async (dir: Dir, ref?: VolumeRef): Promise<Manifest> => {
   let text: string
   try {
-    text = await readFile(join(dir, MANIFEST), 'utf8')
+    text = await dir.readFile(MANIFEST, MANIFEST_MAX_BYTES)
   } catch (e) {
-    throw new BackupError('ARCHIVE_INVALID', `backup ${dir} has no manifest`, { cause: e })
+    throw new BackupError('ARCHIVE_INVALID', `backup ${dir.label} has no readable manifest`, {
+      cause: e,
+    })
   }
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (e) {
-    throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir} is not JSON`, { cause: e })
+    throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} is not JSON`, { cause: e })
   }
   const r = ManifestSchema.safeParse(json)
   if (!r.success) {
-    throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir} is invalid`, { cause: r.error })
+    throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} is invalid`, {
+      cause: r.error,
+    })
   }
-  return r.data
+  const m = r.data
+  const bad = (why: string): BackupError =>
+    new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} ${why}`)
+  if (ref !== undefined) {
+    if (m.vmid !== ref.vmid || m.type !== ref.subtype || m.archiveName !== ref.archiveName) {
+      throw bad('names another backup')
+    }
+    const sameGuest = (v: string): boolean =>
+      // An older backup of the same guest and type (the fixed-width UTC times sort as text).
+      v.startsWith(`backup/${ref.vmid}/${ref.subtype}-`) && v < ref.volname
+    if (m.parent !== undefined && !sameGuest(m.parent)) throw bad('names a foreign parent')
+    for (const [device, d] of Object.entries(m.disks ?? {})) {
+      if (d.file !== `${device}.qcow2`) throw bad(`names file ${d.file} for ${device}`)
+      if (d.parent !== undefined && !sameGuest(d.parent)) throw bad('names a foreign parent')
+    }
+  }
+  return m
 }
 
-/** Write a file durably: temp file, fsync, rename. */
-export const writeFileDurable = async (path: string, data: string): Promise<void> => {
-  const tmp = `${path}.tmp`
-  await writeFile(tmp, data, { mode: 0o600 })
-  const fh = await open(tmp, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await rename(tmp, path)
-}
-
-/** Write the manifest (durably) into a backup dir. */
-export const writeManifest = async (dir: string, m: Manifest): Promise<void> => {
-  await writeFileDurable(join(dir, MANIFEST), `${JSON.stringify(m, null, 2)}\n`)
+/** Write the manifest (atomically and durably) into a backup dir. */
+export const writeManifest = async (dir: Dir, m: Manifest): Promise<void> => {
+  await dir.writeFileAtomic(MANIFEST, `${JSON.stringify(m, null, 2)}\n`)
 }

@@ -5,8 +5,7 @@
  * is built in a hidden `.partial-*` dir and renamed into place only by `backupCleanup(success)`,
  * after `manifest.json` is written, so no half backup is ever listed.
  */
-import { chown, copyFile, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdir } from 'node:fs/promises'
 import type {
   BackupCleanupResult,
   BackupInfo,
@@ -20,7 +19,9 @@ import type {
   VmVolume,
   VolumeSize,
 } from '../../api/provider.ts'
+import { DEVICE_NAME_RE } from '../../api/names.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
 import { TokenBucket } from '../../io/throttle.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock } from '../../io/lock.ts'
@@ -28,13 +29,14 @@ import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
 import { volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
+import { resumeRemoval } from './merge.ts'
 import { writeManifest } from './manifest.ts'
 import type { Manifest, ManifestDisk } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryRestore } from './restore.ts'
 import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
-import { allocatedBytes, fileSizes, syncDir } from './fsutil.ts'
+import { allocatedBytes, fileSizes } from './fsutil.ts'
 import { backupDisk } from './vm-disk.ts'
 
 /** Progress of one disk or archive, reported through {@link ProgressInfo}. */
@@ -52,7 +54,9 @@ export interface ProgressInfo {
 
 interface GuestState {
   ref: VolumeRef
-  partial: string
+  /** The guest directory and the partial backup directory, open while the backup runs. */
+  guest: Dir
+  partial: Dir
   lock: GuestLock
   committed: boolean
   manifest?: Omit<Manifest, 'files' | 'completed'>
@@ -63,28 +67,29 @@ interface GuestState {
 /** The directory provider. One instance per job or restore. */
 export class DirectoryProvider extends DirectoryRestore implements BackupProvider {
   readonly name = 'guestbackup directory provider'
+  readonly #layout: StoreLayout
   readonly #options: StoreOptions
   readonly #log: ProviderLogFunction
   readonly #guests = new Map<number, GuestState>()
 
   constructor(layout: StoreLayout, options: StoreOptions, log: ProviderLogFunction) {
     super(layout, log)
+    this.#layout = layout
     this.#options = options
     this.#log = log
   }
 
   /** Checks the store is usable. No kernel module, no NBD slots: nothing else to prepare. */
   async jobInit(startTime: number): Promise<void> {
-    await mkdir(this.layout.root, { recursive: true })
+    await mkdir(this.#layout.root, { recursive: true, mode: 0o700 })
     this.#log('info', `job started at ${new Date(startTime * 1000).toISOString()}`)
   }
 
   async jobCleanup(): Promise<void> {
     // Release what a failed guest may have left behind; idempotent (may run twice).
     for (const [vmid, g] of this.#guests) {
-      if (!g.committed) await rm(g.partial, { recursive: true, force: true })
-      await g.lock.release()
-      this.#guests.delete(vmid)
+      if (!g.committed) await g.guest.removeTree(this.#layout.partialName(g.ref))
+      await this.#release(vmid, g)
     }
   }
 
@@ -92,24 +97,36 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     if (this.#guests.has(vmid)) {
       throw new BackupError('LOCKED', `a backup of guest ${vmid} is already running in this job`)
     }
-    const guestDir = this.layout.guestDir(vmid)
-    await mkdir(guestDir, { recursive: true, mode: 0o700 })
-    const lock = await lockGuest(guestDir)
+    let guest: Dir
+    {
+      await using root = await this.#layout.openRoot()
+      guest = await this.#layout.openGuest(root, vmid, true)
+    }
+    let lock: GuestLock | undefined
+    let partial: Dir | undefined
     try {
+      lock = await lockGuest(guest)
+      // We hold the guest lock: a removal journal or a partial backup left is a killed run's.
+      await resumeRemoval(this.#layout, guest, { log: this.#log })
+      for (const e of await guest.list()) {
+        if (e.name.startsWith('.partial-')) await guest.removeTree(e.name)
+      }
       let ref = volumeRef(vmid, vmtype, startTime)
       // Two backups in the same second: take the next free second rather than overwrite.
-      for (let t = startTime; await this.exists(ref); t++) ref = volumeRef(vmid, vmtype, t + 1)
-      const partial = this.layout.partialDir(ref)
-      // We hold the guest lock: any partial backup left is from a killed run.
-      for (const name of await readdir(guestDir)) {
-        if (name.startsWith('.partial-'))
-          await rm(join(guestDir, name), { recursive: true, force: true })
+      for (let t = startTime; (await guest.lstat(ref.dirName)) !== undefined; t++) {
+        ref = volumeRef(vmid, vmtype, t + 1)
       }
-      await mkdir(partial, { mode: 0o700 })
-      this.#guests.set(vmid, { ref, partial, lock, committed: false, bases: {} })
+      const name = this.#layout.partialName(ref)
+      if (!(await guest.mkdir(name, 0o700))) {
+        throw new BackupError('IO', `${guest.labelOf(name)} appeared while starting the backup`)
+      }
+      partial = await guest.openDir(name)
+      this.#guests.set(vmid, { ref, guest, partial, lock, committed: false, bases: {} })
       return { archiveName: ref.archiveName }
     } catch (e) {
-      await lock.release()
+      await partial?.close()
+      await lock?.release()
+      await guest.close()
       throw e
     }
   }
@@ -128,7 +145,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     const answer: Record<string, IncrementalQuery> = {}
     for (const [device, { size, bitmapGeneration }] of Object.entries(volumes)) {
-      const base = await findIncrementalBase(this.layout, vmid, device, size, bitmapGeneration)
+      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration)
       if (base.kind === 'base') {
         g.bases[device] = base
         answer[device] = 'use'
@@ -154,7 +171,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     for (const device of Object.keys(volumes).sort()) {
       const volume = volumes[device]
       if (volume === undefined) continue
-      assertDeviceName(device)
+      if (!DEVICE_NAME_RE.test(device)) {
+        throw new BackupError('PROVIDER_FAILED', `invalid device name '${device}'`)
+      }
       let base = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
       if (volume.bitmapMode === 'reuse' && base === undefined) {
         this.#log('warn', `${device}: the host reused a bitmap this store did not ask for: full`)
@@ -175,7 +194,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           dir: g.partial,
           device,
           volume: vol,
-          backing: base?.relativePath,
+          base: base === undefined ? undefined : { guest: g.guest, ...base },
           bucket,
           onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
           sampleBlocks: this.#options['incremental-sample'],
@@ -185,7 +204,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           signal: info.signal,
         })
       } catch (e) {
-        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(this.layout, vmid, e.message)
+        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(g.guest, e.message)
         throw e
       }
       this.#log(
@@ -217,7 +236,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     // The archive is written as the container's mapped root (Proxmox runs backupContainer in a
     // user namespace), so it must own the partial dir.
-    await chown(g.partial, info.backupUserId, -1)
+    await g.partial.chown(info.backupUserId, -1)
   }
 
   async backupContainer(
@@ -236,7 +255,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         directory: info.directory,
         sources: info.sources,
         excludes: excludePatterns,
-        output: join(g.partial, 'archive.tar'),
+        output: g.partial.at('archive.tar'),
         bandwidth: bucket,
         signal: info.signal,
       })
@@ -245,7 +264,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       const r = await createSquashfs({
         directory: info.directory,
         excludes: excludePatterns,
-        output: join(g.partial, 'archive.sqfs'),
+        output: g.partial.at('archive.sqfs'),
         signal: info.signal,
       })
       warnings.push(...r.warnings)
@@ -275,22 +294,21 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           'info',
           `discarding the partial backup (${info.error ?? 'no data was backed up'})`,
         )
-        await rm(g.partial, { recursive: true, force: true })
+        await g.guest.removeTree(this.#layout.partialName(g.ref))
         return undefined
       }
       const files = await fileSizes(g.partial)
       await writeManifest(g.partial, { ...g.manifest, files, completed: new Date().toISOString() })
-      await syncDir(g.partial)
-      const final = this.layout.backupDir(g.ref)
-      await rename(g.partial, final)
-      await syncDir(this.layout.guestDir(vmid))
+      await g.partial.sync()
+      await g.guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
+      await g.guest.sync()
       g.committed = true
       if (g.ref.subtype === 'qemu' && g.manifest.parent === undefined) {
-        await clearForceFull(this.layout, vmid)
+        await clearForceFull(g.guest)
       }
-      return { stats: { archiveSize: await allocatedBytes(final) } }
+      return { stats: { archiveSize: await allocatedBytes(g.partial) } }
     } catch (e) {
-      await rm(g.partial, { recursive: true, force: true })
+      if (!g.committed) await g.guest.removeTree(this.#layout.partialName(g.ref))
       throw toBackupError(e)
     }
   }
@@ -299,13 +317,21 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return
     try {
-      const dir = g.committed ? this.layout.backupDir(g.ref) : this.layout.failedDir(g.ref)
-      await mkdir(dir, { recursive: true, mode: 0o700 })
-      await copyFile(filename, join(dir, 'backup.log'))
+      await using dir = g.committed
+        ? await g.guest.openDir(g.ref.dirName)
+        : await g.guest.openDir(this.#layout.failedName(g.ref), { create: 0o700 })
+      await dir.unlink('backup.log')
+      await dir.copyIn(filename, 'backup.log')
     } finally {
-      await g.lock.release()
-      this.#guests.delete(vmid)
+      await this.#release(vmid, g)
     }
+  }
+
+  async #release(vmid: number, g: GuestState): Promise<void> {
+    this.#guests.delete(vmid)
+    await g.lock.release()
+    await g.partial.close()
+    await g.guest.close()
   }
 
   #guest(vmid: number): GuestState {
@@ -317,9 +343,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   }
 
   async #writeConfigs(g: GuestState, guestConfig: string, info: BackupInfo): Promise<void> {
-    await writeFile(join(g.partial, 'guest.conf'), guestConfig, { mode: 0o600 })
+    await g.partial.writeFileAtomic('guest.conf', guestConfig)
     if (info.firewallConfig !== undefined) {
-      await writeFile(join(g.partial, 'firewall.conf'), info.firewallConfig, { mode: 0o600 })
+      await g.partial.writeFileAtomic('firewall.conf', info.firewallConfig)
     }
   }
 
@@ -338,12 +364,5 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       warnings: [],
       ...extra,
     }
-  }
-}
-
-/** Device names become file names: allow only what Proxmox device names use. */
-const assertDeviceName = (device: string): void => {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(device)) {
-    throw new BackupError('PROVIDER_FAILED', `invalid device name '${device}'`)
   }
 }

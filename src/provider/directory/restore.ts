@@ -1,12 +1,13 @@
 /**
  * The restore half of the directory provider. VM disks: the stored qcow2 chain is validated as
- * untrusted (every level inside the guest dir, qcow2 backing format, no data file, no protocol,
- * no loop) and then served read-only by qemu-nbd from an explicit `json:` chain spec that
- * ignores the header names, as raw data on a private unix socket (Proxmox's example bypassed this
- * check with a kernel NBD device; we never use one). Containers: the tar archive as is, or the
- * squashfs image mounted with squashfuse (no loop device, no mount).
+ * untrusted (`openChain`: every level a regular file in a backup directory of the guest, reached
+ * without following links, qcow2 backing format, no data file, no protocol, no loop) and then
+ * served read-only by qemu-nbd from an explicit `json:` chain spec naming the pinned files, as
+ * raw data on a private unix socket (Proxmox's example bypassed this check with a kernel NBD
+ * device; we never use one). Containers: the tar archive as is, or the squashfs image mounted
+ * with squashfuse (no loop device, no mount), both pinned until the restore's cleanup.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type {
   CallOptions,
@@ -17,74 +18,100 @@ import type {
   VolumeSize,
 } from '../../api/provider.ts'
 import { mountSquashfs } from '../../archive/squashfs.ts'
-import { BackupError } from '../../errors.ts'
+import { BackupError, isBackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
-import { chainJson, validateChain } from '../../qemu/chain.ts'
+import { chainJson, openChain } from '../../qemu/chain.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
-import type { QemuNbd } from '../../qemu/nbd-server.ts'
-import { MANIFEST, parseVolname } from './layout.ts'
+import { BACKUP_DIR_RE, parseVolname } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest } from './manifest.ts'
 import type { Manifest } from './manifest.ts'
-import { pathExists } from './fsutil.ts'
+
+/** Upper bound of a stored guest or firewall config (they are a few KiB). */
+export const CONFIG_MAX_BYTES = 1024 * 1024
+
+/** An opened committed backup: its guest directory, its directory and its manifest. */
+interface OpenBackup extends AsyncDisposable {
+  ref: VolumeRef
+  guest: Dir
+  dir: Dir
+  m: Manifest
+}
 
 /** Restore calls and archive config access of the directory provider. */
 export class DirectoryRestore {
-  /** The store's layout. */
-  protected readonly layout: StoreLayout
+  readonly #layout: StoreLayout
   readonly #log: ProviderLogFunction
-  readonly #servers = new Map<string, QemuNbd>()
-  readonly #mounts = new Map<string, AsyncDisposable>()
+  /** What a restore holds until its cleanup call: servers, mounts, pinned files. */
+  readonly #held = new Map<string, AsyncDisposable[]>()
 
   constructor(layout: StoreLayout, log: ProviderLogFunction) {
-    this.layout = layout
+    this.#layout = layout
     this.#log = log
   }
 
-  /** True if a committed backup with this reference exists. */
-  protected async exists(ref: VolumeRef): Promise<boolean> {
-    return pathExists(this.layout.backupDir(ref))
+  /** Resolve a volume name to a committed backup and its manifest; `NOT_FOUND` otherwise. */
+  async #open(volname: string): Promise<OpenBackup> {
+    const ref = parseVolname(volname)
+    const missing = (): BackupError =>
+      new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
+    await using root = await this.#layout.openRoot()
+    const guest = await root.tryOpenDir(String(ref.vmid))
+    if (guest === undefined) throw missing()
+    let dir: Dir | undefined
+    try {
+      dir = await guest.tryOpenDir(ref.dirName)
+      if (dir === undefined || (await dir.lstat('manifest.json')) === undefined) throw missing()
+      const m = await readManifest(dir, ref)
+      const close = async (): Promise<void> => {
+        await dir?.close()
+        await guest.close()
+      }
+      return { ref, guest, dir, m, [Symbol.asyncDispose]: close }
+    } catch (e) {
+      await dir?.close()
+      await guest.close()
+      throw e
+    }
   }
 
-  /** Resolve a volume name to a committed backup and its manifest; `NOT_FOUND` otherwise. */
-  protected async open(volname: string): Promise<{ ref: VolumeRef; dir: string; m: Manifest }> {
-    const ref = parseVolname(volname)
-    const dir = this.layout.backupDir(ref)
-    if (!(await pathExists(join(dir, MANIFEST)))) {
-      throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
-    }
-    const m = await readManifest(dir)
-    if (m.vmid !== ref.vmid || m.type !== ref.subtype || m.archiveName !== ref.archiveName) {
-      throw new BackupError('ARCHIVE_INVALID', `manifest of ${volname} names another backup`)
-    }
-    return { ref, dir, m }
+  #hold(key: string, what: AsyncDisposable): void {
+    const list = this.#held.get(key) ?? []
+    list.push(what)
+    this.#held.set(key, list)
+  }
+
+  async #release(key: string): Promise<void> {
+    const list = this.#held.get(key) ?? []
+    this.#held.delete(key)
+    for (const h of list.reverse()) await h[Symbol.asyncDispose]()
   }
 
   async restoreGetMechanism(volname: string): Promise<RestoreMechanism> {
-    const { m } = await this.open(volname)
-    if (m.type === 'qemu') return { mechanism: 'qemu-img', vmtype: 'qemu' }
-    if (m.container?.format === 'squashfs') return { mechanism: 'directory', vmtype: 'lxc' }
+    await using b = await this.#open(volname)
+    if (b.m.type === 'qemu') return { mechanism: 'qemu-img', vmtype: 'qemu' }
+    if (b.m.container?.format === 'squashfs') return { mechanism: 'directory', vmtype: 'lxc' }
     return { mechanism: 'tar', vmtype: 'lxc' }
   }
 
   async archiveGetGuestConfig(volname: string): Promise<string> {
-    const { dir } = await this.open(volname)
-    try {
-      return await readFile(join(dir, 'guest.conf'), 'utf8')
-    } catch (e) {
-      throw new BackupError('ARCHIVE_INVALID', `backup ${volname} has no guest config`, {
-        cause: e,
-      })
-    }
+    await using b = await this.#open(volname)
+    return await this.#readConfig(b, 'guest.conf', 'guest config')
   }
 
   async archiveGetFirewallConfig(volname: string): Promise<string | undefined> {
-    const { dir, m } = await this.open(volname)
-    if (!m.firewall) return undefined
+    await using b = await this.#open(volname)
+    if (!b.m.firewall) return undefined
+    return await this.#readConfig(b, 'firewall.conf', 'firewall config')
+  }
+
+  async #readConfig(b: OpenBackup, name: string, what: string): Promise<string> {
     try {
-      return await readFile(join(dir, 'firewall.conf'), 'utf8')
+      return await b.dir.readFile(name, CONFIG_MAX_BYTES)
     } catch (e) {
-      throw new BackupError('ARCHIVE_INVALID', `firewall config of ${volname} is missing`, {
+      const why = isBackupError(e, 'NOT_FOUND') ? 'is missing' : 'is unusable'
+      throw new BackupError('ARCHIVE_INVALID', `the ${what} of ${b.ref.volname} ${why}`, {
         cause: e,
       })
     }
@@ -94,12 +121,12 @@ export class DirectoryRestore {
     volname: string,
     _opts: CallOptions,
   ): Promise<Readonly<Record<string, VolumeSize>>> {
-    const { m } = await this.open(volname)
-    if (m.type !== 'qemu' || m.disks === undefined) {
+    await using b = await this.#open(volname)
+    if (b.m.type !== 'qemu' || b.m.disks === undefined) {
       throw new BackupError('USAGE', `${volname} is not a VM backup`)
     }
     const out: Record<string, VolumeSize> = {}
-    for (const [device, d] of Object.entries(m.disks)) out[device] = { size: d.size }
+    for (const [device, d] of Object.entries(b.m.disks)) out[device] = { size: d.size }
     return out
   }
 
@@ -108,77 +135,76 @@ export class DirectoryRestore {
     deviceName: string,
     opts: CallOptions,
   ): Promise<RestoreVmVolume> {
-    const { ref, dir, m } = await this.open(volname)
-    const disk = m.disks?.[deviceName]
+    await using b = await this.#open(volname)
+    const disk = b.m.disks?.[deviceName]
     if (disk === undefined) {
       throw new BackupError('NOT_FOUND', `${volname} has no disk ${deviceName}`)
     }
-    const chain = await validateChain(
-      join(dir, disk.file),
-      this.layout.guestDir(ref.vmid),
-      opts.signal,
-    )
-    if (chain[0]?.virtualSize !== disk.size) {
-      throw new BackupError('ARCHIVE_INVALID', `${deviceName} size differs from the manifest`)
-    }
-    this.#log('info', `${deviceName}: chain of ${chain.length} image(s) verified`)
-    const server = await startQemuNbd({
-      image: chainJson(chain),
-      readOnly: true,
-      exportName: deviceName,
+    const chain = await openChain(b.guest, b.ref.dirName, disk.file, {
+      dirName: BACKUP_DIR_RE,
       signal: opts.signal,
     })
-    this.#servers.set(`${volname}\0${deviceName}`, server)
-    return { qemuImgPath: server.uri }
+    const key = `${volname}\0${deviceName}`
+    this.#hold(key, chain)
+    try {
+      if (chain.links[0]?.virtualSize !== disk.size) {
+        throw new BackupError('ARCHIVE_INVALID', `${deviceName} size differs from the manifest`)
+      }
+      this.#log('info', `${deviceName}: chain of ${chain.links.length} image(s) verified`)
+      const server = await startQemuNbd({
+        image: chainJson(chain.links),
+        readOnly: true,
+        exportName: deviceName,
+        signal: opts.signal,
+      })
+      this.#hold(key, server)
+      return { qemuImgPath: server.uri }
+    } catch (e) {
+      await this.#release(key)
+      throw e
+    }
   }
 
   async restoreVmVolumeCleanup(volname: string, deviceName: string): Promise<void> {
-    const key = `${volname}\0${deviceName}`
-    const server = this.#servers.get(key)
-    this.#servers.delete(key)
-    await server?.stop()
+    await this.#release(`${volname}\0${deviceName}`)
   }
 
   async restoreVmCleanup(volname: string): Promise<void> {
-    for (const [key, server] of this.#servers) {
-      if (key.startsWith(`${volname}\0`)) {
-        this.#servers.delete(key)
-        await server.stop()
-      }
+    for (const key of [...this.#held.keys()]) {
+      if (key.startsWith(`${volname}\0`)) await this.#release(key)
     }
   }
 
   async restoreContainerInit(volname: string, opts: CallOptions): Promise<RestoreContainer> {
-    const { dir, m } = await this.open(volname)
-    if (m.type !== 'lxc' || m.container === undefined) {
+    await using b = await this.#open(volname)
+    const c = b.m.container
+    if (b.m.type !== 'lxc' || c === undefined) {
       throw new BackupError('USAGE', `${volname} is not a container backup`)
     }
-    const file = join(dir, m.container.file)
-    if (!(await pathExists(file))) {
-      throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${m.container.file}`)
-    }
-    if (m.container.format === 'tar') return { tarPath: file }
-    const tmp = await makeTempDir('guestbackup-sqfs-')
-    const mnt = join(tmp.path, 'root')
-    await mkdir(mnt)
+    const pin = await b.dir.tryPin(c.file)
+    if (pin === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${c.file}`)
+    this.#hold(volname, pin)
     try {
-      const mount = await mountSquashfs(file, mnt, { signal: opts.signal })
-      this.#mounts.set(volname, {
+      if (c.format === 'tar') return { tarPath: pin.path }
+      const tmp = await makeTempDir('guestbackup-sqfs-')
+      this.#hold(volname, tmp)
+      const mnt = join(tmp.path, 'root')
+      await mkdir(mnt)
+      const mount = await mountSquashfs(pin.path, mnt, { signal: opts.signal })
+      this.#hold(volname, {
         [Symbol.asyncDispose]: async () => {
           await mount[Symbol.asyncDispose]()
-          await rm(tmp.path, { recursive: true, force: true })
+          await rm(mnt, { recursive: true, force: true })
         },
       })
       return { archiveDirectory: mnt }
     } catch (e) {
-      await tmp.remove()
+      await this.#release(volname)
       throw e
     }
   }
 
   async restoreContainerCleanup(volname: string): Promise<void> {
-    const mount = this.#mounts.get(volname)
-    this.#mounts.delete(volname)
-    await mount?.[Symbol.asyncDispose]()
+    await this.#release(volname)
   }
 }

@@ -1,11 +1,10 @@
 /**
  * The storage-plugin side of the directory store: list, size, prune, free, attributes. Unlike
  * Proxmox's example (which left prune, free, parent, notes and protected as TODOs), freeing a
- * backup that others build on first merges it into its dependants (`qemu-img rebase` in safe
- * mode onto its own parent), so no chain ever breaks.
+ * backup that others build on first merges it into its dependants, crash-safe (`merge.ts`), so
+ * no chain ever breaks. Everything below the store root is reached through {@link Dir}
+ * handles: nothing a writer of the store plants makes this code follow a link.
  */
-import { readFile, rm, stat, unlink, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import type { GuestType, ProviderLogFunction } from '../../api/provider.ts'
 import type {
   BackupStorage,
@@ -15,20 +14,22 @@ import type {
   PruneResultEntry,
   VolumeSizeInfo,
 } from '../../api/storage.ts'
-import { BackupError } from '../../errors.ts'
+import { BackupError, isBackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
-import { run } from '../../io/spawn.ts'
-import { validateChain } from '../../qemu/chain.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { planPrune } from '../../storage/prune.ts'
-import { allocatedBytes, pathExists } from './fsutil.ts'
+import { allocatedBytes } from './fsutil.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { readManifest, writeManifest } from './manifest.ts'
+import { freeBackup, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
-import { listGuestBackups, listGuestIds } from './scan.ts'
+import { listGuestBackups, listGuestIds, readBackup } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+
+/** Notes are a few lines of text (Proxmox keeps them in a `.notes` file too). */
+export const NOTES_MAX_BYTES = 64 * 1024
 
 /** The directory store. */
 export class DirectoryStorage implements BackupStorage {
@@ -59,13 +60,13 @@ export class DirectoryStorage implements BackupStorage {
 
   path(volname: string): { path: string; vmid: number; vtype: 'backup' } {
     const ref = parseVolname(volname)
-    return { path: this.#layout.backupDir(ref), vmid: ref.vmid, vtype: 'backup' }
+    return { path: `${this.#layout.root}/${ref.vmid}/${ref.dirName}`, vmid: ref.vmid, vtype: 'backup' }
   }
 
   async activateStorage(): Promise<void> {
     try {
-      const st = await stat(this.#layout.root)
-      if (!st.isDirectory()) throw new Error('not a directory')
+      const root = await this.#layout.openRoot()
+      await root.close()
     } catch (e) {
       throw new BackupError('STORE_INVALID', `store ${this.#layout.root} is unreachable`, {
         cause: e,
@@ -74,20 +75,25 @@ export class DirectoryStorage implements BackupStorage {
   }
 
   async listVolumes(opts: { vmid?: number; subtype?: GuestType } = {}): Promise<BackupVolume[]> {
-    const ids = opts.vmid === undefined ? await listGuestIds(this.#layout) : [opts.vmid]
+    await using root = await this.#layout.openRoot()
+    const ids = opts.vmid === undefined ? await listGuestIds(root) : [opts.vmid]
     const out: BackupVolume[] = []
     for (const vmid of ids) {
-      for (const b of await listGuestBackups(this.#layout, vmid, opts.subtype)) {
-        out.push(await this.#describe(b))
+      await using guest = await this.#tryGuest(root, vmid)
+      if (guest === undefined) continue
+      for (const b of await listGuestBackups(guest, vmid, opts.subtype)) {
+        out.push(await this.#describe(guest, b))
       }
     }
     return out
   }
 
   async volumeSizeInfo(volname: string): Promise<VolumeSizeInfo> {
-    const b = await this.#find(volname)
+    await using root = await this.#layout.openRoot()
+    const { guest, b } = await this.#find(root, volname)
+    await using _guest = guest
     const m = b.manifest
-    if (m === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no manifest`)
+    if (m === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no valid manifest`)
     let size = 0
     for (const [name, bytes] of Object.entries(m.files)) {
       const disk = Object.values(m.disks ?? {}).find((d) => d.file === name)
@@ -96,7 +102,7 @@ export class DirectoryStorage implements BackupStorage {
     return {
       size,
       format: 'directory',
-      used: await allocatedBytes(b.dir),
+      used: await this.#used(guest, b.ref),
       ...(m.parent ? { parent: this.#volid(m.parent) } : {}),
       ctime: b.ref.ctime,
     }
@@ -108,13 +114,11 @@ export class DirectoryStorage implements BackupStorage {
     volname: string,
     attribute: 'notes' | 'protected',
   ): Promise<string | boolean | undefined> {
-    const b = await this.#find(volname)
-    if (attribute === 'protected') return pathExists(this.#layout.protectedFile(b.ref))
-    try {
-      return await readFile(this.#layout.notesFile(b.ref), 'utf8')
-    } catch {
-      return undefined
-    }
+    await using root = await this.#layout.openRoot()
+    const { guest, b } = await this.#find(root, volname)
+    await using _guest = guest
+    if (attribute === 'protected') return await this.#isProtected(guest, b.ref)
+    return await this.#readNotes(guest, b.ref)
   }
 
   async updateVolumeAttribute(volname: string, attribute: 'notes', value: string): Promise<void>
@@ -128,19 +132,25 @@ export class DirectoryStorage implements BackupStorage {
     attribute: 'notes' | 'protected',
     value: string | boolean,
   ): Promise<void> {
-    const b = await this.#find(volname)
+    await using root = await this.#layout.openRoot()
+    const { guest, b } = await this.#find(root, volname)
+    await using _guest = guest
     if (attribute === 'notes') {
       const notes = String(value)
-      if (notes === '') await rm(this.#layout.notesFile(b.ref), { force: true })
-      else await writeFile(this.#layout.notesFile(b.ref), notes, { mode: 0o600 })
+      const name = this.#layout.notesName(b.ref)
+      if (Buffer.byteLength(notes) > NOTES_MAX_BYTES) {
+        throw new BackupError('USAGE', `notes are limited to ${NOTES_MAX_BYTES} bytes`)
+      }
+      if (notes === '') await guest.unlink(name)
+      else await guest.writeFileAtomic(name, notes)
       return
     }
-    const file = this.#layout.protectedFile(b.ref)
+    const name = this.#layout.protectedName(b.ref)
     if (value !== true) {
-      await rm(file, { force: true })
+      await guest.unlink(name)
       return
     }
-    if (await pathExists(file)) return
+    if (await this.#isProtected(guest, b.ref)) return
     const max = this.#options['max-protected-backups']
     if (max >= 0) {
       const same = await this.listVolumes({ vmid: b.ref.vmid, subtype: b.ref.subtype })
@@ -152,13 +162,16 @@ export class DirectoryStorage implements BackupStorage {
         )
       }
     }
-    await writeFile(file, '', { mode: 0o600 })
+    await guest.writeFileAtomic(name, '')
   }
 
   async freeImage(volname: string): Promise<void> {
     const ref = parseVolname(volname)
-    await using _lock = await lockGuest(this.#layout.guestDir(ref.vmid))
-    await this.#free(ref, undefined)
+    await using root = await this.#layout.openRoot()
+    await using guest = await this.#tryGuest(root, ref.vmid)
+    if (guest === undefined) throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
+    await using _lock = await lockGuest(guest)
+    await freeBackup(this.#layout, guest, ref)
   }
 
   async pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]> {
@@ -187,16 +200,24 @@ export class DirectoryStorage implements BackupStorage {
     }))
     if (opts.dryRun) return result
     let errors = 0
+    await using root = await this.#layout.openRoot()
     // Oldest first, so a removed base is merged into a dependant that is itself kept.
     for (const r of [...result].reverse()) {
       if (r.mark !== 'remove') continue
       const volname = r.volid.slice(r.volid.indexOf(':') + 1)
       try {
         const ref = parseVolname(volname)
-        await using _lock = await lockGuest(this.#layout.guestDir(ref.vmid))
-        await this.#free(ref, opts.log)
+        await using guest = await this.#tryGuest(root, ref.vmid)
+        if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
+        await using _lock = await lockGuest(guest)
+        await freeBackup(this.#layout, guest, ref, { log: opts.log })
         opts.log?.('info', `removed ${r.volid}`)
       } catch (e) {
+        // A concurrent prune or remove got there first: what is gone is not an error.
+        if (isBackupError(e, 'NOT_FOUND')) {
+          opts.log?.('info', `${r.volid} was already removed`)
+          continue
+        }
         errors++
         opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`)
       }
@@ -214,88 +235,64 @@ export class DirectoryStorage implements BackupStorage {
     return `${this.#storeId}:${volname}`
   }
 
-  async #find(volname: string): Promise<FoundBackup> {
-    const ref = parseVolname(volname)
-    const found = (await listGuestBackups(this.#layout, ref.vmid, ref.subtype)).find(
-      (b) => b.ref.ctime === ref.ctime,
-    )
-    if (found === undefined) throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
-    return found
+  /** Complete an interrupted removal in a guest directory (the caller holds its lock). */
+  async resume(guest: Dir, log?: ProviderLogFunction): Promise<void> {
+    await resumeRemoval(this.#layout, guest, { log })
   }
 
-  async #describe(b: FoundBackup): Promise<BackupVolume> {
-    let notes: string | undefined
+  async #tryGuest(root: Dir, vmid: number): Promise<Dir | undefined> {
     try {
-      notes = (await readFile(this.#layout.notesFile(b.ref), 'utf8')).split('\n')[0]
-    } catch {
-      notes = undefined
+      return await root.openDir(String(vmid))
+    } catch (e) {
+      if (isBackupError(e, 'NOT_FOUND')) return undefined
+      throw e
     }
+  }
+
+  async #find(root: Dir, volname: string): Promise<{ guest: Dir; b: FoundBackup }> {
+    const ref = parseVolname(volname)
+    const guest = await this.#tryGuest(root, ref.vmid)
+    const b = guest === undefined ? undefined : await readBackup(guest, ref)
+    if (guest === undefined || b === undefined) {
+      await guest?.close()
+      throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
+    }
+    return { guest, b }
+  }
+
+  async #used(guest: Dir, ref: VolumeRef): Promise<number> {
+    await using dir = await guest.openDir(ref.dirName)
+    return await allocatedBytes(dir)
+  }
+
+  async #isProtected(guest: Dir, ref: VolumeRef): Promise<boolean> {
+    return (await guest.lstat(this.#layout.protectedName(ref))) !== undefined
+  }
+
+  async #readNotes(guest: Dir, ref: VolumeRef): Promise<string | undefined> {
+    try {
+      return await guest.tryReadFile(this.#layout.notesName(ref), NOTES_MAX_BYTES)
+    } catch (e) {
+      // A notes entry that is a link or a special file is not the store's: no notes.
+      if (isBackupError(e, 'UNSAFE_PATH')) return undefined
+      throw e
+    }
+  }
+
+  async #describe(guest: Dir, b: FoundBackup): Promise<BackupVolume> {
+    const notes = (await this.#readNotes(guest, b.ref))?.split('\n')[0]
     const parent = b.manifest?.parent
     return {
       volid: this.#volid(b.ref.volname),
       vmid: b.ref.vmid,
       subtype: b.ref.subtype,
       ctime: b.ref.ctime,
-      size: await allocatedBytes(b.dir),
+      size: await this.#used(guest, b.ref),
       format: 'directory',
       ...(parent === undefined ? {} : { parent: this.#volid(parent) }),
-      protected: await pathExists(this.#layout.protectedFile(b.ref)),
+      protected: await this.#isProtected(guest, b.ref),
       ...(notes === undefined || notes === '' ? {} : { notes }),
       content: 'backup',
     }
-  }
-
-  /** Free one backup; merge it into the backups that use it as backing first. */
-  async #free(ref: VolumeRef, log: ProviderLogFunction | undefined): Promise<void> {
-    const dir = this.#layout.backupDir(ref)
-    if (!(await pathExists(dir))) {
-      throw new BackupError('NOT_FOUND', `backup ${ref.volname} does not exist`)
-    }
-    if (await pathExists(this.#layout.protectedFile(ref))) {
-      throw new BackupError('PROTECTED', `cannot remove protected backup ${ref.volname}`)
-    }
-    const me = await readManifest(dir)
-    const guestDir = this.#layout.guestDir(ref.vmid)
-    for (const child of await listGuestBackups(this.#layout, ref.vmid, ref.subtype)) {
-      const cm = child.manifest
-      if (cm === undefined) continue
-      let changed = false
-      for (const [device, disk] of Object.entries(cm.disks ?? {})) {
-        if (disk.parent !== ref.volname) continue
-        const own = me.disks?.[device]
-        const newParent = own?.parent
-        const newBacking =
-          newParent === undefined || own === undefined
-            ? ''
-            : `../${parseVolname(newParent).dirName}/${own.file}`
-        const childImage = join(child.dir, disk.file)
-        await validateChain(childImage, guestDir)
-        log?.('info', `merging ${ref.volname} ${device} into ${child.ref.volname}`)
-        // Safe-mode rebase copies every cluster that differs between the old and the new
-        // backing into the child; the header changes last, so a crash leaves a valid chain.
-        const args = ['rebase', '-q', '-f', 'qcow2', '-b', newBacking]
-        if (newBacking !== '') args.push('-F', 'qcow2')
-        args.push(disk.file)
-        await run('qemu-img', args, { cwd: child.dir, errorCode: 'QEMU_TOOL_FAILED' })
-        const { parent: _p, ...diskRest } = disk
-        cm.disks = {
-          ...cm.disks,
-          [device]: newParent === undefined ? diskRest : { ...diskRest, parent: newParent },
-        }
-        changed = true
-      }
-      if (changed) {
-        const parents = Object.values(cm.disks ?? {})
-          .map((d) => d.parent)
-          .filter((p): p is string => p !== undefined)
-        const { parent: _old, ...rest } = cm
-        await writeManifest(child.dir, { ...rest, ...(parents[0] ? { parent: parents[0] } : {}) })
-      }
-    }
-    // Remove the manifest first: from then on the backup is not listed, even if rm stops.
-    await unlink(join(dir, 'manifest.json'))
-    await rm(dir, { recursive: true, force: true })
-    await rm(this.#layout.notesFile(ref), { force: true })
-    await rm(this.#layout.failedDir(ref), { recursive: true, force: true })
   }
 }

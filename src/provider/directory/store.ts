@@ -2,12 +2,12 @@
  * Creating and opening a directory store. `guestbackup init` writes the store file; every other
  * command opens the store through it, so an uninitialised directory is refused clearly.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises'
-import { basename, join, resolve } from 'node:path'
+import { mkdir } from 'node:fs/promises'
+import { basename, resolve } from 'node:path'
 import type { z } from 'zod'
 import { BackupError } from '../../errors.ts'
+import { Dir } from '../../io/beneath.ts'
 import { StoreLayout } from './layout.ts'
-import { writeFileDurable } from './manifest.ts'
 import {
   parseStoreOptions,
   STORE_FILE,
@@ -42,19 +42,20 @@ export const initStore = async (
   }
   const opts = parseStoreOptions({ ...previous, ...options, path: root })
   parsePruneBackups(opts['prune-backups'])
+  let dir: Dir
   try {
     await mkdir(root, { recursive: true, mode: 0o700 })
-    const st = await stat(root)
-    if (!st.isDirectory()) throw new Error('not a directory')
+    dir = await Dir.open(root)
   } catch (e) {
     throw new BackupError('STORE_INVALID', `cannot create store directory ${root}`, { cause: e })
   }
+  await using _dir = dir
   const storeId = id ?? previousId ?? defaultStoreId(root)
   if (!STORE_ID_RE.test(storeId)) {
     throw new BackupError('CONFIG_INVALID', `invalid store id '${storeId}' ([a-z][a-z0-9._-]*)`)
   }
   const file = { version: STORE_VERSION, type: 'dir' as const, id: storeId, options: opts }
-  await writeFileDurable(join(root, STORE_FILE), `${JSON.stringify(file, null, 2)}\n`)
+  await dir.writeFileAtomic(STORE_FILE, `${JSON.stringify(file, null, 2)}\n`)
   return { id: storeId, options: opts }
 }
 
@@ -67,17 +68,29 @@ export const defaultStoreId = (root: string): string => {
   return /^[a-z]/.test(base) ? base : `store-${base}`.replace(/-+$/, '')
 }
 
+/** The store file is a few hundred bytes. */
+const STORE_FILE_MAX_BYTES = 64 * 1024
+
 const readStoreFile = async (root: string): Promise<z.infer<typeof StoreFileSchema>> => {
-  let text: string
-  try {
-    text = await readFile(join(root, STORE_FILE), 'utf8')
-  } catch (e) {
-    throw new BackupError(
+  const notStore = (e: unknown): BackupError =>
+    new BackupError(
       'STORE_INVALID',
       `${root} is not a guestbackup store (run 'guestbackup init ${root}' first)`,
       { cause: e, details: { missing: true } },
     )
+  let text: string | undefined
+  try {
+    await using dir = await Dir.open(root)
+    text = await dir.tryReadFile(STORE_FILE, STORE_FILE_MAX_BYTES)
+  } catch (e) {
+    if (e instanceof BackupError && e.code === 'UNSAFE_PATH') {
+      throw new BackupError('STORE_INVALID', `store file ${STORE_FILE} is unusable: ${e.message}`, {
+        cause: e,
+      })
+    }
+    throw notStore(e)
   }
+  if (text === undefined) throw notStore(undefined)
   let json: unknown
   try {
     json = JSON.parse(text)

@@ -3,7 +3,6 @@
  * qemu-nbd on a private unix socket and written through our own NBD client (never a kernel
  * NBD device), so qcow2 allocation, zero clusters and backing files are QEMU's business.
  */
-import { join } from 'node:path'
 import type { VmVolume } from '../../api/provider.ts'
 import { copyBlocks } from '../../copy/copy.ts'
 import type { CopySource, CopyStats } from '../../copy/copy.ts'
@@ -12,21 +11,25 @@ import { BASE_ALLOCATION, dirtyContext, nbdSource, nbdTarget } from '../../copy/
 import { BackupError } from '../../errors.ts'
 import type { TokenBucket } from '../../io/throttle.ts'
 import { NbdClient } from '../../nbd/client.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { chainSpec, openChain, specJson } from '../../qemu/chain.ts'
 import { createImage } from '../../qemu/img.ts'
+import { BACKUP_DIR_RE } from './layout.ts'
 import { assertSampleClean, sampleCleanBlocks } from '../../copy/sample.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
 
 /** Options of {@link backupDisk}. */
 export interface BackupDiskOptions {
   /** Backup dir being written. */
-  dir: string
+  dir: Dir
   device: string
   volume: VmVolume
   /**
-   * Backing file, relative to `dir` (e.g. `../qemu-…/drive-scsi0.qcow2`), for an incremental.
-   * Only dirty regions are then copied, zero ranges as explicit zeroes.
+   * The base of an incremental: its image `guest/<dirName>/<file>`, recorded in the new image's
+   * header as `relativePath` (`../<dirName>/<file>`). Only dirty regions are then copied, zero
+   * ranges as explicit zeroes.
    */
-  backing?: string | undefined
+  base?: { guest: Dir; dirName: string; file: string; relativePath: string } | undefined
   bucket?: TokenBucket | undefined
   onProgress?: ((done: number, total: number) => void) | undefined
   /** Clean blocks of an incremental to compare with the parent chain (0: none). */
@@ -39,19 +42,29 @@ export interface BackupDiskOptions {
 /** Back up one disk to `<dir>/<device>.qcow2`. */
 export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> => {
   const { dir, device, volume, signal } = opts
-  const file = `${device}.qcow2`
-  const incremental = opts.backing !== undefined
-  await createImage(file, {
+  const { base } = opts
+  const incremental = base !== undefined
+  await using image = await dir.createFile(`${device}.qcow2`)
+  // The base chain is validated again and pinned: the target is opened through an explicit
+  // spec over it, never through the names in the headers.
+  await using chain =
+    base === undefined
+      ? undefined
+      : await openChain(base.guest, base.dirName, base.file, { dirName: BACKUP_DIR_RE, signal })
+  await createImage(image.path, {
     format: 'qcow2',
     size: volume.size,
-    ...(opts.backing === undefined
+    ...(base === undefined
       ? {}
-      : { backingFile: opts.backing, backingFormat: 'qcow2' as const }),
-    cwd: dir,
+      : { backingFile: base.relativePath, backingFormat: 'qcow2' as const }),
     signal,
   })
-  // The target chain is our own, freshly validated by the caller: qemu-nbd may open it.
-  const target = { image: join(dir, file), format: 'qcow2' as const, discard: true, signal }
+  const spec = {
+    driver: 'qcow2' as const,
+    file: { driver: 'file' as const, filename: image.path },
+    backing: chain === undefined ? null : chainSpec(chain.links),
+  }
+  const target = { image: specJson(spec), discard: true, signal }
   // O_DIRECT (cache=none) writes the backup ~30 % faster than through the page cache (measured
   // in bench/); file systems without O_DIRECT (tmpfs) get the page cache instead.
   const server = await startQemuNbd({ ...target, cache: 'none' }).catch((e: unknown) => {

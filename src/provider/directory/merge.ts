@@ -1,0 +1,253 @@
+/**
+ * Freeing a backup that newer backups build on, crash-safe at every instant.
+ *
+ * A removed base P with a dependant C (C's qcow2 has P's image as backing) is merged without
+ * ever changing the guest view of a listed backup:
+ * 1. the plan is checked against the qcow2 headers (C's header must name P, P's must name P's
+ *    parent G) and the free space, before anything is written;
+ * 2. a journal naming P, every (C, device) to merge and the new parents is written durably
+ *    into the guest directory; from now on the removal is completed by whoever runs next;
+ * 3. P's manifest is removed: P is no longer listed (nothing reads P except through C);
+ * 4. `qemu-img commit -d` writes C's clusters into P's image: C masks exactly those clusters,
+ *    so C's view (and that of C's own dependants) is the same before, during and after;
+ * 5. P's image, now holding C's view over G, is fsynced and renamed over C's image: one atomic
+ *    step between two images with the same guest view (the relative backing `../G/…` resolves
+ *    the same from both sibling directories);
+ * 6. C's manifest is rewritten with its new parent, then P's directory and the journal go.
+ * A kill at any point leaves the journal; the next command taking the guest lock resumes it:
+ * step 4 is repeatable while P's image exists, and once it is gone C's header must already name
+ * G, or the store is inconsistent and nothing is deleted. Only C's clusters are written, so the
+ * merge needs at most C's size in free space (checked first).
+ */
+import { constants } from 'node:fs'
+import { open } from 'node:fs/promises'
+import { z } from 'zod'
+import { DEVICE_NAME_RE } from '../../api/names.ts'
+import type { ProviderLogFunction } from '../../api/provider.ts'
+import { BackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { openChain } from '../../qemu/chain.ts'
+import { chainJson } from '../../qemu/chain.ts'
+import { commitImage } from '../../qemu/img.ts'
+import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
+import type { StoreLayout, VolumeRef } from './layout.ts'
+import { readManifest, writeManifest } from './manifest.ts'
+import { listGuestBackups, readBackup } from './scan.ts'
+
+const Volname = z.string().regex(VOLNAME_RE)
+
+const JournalSchema = z.strictObject({
+  version: z.literal(1),
+  /** The backup being removed. */
+  volname: Volname,
+  merges: z.array(
+    z.strictObject({
+      /** A dependant of the removed backup. */
+      child: Volname,
+      device: z.string().regex(DEVICE_NAME_RE),
+      /** The removed backup's parent for this device, the child's new parent; null: none. */
+      parent: Volname.nullable(),
+    }),
+  ),
+})
+
+type Journal = z.infer<typeof JournalSchema>
+type Merge = Journal['merges'][number]
+
+/** A journal is a few KiB; a larger one is not ours. */
+const JOURNAL_MAX_BYTES = 1024 * 1024
+
+/** Headroom kept free on top of what a merge writes (qcow2 metadata, the manifests). */
+const SPACE_MARGIN = 16 * 1024 * 1024
+
+const imageOf = (device: string): string => `${device}.qcow2`
+const backingOf = (volname: string | null, device: string): string | undefined =>
+  volname === null ? undefined : `../${parseVolname(volname).dirName}/${imageOf(device)}`
+
+const inconsistent = (msg: string): BackupError =>
+  new BackupError('ARCHIVE_INVALID', `${msg}: the store is inconsistent, nothing was deleted`)
+
+/** Options of {@link freeBackup} and {@link resumeRemoval}. */
+export interface FreeOptions {
+  log?: ProviderLogFunction | undefined
+  signal?: AbortSignal | undefined
+}
+
+/**
+ * Complete a removal a killed run left in `guest` (its journal), if any. The caller holds the
+ * guest lock. Returns the volume name that was removed, if there was one.
+ */
+export const resumeRemoval = async (
+  layout: StoreLayout,
+  guest: Dir,
+  opts: FreeOptions = {},
+): Promise<string | undefined> => {
+  const text = await guest.tryReadFile(JOURNAL, JOURNAL_MAX_BYTES)
+  if (text === undefined) return undefined
+  let journal: Journal
+  try {
+    journal = JournalSchema.parse(JSON.parse(text))
+  } catch (e) {
+    throw new BackupError('ARCHIVE_INVALID', `removal journal ${guest.labelOf(JOURNAL)} is invalid`, {
+      cause: e,
+    })
+  }
+  opts.log?.('info', `completing the interrupted removal of ${journal.volname}`)
+  await runJournal(layout, guest, journal, opts)
+  return journal.volname
+}
+
+/**
+ * Free the backup `ref` of the locked guest directory `guest`, merging it first into the
+ * backups that build on it. `NOT_FOUND` if it does not exist, `PROTECTED` if protected,
+ * `NO_SPACE` (before anything is written) if the merge cannot fit.
+ */
+export const freeBackup = async (
+  layout: StoreLayout,
+  guest: Dir,
+  ref: VolumeRef,
+  opts: FreeOptions = {},
+): Promise<void> => {
+  await resumeRemoval(layout, guest, opts)
+  const me = await readBackup(guest, ref)
+  if (me === undefined) throw new BackupError('NOT_FOUND', `backup ${ref.volname} does not exist`)
+  if ((await guest.lstat(layout.protectedName(ref))) !== undefined) {
+    throw new BackupError('PROTECTED', `cannot remove protected backup ${ref.volname}`)
+  }
+  const merges: Merge[] = []
+  const seen = new Set<string>()
+  for (const b of await listGuestBackups(guest, ref.vmid, ref.subtype)) {
+    if (b.manifest === undefined && b.ref.ctime > ref.ctime) {
+      throw inconsistent(`cannot tell whether ${b.ref.volname} (unreadable manifest) builds on it`)
+    }
+    for (const [device, disk] of Object.entries(b.manifest?.disks ?? {})) {
+      if (disk.parent !== ref.volname) continue
+      const own = me.manifest?.disks?.[device]
+      if (own === undefined) {
+        throw inconsistent(`${b.ref.volname} builds ${device} on ${ref.volname}, which lacks it`)
+      }
+      // guestbackup bases at most one backup on another per disk (the next incremental).
+      if (seen.has(device)) {
+        throw inconsistent(`several backups build ${device} on ${ref.volname}`)
+      }
+      seen.add(device)
+      merges.push({ child: b.ref.volname, device, parent: own.parent ?? null })
+    }
+  }
+  if (merges.length > 0 && me.manifest === undefined) {
+    throw inconsistent(`${ref.volname} has dependants but no valid manifest`)
+  }
+  // Check every header against the plan and the space the merges write, before writing.
+  let need = 0
+  for (const m of merges) {
+    await using chain = await openChain(guest, parseVolname(m.child).dirName, imageOf(m.device), {
+      dirName: BACKUP_DIR_RE,
+      signal: opts.signal,
+    })
+    const [top, base] = chain.links
+    if (top === undefined || top.backing !== backingOf(ref.volname, m.device)) {
+      throw inconsistent(`the image of ${m.child} ${m.device} does not build on ${ref.volname}`)
+    }
+    if (base?.backing !== backingOf(m.parent, m.device)) {
+      throw inconsistent(`the image of ${ref.volname} ${m.device} does not match its manifest`)
+    }
+    const st = await open(top.path, constants.O_RDONLY).then(async (fh) => {
+      try {
+        return await fh.stat()
+      } finally {
+        await fh.close()
+      }
+    })
+    need += st.blocks * 512
+  }
+  if (merges.length > 0) {
+    const free = await guest.freeBytes()
+    if (free < need + SPACE_MARGIN) {
+      throw new BackupError(
+        'NO_SPACE',
+        `removing ${ref.volname} merges ${need} bytes into its dependants, but only ${free} bytes are free`,
+      )
+    }
+  }
+  const journal: Journal = { version: 1, volname: ref.volname, merges }
+  await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
+  await runJournal(layout, guest, journal, opts)
+}
+
+/** Carry out (or resume) a journaled removal; every step may be repeated. */
+const runJournal = async (
+  layout: StoreLayout,
+  guest: Dir,
+  journal: Journal,
+  opts: FreeOptions,
+): Promise<void> => {
+  const ref = parseVolname(journal.volname)
+  {
+    await using doomed = await guest.tryOpenDir(ref.dirName)
+    if (doomed !== undefined && (await doomed.unlink(MANIFEST))) await doomed.sync()
+  }
+  for (const m of journal.merges) await mergeOne(guest, ref, m, opts)
+  // The children's manifests follow their headers (idempotent).
+  const children = [...new Set(journal.merges.map((m) => m.child))]
+  for (const child of children) {
+    const cref = parseVolname(child)
+    await using dir = await guest.openDir(cref.dirName)
+    const cm = await readManifest(dir, cref)
+    const disks = { ...cm.disks }
+    for (const m of journal.merges.filter((x) => x.child === child)) {
+      const disk = disks[m.device]
+      if (disk === undefined) throw inconsistent(`${child} lost ${m.device}`)
+      const { parent: _old, ...rest } = disk
+      disks[m.device] = m.parent === null ? rest : { ...rest, parent: m.parent }
+    }
+    const parents = Object.values(disks)
+      .map((d) => d.parent)
+      .filter((p): p is string => p !== undefined)
+    const { parent: _p, ...rest } = cm
+    await writeManifest(dir, { ...rest, disks, ...(parents[0] ? { parent: parents[0] } : {}) })
+  }
+  await guest.removeTree(ref.dirName)
+  await guest.unlink(layout.notesName(ref))
+  await guest.removeTree(layout.failedName(ref))
+  await guest.unlink(JOURNAL)
+  await guest.sync()
+}
+
+/** Merge the removed backup's image of one device into its dependant (steps 4 and 5). */
+const mergeOne = async (guest: Dir, ref: VolumeRef, m: Merge, opts: FreeOptions): Promise<void> => {
+  const file = imageOf(m.device)
+  const cref = parseVolname(m.child)
+  await using child = await guest.openDir(cref.dirName)
+  await using doomed = await guest.tryOpenDir(ref.dirName)
+  const chainOpts = { dirName: BACKUP_DIR_RE, signal: opts.signal }
+  if (doomed === undefined || (await doomed.lstat(file)) === undefined) {
+    // Renamed already: the child's image must now build on the new parent.
+    await using chain = await openChain(guest, cref.dirName, file, chainOpts)
+    if (chain.links[0]?.backing !== backingOf(m.parent, m.device)) {
+      throw inconsistent(`the image of ${m.child} ${m.device} is neither merged nor mergeable`)
+    }
+    return
+  }
+  {
+    await using chain = await openChain(guest, cref.dirName, file, chainOpts)
+    const [top, base] = chain.links
+    if (
+      top?.backing !== backingOf(ref.volname, m.device) ||
+      base?.dirName !== ref.dirName ||
+      base.backing !== backingOf(m.parent, m.device)
+    ) {
+      throw inconsistent(`the chain of ${m.child} ${m.device} does not match the removal`)
+    }
+    opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`)
+    await commitImage(chainJson(chain.links), opts.signal)
+    const fh = await open(base.path, constants.O_RDONLY)
+    try {
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+  }
+  await doomed.rename(file, file, child)
+  await child.sync()
+  await doomed.sync()
+}
