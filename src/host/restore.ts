@@ -6,6 +6,7 @@
 import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { DEVICE_NAME_RE } from '../api/names.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError } from '../errors.ts'
@@ -77,7 +78,7 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
     try {
       const devices = await provider.restoreVmInit(volname, { signal })
       for (const device of Object.keys(devices).sort()) {
-        if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(device)) {
+        if (!DEVICE_NAME_RE.test(device)) {
           throw new BackupError('ARCHIVE_INVALID', `invalid device name '${device}'`)
         }
         const out = join(target, `${device}.raw`)

@@ -17,7 +17,17 @@
  */
 import { constants, lutimes } from 'node:fs'
 import type { Dirent, Stats } from 'node:fs'
-import { copyFile, lstat, mkdir, open, readdir, rename, rmdir, statfs, unlink } from 'node:fs/promises'
+import {
+  copyFile,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  rename,
+  rmdir,
+  statfs,
+  unlink,
+} from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { BackupError } from '../errors.ts'

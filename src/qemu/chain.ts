@@ -114,8 +114,10 @@ export const openChain = async (
       if (data?.['data-file'] !== undefined) {
         throw unsafe(`image ${where} has an external data file`, 'data-file', { where })
       }
-      if (info.encrypted === true) throw unsafe(`image ${where} is encrypted`, 'encrypted', { where })
-      if (data?.corrupt === true) throw unsafe(`image ${where} is marked corrupt`, 'corrupt', { where })
+      if (info.encrypted === true)
+        throw unsafe(`image ${where} is encrypted`, 'encrypted', { where })
+      if (data?.corrupt === true)
+        throw unsafe(`image ${where} is marked corrupt`, 'corrupt', { where })
       const first = links[0]
       if (first !== undefined && first.virtualSize !== info['virtual-size']) {
         throw unsafe(`image ${where} has a different virtual size than the top`, 'size', { where })
@@ -134,16 +136,24 @@ export const openChain = async (
         throw unsafe(`image ${where} names a protocol backing file`, 'protocol', { where, backing })
       }
       if (info['backing-filename-format'] !== 'qcow2') {
-        throw unsafe(`image ${where} has no qcow2 backing format (would be probed)`, 'backing-format', {
-          where,
-        })
+        throw unsafe(
+          `image ${where} has no qcow2 backing format (would be probed)`,
+          'backing-format',
+          {
+            where,
+          },
+        )
       }
       const m = BACKING_RE.exec(backing)
       if (m?.[1] === undefined || m[2] === undefined) {
-        throw unsafe(`image ${where} names a backing file outside the store layout`, 'backing-name', {
-          where,
-          backing,
-        })
+        throw unsafe(
+          `image ${where} names a backing file outside the store layout`,
+          'backing-name',
+          {
+            where,
+            backing,
+          },
+        )
       }
       next = { dirName: m[1], file: m[2] }
     }

@@ -88,9 +88,13 @@ export const resumeRemoval = async (
   try {
     journal = JournalSchema.parse(JSON.parse(text))
   } catch (e) {
-    throw new BackupError('ARCHIVE_INVALID', `removal journal ${guest.labelOf(JOURNAL)} is invalid`, {
-      cause: e,
-    })
+    throw new BackupError(
+      'ARCHIVE_INVALID',
+      `removal journal ${guest.labelOf(JOURNAL)} is invalid`,
+      {
+        cause: e,
+      },
+    )
   }
   opts.log?.('info', `completing the interrupted removal of ${journal.volname}`)
   await runJournal(layout, guest, journal, opts)

@@ -60,7 +60,11 @@ export class DirectoryStorage implements BackupStorage {
 
   path(volname: string): { path: string; vmid: number; vtype: 'backup' } {
     const ref = parseVolname(volname)
-    return { path: `${this.#layout.root}/${ref.vmid}/${ref.dirName}`, vmid: ref.vmid, vtype: 'backup' }
+    return {
+      path: `${this.#layout.root}/${ref.vmid}/${ref.dirName}`,
+      vmid: ref.vmid,
+      vtype: 'backup',
+    }
   }
 
   async activateStorage(): Promise<void> {
@@ -93,7 +97,8 @@ export class DirectoryStorage implements BackupStorage {
     const { guest, b } = await this.#find(root, volname)
     await using _guest = guest
     const m = b.manifest
-    if (m === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no valid manifest`)
+    if (m === undefined)
+      throw new BackupError('ARCHIVE_INVALID', `${volname} has no valid manifest`)
     let size = 0
     for (const [name, bytes] of Object.entries(m.files)) {
       const disk = Object.values(m.disks ?? {}).find((d) => d.file === name)
