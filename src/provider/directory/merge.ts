@@ -32,6 +32,7 @@ import { commitImage } from '../../qemu/img.ts'
 import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest, writeManifest } from './manifest.ts'
+import type { Manifest } from './manifest.ts'
 import { listGuestBackups, readBackup } from './scan.ts'
 
 const Volname = z.string().regex(VOLNAME_RE)
@@ -71,6 +72,42 @@ const inconsistent = (msg: string): BackupError =>
 export interface FreeOptions {
   log?: ProviderLogFunction | undefined
   signal?: AbortSignal | undefined
+}
+
+/** The removal pending in `guest` (a killed run's journal), if any. */
+export const pendingRemoval = async (guest: Dir): Promise<Journal | undefined> => {
+  const text = await guest.tryReadFile(JOURNAL, JOURNAL_MAX_BYTES)
+  if (text === undefined) return undefined
+  try {
+    return JournalSchema.parse(JSON.parse(text))
+  } catch (e) {
+    throw new BackupError(
+      'ARCHIVE_INVALID',
+      `removal journal ${guest.labelOf(JOURNAL)} is invalid`,
+      {
+        cause: e,
+      },
+    )
+  }
+}
+
+/**
+ * The parent `manifest` will have once the pending removal `journal` is complete (what `list`
+ * shows while a removal waits to be resumed).
+ */
+export const parentAfter = (
+  journal: Journal | undefined,
+  volname: string,
+  manifest: Manifest,
+): string | undefined => {
+  if (journal === undefined || manifest.parent !== journal.volname) return manifest.parent
+  const parents = Object.entries(manifest.disks ?? {}).map(([device, d]) =>
+    d.parent === journal.volname
+      ? (journal.merges.find((m) => m.child === volname && m.device === device)?.parent ??
+        undefined)
+      : d.parent,
+  )
+  return parents.find((p): p is string => typeof p === 'string')
 }
 
 /**

@@ -22,7 +22,7 @@ import { planPrune } from '../../storage/prune.ts'
 import { allocatedBytes } from './fsutil.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { freeBackup, resumeRemoval } from './merge.ts'
+import { freeBackup, parentAfter, pendingRemoval, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listGuestBackups, listGuestIds, readBackup } from './scan.ts'
@@ -85,8 +85,12 @@ export class DirectoryStorage implements BackupStorage {
     for (const vmid of ids) {
       await using guest = await this.#tryGuest(root, vmid)
       if (guest === undefined) continue
+      // A removal a killed run left is shown as done: the next command completes it.
+      const pending = await pendingRemoval(guest).catch(() => undefined)
       for (const b of await listGuestBackups(guest, vmid, opts.subtype)) {
-        out.push(await this.#describe(guest, b))
+        if (b.ref.volname === pending?.volname) continue
+        const parent = b.manifest && parentAfter(pending, b.ref.volname, b.manifest)
+        out.push(await this.#describe(guest, b, parent))
       }
     }
     return out
@@ -284,9 +288,8 @@ export class DirectoryStorage implements BackupStorage {
     }
   }
 
-  async #describe(guest: Dir, b: FoundBackup): Promise<BackupVolume> {
+  async #describe(guest: Dir, b: FoundBackup, parent: string | undefined): Promise<BackupVolume> {
     const notes = (await this.#readNotes(guest, b.ref))?.split('\n')[0]
-    const parent = b.manifest?.parent
     return {
       volid: this.#volid(b.ref.volname),
       vmid: b.ref.vmid,
