@@ -29,6 +29,7 @@ import type { Dir } from '../../io/beneath.ts'
 import { openChain } from '../../qemu/chain.ts'
 import { chainJson } from '../../qemu/chain.ts'
 import { commitImage } from '../../qemu/img.ts'
+import { readBackingName } from '../../qemu/qcow2-header.ts'
 import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest, writeManifest } from './manifest.ts'
@@ -178,6 +179,7 @@ export const freeBackup = async (
   if (merges.length > 0 && me.manifest === undefined) {
     throw inconsistent(`${ref.volname} has dependants but no valid manifest`)
   }
+  await assertNoHiddenDependant(guest, ref, merges)
   // Check every header against the plan and the space the merges write, before writing.
   let need = 0
   for (const m of merges) {
@@ -213,6 +215,36 @@ export const freeBackup = async (
   const journal: Journal = { version: 1, volname: ref.volname, merges }
   await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
   await runJournal(layout, guest, journal, opts)
+}
+
+/**
+ * The manifests are not the only record of who builds on whom: refuse when any image of another
+ * backup of the guest names `ref`'s directory in its qcow2 header without a planned merge (a
+ * tampered or stale manifest), since deleting `ref` would break that chain.
+ */
+const assertNoHiddenDependant = async (
+  guest: Dir,
+  ref: VolumeRef,
+  merges: readonly Merge[],
+): Promise<void> => {
+  const prefix = `../${ref.dirName}/`
+  for (const e of await guest.list()) {
+    if (!e.isDirectory() || !BACKUP_DIR_RE.test(e.name) || e.name === ref.dirName) continue
+    await using dir = await guest.tryOpenDir(e.name).catch(() => undefined)
+    if (dir === undefined) continue
+    for (const f of await dir.list()) {
+      if (!f.isFile() || !f.name.endsWith('.qcow2')) continue
+      await using pin = await dir.pin(f.name)
+      const backing = await readBackingName(pin.path)
+      if (typeof backing !== 'string' || !backing.startsWith(prefix)) continue
+      const planned = merges.some(
+        (m) => parseVolname(m.child).dirName === e.name && imageOf(m.device) === f.name,
+      )
+      if (!planned) {
+        throw inconsistent(`${e.name}/${f.name} builds on ${ref.volname} but its manifest says not`)
+      }
+    }
+  }
 }
 
 /** Carry out (or resume) a journaled removal; every step may be repeated. */
