@@ -22,6 +22,8 @@ export interface SpawnOptions {
   errorCode?: ErrorCode
   /** Extra environment variables (added to the current environment). */
   env?: Record<string, string>
+  /** The tool's name in messages, when `cmd` is a wrapper (setpriv, prlimit). Default `cmd`. */
+  label?: string
   /** Exit codes that count as success. Default [0]. */
   okExitCodes?: readonly number[]
 }
@@ -54,6 +56,7 @@ export const spawnTool = (cmd: string, args: readonly string[], opts: SpawnOptio
     tail = (tail + s).slice(-STDERR_TAIL)
   })
   const code = opts.errorCode ?? 'ARCHIVE_TOOL_FAILED'
+  const name = opts.label ?? cmd
   const ok = opts.okExitCodes ?? [0]
   let killTimer: NodeJS.Timeout | undefined
   const onAbort = (): void => {
@@ -64,20 +67,20 @@ export const spawnTool = (cmd: string, args: readonly string[], opts: SpawnOptio
   opts.signal?.addEventListener('abort', onAbort, { once: true })
   const done = new Promise<number>((resolve, reject) => {
     child.once('error', (err) => {
-      reject(new BackupError(code, `cannot run ${cmd}: ${err.message}`, { cause: err }))
+      reject(new BackupError(code, `cannot run ${name}: ${err.message}`, { cause: err }))
     })
     child.once('close', (exit, sig) => {
       opts.signal?.removeEventListener('abort', onAbort)
       if (killTimer) clearTimeout(killTimer)
       if (opts.signal?.aborted === true) {
-        reject(new BackupError('ABORTED', `${cmd} aborted`, { cause: opts.signal.reason }))
+        reject(new BackupError('ABORTED', `${name} aborted`, { cause: opts.signal.reason }))
       } else if (exit !== null && ok.includes(exit)) {
         resolve(exit)
       } else {
         const how = exit === null ? `killed by ${String(sig)}` : `exit code ${exit}`
         const msg = tail.trim().split('\n').slice(-3).join('; ')
         reject(
-          new BackupError(code, `${cmd} failed (${how})${msg ? `: ${msg}` : ''}`, {
+          new BackupError(code, `${name} failed (${how})${msg ? `: ${msg}` : ''}`, {
             details: { cmd, args, exit, signal: sig, stderr: tail },
           }),
         )
@@ -114,7 +117,10 @@ export const run = async (
   })
   await tool.done
   if (size > MAX_CAPTURE) {
-    throw new BackupError(opts.errorCode ?? 'ARCHIVE_TOOL_FAILED', `${cmd} printed too much output`)
+    throw new BackupError(
+      opts.errorCode ?? 'ARCHIVE_TOOL_FAILED',
+      `${opts.label ?? cmd} printed too much output`,
+    )
   }
   return { stdout: Buffer.concat(chunks).toString('utf8'), stderr: tool.stderr() }
 }

@@ -56,10 +56,11 @@ const qemuImg = async (
   signal?: AbortSignal,
   limited = false,
 ): Promise<string> => {
-  const [cmd, argv] = limited
-    ? ['prlimit', [...PRLIMIT_ARGS, 'qemu-img', ...args]]
-    : ['qemu-img', args]
-  const { stdout } = await run(cmd, argv, {
+  const tool = limited ? ['prlimit', ...PRLIMIT_ARGS, 'qemu-img'] : ['qemu-img']
+  // setpriv (util-linux) makes the kernel kill qemu-img when guestbackup dies, even by SIGKILL,
+  // so no orphan keeps writing (a merge) or holding image locks that a retry needs.
+  const { stdout } = await run('setpriv', ['--pdeathsig', 'SIGKILL', '--', ...tool, ...args], {
+    label: 'qemu-img',
     signal,
     errorCode: 'QEMU_TOOL_FAILED',
   })
