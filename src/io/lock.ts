@@ -20,6 +20,9 @@ const noFollowFs = { ...fs, stat: fs.lstat, utimes: fs.lutimes }
 export const lockGuest = async (dir: Dir): Promise<GuestLock> => {
   let releaseFn: () => Promise<void>
   try {
+    // A lock is a directory; anything else under its name was planted and is no one's lock.
+    const st = await dir.lstat('.lock')
+    if (st !== undefined && !st.isDirectory()) await dir.unlink('.lock')
     releaseFn = await lockfile.lock(dir.path, {
       lockfilePath: dir.at('.lock'),
       // A holder refreshes the lock every 2 s; one killed with SIGKILL leaves it behind, and it

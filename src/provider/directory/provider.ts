@@ -317,9 +317,15 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return
     try {
+      const failed = this.#layout.failedName(g.ref)
+      if (!g.committed) {
+        // The name is ours: an entry there that is no directory (a planted link) is replaced.
+        const st = await g.guest.lstat(failed)
+        if (st !== undefined && !st.isDirectory()) await g.guest.unlink(failed)
+      }
       await using dir = g.committed
         ? await g.guest.openDir(g.ref.dirName)
-        : await g.guest.openDir(this.#layout.failedName(g.ref), { create: 0o700 })
+        : await g.guest.openDir(failed, { create: 0o700 })
       await dir.unlink('backup.log')
       await dir.copyIn(filename, 'backup.log')
     } finally {
