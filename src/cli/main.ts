@@ -104,7 +104,7 @@ program
   .option('--firewall-config <file>', 'firewall configuration file to keep with the backup')
   .option(
     '--disk <name=path>',
-    'VM disk (qcow2 by .qcow2 extension, else raw); repeatable',
+    'VM disk, NAME=PATH[,format=raw|qcow2|vmdk|vdi|vhdx|qed] (default: qcow2 for *.qcow2, else raw); repeatable',
     collectDisk,
   )
   .option('--qmp <socket>', 'QMP socket of a running VM: back it up live, at one instant')

@@ -1,5 +1,7 @@
 /** Argument parsers of the CLI: each throws commander's InvalidArgumentError (exit code 2). */
 import { InvalidArgumentError } from 'commander'
+import { IMAGE_FORMATS } from '../qemu/img.ts'
+import type { ImageFormat } from '../qemu/img.ts'
 
 /** A guest id: 1 to 999999999, as Proxmox allows (100+ by convention). */
 export const parseVmid = (v: string): number => {
@@ -25,17 +27,31 @@ export const parseRate = (v: string): number => {
   return Number(m[1]) * unit
 }
 
-/** `NAME=PATH` of `--disk`; collects into an array. */
-export const collectDisk = (v: string, prev: [string, string][] = []): [string, string][] => {
+/** One `--disk`: device name, path and the format if stated. */
+export interface DiskArg {
+  name: string
+  path: string
+  format?: ImageFormat
+}
+
+/** `NAME=PATH[,format=FMT]` of `--disk`; collects into an array. */
+export const collectDisk = (v: string, prev: DiskArg[] = []): DiskArg[] => {
   const i = v.indexOf('=')
   const name = v.slice(0, i)
-  const path = v.slice(i + 1)
+  let path = v.slice(i + 1)
+  const f = /,format=([a-z0-9]+)$/.exec(path)
+  if (f !== null) path = path.slice(0, f.index)
   if (i <= 0 || path === '' || !/^[a-z][a-z0-9]{0,31}$/.test(name)) {
     throw new InvalidArgumentError(
-      `expected NAME=PATH with a device name like scsi0, virtio1, sata0 (got '${v}')`,
+      `expected NAME=PATH[,format=FMT] with a device name like scsi0, virtio1, sata0 (got '${v}')`,
     )
   }
-  return [...prev, [name, path]]
+  const format = f?.[1]
+  if (format === undefined) return [...prev, { name, path }]
+  if (!(IMAGE_FORMATS as readonly string[]).includes(format)) {
+    throw new InvalidArgumentError(`unknown disk format '${format}' (${IMAGE_FORMATS.join(', ')})`)
+  }
+  return [...prev, { name, path, format: format as ImageFormat }]
 }
 
 /** Repeatable string option. */

@@ -1,7 +1,8 @@
 /**
  * Offline VM disks as backup sources: qcow2 or raw files and block devices, served read-only by
  * qemu-nbd on a private socket for the `nbd` mechanism, or read directly for `file-handle`.
- * The format is never probed: `.qcow2` files are qcow2 (checked by magic), everything else raw.
+ * The format is never probed (see {@link inspectDisk}); non-raw images are read through qemu-nbd
+ * with an explicit driver.
  */
 import { open, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
@@ -11,7 +12,8 @@ import { dirtyExtents } from '../nbd/extents.ts'
 import { dirtyContext } from '../copy/nbd.ts'
 import { BackupError } from '../errors.ts'
 import { NbdClient } from '../nbd/client.ts'
-import { imageInfo } from '../qemu/img.ts'
+import { imageInfo, imageInUse } from '../qemu/img.ts'
+import { detectImageFormat, MAGIC_BYTES } from '../qemu/magic.ts'
 import type { ImageFormat } from '../qemu/img.ts'
 import { startQemuNbd } from '../qemu/nbd-server.ts'
 import type { QemuNbd } from '../qemu/nbd-server.ts'
@@ -25,10 +27,20 @@ export interface DiskSpec {
   format: ImageFormat
 }
 
-const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb])
-
-/** Decide and check the format of a disk given on the command line. */
-export const inspectDisk = async (device: string, path: string): Promise<DiskSpec> => {
+/**
+ * Decide and check the format of a disk given on the command line, never by probing: the
+ * stated `format`, else qcow2 for a `*.qcow2` name and raw for anything else. The file's
+ * signature must agree: a stated format must be what the file is, and a file assumed raw whose
+ * head is an image format QEMU knows (qcow2, QED, VMDK, VDI, VHDX, LUKS, VHD) is refused, since
+ * its raw bytes are not the guest's disk; `format=raw` stated explicitly stores the bytes as they
+ * are. A disk a running QEMU holds open for writing is refused: it changes under the backup.
+ */
+export const inspectDisk = async (
+  device: string,
+  path: string,
+  format?: ImageFormat,
+  signal?: AbortSignal,
+): Promise<DiskSpec> => {
   const abs = resolve(path)
   let st
   try {
@@ -42,27 +54,44 @@ export const inspectDisk = async (device: string, path: string): Promise<DiskSpe
   const fh = await open(abs, 'r').catch((e: unknown) => {
     throw new BackupError('USAGE', `disk ${device}: cannot read ${path}`, { cause: e })
   })
-  const head = Buffer.alloc(4)
+  const head = Buffer.alloc(MAGIC_BYTES)
+  let got: number
   try {
-    await fh.read(head, 0, 4, 0)
+    got = (await fh.read(head, 0, MAGIC_BYTES, 0)).bytesRead
   } finally {
     await fh.close()
   }
-  const isQcow2 = head.equals(QCOW2_MAGIC)
-  if (basename(abs).endsWith('.qcow2')) {
-    if (!isQcow2) throw new BackupError('USAGE', `disk ${device}: ${path} is not a qcow2 image`)
-    return { device, path: abs, format: 'qcow2' }
-  }
-  if (st.isFile() && st.size === 0) {
-    throw new BackupError('USAGE', `disk ${device}: ${path} is empty`)
-  }
-  if (st.isFile() && st.size % 512 !== 0) {
+  const seen = detectImageFormat(head.subarray(0, got))
+  const fmt = format ?? (basename(abs).endsWith('.qcow2') ? 'qcow2' : 'raw')
+  if (fmt === 'raw') {
+    if (format === undefined && seen !== undefined) {
+      throw new BackupError(
+        'USAGE',
+        `disk ${device}: ${path} is a ${seen} image, not raw: give ${device.replace(/^drive-/, '')}=${path},format=${seen === 'luks' || seen === 'vpc' ? 'raw' : seen} (or format=raw to store its bytes as they are)`,
+      )
+    }
+    if (st.isFile() && st.size === 0) {
+      throw new BackupError('USAGE', `disk ${device}: ${path} is empty`)
+    }
+    if (st.isFile() && st.size % 512 !== 0) {
+      throw new BackupError(
+        'USAGE',
+        `disk ${device}: ${path} is not a disk image (${st.size} bytes is not a multiple of 512)`,
+      )
+    }
+  } else if (seen !== fmt) {
     throw new BackupError(
       'USAGE',
-      `disk ${device}: ${path} is not a disk image (${st.size} bytes is not a multiple of 512)`,
+      `disk ${device}: ${path} is not a ${fmt} image (${seen === undefined ? 'no known signature' : `it is ${seen}`})`,
     )
   }
-  return { device, path: abs, format: 'raw' }
+  if (await imageInUse(abs, signal)) {
+    throw new BackupError(
+      'USAGE',
+      `disk ${device}: ${path} is in use by a running QEMU (it holds the image's write lock): back up a running VM with --qmp SOCKET`,
+    )
+  }
+  return { device, path: abs, format: fmt }
 }
 
 /** Virtual size of a disk in bytes. */

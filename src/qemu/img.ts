@@ -8,8 +8,11 @@ import { z } from 'zod'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 
-/** Image formats guestbackup reads or writes. */
-export type ImageFormat = 'qcow2' | 'raw'
+/** Image formats guestbackup writes (qcow2, raw) or reads as backup sources (all). */
+export type ImageFormat = 'qcow2' | 'raw' | 'vmdk' | 'vdi' | 'vhdx' | 'qed'
+
+/** Every {@link ImageFormat}, for option parsing. */
+export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx', 'qed']
 
 /** The subset of `qemu-img info --output=json` we rely on. */
 const ImageInfoSchema = z.looseObject({
@@ -202,4 +205,30 @@ export const commitImage = async (spec: string, signal?: AbortSignal): Promise<v
     throw new BackupError('IMAGE_INVALID', 'commit takes an explicit json: chain spec only')
   }
   await qemuImg(['commit', '-q', '-d', spec], signal)
+}
+
+/**
+ * True if a running QEMU holds the image's write lock. QEMU's file driver takes OFD locks on
+ * bytes 100+ of the file for the permissions it holds (`block/file-posix.c`,
+ * `raw_apply_lock_bytes`); a writer holds the "write" byte, which only a writable open checks, so
+ * the image is opened writable with the raw driver, which writes nothing, and closed at once.
+ * Other failures (permissions, a read-only medium) tell nothing: false.
+ */
+export const imageInUse = async (path: string, signal?: AbortSignal): Promise<boolean> => {
+  try {
+    await run(
+      'setpriv',
+      ['--pdeathsig', 'SIGKILL', '--', 'qemu-io', '-f', 'raw', '-c', 'quit', abs(path)],
+      {
+        label: 'qemu-io',
+        signal,
+        errorCode: 'QEMU_TOOL_FAILED',
+      },
+    )
+    return false
+  } catch (e) {
+    if (signal?.aborted === true) throw e
+    const stderr = e instanceof BackupError ? e.details?.['stderr'] : undefined
+    return typeof stderr === 'string' && stderr.includes('Failed to get "write" lock')
+  }
 }

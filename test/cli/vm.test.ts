@@ -86,10 +86,26 @@ describe('cli: VM disk backup and restore', () => {
     assert.ok(await compareImages(raw, 'raw', join(target, 'drive-virtio0.raw'), 'raw'))
   })
 
+  it('backs up a vmdk and a qcow2 named .img as the images they are, given their format', async () => {
+    const vmdk = join(dir, 'disk.vmdk')
+    const img = join(dir, 'disk.img')
+    await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'vmdk', disk(), vmdk])
+    await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', disk(), img])
+    const b = await cliOk([
+      ...backupArgs(store, 102, join(dir, 'vm.conf'), '--json'),
+      ...['--disk', `scsi0=${vmdk},format=vmdk`, '--disk', `scsi1=${img},format=qcow2`],
+    ])
+    const { volid } = JSON.parse(b.stdout) as { volid: string }
+    const target = join(dir, 'restore-vmdk')
+    await cliOk(['restore', '--store', store, volid, '--target', target])
+    assert.ok(await compareImages(disk(), 'qcow2', join(target, 'drive-scsi0.raw'), 'raw'))
+    assert.ok(await compareImages(disk(), 'qcow2', join(target, 'drive-scsi1.raw'), 'raw'))
+  })
+
   it('lists backups as JSON with the documented fields', async () => {
     const r = await cliOk(['list', '--store', store, '--json'])
     const rows = JSON.parse(r.stdout) as Record<string, unknown>[]
-    assert.ok(rows.length >= 3)
+    assert.ok(rows.length >= 4)
     for (const row of rows) {
       assert.deepEqual(Object.keys(row).sort(), [
         'ctime',
@@ -105,7 +121,7 @@ describe('cli: VM disk backup and restore', () => {
       assert.equal(row['subtype'], 'qemu')
       assert.match(
         String(row['volid']),
-        /^store:backup\/10[01]\/qemu-\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
+        /^store:backup\/10[012]\/qemu-\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
       )
     }
   })

@@ -10,6 +10,7 @@ import type { Logger } from '../../log.ts'
 import { CONFIG_MAX_BYTES } from '../../provider/directory/restore.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
+import type { DiskArg } from '../parse.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 
 /** Options of the backup command as commander parses them. */
@@ -18,7 +19,7 @@ export interface BackupCommandOptions {
   vmid: number
   config: string
   firewallConfig?: string
-  disk?: [string, string][]
+  disk?: DiskArg[]
   rootfs?: string
   exclude?: string[]
   qmp?: string
@@ -141,7 +142,8 @@ export const backupCommand = async (
     }
   } else {
     const specs = []
-    for (const [name, path] of disks) specs.push(await inspectDisk(`drive-${name}`, path))
+    for (const d of disks)
+      specs.push(await inspectDisk(`drive-${d.name}`, d.path, d.format, signal))
     guest = {
       type: 'qemu',
       vmid: o.vmid,
