@@ -80,7 +80,6 @@ program
     parseCount,
   )
   .action(async (store: string, o: Record<string, string | number | undefined>) => {
-    if (typeof o['pruneBackups'] === 'string') parsePruneBackups(o['pruneBackups'])
     const input = Object.fromEntries(
       Object.entries({
         'vm-backup-mode': o['vmBackupMode'],

@@ -150,7 +150,8 @@ export const freeBackup = async (
   ref: VolumeRef,
   opts: FreeOptions = {},
 ): Promise<void> => {
-  await resumeRemoval(layout, guest, opts)
+  // A killed `remove` of this very backup, run again, finishes it: that is success.
+  if ((await resumeRemoval(layout, guest, opts)) === ref.volname) return
   const me = await readBackup(guest, ref)
   if (me === undefined) throw new BackupError('NOT_FOUND', `backup ${ref.volname} does not exist`)
   if ((await guest.lstat(layout.protectedName(ref))) !== undefined) {

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod'
 import { BackupError } from '../../errors.ts'
+import { parsePruneBackups } from '../../storage/prune-options.ts'
 
 /** Name of the store's configuration file, at the root of `path`. */
 export const STORE_FILE = 'guestbackup-store.json'
@@ -15,12 +16,15 @@ export const STORE_ID_RE = /^[a-z][a-z0-9._-]{0,63}$/
 /** Format version of {@link STORE_FILE}. */
 export const STORE_VERSION = 1
 
-const pruneString = z
-  .string()
-  .regex(
-    /^(keep-(all|last|hourly|daily|weekly|monthly|yearly)=\d+)(,keep-(all|last|hourly|daily|weekly|monthly|yearly)=\d+)*$/,
-    'expected e.g. keep-last=3,keep-daily=7',
-  )
+// One validator for `prune-backups` wherever it comes from (store file, `init`, the plugin's
+// options): the port of Proxmox's own parser and its `validate_prune_backups`.
+const pruneString = z.string().superRefine((v, ctx) => {
+  try {
+    parsePruneBackups(v)
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message })
+  }
+})
 
 /** Schema of the store options. */
 export const StoreOptionsSchema = z.strictObject({

@@ -17,7 +17,6 @@ import {
 } from './options.ts'
 import type { StoreOptions, StoreOptionsInput } from './options.ts'
 import { DirectoryStorage } from './storage.ts'
-import { parsePruneBackups } from '../../storage/prune-options.ts'
 
 /**
  * Initialise a store at `path` (created if missing). Re-running `init` on an existing store
@@ -41,7 +40,6 @@ export const initStore = async (
     }
   }
   const opts = parseStoreOptions({ ...previous, ...options, path: root })
-  parsePruneBackups(opts['prune-backups'])
   let dir: Dir
   try {
     await mkdir(root, { recursive: true, mode: 0o700 })
