@@ -32,6 +32,10 @@ export const ERROR_CODES = [
   'NO_SPACE',
   'IO',
   'ABORTED',
+  /** The host or QEMU lacks a needed capability (version, feature). */
+  'UNSUPPORTED',
+  /** A guestbackup bug: an invariant broke or an API was misused by our own code. */
+  'INTERNAL',
 ] as const
 
 /** A string code naming the kind of failure. */

@@ -263,7 +263,8 @@ const main = async (): Promise<number> => {
     }
     const err = toBackupError(e)
     const debug = program.opts<{ debug?: boolean }>().debug === true
-    process.stderr.write(`guestbackup: ${err.message}\n`)
+    const bug = err.code === 'INTERNAL' ? 'internal error (a bug in guestbackup): ' : ''
+    process.stderr.write(`guestbackup: ${bug}${err.message}\n`)
     if (debug && e instanceof Error && e.stack !== undefined) process.stderr.write(`${e.stack}\n`)
     if (err.code === 'ABORTED' || interrupted) return 130
     return USAGE_CODES.has(err.code) ? 2 : 1

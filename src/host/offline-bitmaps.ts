@@ -32,8 +32,9 @@ const bitmapOp = async (disk: DiskSpec, bitmap: string, ops: string[]): Promise<
       errorCode: 'QEMU_TOOL_FAILED',
     })
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e)
-    if (/lock/i.test(msg)) {
+    // QEMU's image locking refuses with exactly this (block/file-posix.c, raw_check_lock_bytes).
+    const stderr = e instanceof BackupError ? e.details?.['stderr'] : undefined
+    if (typeof stderr === 'string' && stderr.includes('Failed to get "write" lock')) {
       throw new BackupError(
         'USAGE',
         `${disk.path} is in use by a running QEMU: back the VM up with --qmp`,

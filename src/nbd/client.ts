@@ -27,8 +27,9 @@ import type {
 /** Largest TRIM / WRITE_ZEROES request before splitting (32-bit length field, 2^31 advised). */
 const MAX_SPLIT = 2 ** 31
 
+// Requests the caller (our own code) built wrongly: a bug, not the user's input.
 const usage = (message: string, details?: Record<string, unknown>): BackupError =>
-  new BackupError('USAGE', message, details ? { details } : {})
+  new BackupError('INTERNAL', message, details ? { details } : {})
 
 const unsupported = (message: string): BackupError => new BackupError('NBD_UNSUPPORTED', message)
 

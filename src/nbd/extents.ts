@@ -55,7 +55,7 @@ export async function* walkExtents(
   const chunk = opts.chunk ?? DEFAULT_CHUNK
   const min = client.blockSize.minimum
   if (!Number.isSafeInteger(chunk) || chunk < min || chunk % min !== 0 || chunk > 2 ** 32 - min) {
-    throw new BackupError('USAGE', `walkExtents: bad chunk size ${chunk}`)
+    throw new BackupError('INTERNAL', `walkExtents: bad chunk size ${chunk}`)
   }
   let held: Extent | undefined
   let pos = start
@@ -77,7 +77,10 @@ export async function* walkExtents(
       pos = e.offset + len
     }
     if (pos === before) {
-      throw new BackupError('NBD_PROTOCOL', `NBD block status at ${pos} made no progress`)
+      throw new BackupError(
+        'NBD_PROTOCOL',
+        `NBD block status at ${pos} made no progress (the server replied with no extent)`,
+      )
     }
   }
   if (held) yield held

@@ -124,7 +124,7 @@ export class FrameReader {
     if (ready !== undefined) return Promise.resolve(ready)
     if (this.#ended) return Promise.reject(this.#ended)
     if (this.#waiter)
-      return Promise.reject(new BackupError('USAGE', 'FrameReader: concurrent read'))
+      return Promise.reject(new BackupError('INTERNAL', 'FrameReader: concurrent read'))
     return new Promise<Buffer>((resolve, reject) => {
       const onAbort = (): void => {
         this.#waiter = undefined

@@ -98,7 +98,7 @@ export const createImage = async (path: string, opts: CreateImageOptions): Promi
   if (o.length > 0) args.push('-o', o.join(','))
   if (opts.backingFile !== undefined) {
     if (opts.backingFormat === undefined) {
-      throw new BackupError('USAGE', 'a backing file needs an explicit backing format')
+      throw new BackupError('INTERNAL', 'a backing file needs an explicit backing format')
     }
     args.push('-b', opts.backingFile, '-F', opts.backingFormat, '-u')
   }

@@ -79,7 +79,7 @@ export const backupLiveVm = async (
   try {
     const v = qmp.version
     if (v.major < MIN_QEMU[0] || (v.major === MIN_QEMU[0] && v.minor < MIN_QEMU[1])) {
-      throw new BackupError('QMP_PROTOCOL', `QEMU ${v.major}.${v.minor} is too old (need 5.2+)`)
+      throw new BackupError('UNSUPPORTED', `QEMU ${v.major}.${v.minor} is too old (need 5.2+)`)
     }
     log.info(`QEMU ${v.major}.${v.minor}.${v.micro}: fleecing overlay + backup job graph`)
     for (const what of await recoverLeftovers(qmp, guest.vmid, guest.fleeceDir)) {
