@@ -173,9 +173,9 @@ program
   .requiredOption('--store <dir>', 'store directory')
   .option('--firewall', 'print the firewall configuration instead')
   .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
-    const volname = stripStoreId(volume)
-    parseVolname(volname)
     const storage = await openStore(o.store)
+    const volname = stripStoreId(volume, storage.storeId)
+    parseVolname(volname)
     const provider = storage.newBackupProvider(() => undefined)
     if (o.firewall === true) {
       const fw = await provider.archiveGetFirewallConfig(volname)
@@ -225,7 +225,7 @@ program
   .requiredOption('--store <dir>', 'store directory')
   .action(async (volume: string, o: { store: string }) => {
     const storage = await openStore(o.store)
-    await storage.freeImage(stripStoreId(volume))
+    await storage.freeImage(stripStoreId(volume, storage.storeId))
   })
 
 program
@@ -236,7 +236,11 @@ program
   .option('--off', 'remove the protection')
   .action(async (volume: string, o: { store: string; off?: boolean }) => {
     const storage = await openStore(o.store)
-    await storage.updateVolumeAttribute(stripStoreId(volume), 'protected', o.off !== true)
+    await storage.updateVolumeAttribute(
+      stripStoreId(volume, storage.storeId),
+      'protected',
+      o.off !== true,
+    )
   })
 
 program
@@ -247,7 +251,7 @@ program
   .option('--set <text>', 'new notes ("" removes them)')
   .action(async (volume: string, o: { store: string; set?: string }) => {
     const storage = await openStore(o.store)
-    const volname = stripStoreId(volume)
+    const volname = stripStoreId(volume, storage.storeId)
     if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
     else process.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
   })

@@ -51,6 +51,16 @@ describe('cli: bad input', () => {
     ['a bad disk spec', backupArgs('X', 1, 'c', '--disk', 'oops'), /NAME=PATH/],
     ['a bad choice', ['init', 'X', '--vm-backup-mode', 'sometimes'], /Allowed choices/],
     ['a bad prune spec', ['init', 'X', '--prune-backups', 'keep-lots=3'], /keep-lots|prune/],
+    [
+      "another store's volume id",
+      ['remove', '--store', 'X', 'elsewhere:backup/100/qemu-2026-01-01T00:00:00Z'],
+      /belongs to store 'elsewhere', not to/,
+    ],
+    [
+      'a disk format guestbackup does not read',
+      backupArgs('X', 1, 'c', '--disk', 'scsi0=/x,format=iso'),
+      /unknown disk format 'iso'/,
+    ],
   ]
   for (const [what, args, re] of usage) {
     it(`exits 2 on ${what}`, async () => {

@@ -16,9 +16,9 @@ export const restoreCommand = async (
   logger: Logger,
   signal: AbortSignal,
 ): Promise<number> => {
-  const volname = stripStoreId(volume)
-  parseVolname(volname)
   const storage = await openStore(o.store)
+  const volname = stripStoreId(volume, storage.storeId)
+  parseVolname(volname)
   const [target, store] = [await realPathOf(o.target), await realPathOf(o.store)]
   if (insideOrSame(target, store) || insideOrSame(store, target)) {
     throw new BackupError('USAGE', `restore target ${o.target} overlaps the store ${o.store}`)
@@ -40,8 +40,19 @@ export const restoreCommand = async (
   return 0
 }
 
-/** Accept `backup/…` as well as `<storeid>:backup/…`. */
-export const stripStoreId = (volume: string): string => {
+/**
+ * Accept `backup/…` as well as `<storeid>:backup/…`; a volume id naming another store is
+ * refused (it is not in this one, whatever its name says).
+ */
+export const stripStoreId = (volume: string, storeId: string): string => {
   const i = volume.indexOf(':backup/')
-  return i > 0 && !volume.slice(0, i).includes('/') ? volume.slice(i + 1) : volume
+  if (i <= 0 || volume.slice(0, i).includes('/')) return volume
+  const prefix = volume.slice(0, i)
+  if (prefix !== storeId) {
+    throw new BackupError(
+      'USAGE',
+      `volume ${volume} belongs to store '${prefix}', not to '${storeId}'`,
+    )
+  }
+  return volume.slice(i + 1)
 }
