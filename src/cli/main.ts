@@ -128,12 +128,15 @@ program
   .description('list the backups of a store')
   .requiredOption('--store <dir>', 'store directory')
   .option('--vmid <id>', 'only this guest', parseVmid)
+  .option('--failed', 'also list failed backup runs, with their error and task log')
   .option('--json', 'print a JSON array')
-  .action(async (o: { store: string; vmid?: number; json?: boolean }) => {
+  .action(async (o: { store: string; vmid?: number; failed?: boolean; json?: boolean }) => {
     const storage = await openStore(o.store)
-    const vols = await storage.listVolumes(o.vmid === undefined ? {} : { vmid: o.vmid })
+    const filter = o.vmid === undefined ? {} : { vmid: o.vmid }
+    const vols = await storage.listVolumes(filter)
+    const failed = o.failed === true ? await storage.listFailed(filter) : []
     if (o.json === true) {
-      const rows = vols.map((v) => ({
+      const rows: Record<string, unknown>[] = vols.map((v) => ({
         volid: v.volid,
         vmid: v.vmid,
         subtype: v.subtype,
@@ -143,7 +146,19 @@ program
         parent: v.parent ?? null,
         protected: v.protected,
         notes: v.notes ?? null,
+        status: 'ok',
       }))
+      for (const f of failed) {
+        rows.push({
+          volid: f.volid,
+          vmid: f.vmid,
+          subtype: f.subtype,
+          ctime: f.ctime,
+          status: 'failed',
+          error: f.error ?? null,
+          log: f.log,
+        })
+      }
       console.log(JSON.stringify(rows, null, 2))
       return
     }
@@ -152,6 +167,9 @@ program
       console.log(
         [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
       )
+    }
+    for (const f of failed) {
+      console.log([f.volid, f.subtype, 'FAILED'.padStart(10), f.error ?? '', f.log].join('  '))
     }
   })
 

@@ -114,6 +114,7 @@ describe('cli: VM disk backup and restore', () => {
         'parent',
         'protected',
         'size',
+        'status',
         'subtype',
         'vmid',
         'volid',

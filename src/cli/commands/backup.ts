@@ -172,7 +172,8 @@ export const backupCommand = async (
         vmid: result.vmid,
         type: result.type,
         status: result.status,
-        volid: result.volid ?? null,
+        // A failed run made no volume: name none.
+        volid: result.status === 'ok' ? (result.volid ?? null) : null,
         size: result.archiveSize ?? null,
         error: result.error?.message ?? null,
       }),
@@ -181,7 +182,10 @@ export const backupCommand = async (
     console.log(`${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
   }
   if (result.status !== 'ok') {
-    throw result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')
+    const err = result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')
+    const failed = result.volid === undefined ? undefined : await storage.failedLog(result.volid)
+    if (failed === undefined) throw err
+    throw new BackupError(err.code, `${err.message} (task log: ${failed})`, { cause: err })
   }
   return 0
 }

@@ -2,6 +2,7 @@
 import type { GuestType } from '../../api/provider.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { BACKUP_DIR_RE, GUEST_DIR_RE, MANIFEST, parseTime, volumeRef } from './layout.ts'
+import { isBackupError } from '../../errors.ts'
 import type { VolumeRef } from './layout.ts'
 import { readManifest } from './manifest.ts'
 import type { Manifest } from './manifest.ts'
@@ -64,4 +65,44 @@ export const readBackup = async (guest: Dir, ref: VolumeRef): Promise<FoundBacku
     manifest = undefined
   }
   return { ref, manifest }
+}
+
+/** A failed backup run: its `<type>-<time>.failed/backup.log`. */
+export interface FailedRun {
+  ref: VolumeRef
+  /** The error the run ended with, from its task log (undefined if unreadable). */
+  error: string | undefined
+}
+
+const FAILED_RE = /^((?:qemu|lxc)-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)\.failed$/
+
+/** Task logs are small; a larger one is only searched for its error up to this size. */
+const LOG_MAX_BYTES = 8 * 1024 * 1024
+
+/** Failed runs of one guest (real directories only), newest first. */
+export const listFailedRuns = async (
+  guest: Dir,
+  vmid: number,
+  subtype?: GuestType,
+): Promise<FailedRun[]> => {
+  const out: FailedRun[] = []
+  for (const e of await guest.list()) {
+    const name = FAILED_RE.exec(e.name)?.[1]
+    const m = name === undefined ? null : BACKUP_DIR_RE.exec(name)
+    const ctime = parseTime(m?.[2] ?? '')
+    if (!e.isDirectory() || m === null || ctime === undefined) continue
+    const type = m[1] as GuestType
+    if (subtype !== undefined && type !== subtype) continue
+    let error: string | undefined
+    try {
+      await using dir = await guest.openDir(e.name)
+      const log = await dir.tryReadFile('backup.log', LOG_MAX_BYTES)
+      const lines = (log ?? '').split('\n').filter((l) => l.includes(' ERROR: '))
+      error = lines.at(-1)?.replace(/^\S+ ERROR: (backup failed: )?/, '')
+    } catch (err) {
+      if (!isBackupError(err)) throw err
+    }
+    out.push({ ref: volumeRef(vmid, type, ctime), error })
+  }
+  return out.sort((a, b) => b.ref.ctime - a.ref.ctime)
 }

@@ -25,8 +25,21 @@ import type { StoreLayout, VolumeRef } from './layout.ts'
 import { freeBackup, parentAfter, pendingRemoval, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
-import { listGuestBackups, listGuestIds, readBackup } from './scan.ts'
+import { listFailedRuns, listGuestBackups, listGuestIds, readBackup } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+
+/** A failed backup run as {@link DirectoryStorage.listFailed} shows it. */
+export interface FailedVolume {
+  /** The volume id the backup would have had. */
+  volid: string
+  vmid: number
+  subtype: GuestType
+  ctime: number
+  /** The error line of its task log, if found. */
+  error: string | undefined
+  /** Path of its task log. */
+  log: string
+}
 
 /** Notes are a few lines of text (Proxmox keeps them in a `.notes` file too). */
 export const NOTES_MAX_BYTES = 64 * 1024
@@ -231,8 +244,63 @@ export class DirectoryStorage implements BackupStorage {
         opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`)
       }
     }
+    for (const vmid of new Set(result.map((r) => r.vmid))) {
+      await using guest = await this.#tryGuest(root, vmid)
+      if (guest === undefined) continue
+      await using _lock = await lockGuest(guest)
+      await this.#pruneFailed(guest, vmid, opts.log)
+    }
     if (errors > 0) throw new BackupError('IO', 'error pruning backups - check log')
     return result
+  }
+
+  /**
+   * Failed backup runs (`<type>-<time>.failed`, holding their task log), newest first per guest:
+   * guestbackup's extension beside Proxmox's volume list, which shows only backups.
+   */
+  async listFailed(opts: { vmid?: number; subtype?: GuestType } = {}): Promise<FailedVolume[]> {
+    await using root = await this.#layout.openRoot()
+    const ids = opts.vmid === undefined ? await listGuestIds(root) : [opts.vmid]
+    const out: FailedVolume[] = []
+    for (const vmid of ids) {
+      await using guest = await this.#tryGuest(root, vmid)
+      if (guest === undefined) continue
+      for (const f of await listFailedRuns(guest, vmid, opts.subtype)) {
+        out.push({
+          volid: this.#volid(f.ref.volname),
+          vmid,
+          subtype: f.ref.subtype,
+          ctime: f.ref.ctime,
+          error: f.error,
+          log: `${this.#layout.root}/${vmid}/${this.#layout.failedName(f.ref)}/backup.log`,
+        })
+      }
+    }
+    return out
+  }
+
+  /** The task log path of the failed run that would have been `volid`, if it was kept. */
+  async failedLog(volid: string): Promise<string | undefined> {
+    const ref = parseVolname(volid.slice(volid.indexOf(':') + 1))
+    const runs = await this.listFailed({ vmid: ref.vmid, subtype: ref.subtype })
+    return runs.find((r) => r.ctime === ref.ctime)?.log
+  }
+
+  /**
+   * Remove the failed runs of a guest older than its newest backup of the same type: once a
+   * backup succeeded, the logs of the failures before it are history (the caller holds the lock).
+   */
+  async #pruneFailed(guest: Dir, vmid: number, log?: ProviderLogFunction): Promise<void> {
+    const newest = new Map<GuestType, number>()
+    for (const b of await listGuestBackups(guest, vmid)) {
+      newest.set(b.ref.subtype, Math.max(newest.get(b.ref.subtype) ?? 0, b.ref.ctime))
+    }
+    for (const f of await listFailedRuns(guest, vmid)) {
+      if (f.ref.ctime < (newest.get(f.ref.subtype) ?? 0)) {
+        await guest.removeTree(this.#layout.failedName(f.ref))
+        log?.('info', `removed the log of failed run ${this.#volid(f.ref.volname)}`)
+      }
+    }
   }
 
   /** Create the provider writing to this store. */
