@@ -88,6 +88,11 @@ export interface PruneResultEntry {
   mark: PruneMarkKind
   type: GuestType
   vmid: number
+  /**
+   * guestbackup extension, on a dry run: for a backup marked `remove` that others build on, the
+   * merges its removal does (into which backup, which disk, bytes written), as the store is now.
+   */
+  merges?: readonly { child: string; device: string; bytes: number }[]
 }
 
 /** Options of {@link BackupStorage.pruneBackups}. */

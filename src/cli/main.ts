@@ -232,7 +232,12 @@ program
           else log.info(msg)
         },
       })
-      for (const m of marks) console.log(`${m.volid}  ${m.mark}`)
+      for (const m of marks) {
+        const merges = (m.merges ?? []).map(
+          (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
+        )
+        console.log(`${m.volid}  ${m.mark}${merges.join('')}`)
+      }
     },
   )
 

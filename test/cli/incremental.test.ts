@@ -119,8 +119,13 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
         dry.stdout
           .trim()
           .split('\n')
-          .filter((l) => l.endsWith('remove')).length,
+          .filter((l) => / remove($| {2}merges)/.test(l)).length,
         2,
+      )
+      // Of the two removed, the newer is the base of a kept backup: its merge is announced.
+      assert.match(
+        dry.stdout,
+        /remove {2}merges drive-scsi0 into store:backup\/100\/qemu-\S+ \(writes \d/,
       )
       assert.equal((await list()).length, 4)
       await cliOk(['prune', '--store', store, '--keep', 'keep-last=2'])

@@ -139,19 +139,25 @@ export const resumeRemoval = async (
   return journal.volname
 }
 
+/** One merge a removal would do, with the bytes it writes (the dependant's allocated size). */
+export interface PlannedMerge {
+  child: string
+  device: string
+  parent: string | null
+  bytes: number
+}
+
 /**
- * Free the backup `ref` of the locked guest directory `guest`, merging it first into the
- * backups that build on it. `NOT_FOUND` if it does not exist, `PROTECTED` if protected,
- * `NO_SPACE` (before anything is written) if the merge cannot fit.
+ * Plan the removal of `ref` from the guest directory `guest` without changing anything: the
+ * merges into its dependants and what each writes, after checking the manifests against the
+ * qcow2 headers. `NOT_FOUND`, `PROTECTED`, or `ARCHIVE_INVALID` for an inconsistent store.
  */
-export const freeBackup = async (
+export const planRemoval = async (
   layout: StoreLayout,
   guest: Dir,
   ref: VolumeRef,
   opts: FreeOptions = {},
-): Promise<void> => {
-  // A killed `remove` of this very backup, run again, finishes it: that is success.
-  if ((await resumeRemoval(layout, guest, opts)) === ref.volname) return
+): Promise<PlannedMerge[]> => {
   const me = await readBackup(guest, ref)
   if (me === undefined) throw new BackupError('NOT_FOUND', `backup ${ref.volname} does not exist`)
   if ((await guest.lstat(layout.protectedName(ref))) !== undefined) {
@@ -181,8 +187,7 @@ export const freeBackup = async (
     throw inconsistent(`${ref.volname} has dependants but no valid manifest`)
   }
   await assertNoHiddenDependant(guest, ref, merges)
-  // Check every header against the plan and the space the merges write, before writing.
-  let need = 0
+  const planned: PlannedMerge[] = []
   for (const m of merges) {
     await using chain = await openChain(guest, parseVolname(m.child).dirName, imageOf(m.device), {
       dirName: BACKUP_DIR_RE,
@@ -202,9 +207,27 @@ export const freeBackup = async (
         await fh.close()
       }
     })
-    need += st.blocks * 512
+    planned.push({ ...m, bytes: st.blocks * 512 })
   }
-  if (merges.length > 0) {
+  return planned
+}
+
+/**
+ * Free the backup `ref` of the locked guest directory `guest`, merging it first into the
+ * backups that build on it. `NOT_FOUND` if it does not exist, `PROTECTED` if protected,
+ * `NO_SPACE` (before anything is written) if the merge cannot fit.
+ */
+export const freeBackup = async (
+  layout: StoreLayout,
+  guest: Dir,
+  ref: VolumeRef,
+  opts: FreeOptions = {},
+): Promise<void> => {
+  // A killed `remove` of this very backup, run again, finishes it: that is success.
+  if ((await resumeRemoval(layout, guest, opts)) === ref.volname) return
+  const planned = await planRemoval(layout, guest, ref, opts)
+  const need = planned.reduce((n, m) => n + m.bytes, 0)
+  if (planned.length > 0) {
     const free = await guest.freeBytes()
     if (free < need + SPACE_MARGIN) {
       throw new BackupError(
@@ -213,6 +236,7 @@ export const freeBackup = async (
       )
     }
   }
+  const merges = planned.map(({ child, device, parent }) => ({ child, device, parent }))
   const journal: Journal = { version: 1, volname: ref.volname, merges }
   await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
   await runJournal(layout, guest, journal, opts)

@@ -22,7 +22,7 @@ import { planPrune } from '../../storage/prune.ts'
 import { allocatedBytes } from './fsutil.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { freeBackup, parentAfter, pendingRemoval, resumeRemoval } from './merge.ts'
+import { freeBackup, parentAfter, pendingRemoval, planRemoval, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, readBackup } from './scan.ts'
@@ -220,7 +220,24 @@ export class DirectoryStorage implements BackupStorage {
       type: p.subtype,
       vmid: p.vmid,
     }))
-    if (opts.dryRun) return result
+    if (opts.dryRun) {
+      await using root = await this.#layout.openRoot()
+      for (const r of result) {
+        if (r.mark !== 'remove') continue
+        const ref = parseVolname(r.volid.slice(r.volid.indexOf(':') + 1))
+        await using guest = await this.#tryGuest(root, ref.vmid)
+        if (guest === undefined) continue
+        const merges = await planRemoval(this.#layout, guest, ref)
+        if (merges.length > 0) {
+          r.merges = merges.map((m) => ({
+            child: this.#volid(m.child),
+            device: m.device,
+            bytes: m.bytes,
+          }))
+        }
+      }
+      return result
+    }
     let errors = 0
     await using root = await this.#layout.openRoot()
     // Oldest first, so a removed base is merged into a dependant that is itself kept.
