@@ -107,7 +107,7 @@ export const backupLiveVm = async (
     plans = disks.map((d) => planDiskBitmaps(d, storeId, answer[d.device]))
     const persistentNodes = new Set(disks.filter((d) => d.format === 'qcow2').map((d) => d.node))
     let agent: GuestAgent | undefined
-    const freeze = { done: false }
+    const freeze = { attempted: false, done: false }
     if (guest.qga !== undefined) {
       try {
         agent = await GuestAgent.connect(guest.qga)
@@ -129,6 +129,8 @@ export const backupLiveVm = async (
         before: async () => {
           if (agent === undefined) return
           try {
+            // A freeze that timed out may still take effect in the guest: thaw regardless.
+            freeze.attempted = true
             const n = await agent.freeze()
             freeze.done = true
             log.info(`guest agent froze ${n} file system(s)`)
@@ -137,8 +139,15 @@ export const backupLiveVm = async (
           }
         },
         after: async () => {
-          if (agent !== undefined && freeze.done) await agent.thaw()
-          await agent?.close()
+          // Thaw whenever a freeze was attempted, as qemu-server does (a thaw of a thawed guest
+          // is harmless); a failed thaw is logged, never left silent.
+          try {
+            if (agent !== undefined && freeze.attempted) await agent.thaw()
+          } catch (e) {
+            log.warn(`fs-thaw failed: ${toBackupError(e).message}`)
+          } finally {
+            await agent?.close()
+          }
         },
       },
       signal,
