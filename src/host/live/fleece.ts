@@ -39,8 +39,11 @@ export interface TransactionAction {
 export interface FleeceSession {
   /** Unix socket of QEMU's NBD server; export name = device name. */
   socketPath: string
-  /** Tear everything down; idempotent; never throws (errors are returned). */
-  teardown(): Promise<BackupError[]>
+  /**
+   * Tear everything down, through `monitor` (a new connection: the set-up one may be closed
+   * meanwhile) or the set-up connection; idempotent; never throws (errors are returned).
+   */
+  teardown(monitor?: () => Promise<QmpClient>): Promise<BackupError[]>
 }
 
 /** Options of {@link setupFleecing}. */
@@ -75,12 +78,12 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
   const dir: TempDir = await makeTempDir(`${FLEECE_DIR_PREFIX}${o.vmid}-`, parent)
   let server = false
   let torn = false
-  const teardown = async (): Promise<BackupError[]> => {
+  const teardown = async (monitor?: () => Promise<QmpClient>): Promise<BackupError[]> => {
     if (torn) return []
     torn = true
     const errors: BackupError[] = []
     try {
-      await removeOurObjects(qmp, server)
+      await removeOurObjects(monitor === undefined ? qmp : await monitor(), server)
     } catch (e) {
       errors.push(new BackupError('QMP_COMMAND', `teardown: ${toBackupError(e).message}`))
     }

@@ -73,6 +73,16 @@ export const backupLiveVm = async (
     )
   }
   const qmp = await QmpClient.connect(guest.qmp, { signal })
+  // A QMP monitor serves one client at a time, and on a Proxmox node pvestatd and qm need it:
+  // it is held for set-up and the instant only, then given back while the disks are copied;
+  // teardown and the bitmap commit connect again (and give it back at once).
+  let held: QmpClient | undefined = qmp
+  const monitor = async (): Promise<QmpClient> => (held ??= await QmpClient.connect(guest.qmp))
+  const release = async (): Promise<void> => {
+    const q = held
+    held = undefined
+    await q?.close()
+  }
   let plans: DiskBitmapPlan[] = []
   // Bitmaps change only with the instant's transaction; before it there is nothing to undo.
   const state = { applied: false }
@@ -154,6 +164,7 @@ export const backupLiveVm = async (
     })
     const readers: OpenedReader[] = []
     try {
+      await release()
       await guest.onInstant?.(session.socketPath)
       const volumes: Record<string, VmVolume> = {}
       for (const p of plans) {
@@ -191,29 +202,30 @@ export const backupLiveVm = async (
       })
     } finally {
       for (const r of readers.splice(0)) await r.close()
-      for (const e of await session.teardown()) log.error(`teardown: ${e.message}`)
+      for (const e of await session.teardown(monitor)) log.error(`teardown: ${e.message}`)
     }
   } catch (e) {
     try {
-      if (state.applied) await rollbackBitmaps(qmp, plans)
+      if (state.applied) await rollbackBitmaps(await monitor(), plans)
     } catch (re) {
       log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
     }
-    await qmp.close()
+    await release()
     throw e
   }
+  await release()
   let done = false
-  const finish = async (fn: () => Promise<void>): Promise<void> => {
+  const finish = async (fn: (q: QmpClient) => Promise<void>): Promise<void> => {
     if (done) return
     done = true
     try {
-      await fn()
+      await fn(await monitor())
     } finally {
-      await qmp.close()
+      await release()
     }
   }
   return {
-    commit: () => finish(() => commitBitmaps(qmp, plans)),
-    rollback: () => finish(() => rollbackBitmaps(qmp, plans)),
+    commit: () => finish((q) => commitBitmaps(q, plans)),
+    rollback: () => finish((q) => rollbackBitmaps(q, plans)),
   }
 }
