@@ -10,6 +10,8 @@ import { parsePruneBackups } from '../storage/prune-options.ts'
 import { initStore, openStore } from '../provider/directory/store.ts'
 import { parseVolname } from '../provider/directory/layout.ts'
 import { backupCommand } from './commands/backup.ts'
+import { bitmapsCommand } from './commands/bitmaps.ts'
+import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import { restoreCommand, stripStoreId } from './commands/restore.ts'
 import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
@@ -277,6 +279,24 @@ program
     const volname = stripStoreId(volume, storage.storeId)
     if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
     else process.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+  })
+
+program
+  .command('bitmaps')
+  .description("list (or drop) guestbackup's dirty bitmaps in a stopped VM's qcow2 disk")
+  .requiredOption('--disk <path>', 'qcow2 image of a stopped VM')
+  .option(
+    '--drop <name>',
+    'remove this bitmap (the next backup of the disk is full); repeatable',
+    collect,
+  )
+  .option('--drop-all', 'remove every guestbackup bitmap of the disk')
+  .option('--json', 'print JSON')
+  .action(async (o: BitmapsCommandOptions) => {
+    if (o.drop !== undefined && o.dropAll === true) {
+      throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
+    }
+    result = await bitmapsCommand(o, controller.signal)
   })
 
 const main = async (): Promise<number> => {

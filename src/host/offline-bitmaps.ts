@@ -21,7 +21,7 @@ export interface OfflineBitmapPlan {
   next?: string
 }
 
-interface QcowBitmap {
+export interface QcowBitmap {
   name: string
   flags: string[]
 }
@@ -129,4 +129,16 @@ export const rollbackOfflineBitmaps = async (
   if (plan.next === undefined) return
   if (plan.read !== undefined) await bitmapOp(disk, plan.read, ['--merge', plan.next, '--enable'])
   await bitmapOp(disk, plan.next, ['--remove'])
+}
+
+/** guestbackup's bitmaps (`gb-*`) in a stopped VM's qcow2 disk, with their flags. */
+export const guestbackupBitmaps = async (disk: DiskSpec): Promise<QcowBitmap[]> =>
+  disk.format === 'qcow2' ? (await listBitmaps(disk)).filter((b) => b.name.startsWith('gb-')) : []
+
+/** Remove one guestbackup bitmap from a stopped VM's qcow2 disk (the next backup is full). */
+export const dropBitmap = async (disk: DiskSpec, name: string): Promise<void> => {
+  if (!name.startsWith('gb-')) {
+    throw new BackupError('USAGE', `${name} is not a guestbackup bitmap (gb-*)`)
+  }
+  await bitmapOp(disk, name, ['--remove'])
 }

@@ -33,6 +33,11 @@ export interface JobOptions {
   provider: (log: ProviderLogFunction) => BackupProvider
   /** Store id for volume ids. */
   storeId: string
+  /**
+   * The store's immutable key in dirty-bitmap names (`gb-<key>-…`), so renaming the store id
+   * keeps incrementals going. Default: `storeId`.
+   */
+  bitmapKey?: string
   guests: readonly Guest[]
   /** Bytes per second; 0 or undefined: unlimited. */
   bandwidthLimit?: number | undefined
@@ -144,8 +149,8 @@ const backupGuest = async (
     }
     if (guest.type === 'lxc') await backupCtGuest(provider, guest, info, log)
     else if ('qmp' in guest)
-      finalizer = await backupLiveVm(provider, guest, opts.storeId, info, log)
-    else finalizer = await backupVmGuest(provider, guest, opts.storeId, info, log)
+      finalizer = await backupLiveVm(provider, guest, opts.bitmapKey ?? opts.storeId, info, log)
+    else finalizer = await backupVmGuest(provider, guest, opts.bitmapKey ?? opts.storeId, info, log)
     opts.signal.throwIfAborted()
     const res = await provider.backupCleanup(guest.vmid, guest.type, true, {})
     // Only now, with the backup committed by the provider, may the frozen bitmaps go. A failure

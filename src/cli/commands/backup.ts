@@ -156,6 +156,7 @@ export const backupCommand = async (
   const [result] = await runBackupJob({
     provider: (log) => storage.newBackupProvider(log),
     storeId: storage.storeId,
+    bitmapKey: storage.bitmapKey,
     guests: [guest],
     bandwidthLimit: o.bwlimit,
     logger,

@@ -59,6 +59,14 @@ export const StoreFileSchema = z.strictObject({
   type: z.literal('dir'),
   /** Store id, the prefix of volume ids (`<id>:backup/…`), Proxmox storage id syntax. */
   id: z.string().regex(STORE_ID_RE, 'a store id starts with a letter: [a-z][a-z0-9._-]*'),
+  /**
+   * The store's immutable identity, made at `init` (a UUID), the key of its dirty-bitmap names;
+   * the id is only a display name. Stores made before it existed keep their id as key.
+   */
+  uuid: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9._-]{0,63}$/)
+    .optional(),
   options: StoreOptionsSchema,
 })
 

@@ -50,10 +50,23 @@ export class DirectoryStorage implements BackupStorage {
   readonly #options: StoreOptions
   readonly #storeId: string
 
-  constructor(layout: StoreLayout, options: StoreOptions, storeId = STORE_ID_DEFAULT) {
+  readonly #bitmapKey: string
+
+  constructor(
+    layout: StoreLayout,
+    options: StoreOptions,
+    storeId = STORE_ID_DEFAULT,
+    bitmapKey = storeId,
+  ) {
     this.#layout = layout
     this.#options = options
     this.#storeId = storeId
+    this.#bitmapKey = bitmapKey
+  }
+
+  /** The store's immutable key in dirty-bitmap names (its UUID). */
+  get bitmapKey(): string {
+    return this.#bitmapKey
   }
 
   /** The store id, prefix of volume ids. */

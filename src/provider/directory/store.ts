@@ -3,6 +3,7 @@
  * command opens the store through it, so an uninitialised directory is refused clearly.
  */
 import { mkdir } from 'node:fs/promises'
+import { randomUUID } from 'node:crypto'
 import { basename, resolve } from 'node:path'
 import type { z } from 'zod'
 import { BackupError } from '../../errors.ts'
@@ -26,14 +27,17 @@ export const initStore = async (
   path: string,
   options: Omit<StoreOptionsInput, 'path'>,
   id?: string,
-): Promise<{ id: string; options: StoreOptions }> => {
+): Promise<{ id: string; uuid: string; options: StoreOptions }> => {
   const root = resolve(path)
   let previous: Partial<StoreOptionsInput> = {}
   let previousId: string | undefined
+  let uuid: string = randomUUID()
   try {
     const file = await readStoreFile(root)
     previous = file.options
     previousId = file.id
+    // The identity never changes; a store made before it existed keeps its first id as key.
+    uuid = file.uuid ?? file.id
   } catch (e) {
     if (!(e instanceof BackupError && e.code === 'STORE_INVALID' && e.details?.['missing'])) {
       throw e
@@ -52,9 +56,9 @@ export const initStore = async (
   if (!STORE_ID_RE.test(storeId)) {
     throw new BackupError('CONFIG_INVALID', `invalid store id '${storeId}' ([a-z][a-z0-9._-]*)`)
   }
-  const file = { version: STORE_VERSION, type: 'dir' as const, id: storeId, options: opts }
+  const file = { version: STORE_VERSION, type: 'dir' as const, id: storeId, uuid, options: opts }
   await dir.writeFileAtomic(STORE_FILE, `${JSON.stringify(file, null, 2)}\n`)
-  return { id: storeId, options: opts }
+  return { id: storeId, uuid, options: opts }
 }
 
 /** A store id from the directory name: `/srv/Backups 1` -> `backups-1`. */
@@ -109,5 +113,5 @@ export const openStore = async (path: string): Promise<DirectoryStorage> => {
   const file = await readStoreFile(root)
   // The store may have been moved: its location is where it was opened, not where it was made.
   const options = { ...file.options, path: root }
-  return new DirectoryStorage(new StoreLayout(root), options, file.id)
+  return new DirectoryStorage(new StoreLayout(root), options, file.id, file.uuid ?? file.id)
 }

@@ -1,0 +1,36 @@
+/** `guestbackup bitmaps`: list or drop guestbackup's dirty bitmaps in a stopped VM's disk. */
+import { BackupError } from '../../errors.ts'
+import { inspectDisk } from '../../host/disks.ts'
+import { dropBitmap, guestbackupBitmaps } from '../../host/offline-bitmaps.ts'
+
+/** Options of the bitmaps command as commander parses them. */
+export interface BitmapsCommandOptions {
+  disk: string
+  drop?: string[]
+  dropAll?: boolean
+  json?: boolean
+}
+
+/** Run the bitmaps command; returns the exit code. */
+export const bitmapsCommand = async (
+  o: BitmapsCommandOptions,
+  signal: AbortSignal,
+): Promise<number> => {
+  const disk = await inspectDisk('drive-disk', o.disk, 'qcow2', signal)
+  const present = await guestbackupBitmaps(disk)
+  const names = o.dropAll === true ? present.map((b) => b.name) : (o.drop ?? [])
+  for (const name of names) {
+    if (!present.some((b) => b.name === name)) {
+      throw new BackupError('USAGE', `${o.disk} has no guestbackup bitmap ${name}`)
+    }
+  }
+  for (const name of names) await dropBitmap(disk, name)
+  const left = names.length === 0 ? present : await guestbackupBitmaps(disk)
+  if (o.json === true) {
+    console.log(JSON.stringify({ dropped: names, bitmaps: left }, null, 2))
+  } else {
+    for (const n of names) console.log(`dropped ${n}`)
+    for (const b of left) console.log(`${b.name}  ${b.flags.join(',')}`)
+  }
+  return 0
+}
