@@ -73,6 +73,8 @@ const inconsistent = (msg: string): BackupError =>
 export interface FreeOptions {
   log?: ProviderLogFunction | undefined
   signal?: AbortSignal | undefined
+  /** Free bytes of the store's file system (injected by tests); default: statfs. */
+  freeBytes?: ((guest: Dir) => Promise<number>) | undefined
 }
 
 /** The removal pending in `guest` (a killed run's journal), if any. */
@@ -228,7 +230,7 @@ export const freeBackup = async (
   const planned = await planRemoval(layout, guest, ref, opts)
   const need = planned.reduce((n, m) => n + m.bytes, 0)
   if (planned.length > 0) {
-    const free = await guest.freeBytes()
+    const free = await (opts.freeBytes ?? ((g: Dir) => g.freeBytes()))(guest)
     if (free < need + SPACE_MARGIN) {
       throw new BackupError(
         'NO_SPACE',

@@ -1,0 +1,119 @@
+import { after, before, beforeEach, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { cp, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { isBackupError } from '../../../src/errors.ts'
+import { Dir } from '../../../src/io/beneath.ts'
+import { run } from '../../../src/io/spawn.ts'
+import { parseVolname, StoreLayout } from '../../../src/provider/directory/layout.ts'
+import { freeBackup, planRemoval } from '../../../src/provider/directory/merge.ts'
+import { backupArgs, cliOk } from '../../helpers/cli.ts'
+
+const MiB = 1024 * 1024
+
+// Removing a base that a kept backup builds on: refused before anything is written when the
+// space is short or the headers disagree with the manifests.
+describe('provider/directory/merge: checks before a removal writes', () => {
+  let dir: string
+  let template: string
+  let store: string
+  const vols: string[] = []
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'gb-merge-'))
+    template = join(dir, 'template')
+    const disk = join(dir, 'd.qcow2')
+    await writeFile(join(dir, 'c'), 'name: m\n')
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M'])
+    await cliOk(['init', template, '--vm-backup-mode', 'incremental', '--id', 'm'])
+    for (const [i, at] of ['0', '4M'].entries()) {
+      await run('qemu-io', ['-f', 'qcow2', '-c', `write -P ${i + 1} ${at} 2M`, disk])
+      const r = await cliOk(
+        backupArgs(template, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`, '--json'),
+      )
+      vols.push((JSON.parse(r.stdout) as { volid: string }).volid.slice('m:'.length))
+      await new Promise((res) => setTimeout(res, 1100))
+    }
+  })
+  beforeEach(async () => {
+    store = join(dir, `store-${Math.random().toString(36).slice(2)}`)
+    await cp(template, store, { recursive: true })
+  })
+  after(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  const snapshot = async (): Promise<string[]> => {
+    const out: string[] = []
+    const walk = async (d: string): Promise<void> => {
+      for (const e of (await readdir(d, { withFileTypes: true })).sort((a, b) =>
+        a.name < b.name ? -1 : 1,
+      )) {
+        const p = join(d, e.name)
+        if (e.isDirectory()) await walk(p)
+        else if (e.name !== '.lock')
+          out.push(
+            `${p.slice(store.length)} ${(await stat(p)).size} ${(await readFile(p)).toString('base64').length}`,
+          )
+      }
+    }
+    await walk(store)
+    return out
+  }
+
+  const free = async (volname: string, opts: Parameters<typeof freeBackup>[3] = {}) => {
+    const layout = new StoreLayout(store)
+    await using root = await layout.openRoot()
+    await using guest = await root.openDir('100')
+    await freeBackup(layout, guest, parseVolname(volname), opts)
+  }
+
+  it('plans the merge into the dependant with the bytes it writes', async () => {
+    const layout = new StoreLayout(store)
+    await using root = await Dir.open(store)
+    await using guest = await root.openDir('100')
+    const [base, child] = vols as [string, string]
+    const plan = await planRemoval(layout, guest, parseVolname(base))
+    assert.deepEqual(
+      plan.map((m) => [m.child, m.device, m.parent]),
+      [[child, 'drive-scsi0', null]],
+    )
+    assert.ok((plan[0]?.bytes ?? 0) >= 2 * MiB, String(plan[0]?.bytes))
+  })
+
+  it('refuses with NO_SPACE before writing when the merge cannot fit', async () => {
+    const before = await snapshot()
+    await assert.rejects(
+      free(vols[0] ?? '', { freeBytes: () => Promise.resolve(MiB) }),
+      (e: unknown) => isBackupError(e, 'NO_SPACE') && /merges \d+ bytes/.test(e.message),
+    )
+    assert.deepEqual(await snapshot(), before)
+  })
+
+  it('refuses when a header names the base but the manifest says not', async () => {
+    const child = parseVolname(vols[1] ?? '')
+    const file = join(store, '100', child.dirName, 'manifest.json')
+    const m = JSON.parse(await readFile(file, 'utf8')) as {
+      parent?: string
+      disks: Record<string, { parent?: string }>
+    }
+    delete m.parent
+    for (const d of Object.values(m.disks)) delete d.parent
+    await writeFile(file, JSON.stringify(m))
+    const before = await snapshot()
+    await assert.rejects(
+      free(vols[0] ?? ''),
+      (e: unknown) =>
+        isBackupError(e, 'ARCHIVE_INVALID') &&
+        /builds on .* but its manifest says not/.test(e.message),
+    )
+    assert.deepEqual(await snapshot(), before)
+  })
+
+  it('merges and removes when all is consistent', async () => {
+    await free(vols[0] ?? '')
+    const names = await readdir(join(store, '100'))
+    assert.ok(!names.includes(parseVolname(vols[0] ?? '').dirName))
+    assert.ok(!names.includes('.removing.json'))
+  })
+})
