@@ -4,7 +4,7 @@ APT_PKGS := qemu-utils qemu-system-x86 libnbd-bin nbdkit squashfs-tools squashfu
 # Commands the packages above provide; deps installs the packages when any is missing.
 NEEDED_CMDS := qemu-img qemu-nbd qemu-io qemu-system-x86_64 nbdinfo nbdcopy nbdkit mksquashfs unsquashfs squashfuse fusermount3 zstd setfacl getfattr tar
 
-.PHONY: deps apt npm build typecheck lint format-check unit test demo bench clean
+.PHONY: deps apt npm build typecheck lint format-check unit test demo bench mutation clean
 
 deps: apt npm
 
@@ -46,6 +46,10 @@ demo: deps build
 
 bench: deps build
 	npm run bench
+
+# Deletes one security rule at a time and checks a test fails (not part of `make test`).
+mutation: deps
+	node --import tsx scripts/mutation.ts
 
 clean:
 	rm -rf dist .demo

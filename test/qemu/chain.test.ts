@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { Dir } from '../../src/io/beneath.ts'
-import { chainJson, openChain } from '../../src/qemu/chain.ts'
+import { chainJson, MAX_CHAIN_DEPTH, openChain } from '../../src/qemu/chain.ts'
 import { convertImage } from '../../src/qemu/img.ts'
 import { isBackupError } from '../../src/errors.ts'
 
@@ -195,6 +195,25 @@ describe('qemu/chain: untrusted qcow2 chains', () => {
       overlay(dir, 'd.qcow2', '../b-base/d.qcow2', 'qcow2', '2M'),
     )
     await refused(d, 'UNSAFE_IMAGE', 'size')
+  })
+
+  it('refuses a backing name that is not a plain file name', async () => {
+    const d = await hostile('dotname', (dir) => overlay(dir, 'd.qcow2', '../b-base/..'))
+    await refused(d, 'UNSAFE_IMAGE', 'name')
+  })
+
+  it(`refuses a chain deeper than ${MAX_CHAIN_DEPTH}`, async () => {
+    // b-d0 is a base; b-d<i> builds on b-d<i-1>: a chain one longer than the limit.
+    await mkdir(join(root, 'b-d0'))
+    await img(['create', '-q', '-f', 'qcow2', 'd.qcow2', '1M'], join(root, 'b-d0'))
+    for (let i = 1; i <= MAX_CHAIN_DEPTH; i++) {
+      await mkdir(join(root, `b-d${i}`))
+      await overlay(join(root, `b-d${i}`), 'd.qcow2', `../b-d${i - 1}/d.qcow2`)
+    }
+    await refused(`b-d${MAX_CHAIN_DEPTH}`, 'UNSAFE_IMAGE', 'depth')
+    // One shorter is accepted.
+    await using ok = await openChain(top, `b-d${MAX_CHAIN_DEPTH - 1}`, 'd.qcow2', { dirName: DIRS })
+    assert.equal(ok.links.length, MAX_CHAIN_DEPTH)
   })
 
   it('reports a missing backing image as such', async () => {

@@ -1,0 +1,131 @@
+/**
+ * `make mutation`: a small mutation check of the security rules. Each mutant deletes one rule
+ * from a source file, runs the tests that guard that file, and is "killed" when they fail. A
+ * surviving mutant is a rule no test holds; each must be killed by a new test or explained in
+ * docs/testing.md (listed there by file and line text).
+ *
+ * Operators (one change per mutant):
+ * - guard: a guard whose consequence throws (`if (COND) throw …` or `if (COND) {` with a throw on
+ *   the next line) gets the condition `false`, so the rule never fires;
+ * - anchor: a regular-expression literal `/^…$/` loses its anchors, so it matches inside
+ *   anything.
+ *
+ * Usage: node --import tsx scripts/mutation.ts [FILE …]   (default: every target below)
+ */
+import { spawn } from 'node:child_process'
+import { readFile, writeFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+/** Source files holding security rules, and the tests that must fail when a rule goes. */
+const TARGETS: Record<string, readonly string[]> = {
+  'src/qemu/chain.ts': ['test/qemu/chain.test.ts'],
+  'src/archive/tar-check.ts': ['test/archive/tar.test.ts'],
+  'src/api/names.ts': ['test/provider/directory/layout.test.ts', 'test/host/bitmap-names.test.ts'],
+  'src/provider/directory/layout.ts': ['test/provider/directory/layout.test.ts'],
+  'src/io/beneath.ts': ['test/io/beneath.test.ts'],
+  'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],
+}
+
+/** Per test run; a mutant that hangs the tests counts as killed (a test noticed). */
+const TIMEOUT_MS = 120_000
+
+interface Mutant {
+  file: string
+  line: number
+  operator: 'guard' | 'anchor'
+  text: string
+  apply: (lines: string[]) => string[]
+}
+
+/** True if the block opened on line `i` throws before it closes (at the same indentation). */
+const blockThrows = (lines: readonly string[], i: number): boolean => {
+  const indent = /^\s*/.exec(lines[i] ?? '')?.[0] ?? ''
+  for (let j = i + 1; j < lines.length; j++) {
+    const l = lines[j] ?? ''
+    if (l.startsWith(`${indent}}`)) return false
+    if (/^\s*throw\b/.test(l)) return true
+  }
+  return false
+}
+
+const mutantsOf = (file: string, source: string): Mutant[] => {
+  const lines = source.split('\n')
+  const out: Mutant[] = []
+  lines.forEach((text, i) => {
+    const trimmed = text.trim()
+    if (trimmed.startsWith('//') || trimmed.startsWith('*')) return
+    const guard = /^(\s*(?:\} else )?if \()(.*)(\) (?:throw\b.*|\{))$/.exec(text)
+    if (guard !== null && (guard[3]?.startsWith(') throw') === true || blockThrows(lines, i))) {
+      out.push({
+        file,
+        line: i + 1,
+        operator: 'guard',
+        text: trimmed,
+        apply: (ls) => ls.map((l, j) => (j === i ? `${guard[1]}false${guard[3]}` : l)),
+      })
+    }
+    for (const m of text.matchAll(/\/\^((?:[^/\\\n]|\\.)+)\$\//g)) {
+      const at = m.index
+      out.push({
+        file,
+        line: i + 1,
+        operator: 'anchor',
+        text: trimmed,
+        apply: (ls) =>
+          ls.map((l, j) =>
+            j === i ? `${l.slice(0, at)}/${m[1] ?? ''}/${l.slice(at + m[0].length)}` : l,
+          ),
+      })
+    }
+  })
+  return out
+}
+
+const runTests = (tests: readonly string[]): Promise<boolean> =>
+  new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--test', '--test-reporter=dot', '--test-timeout=20000', ...tests],
+      { cwd: ROOT, stdio: 'ignore', detached: true },
+    )
+    const timer = setTimeout(() => {
+      process.kill(-(child.pid ?? 0), 'SIGKILL')
+    }, TIMEOUT_MS)
+    child.once('close', (code) => {
+      clearTimeout(timer)
+      resolve(code === 0)
+    })
+  })
+
+const main = async (): Promise<number> => {
+  const files = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(TARGETS)
+  const survivors: Mutant[] = []
+  let total = 0
+  for (const file of files) {
+    const tests = TARGETS[file]
+    if (tests === undefined) throw new Error(`no tests registered for ${file}`)
+    const path = `${ROOT}${file}`
+    const original = await readFile(path, 'utf8')
+    if (!(await runTests(tests))) throw new Error(`the tests of ${file} fail without a mutant`)
+    try {
+      for (const m of mutantsOf(file, original)) {
+        total++
+        await writeFile(path, m.apply(original.split('\n')).join('\n'))
+        const survived = await runTests(tests)
+        if (survived) survivors.push(m)
+        console.log(
+          `${survived ? 'SURVIVED' : 'killed  '} ${file}:${m.line} ${m.operator} ${m.text}`,
+        )
+      }
+    } finally {
+      await writeFile(path, original)
+    }
+  }
+  console.log(`\n${total - survivors.length} of ${total} mutants killed`)
+  for (const m of survivors) console.log(`survivor: ${m.file}:${m.line} ${m.operator} ${m.text}`)
+  return survivors.length === 0 ? 0 : 1
+}
+
+process.exitCode = await main()
