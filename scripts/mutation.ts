@@ -22,7 +22,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const TARGETS: Record<string, readonly string[]> = {
   'src/qemu/chain.ts': ['test/qemu/chain.test.ts'],
   'src/archive/tar-check.ts': ['test/archive/tar.test.ts'],
-  'src/api/names.ts': ['test/provider/directory/layout.test.ts', 'test/host/bitmap-names.test.ts'],
+  'src/api/names.ts': ['test/api/names.test.ts', 'test/provider/directory/layout.test.ts'],
   'src/provider/directory/layout.ts': ['test/provider/directory/layout.test.ts'],
   'src/io/beneath.ts': ['test/io/beneath.test.ts'],
   'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],

@@ -64,6 +64,11 @@ describe('io/beneath: directory handles that never follow links', () => {
     await assert.rejects(real.openDir('file'), code('UNSAFE_PATH', /regular file, not a directory/))
   })
 
+  it('refuses to cross a mount point (/proc is another file system than /)', async () => {
+    await using top = await Dir.open('/')
+    await assert.rejects(top.openDir('proc'), code('UNSAFE_PATH', /mount point/))
+  })
+
   it('bounds what it reads', async () => {
     await using real = await root.openDir('real')
     await assert.rejects(real.readFile('file', 4), code('UNSAFE_PATH', /larger than 4 bytes/))

@@ -322,7 +322,14 @@ const mergeOne = async (guest: Dir, ref: VolumeRef, m: Merge, opts: FreeOptions)
   const chainOpts = { dirName: BACKUP_DIR_RE, signal: opts.signal }
   if (doomed === undefined || (await doomed.lstat(file)) === undefined) {
     // Renamed already: the child's image must now build on the new parent.
-    await using chain = await openChain(guest, cref.dirName, file, chainOpts)
+    const chain = await openChain(guest, cref.dirName, file, chainOpts).catch((e: unknown) => {
+      throw new BackupError(
+        'ARCHIVE_INVALID',
+        `the image of ${m.child} ${m.device} is neither merged nor mergeable: the store is inconsistent, nothing was deleted`,
+        { cause: e },
+      )
+    })
+    await using _chain = chain
     if (chain.links[0]?.backing !== backingOf(m.parent, m.device)) {
       throw inconsistent(`the image of ${m.child} ${m.device} is neither merged nor mergeable`)
     }

@@ -2,6 +2,8 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import {
+  BACKUP_DIR_RE,
+  GUEST_DIR_RE,
   formatTime,
   parseTime,
   parseVolname,
@@ -11,6 +13,21 @@ import { isBackupError } from '../../../src/errors.ts'
 import { isValidArchiveName } from '../../../src/api/names.ts'
 
 describe('provider/directory/layout', () => {
+  it('knows backup and guest directories by their whole name only', () => {
+    assert.equal(BACKUP_DIR_RE.test('qemu-2026-11-26T04:00:00Z'), true)
+    for (const bad of [
+      'qemu-2026-11-26T04:00:00Z.failed',
+      '.partial-qemu-2026-11-26T04:00:00Z',
+      'x-lxc-2026-11-26T04:00:00Z',
+    ]) {
+      assert.equal(BACKUP_DIR_RE.test(bad), false, bad)
+    }
+    assert.equal(GUEST_DIR_RE.test('100'), true)
+    for (const bad of ['0100', '100x', 'x100', '100/..', '']) {
+      assert.equal(GUEST_DIR_RE.test(bad), false, bad)
+    }
+  })
+
   it('names backups with RFC3339 UTC times', () => {
     const ref = volumeRef(100, 'qemu', Date.UTC(2026, 10, 26, 4, 0, 0) / 1000)
     assert.equal(ref.volname, 'backup/100/qemu-2026-11-26T04:00:00Z')

@@ -26,7 +26,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     await writeFile(join(dir, 'c'), 'name: m\n')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M'])
     await cliOk(['init', template, '--vm-backup-mode', 'incremental', '--id', 'm'])
-    for (const [i, at] of ['0', '4M'].entries()) {
+    for (const [i, at] of ['0', '4M', '8M'].entries()) {
       await run('qemu-io', ['-f', 'qcow2', '-c', `write -P ${i + 1} ${at} 2M`, disk])
       const r = await cliOk(
         backupArgs(template, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`, '--json'),
@@ -108,6 +108,91 @@ describe('provider/directory/merge: checks before a removal writes', () => {
         /builds on .* but its manifest says not/.test(e.message),
     )
     assert.deepEqual(await snapshot(), before)
+  })
+
+  const dirOf = (v: string | undefined): string => join(store, '100', parseVolname(v ?? '').dirName)
+  const refusedUnchanged = async (volname: string, code: string, why: RegExp) => {
+    const before = await snapshot()
+    await assert.rejects(free(volname), (e: unknown) => {
+      assert.ok(isBackupError(e), String(e))
+      assert.equal(e.code, code, e.message)
+      assert.match(e.message, why)
+      return true
+    })
+    assert.deepEqual(await snapshot(), before)
+  }
+
+  it('refuses a backup that does not exist, and a protected one', async () => {
+    await refusedUnchanged('backup/100/qemu-2001-01-01T00:00:00Z', 'NOT_FOUND', /does not exist/)
+    await writeFile(`${dirOf(vols[0])}.protected`, '')
+    await refusedUnchanged(vols[0] ?? '', 'PROTECTED', /protected/)
+  })
+
+  it("refuses when the dependant's header skips the base the manifest names", async () => {
+    // The newest backup's header names the oldest directly; its manifest still names the middle.
+    const top = join(dirOf(vols[2]), 'drive-scsi0.qcow2')
+    const oldest = `../${parseVolname(vols[0] ?? '').dirName}/drive-scsi0.qcow2`
+    await run('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', oldest, top])
+    await refusedUnchanged(vols[1] ?? '', 'ARCHIVE_INVALID', /does not build on/)
+  })
+
+  it("refuses when the base's own header disagrees with its manifest", async () => {
+    await run('qemu-img', [
+      'rebase',
+      '-u',
+      '-f',
+      'qcow2',
+      '-b',
+      '',
+      join(dirOf(vols[1]), 'drive-scsi0.qcow2'),
+    ])
+    await refusedUnchanged(vols[1] ?? '', 'ARCHIVE_INVALID', /does not match its manifest/)
+  })
+
+  it('resumes a journaled removal, and refuses one whose dependant lost its base', async () => {
+    const [base, child] = vols as [string, string]
+    const journal = {
+      version: 1,
+      volname: base,
+      merges: [{ child, device: 'drive-scsi0', parent: null }],
+    }
+    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    // Killed after the base's image went but before the dependant was merged: never guess.
+    await rm(join(dirOf(base), 'drive-scsi0.qcow2'))
+    const others = async () =>
+      (await snapshot()).filter((l) => !l.includes(parseVolname(base).dirName))
+    const before = await others()
+    await assert.rejects(
+      free(vols[2] ?? ''),
+      (e: unknown) =>
+        isBackupError(e, 'ARCHIVE_INVALID') && e.message.includes('neither merged nor mergeable'),
+    )
+    // The removal only went as far as unlisting the base it was asked to remove.
+    assert.deepEqual(await others(), before)
+  })
+
+  it('completes a journaled removal killed after the rename', async () => {
+    const [base, child] = vols as [string, string]
+    const journal = {
+      version: 1,
+      volname: base,
+      merges: [{ child, device: 'drive-scsi0', parent: null }],
+    }
+    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    // What the removal did before the kill: commit into the base, rename over the dependant.
+    const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
+    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
+    await rm(join(dirOf(base), 'manifest.json'))
+    await cp(img(base), img(child))
+    await rm(img(base))
+    await free(vols[2] ?? '', {})
+    const names = await readdir(join(store, '100'))
+    assert.ok(!names.includes(parseVolname(base).dirName))
+    assert.ok(!names.includes('.removing.json'))
+    const m = JSON.parse(await readFile(join(dirOf(child), 'manifest.json'), 'utf8')) as {
+      parent?: string
+    }
+    assert.equal(m.parent, undefined)
   })
 
   it('merges and removes when all is consistent', async () => {
