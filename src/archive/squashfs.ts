@@ -3,7 +3,7 @@
  * restore mechanism with a FUSE mount (no `mount`, no loop devices), and copied into the new
  * root with a tar pipe, as pve-container does.
  *
- * Fidelity (measured, qemu-lab REPORT §5 and our tests): squashfs keeps owners, modes, mtimes,
+ * Fidelity (measured by test/archive/squashfs.test.ts): squashfs keeps owners, modes, mtimes,
  * hardlinks, symlinks, fifos, device nodes and `user.`/`trusted.`/`security.` xattrs, but
  * **POSIX ACLs are lost** (squashfs has no `system.` xattr prefix). Reading through squashfuse
  * 0.1.104 adds two quirks, both handled or documented in {@link extractDirectory}: it lists

@@ -2,7 +2,7 @@
  * The block copy engine: moves the regions of a disk that matter (dirty regions, or the whole
  * disk) from a source to a target, reading only data, turning zero ranges into holes (fresh
  * target) or explicit WRITE_ZEROES (target with a backing file, where a hole would let older data
- * show through: qemu-lab REPORT §2), with a bounded number of requests in flight, a shared
+ * show through: the qcow2 spec's "zero" cluster flag, QEMU docs/interop/qcow2.txt), with a bounded number of requests in flight, a shared
  * bandwidth limit and progress reports. Memory use is `inFlight × chunk` at most.
  */
 import { BackupError, throwIfAborted } from '../errors.ts'

@@ -1,7 +1,8 @@
 /**
  * qemu-img as a library: create, info, convert, compare, bitmap. Every call names the format
  * explicitly (`-f`), so an image is never probed, and absolute paths are used so that nothing is
- * parsed as a protocol (qemu-lab REPORT §3).
+ * parsed as a protocol (QEMU reads a `proto:` prefix of a file name as a protocol: see
+ * "json:" and protocol file names in QEMU's docs/system/qemu-block-drivers.rst).
  */
 import { isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
@@ -51,7 +52,11 @@ const ImageInfoSchema = z.looseObject({
 /** Parsed `qemu-img info` of one image (never of its chain). */
 export type ImageInfo = z.infer<typeof ImageInfoSchema>
 
-/** Resource limits for qemu-img on untrusted input (REPORT §3: `prlimit --as=1G --cpu=30`). */
+/**
+ * Resource limits for qemu-img on untrusted input: crafted images can make `qemu-img info`
+ * use unbounded memory and time, so it runs with an address-space and CPU-time limit, as
+ * OpenStack Nova does (its Liberty security release note, "apply limits to qemu-img").
+ */
 const PRLIMIT_ARGS = ['--as=1073741824', '--cpu=30', '--'] as const
 
 const qemuImg = async (

@@ -1,5 +1,5 @@
 /**
- * Dirty bitmaps of a running VM, done right (issue 3 §3):
+ * Dirty bitmaps of a running VM, done right:
  * - persistent bitmaps (qcow2) per (disk, store), so incrementals survive a VM restart;
  * - at the instant, the bitmap being backed up is disabled and its successor added in the same
  *   transaction as the fleecing jobs;

@@ -1,6 +1,6 @@
 /**
- * The point-in-time view of a running VM's disks (qemu-lab REPORT §1A, libvirt's pull-backup
- * graph): per disk a qcow2 fleecing overlay whose backing is the live disk node, plus a backup
+ * The point-in-time view of a running VM's disks (libvirt's pull-backup graph,
+ * https://libvirt.org/kbase/incrementalbackupinternals.html): per disk a qcow2 fleecing overlay whose backing is the live disk node, plus a backup
  * job `sync=none` from the disk into the overlay, so every guest write first copies the old data
  * into the overlay. All disks and all bitmap changes go into ONE `transaction`, so the instant
  * is the same for every disk and for the bitmaps, without pausing the VM.
