@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
@@ -93,9 +93,15 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
       // Exactly one bitmap of this store remains on the disk, and it is recording.
       const di = await imageInfo(disk(), 'qcow2')
       const bms = di['format-specific']?.data?.bitmaps ?? []
+      // Named after the store's UUID (guestbackup-store.json), not its id.
+      const { uuid } = JSON.parse(
+        await readFile(join(store, 'guestbackup-store.json'), 'utf8'),
+      ) as {
+        uuid: string
+      }
       assert.deepEqual(
         bms.map((b) => [b.name.replace(/\d+-[0-9a-f]{8}$/, 'N'), b.flags]),
-        [['gb-store-N', ['auto']]],
+        [[`gb-${uuid}-N`, ['auto']]],
       )
     })
 
