@@ -9,6 +9,7 @@
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../../api/provider.ts'
 import { BackupError, toBackupError } from '../../errors.ts'
 import type { ProgressInfo } from '../../provider/directory/provider.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { QmpClient } from '../../qmp/client.ts'
 import type { TaskLog } from '../task-log.ts'
 import {
@@ -77,7 +78,20 @@ export const backupLiveVm = async (
   // it is held for set-up and the instant only, then given back while the disks are copied;
   // teardown and the bitmap commit connect again (and give it back at once).
   let held: QmpClient | undefined = qmp
-  const monitor = async (): Promise<QmpClient> => (held ??= await QmpClient.connect(guest.qmp))
+  const monitor = async (): Promise<QmpClient> => {
+    // The monitor may be busy with another client (pvestatd, qm) or still closing our last
+    // connection: try a few times before giving up on teardown or the bitmap commit.
+    for (let attempt = 1; held === undefined; attempt++) {
+      try {
+        held = await QmpClient.connect(guest.qmp)
+      } catch (e) {
+        if (attempt >= 5) throw e
+        log.info(`QMP monitor busy (${toBackupError(e).message}), retrying`)
+        await sleep(200 * attempt)
+      }
+    }
+    return held
+  }
   const release = async (): Promise<void> => {
     const q = held
     held = undefined
