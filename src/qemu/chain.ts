@@ -26,6 +26,8 @@ export interface ChainLink {
   path: string
   /** Virtual size in bytes. */
   virtualSize: number
+  /** Bytes the image file allocates (from the pinned file's `fstat`). */
+  allocated: number
   /** The backing name recorded in the header, verbatim (undefined for the base). */
   backing: string | undefined
 }
@@ -128,6 +130,7 @@ export const openChain = async (
         file: next.file,
         path: pin.path,
         virtualSize: info['virtual-size'],
+        allocated: pin.stat.blocks * 512,
         backing,
       })
       if (backing === undefined) break

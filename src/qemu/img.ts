@@ -59,15 +59,19 @@ export type ImageInfo = z.infer<typeof ImageInfoSchema>
  */
 const PRLIMIT_ARGS = ['--as=1073741824', '--cpu=30', '--'] as const
 
+/**
+ * `setpriv` (util-linux) arguments that make the kernel kill the tool when guestbackup dies,
+ * even by SIGKILL, so no orphan keeps writing (a merge) or holding image locks a retry needs.
+ */
+const DIE_WITH_US = ['--pdeathsig', 'SIGKILL', '--'] as const
+
 const qemuImg = async (
   args: readonly string[],
   signal?: AbortSignal,
   limited = false,
 ): Promise<string> => {
   const tool = limited ? ['prlimit', ...PRLIMIT_ARGS, 'qemu-img'] : ['qemu-img']
-  // setpriv (util-linux) makes the kernel kill qemu-img when guestbackup dies, even by SIGKILL,
-  // so no orphan keeps writing (a merge) or holding image locks that a retry needs.
-  const { stdout } = await run('setpriv', ['--pdeathsig', 'SIGKILL', '--', ...tool, ...args], {
+  const { stdout } = await run('setpriv', [...DIE_WITH_US, ...tool, ...args], {
     label: 'qemu-img',
     signal,
     errorCode: 'QEMU_TOOL_FAILED',
@@ -221,15 +225,11 @@ export const commitImage = async (spec: string, signal?: AbortSignal): Promise<v
  */
 export const imageInUse = async (path: string, signal?: AbortSignal): Promise<boolean> => {
   try {
-    await run(
-      'setpriv',
-      ['--pdeathsig', 'SIGKILL', '--', 'qemu-io', '-f', 'raw', '-c', 'quit', abs(path)],
-      {
-        label: 'qemu-io',
-        signal,
-        errorCode: 'QEMU_TOOL_FAILED',
-      },
-    )
+    await run('setpriv', [...DIE_WITH_US, 'qemu-io', '-f', 'raw', '-c', 'quit', abs(path)], {
+      label: 'qemu-io',
+      signal,
+      errorCode: 'QEMU_TOOL_FAILED',
+    })
     return false
   } catch (e) {
     if (signal?.aborted === true) throw e

@@ -202,14 +202,7 @@ export const planRemoval = async (
     if (base?.backing !== backingOf(m.parent, m.device)) {
       throw inconsistent(`the image of ${ref.volname} ${m.device} does not match its manifest`)
     }
-    const st = await open(top.path, constants.O_RDONLY).then(async (fh) => {
-      try {
-        return await fh.stat()
-      } finally {
-        await fh.close()
-      }
-    })
-    planned.push({ ...m, bytes: st.blocks * 512 })
+    planned.push({ ...m, bytes: top.allocated })
   }
   return planned
 }

@@ -35,16 +35,21 @@ export const listGuestBackups = async (
 ): Promise<FoundBackup[]> => {
   const out: FoundBackup[] = []
   for (const e of await guest.list()) {
-    const m = BACKUP_DIR_RE.exec(e.name)
-    if (m === null || !e.isDirectory()) continue
-    const type = m[1] as GuestType
-    const ctime = parseTime(m[2] ?? '')
-    if (ctime === undefined || (subtype !== undefined && type !== subtype)) continue
-    const ref = volumeRef(vmid, type, ctime)
+    const ref = e.isDirectory() ? refOf(vmid, e.name, subtype) : undefined
+    if (ref === undefined) continue
     const found = await readBackup(guest, ref)
     if (found !== undefined) out.push(found)
   }
   return out.sort((a, b) => b.ref.ctime - a.ref.ctime)
+}
+
+/** The backup a directory name `<type>-<time>` stands for (of `subtype`, if given). */
+const refOf = (vmid: number, name: string, subtype?: GuestType): VolumeRef | undefined => {
+  const m = BACKUP_DIR_RE.exec(name)
+  const ctime = parseTime(m?.[2] ?? '')
+  const type = m?.[1] as GuestType | undefined
+  if (type === undefined || ctime === undefined) return undefined
+  return subtype === undefined || type === subtype ? volumeRef(vmid, type, ctime) : undefined
 }
 
 /** The backup `ref` if it is committed (its manifest exists), with its manifest if valid. */
@@ -88,11 +93,8 @@ export const listFailedRuns = async (
   const out: FailedRun[] = []
   for (const e of await guest.list()) {
     const name = FAILED_RE.exec(e.name)?.[1]
-    const m = name === undefined ? null : BACKUP_DIR_RE.exec(name)
-    const ctime = parseTime(m?.[2] ?? '')
-    if (!e.isDirectory() || m === null || ctime === undefined) continue
-    const type = m[1] as GuestType
-    if (subtype !== undefined && type !== subtype) continue
+    const ref = e.isDirectory() && name !== undefined ? refOf(vmid, name, subtype) : undefined
+    if (ref === undefined) continue
     let error: string | undefined
     try {
       await using dir = await guest.openDir(e.name)
@@ -102,7 +104,7 @@ export const listFailedRuns = async (
     } catch (err) {
       if (!isBackupError(err)) throw err
     }
-    out.push({ ref: volumeRef(vmid, type, ctime), error })
+    out.push({ ref, error })
   }
   return out.sort((a, b) => b.ref.ctime - a.ref.ctime)
 }

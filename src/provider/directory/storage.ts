@@ -106,11 +106,8 @@ export class DirectoryStorage implements BackupStorage {
 
   async listVolumes(opts: { vmid?: number; subtype?: GuestType } = {}): Promise<BackupVolume[]> {
     await using root = await this.#layout.openRoot()
-    const ids = opts.vmid === undefined ? await listGuestIds(root) : [opts.vmid]
     const out: BackupVolume[] = []
-    for (const vmid of ids) {
-      await using guest = await this.#tryGuest(root, vmid)
-      if (guest === undefined) continue
+    for await (const [vmid, guest] of this.#guests(root, opts.vmid)) {
       // A removal a killed run left is shown as done: the next command completes it.
       const pending = await pendingRemoval(guest).catch(() => undefined)
       for (const b of await listGuestBackups(guest, vmid, opts.subtype)) {
@@ -203,7 +200,7 @@ export class DirectoryStorage implements BackupStorage {
   async freeImage(volname: string): Promise<void> {
     const ref = parseVolname(volname)
     await using root = await this.#layout.openRoot()
-    await using guest = await this.#tryGuest(root, ref.vmid)
+    await using guest = await root.tryOpenDir(String(ref.vmid))
     if (guest === undefined) throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
     await using _lock = await lockGuest(guest)
     await freeBackup(this.#layout, guest, ref)
@@ -238,7 +235,7 @@ export class DirectoryStorage implements BackupStorage {
       for (const r of result) {
         if (r.mark !== 'remove') continue
         const ref = parseVolname(r.volid.slice(r.volid.indexOf(':') + 1))
-        await using guest = await this.#tryGuest(root, ref.vmid)
+        await using guest = await root.tryOpenDir(String(ref.vmid))
         if (guest === undefined) continue
         const merges = await planRemoval(this.#layout, guest, ref)
         if (merges.length > 0) {
@@ -259,7 +256,7 @@ export class DirectoryStorage implements BackupStorage {
       const volname = r.volid.slice(r.volid.indexOf(':') + 1)
       try {
         const ref = parseVolname(volname)
-        await using guest = await this.#tryGuest(root, ref.vmid)
+        await using guest = await root.tryOpenDir(String(ref.vmid))
         if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
         await using _lock = await lockGuest(guest)
         await freeBackup(this.#layout, guest, ref, { log: opts.log })
@@ -275,7 +272,7 @@ export class DirectoryStorage implements BackupStorage {
       }
     }
     for (const vmid of new Set(result.map((r) => r.vmid))) {
-      await using guest = await this.#tryGuest(root, vmid)
+      await using guest = await root.tryOpenDir(String(vmid))
       if (guest === undefined) continue
       await using _lock = await lockGuest(guest)
       await this.#pruneFailed(guest, vmid, opts.log)
@@ -290,11 +287,8 @@ export class DirectoryStorage implements BackupStorage {
    */
   async listFailed(opts: { vmid?: number; subtype?: GuestType } = {}): Promise<FailedVolume[]> {
     await using root = await this.#layout.openRoot()
-    const ids = opts.vmid === undefined ? await listGuestIds(root) : [opts.vmid]
     const out: FailedVolume[] = []
-    for (const vmid of ids) {
-      await using guest = await this.#tryGuest(root, vmid)
-      if (guest === undefined) continue
+    for await (const [vmid, guest] of this.#guests(root, opts.vmid)) {
       for (const f of await listFailedRuns(guest, vmid, opts.subtype)) {
         out.push({
           volid: this.#volid(f.ref.volname),
@@ -347,18 +341,17 @@ export class DirectoryStorage implements BackupStorage {
     await resumeRemoval(this.#layout, guest, { log })
   }
 
-  async #tryGuest(root: Dir, vmid: number): Promise<Dir | undefined> {
-    try {
-      return await root.openDir(String(vmid))
-    } catch (e) {
-      if (isBackupError(e, 'NOT_FOUND')) return undefined
-      throw e
+  /** The directories of the store's guests (or of `vmid` only), each open while it is used. */
+  async *#guests(root: Dir, vmid?: number): AsyncGenerator<[number, Dir]> {
+    for (const id of vmid === undefined ? await listGuestIds(root) : [vmid]) {
+      await using guest = await root.tryOpenDir(String(id))
+      if (guest !== undefined) yield [id, guest]
     }
   }
 
   async #find(root: Dir, volname: string): Promise<{ guest: Dir; b: FoundBackup }> {
     const ref = parseVolname(volname)
-    const guest = await this.#tryGuest(root, ref.vmid)
+    const guest = await root.tryOpenDir(String(ref.vmid))
     const b = guest === undefined ? undefined : await readBackup(guest, ref)
     if (guest === undefined || b === undefined) {
       await guest?.close()
