@@ -10,8 +10,23 @@ import { silentLogger } from '../../src/log.ts'
 
 type Step = string
 
+/**
+ * What the provider saw, checked by the tests after the job: an assertion inside a hook would
+ * only make the hook throw, which the runner reports (or, for the log hook, logs) as the
+ * provider's failure rather than failing the test.
+ */
+interface Seen {
+  nbdPaths: (string | undefined)[]
+  logs: string[]
+}
+
 /** A provider that records every call; `fail` names the method that throws. */
-const recorder = (calls: Step[], fail?: string, archiveName = '100/qemu-x'): BackupProvider => {
+const recorder = (
+  calls: Step[],
+  seen: Seen,
+  fail?: string,
+  archiveName = '100/qemu-x',
+): BackupProvider => {
   const step = (name: string): void => {
     calls.push(name)
     if (name === fail) throw new Error(`${name} exploded`)
@@ -38,7 +53,7 @@ const recorder = (calls: Step[], fail?: string, archiveName = '100/qemu-x'): Bac
     },
     backupVm: async (_vmid, _cfg, volumes: Readonly<Record<string, VmVolume>>) => {
       step('backupVm')
-      assert.ok(volumes['drive-scsi0']?.nbdPath)
+      seen.nbdPaths.push(volumes['drive-scsi0']?.nbdPath)
     },
     backupContainerPrepare: async () => {
       step('backupContainerPrepare')
@@ -52,7 +67,7 @@ const recorder = (calls: Step[], fail?: string, archiveName = '100/qemu-x'): Bac
     },
     backupHandleLogFile: async (_vmid, file) => {
       step('backupHandleLogFile')
-      assert.match(await readFile(file, 'utf8'), /starting backup/)
+      seen.logs.push(await readFile(file, 'utf8'))
     },
     restoreGetMechanism: () => Promise.reject(new Error('unused')),
     archiveGetGuestConfig: () => Promise.reject(new Error('unused')),
@@ -86,14 +101,17 @@ describe('host/runner: Proxmox call order', () => {
   after(async () => {
     await rm(dir, { recursive: true, force: true })
   })
-  const job = (calls: Step[], fail?: string, name?: string) =>
-    runBackupJob({
-      provider: () => recorder(calls, fail, name),
+  let seen: Seen = { nbdPaths: [], logs: [] }
+  const job = (calls: Step[], fail?: string, name?: string) => {
+    seen = { nbdPaths: [], logs: [] }
+    return runBackupJob({
+      provider: () => recorder(calls, seen, fail, name),
       storeId: 's',
       guests,
       logger: silentLogger(),
       signal: new AbortController().signal,
     })
+  }
 
   it('calls every method in order on success', async () => {
     const calls: Step[] = []
@@ -121,6 +139,12 @@ describe('host/runner: Proxmox call order', () => {
         ['ok', 's:backup/101/qemu-x', 42],
       ],
     )
+    // The VM's disk was handed over as an NBD socket; each guest's task log reached the provider.
+    assert.equal(seen.nbdPaths.length, 1)
+    assert.match(seen.nbdPaths[0] ?? '', /\/nbd\.sock$/)
+    assert.equal(seen.logs.length, 2)
+    assert.match(seen.logs[0] ?? '', /starting backup of qemu 100 via recorder/)
+    assert.match(seen.logs[1] ?? '', /starting backup of lxc 101 via recorder/)
   })
 
   it('cleans up with the error, keeps the log and goes on when backupVm fails', async () => {

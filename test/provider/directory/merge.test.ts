@@ -149,6 +149,44 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     await refusedUnchanged(vols[1] ?? '', 'ARCHIVE_INVALID', /does not match its manifest/)
   })
 
+  type Disks = Record<string, { parent?: string; file: string }>
+  const editManifest = async (
+    volname: string | undefined,
+    edit: (m: { parent?: string; disks: Disks }) => void,
+  ) => {
+    const file = join(dirOf(volname), 'manifest.json')
+    const m = JSON.parse(await readFile(file, 'utf8')) as { parent?: string; disks: Disks }
+    edit(m)
+    await writeFile(file, JSON.stringify(m))
+  }
+
+  it('refuses when a newer backup has an unreadable manifest', async () => {
+    await writeFile(join(dirOf(vols[1]), 'manifest.json'), '{')
+    await refusedUnchanged(vols[0] ?? '', 'ARCHIVE_INVALID', /unreadable manifest\) builds on it/)
+  })
+
+  it('refuses when a dependant builds a disk on the base that the base lacks', async () => {
+    await editManifest(vols[1], (m) => {
+      const d = m.disks['drive-scsi0']
+      assert.ok(d !== undefined)
+      m.disks['drive-scsi1'] = { ...d, file: 'drive-scsi1.qcow2' }
+    })
+    await refusedUnchanged(
+      vols[0] ?? '',
+      'ARCHIVE_INVALID',
+      /builds drive-scsi1 on .*which lacks it/,
+    )
+  })
+
+  it('refuses when two backups build the same disk on the base', async () => {
+    // Both newer backups claim the oldest as their parent; guestbackup writes one at most.
+    await editManifest(vols[2], (m) => {
+      m.parent = vols[0] ?? ''
+      for (const d of Object.values(m.disks)) d.parent = vols[0] ?? ''
+    })
+    await refusedUnchanged(vols[0] ?? '', 'ARCHIVE_INVALID', /several backups build drive-scsi0/)
+  })
+
   it('resumes a journaled removal, and refuses one whose dependant lost its base', async () => {
     const [base, child] = vols as [string, string]
     const journal = {
