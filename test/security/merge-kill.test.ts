@@ -39,9 +39,8 @@ const ROUNDS = Number(process.env['GB_KILL_ROUNDS'] ?? '30')
 const KEEP = process.env['GB_KILL_KEEP'] === '1'
 
 /**
- * The disk is large but sparse: a safe-mode `qemu-img rebase` reads the whole virtual size
- * through both backings, so a merge lasts long enough (~0.2 s per level) to be hit often, while
- * backups, raw references and restores only cost what is allocated (~30 MiB).
+ * The disk is large but sparse: a merge lasts long enough (~0.2 s per level, measured) to be hit
+ * often, while backups, raw references and restores only cost what is allocated (~30 MiB).
  */
 const DISK_SIZE = 512 * MiB
 

@@ -59,8 +59,14 @@ type Merge = Journal['merges'][number]
 /** A journal is a few KiB; a larger one is not ours. */
 const JOURNAL_MAX_BYTES = 1024 * 1024
 
-/** Headroom kept free on top of what a merge writes (qcow2 metadata, the manifests). */
-const SPACE_MARGIN = 16 * 1024 * 1024
+/**
+ * Headroom demanded on top of the dependants' allocated bytes: none. Committing a dependant into
+ * its base allocates at most the dependant's data clusters and L2 tables in the base; the
+ * dependant's allocated size also counts its header, L1 table and refcount structures (at least
+ * three clusters, https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/docs/interop/qcow2.txt),
+ * which the base already has: more than the journal and the manifest rewrite take.
+ */
+const SPACE_MARGIN = 0
 
 const imageOf = (device: string): string => `${device}.qcow2`
 const backingOf = (volname: string | null, device: string): string | undefined =>
