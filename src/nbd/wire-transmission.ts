@@ -1,17 +1,18 @@
 /**
- * Pure encoders and decoders of the NBD transmission phase (proto.md §"Transmission"): requests,
- * simple replies, structured reply chunks and their payloads. No sockets, no timers; malformed
- * input throws `BackupError('NBD_PROTOCOL')`.
+ * Pure encoders and decoders of the NBD transmission phase (proto.md §"Transmission"), client side
+ * only: the request header it sends, and the simple replies, structured reply chunks and chunk
+ * payloads it reads. No sockets, no timers; malformed input throws `BackupError('NBD_PROTOCOL')`.
+ * The server's half (decoding requests, encoding replies) lives with the test fake in
+ * `test/helpers/nbd-server-wire.ts`.
  */
 import {
   NBD_LIMIT,
   NBD_MAGIC,
-  NBD_REPLY_FLAG,
   NBD_REPLY_TYPE,
   NBD_REPLY_TYPE_FLAG_ERROR,
   NBD_SIZE,
 } from './constants.ts'
-import { encodeString, protocolError, readU64, writeU64 } from './wire.ts'
+import { protocolError, readU64, writeU64 } from './wire.ts'
 
 /** A request header (proto.md §"Request message"); WRITE data follows it on the wire. */
 export interface NbdRequest {
@@ -33,26 +34,6 @@ export const writeRequest = (b: Buffer, off: number, r: NbdRequest): void => {
   b.writeBigUInt64BE(r.cookie, off + 8)
   writeU64(b, off + 16, r.offset)
   b.writeUInt32BE(r.length, off + 24)
-}
-
-/** Encode a request header. */
-export const encodeRequest = (r: NbdRequest): Buffer => {
-  const b = Buffer.allocUnsafe(NBD_SIZE.REQUEST)
-  writeRequest(b, 0, r)
-  return b
-}
-
-/** Decode a request header (server side). */
-export const decodeRequest = (b: Buffer, off = 0): NbdRequest => {
-  if (b.length - off < NBD_SIZE.REQUEST) throw protocolError('truncated request header')
-  if (b.readUInt32BE(off) !== NBD_MAGIC.REQUEST) throw protocolError('bad request magic')
-  return {
-    flags: b.readUInt16BE(off + 4),
-    type: b.readUInt16BE(off + 6),
-    cookie: b.readBigUInt64BE(off + 8),
-    offset: readU64(b, off + 16, 'request offset'),
-    length: b.readUInt32BE(off + 24),
-  }
 }
 
 /** A decoded reply header: simple or structured chunk (proto.md §"Transmission"). */
@@ -130,101 +111,10 @@ export const checkChunkLength = (type: number, length: number): void => {
   }
 }
 
-/** Encode a simple reply header, optionally followed by READ data (server side). */
-export const encodeSimpleReply = (cookie: bigint, error: number, data?: Buffer): Buffer => {
-  const b = Buffer.alloc(NBD_SIZE.SIMPLE_REPLY + (data?.length ?? 0))
-  b.writeUInt32BE(NBD_MAGIC.SIMPLE_REPLY, 0)
-  b.writeUInt32BE(error, 4)
-  b.writeBigUInt64BE(cookie, 8)
-  data?.copy(b, NBD_SIZE.SIMPLE_REPLY)
-  return b
-}
-
-/** Encode a structured chunk: header plus payload (server side). */
-export const encodeChunk = (
-  flags: number,
-  type: number,
-  cookie: bigint,
-  payload: Buffer,
-): Buffer => {
-  const b = Buffer.alloc(NBD_SIZE.STRUCTURED_REPLY + payload.length)
-  b.writeUInt32BE(NBD_MAGIC.STRUCTURED_REPLY, 0)
-  b.writeUInt16BE(flags, 4)
-  b.writeUInt16BE(type, 6)
-  b.writeBigUInt64BE(cookie, 8)
-  b.writeUInt32BE(payload.length, 16)
-  payload.copy(b, NBD_SIZE.STRUCTURED_REPLY)
-  return b
-}
-
-/** `NBD_REPLY_TYPE_NONE` with DONE. */
-export const encodeNoneChunk = (cookie: bigint): Buffer =>
-  encodeChunk(NBD_REPLY_FLAG.DONE, NBD_REPLY_TYPE.NONE, cookie, Buffer.alloc(0))
-
-/** `NBD_REPLY_TYPE_OFFSET_DATA`: 64-bit offset, then data. */
-export const encodeOffsetData = (
-  cookie: bigint,
-  offset: number,
-  data: Buffer,
-  flags = 0,
-): Buffer => {
-  const p = Buffer.alloc(8 + data.length)
-  writeU64(p, 0, offset)
-  data.copy(p, 8)
-  return encodeChunk(flags, NBD_REPLY_TYPE.OFFSET_DATA, cookie, p)
-}
-
-/** `NBD_REPLY_TYPE_OFFSET_HOLE`: 64-bit offset, 32-bit hole size. */
-export const encodeOffsetHole = (
-  cookie: bigint,
-  offset: number,
-  size: number,
-  flags = 0,
-): Buffer => {
-  const p = Buffer.alloc(12)
-  writeU64(p, 0, offset)
-  p.writeUInt32BE(size, 8)
-  return encodeChunk(flags, NBD_REPLY_TYPE.OFFSET_HOLE, cookie, p)
-}
-
 /** One block status descriptor (proto.md §"NBD_REPLY_TYPE_BLOCK_STATUS"). */
 export interface BlockDescriptor {
   readonly length: number
   readonly flags: number
-}
-
-/** `NBD_REPLY_TYPE_BLOCK_STATUS`: context id, then descriptors. */
-export const encodeBlockStatus = (
-  cookie: bigint,
-  contextId: number,
-  descriptors: readonly BlockDescriptor[],
-  flags = 0,
-): Buffer => {
-  const p = Buffer.alloc(4 + 8 * descriptors.length)
-  p.writeUInt32BE(contextId, 0)
-  descriptors.forEach((d, i) => {
-    p.writeUInt32BE(d.length, 4 + 8 * i)
-    p.writeUInt32BE(d.flags >>> 0, 8 + 8 * i)
-  })
-  return encodeChunk(flags, NBD_REPLY_TYPE.BLOCK_STATUS, cookie, p)
-}
-
-/** `NBD_REPLY_TYPE_ERROR`, or `ERROR_OFFSET` when `offset` is given. DONE by default. */
-export const encodeErrorChunk = (
-  cookie: bigint,
-  errno: number,
-  message: string,
-  opts: { offset?: number; flags?: number } = {},
-): Buffer => {
-  const m = encodeString(message, 'error message')
-  const withOffset = opts.offset !== undefined
-  const p = Buffer.alloc(6 + m.length + (withOffset ? 8 : 0))
-  p.writeUInt32BE(errno, 0)
-  p.writeUInt16BE(m.length, 4)
-  m.copy(p, 6)
-  if (opts.offset !== undefined) writeU64(p, 6 + m.length, opts.offset)
-  const type = withOffset ? NBD_REPLY_TYPE.ERROR_OFFSET : NBD_REPLY_TYPE.ERROR
-  return encodeChunk(opts.flags ?? NBD_REPLY_FLAG.DONE, type, cookie, p)
 }
 
 /** Decode the 8-byte offset that starts an OFFSET_DATA payload. */

@@ -4,9 +4,9 @@
  * malformed input throws `BackupError('NBD_PROTOCOL')` and never a RangeError.
  *
  * This file holds the shared helpers and the handshake messages; `wire-transmission.ts` holds
- * requests and replies. Both directions are here: the client encodes options and decodes replies,
- * and the server side (used by the test fake) is the mirror image, which keeps round trips
- * testable.
+ * requests and replies. Only the client's direction is here: it decodes the greeting and option
+ * replies and encodes the client flags and options. The server's mirror image, which the test fake
+ * and the round-trip tests need, lives in `test/helpers/nbd-server-wire.ts`.
  */
 import { BackupError } from '../errors.ts'
 import {
@@ -61,15 +61,6 @@ export const encodeString = (s: string, what: string): Buffer => {
 
 // ---------------------------------------------------------------- handshake (proto.md §Handshake)
 
-/** Newstyle greeting (server → client): INIT_PASSWD, IHAVEOPT, 16-bit handshake flags. */
-export const encodeGreeting = (handshakeFlags: number): Buffer => {
-  const b = Buffer.alloc(NBD_SIZE.GREETING)
-  b.writeBigUInt64BE(NBD_MAGIC.INIT_PASSWD, 0)
-  b.writeBigUInt64BE(NBD_MAGIC.IHAVEOPT, 8)
-  b.writeUInt16BE(handshakeFlags, 16)
-  return b
-}
-
 /** Decode the greeting; oldstyle servers are `NBD_UNSUPPORTED`. */
 export const decodeGreeting = (raw: Uint8Array): { handshakeFlags: number } => {
   const b = view(raw)
@@ -90,13 +81,6 @@ export const encodeClientFlags = (flags: number): Buffer => {
   return b
 }
 
-/** Decode the client flags word (server side). */
-export const decodeClientFlags = (raw: Uint8Array): number => {
-  const b = view(raw)
-  need(b, 4, 'client flags')
-  return b.readUInt32BE(0)
-}
-
 /** An option request: IHAVEOPT, option, length, data (proto.md §"Newstyle negotiation"). */
 export const encodeOption = (option: number, data: Buffer = EMPTY): Buffer => {
   const b = Buffer.allocUnsafe(NBD_SIZE.OPTION_HEADER + data.length)
@@ -105,19 +89,6 @@ export const encodeOption = (option: number, data: Buffer = EMPTY): Buffer => {
   b.writeUInt32BE(data.length, 12)
   data.copy(b, NBD_SIZE.OPTION_HEADER)
   return b
-}
-
-/** Decode an option header (server side); `length` is bounded by `maxLength`. */
-export const decodeOptionHeader = (
-  raw: Uint8Array,
-  maxLength: number = NBD_LIMIT.MAX_OPTION_REPLY,
-): { option: number; length: number } => {
-  const b = view(raw)
-  need(b, NBD_SIZE.OPTION_HEADER, 'option header')
-  if (b.readBigUInt64BE(0) !== NBD_MAGIC.IHAVEOPT) throw protocolError('bad option magic')
-  const length = b.readUInt32BE(12)
-  if (length > maxLength) throw protocolError(`option data of ${length} bytes is too long`)
-  return { option: b.readUInt32BE(8), length }
 }
 
 /** Data of `NBD_OPT_INFO` / `NBD_OPT_GO`: name length, name, count, info types. */
@@ -129,20 +100,6 @@ export const encodeInfoRequest = (exportName: string, infos: readonly number[]):
   b.writeUInt16BE(infos.length, 4 + name.length)
   infos.forEach((t, i) => b.writeUInt16BE(t, 6 + name.length + 2 * i))
   return b
-}
-
-/** Decode `NBD_OPT_INFO` / `NBD_OPT_GO` data (server side). */
-export const decodeInfoRequest = (raw: Uint8Array): { exportName: string; infos: number[] } => {
-  const b = view(raw)
-  need(b, 6, 'info request')
-  const nameLen = b.readUInt32BE(0)
-  if (nameLen > b.length - 6) throw protocolError('info request name overruns the option')
-  const exportName = readString(b, 4, nameLen, 'export name')
-  const count = b.readUInt16BE(4 + nameLen)
-  if (b.length !== 6 + nameLen + 2 * count) throw protocolError('info request has a bad length')
-  const infos: number[] = []
-  for (let i = 0; i < count; i++) infos.push(b.readUInt16BE(6 + nameLen + 2 * i))
-  return { exportName, infos }
 }
 
 /** Data of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`. */
@@ -164,41 +121,6 @@ export const encodeMetaContextRequest = (
   b.writeUInt32BE(queries.length, off)
   off += 4
   for (const p of parts.slice(1)) put(p)
-  return b
-}
-
-/** Decode meta context option data (server side). */
-export const decodeMetaContextRequest = (
-  raw: Uint8Array,
-): { exportName: string; queries: string[] } => {
-  const b = view(raw)
-  let off = 0
-  const str = (what: string): string => {
-    need(b, off + 4, what)
-    const len = b.readUInt32BE(off)
-    const s = readString(b, off + 4, len, what)
-    off += 4 + len
-    return s
-  }
-  const exportName = str('export name')
-  need(b, off + 4, 'query count')
-  const count = b.readUInt32BE(off)
-  off += 4
-  if (count > NBD_LIMIT.MAX_META_CONTEXTS) throw protocolError('too many meta context queries')
-  const queries: string[] = []
-  for (let i = 0; i < count; i++) queries.push(str('meta context query'))
-  if (off !== b.length) throw protocolError('meta context request has trailing bytes')
-  return { exportName, queries }
-}
-
-/** An option reply header plus its data (server side). */
-export const encodeOptionReply = (option: number, type: number, data: Buffer = EMPTY): Buffer => {
-  const b = Buffer.allocUnsafe(NBD_SIZE.OPTION_REPLY_HEADER + data.length)
-  b.writeBigUInt64BE(NBD_MAGIC.OPTION_REPLY, 0)
-  b.writeUInt32BE(option, 8)
-  b.writeUInt32BE(type >>> 0, 12)
-  b.writeUInt32BE(data.length, 16)
-  data.copy(b, NBD_SIZE.OPTION_REPLY_HEADER)
   return b
 }
 
@@ -299,42 +221,6 @@ export const decodeOptionReply = (header: OptionReplyHeader, raw: Uint8Array): O
     default:
       return { kind: 'unknown', type: header.type }
   }
-}
-
-/** Payload of `NBD_REP_INFO` / `NBD_INFO_EXPORT` (server side). */
-export const encodeInfoExport = (size: number, flags: number): Buffer => {
-  const b = Buffer.alloc(12)
-  b.writeUInt16BE(NBD_INFO.EXPORT, 0)
-  writeU64(b, 2, size)
-  b.writeUInt16BE(flags, 10)
-  return b
-}
-
-/** Payload of `NBD_REP_INFO` / `NBD_INFO_BLOCK_SIZE` (server side). */
-export const encodeInfoBlockSize = (min: number, preferred: number, max: number): Buffer => {
-  const b = Buffer.alloc(14)
-  b.writeUInt16BE(NBD_INFO.BLOCK_SIZE, 0)
-  b.writeUInt32BE(min, 2)
-  b.writeUInt32BE(preferred, 6)
-  b.writeUInt32BE(max, 10)
-  return b
-}
-
-/** Payload of `NBD_REP_META_CONTEXT` (server side). */
-export const encodeMetaContext = (id: number, name: string): Buffer => {
-  const n = encodeString(name, 'meta context name')
-  const b = Buffer.alloc(4 + n.length)
-  b.writeUInt32BE(id, 0)
-  n.copy(b, 4)
-  return b
-}
-
-/** Reply to `NBD_OPT_EXPORT_NAME`: size, flags, and 124 zeroes unless NO_ZEROES. */
-export const encodeExportNameReply = (size: number, flags: number, zeroes: boolean): Buffer => {
-  const b = Buffer.alloc(NBD_SIZE.EXPORT_NAME_REPLY + (zeroes ? NBD_SIZE.EXPORT_NAME_ZEROES : 0))
-  writeU64(b, 0, size)
-  b.writeUInt16BE(flags, 8)
-  return b
 }
 
 /** Decode the first 10 bytes of an `NBD_OPT_EXPORT_NAME` reply. */

@@ -23,28 +23,26 @@ import {
   NBD_STATE,
 } from '../../src/nbd/constants.ts'
 import { FrameReader } from '../../src/nbd/frame-queue.ts'
-import {
-  decodeRequest,
-  encodeBlockStatus,
-  encodeErrorChunk,
-  encodeNoneChunk,
-  encodeOffsetData,
-  encodeOffsetHole,
-  encodeSimpleReply,
-} from '../../src/nbd/wire-transmission.ts'
 import type { BlockDescriptor, NbdRequest } from '../../src/nbd/wire-transmission.ts'
 import {
   decodeClientFlags,
   decodeInfoRequest,
   decodeMetaContextRequest,
   decodeOptionHeader,
+  decodeRequest,
+  encodeBlockStatus,
+  encodeErrorChunk,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoBlockSize,
   encodeInfoExport,
   encodeMetaContext,
+  encodeNoneChunk,
+  encodeOffsetData,
+  encodeOffsetHole,
   encodeOptionReply,
-} from '../../src/nbd/wire.ts'
+  encodeSimpleReply,
+} from './nbd-server-wire.ts'
 
 /** A request as the fake saw it; WRITE data included. */
 export interface FakeRequest extends NbdRequest {

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict'
 import { isBackupError } from '../../src/errors.ts'
 import { NbdClient, walkExtents } from '../../src/nbd/index.ts'
 import { NBD_FLAG_HS, NBD_OPT, NBD_REP } from '../../src/nbd/constants.ts'
-import { encodeMetaContext, encodeOptionReply } from '../../src/nbd/wire.ts'
 import { FakeNbdServer } from '../helpers/fake-nbd-server.ts'
 import type { FakeNbdOptions } from '../helpers/fake-nbd-server.ts'
 import { code, nbdClientFixture } from '../helpers/nbd-client.ts'
+import { encodeMetaContext, encodeOptionReply } from '../helpers/nbd-server-wire.ts'
 
 const { cleanup, setup } = nbdClientFixture()
 

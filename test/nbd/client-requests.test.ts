@@ -3,14 +3,14 @@ import assert from 'node:assert/strict'
 import { setImmediate as tick } from 'node:timers/promises'
 import { isBackupError, NbdServerError } from '../../src/errors.ts'
 import { NBD_CMD, NBD_FLAG, NBD_REPLY_FLAG } from '../../src/nbd/constants.ts'
+import type { FakeConnection } from '../helpers/fake-nbd-server.ts'
+import { code, holder, nbdClientFixture } from '../helpers/nbd-client.ts'
 import {
   encodeChunk,
   encodeErrorChunk,
   encodeOffsetData,
   encodeSimpleReply,
-} from '../../src/nbd/wire-transmission.ts'
-import type { FakeConnection } from '../helpers/fake-nbd-server.ts'
-import { code, holder, nbdClientFixture } from '../helpers/nbd-client.ts'
+} from '../helpers/nbd-server-wire.ts'
 
 const { setup } = nbdClientFixture()
 

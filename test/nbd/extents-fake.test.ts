@@ -2,8 +2,8 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { walkExtents } from '../../src/nbd/index.ts'
 import { NBD_CMD } from '../../src/nbd/constants.ts'
-import { encodeBlockStatus } from '../../src/nbd/wire-transmission.ts'
 import { code, nbdClientFixture } from '../helpers/nbd-client.ts'
+import { encodeBlockStatus } from '../helpers/nbd-server-wire.ts'
 
 const { setup } = nbdClientFixture()
 

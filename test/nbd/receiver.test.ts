@@ -13,7 +13,7 @@ import {
   encodeOffsetData,
   encodeOffsetHole,
   encodeSimpleReply,
-} from '../../src/nbd/wire-transmission.ts'
+} from '../helpers/nbd-server-wire.ts'
 
 const DONE = NBD_REPLY_FLAG.DONE
 const isProtocolError = (e: unknown): boolean => isBackupError(e, 'NBD_PROTOCOL')

@@ -18,37 +18,39 @@ import {
   decodeErrorChunk,
   decodeOffsetHole,
   decodeReplyHeader,
+  replyHeaderLength,
+} from '../../src/nbd/wire-transmission.ts'
+import {
+  decodeExportNameReply,
+  decodeGreeting,
+  decodeOptionReply,
+  decodeOptionReplyHeader,
+  encodeClientFlags,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOption,
+} from '../../src/nbd/wire.ts'
+import type { OptionReply } from '../../src/nbd/wire.ts'
+import {
+  decodeClientFlags,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeOptionHeader,
   decodeRequest,
   encodeBlockStatus,
   encodeChunk,
   encodeErrorChunk,
-  encodeOffsetData,
-  encodeOffsetHole,
-  encodeRequest,
-  encodeSimpleReply,
-  replyHeaderLength,
-} from '../../src/nbd/wire-transmission.ts'
-import {
-  decodeClientFlags,
-  decodeExportNameReply,
-  decodeGreeting,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
-  decodeOptionHeader,
-  decodeOptionReply,
-  decodeOptionReplyHeader,
-  encodeClientFlags,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoBlockSize,
   encodeInfoExport,
-  encodeInfoRequest,
   encodeMetaContext,
-  encodeMetaContextRequest,
-  encodeOption,
+  encodeOffsetData,
+  encodeOffsetHole,
   encodeOptionReply,
-} from '../../src/nbd/wire.ts'
-import type { OptionReply } from '../../src/nbd/wire.ts'
+  encodeRequest,
+  encodeSimpleReply,
+} from '../helpers/nbd-server-wire.ts'
 
 const isProtocolError = (e: unknown): boolean => isBackupError(e, 'NBD_PROTOCOL')
 
