@@ -26,6 +26,7 @@ const TARGETS: Record<string, readonly string[]> = {
   'src/provider/directory/layout.ts': ['test/provider/directory/layout.test.ts'],
   'src/io/beneath.ts': ['test/io/beneath.test.ts'],
   'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],
+  'src/provider/directory/manifest.ts': ['test/provider/directory/manifest.test.ts'],
 }
 
 /** Per test run; a mutant that hangs the tests counts as killed (a test noticed). */
