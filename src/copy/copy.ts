@@ -18,7 +18,12 @@ export interface Piece {
 
 /** Where data comes from. */
 export interface CopySource {
-  /** Regions to copy, in increasing order, non-overlapping. Called twice (count, then copy). */
+  /** Size of the disk in bytes; progress is the position of the copy over it. */
+  readonly size: number
+  /**
+   * Regions to copy, in increasing order, non-overlapping. Iterated once, while copying: a
+   * dirty map is walked a single time, and never held in memory.
+   */
   regions(signal: AbortSignal): AsyncIterable<readonly [number, number]>
   /**
    * Allocation inside one region (`base:allocation`). Optional: without it every byte is read
@@ -54,8 +59,13 @@ export interface CopyOptions {
   inFlight?: number
   /** Shared bandwidth limit on source reads. */
   bucket?: TokenBucket | undefined
-  /** Called after every piece with bytes done and the total to do. */
-  onProgress?: ((done: number, total: number) => void) | undefined
+  /**
+   * Called after every piece with the position of the copy (every byte of the disk before it is
+   * copied or clean) and the disk size. Positions only grow; the last call reports the size.
+   * Clean stretches of an incremental pass at once, so this is a fraction of the disk walked,
+   * not of the bytes to copy (which are only known once the dirty map was walked).
+   */
+  onProgress?: ((position: number, size: number) => void) | undefined
   signal: AbortSignal
 }
 
@@ -84,8 +94,14 @@ interface Job {
 /** Largest single WRITE_ZEROES (NBD lengths are 32-bit). */
 const MAX_ZERO_REQ = 1024 * 1024 * 1024
 
-async function* jobs(src: CopySource, chunk: number, signal: AbortSignal): AsyncGenerator<Job> {
+async function* jobs(
+  src: CopySource,
+  chunk: number,
+  stats: CopyStats,
+  signal: AbortSignal,
+): AsyncGenerator<Job> {
   for await (const [rOff, rLen] of src.regions(signal)) {
+    stats.totalBytes += rLen
     const pieces: AsyncIterable<Piece> = src.allocation
       ? src.allocation(rOff, rLen, signal)
       : (async function* () {
@@ -111,11 +127,21 @@ export const copyBlocks = async (
   const { signal } = opts
   const chunk = opts.chunk ?? 1024 * 1024
   const inFlight = opts.inFlight ?? 16
-  let total = 0
-  for await (const [, len] of src.regions(signal)) total += len
-  const stats: CopyStats = { totalBytes: total, dataBytes: 0, zeroBytes: 0 }
-  let done = 0
-  const gen = jobs(src, chunk, signal)
+  const stats: CopyStats = { totalBytes: 0, dataBytes: 0, zeroBytes: 0 }
+  // Jobs are handed out in increasing order but finish in any order: the position reported is
+  // the end of the lowest job still running, or of the last one handed out when none runs.
+  const running = new Set<number>()
+  let handedOut = 0
+  let reported = 0
+  const report = (): void => {
+    let position = handedOut
+    for (const o of running) position = Math.min(position, o)
+    if (position > reported) {
+      reported = position
+      opts.onProgress?.(position, src.size)
+    }
+  }
+  const gen = jobs(src, chunk, stats, signal)
   const zero = async (job: Job): Promise<void> => {
     stats.zeroBytes += job.length
     if (!opts.targetIsZero) await dst.writeZeroes(job.offset, job.length, signal)
@@ -163,6 +189,8 @@ export const copyBlocks = async (
       const next = await gen.next()
       if (next.done === true) return
       const job = next.value
+      running.add(job.offset)
+      handedOut = job.offset + job.length
       if (job.kind === 'zero') {
         await zero(job)
       } else {
@@ -174,8 +202,8 @@ export const copyBlocks = async (
         await writeSparse(job.offset, buf)
       }
       await src.done?.(job.offset, job.length)
-      done += job.length
-      opts.onProgress?.(done, total)
+      running.delete(job.offset)
+      report()
     }
   }
   const workers = Array.from({ length: inFlight }, () => worker())
@@ -186,5 +214,7 @@ export const copyBlocks = async (
     throw failed.reason
   }
   await dst.flush(signal)
+  handedOut = src.size
+  report()
   return stats
 }

@@ -13,16 +13,11 @@ export const fileHandleSource = (vol: VmVolume): CopySource => {
   if (reader === undefined || next === undefined) {
     throw new BackupError('PROVIDER_FAILED', 'file-handle volume without reader or regions')
   }
-  // nextDirtyRegion is a one-shot iterator: collect the regions once (they are few: merged
-  // extents of a bitmap), so the engine can count and then copy them.
-  let cached: (readonly [number, number])[] | undefined
   return {
+    size: vol.size,
+    // nextDirtyRegion is a one-shot iterator, and the engine walks the regions once.
     async *regions() {
-      if (cached === undefined) {
-        cached = []
-        for (let r = await next(); r !== undefined; r = await next()) cached.push([r[0], r[1]])
-      }
-      yield* cached
+      for (let r = await next(); r !== undefined; r = await next()) yield [r[0], r[1]] as const
     },
     read: (offset, length, signal, into) => reader.read(offset, length, signal, into),
     done: async (offset, length) => {

@@ -30,6 +30,7 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
   const readers = opts.readers ?? [client]
   let next = 0
   const src: CopySource = {
+    size: client.size,
     async *regions(signal) {
       if (dirty === undefined) {
         if (client.size > 0) yield [0, client.size] as const

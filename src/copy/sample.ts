@@ -3,21 +3,19 @@
  * the source and from the new backup (where they fall through to the parent chain) and compare
  * them. A lying bitmap (lost writes, a bitmap of another disk, a restored VM image under a kept
  * bitmap) is caught here instead of at restore time.
+ *
+ * The clean blocks are picked while the copy walks the dirty map (the gaps between dirty regions
+ * are the clean stretches), so the map is walked once and only the picks are kept.
  */
 import { randomInt } from 'node:crypto'
 import { BackupError } from '../errors.ts'
+import type { CopySource } from './copy.ts'
 
-/** Options of {@link sampleCleanBlocks}. */
-export interface SampleOptions {
+/** Options of {@link CleanBlockSampler}. */
+export interface SamplerOptions {
   /** Disk size in bytes. */
   size: number
-  /** The dirty regions of this backup, increasing (what the bitmap says changed). */
-  dirty: AsyncIterable<readonly [number, number]>
-  /** Read from the point-in-time source. */
-  readSource: (offset: number, length: number) => Promise<Buffer>
-  /** Read from the new backup, where clean blocks fall through to the parent chain. */
-  readTarget: (offset: number, length: number) => Promise<Buffer>
-  /** Blocks to compare. */
+  /** Blocks to pick. */
   count: number
   /** Block size in bytes. Default 64 KiB. */
   block?: number
@@ -25,7 +23,65 @@ export interface SampleOptions {
   random?: (max: number) => number
 }
 
-/** Result of {@link sampleCleanBlocks}. */
+/**
+ * Picks `count` blocks uniformly among the whole blocks no dirty region touches, from the dirty
+ * regions as they stream past (in increasing order). Each pick is an independent uniform draw
+ * (with replacement), kept by the weighted reservoir rule: a stretch of `k` clean blocks, after
+ * `n` clean blocks seen in all, replaces each pick with probability `k / n`. Memory: the picks.
+ */
+export class CleanBlockSampler {
+  readonly #size: number
+  readonly #block: number
+  readonly #random: (max: number) => number
+  readonly #picks: number[]
+  #seen = 0
+  #end = 0
+  #finished = false
+
+  constructor(o: SamplerOptions) {
+    this.#size = o.size
+    this.#block = o.block ?? 64 * 1024
+    this.#random = o.random ?? ((max: number) => randomInt(max))
+    this.#picks = new Array<number>(Math.max(0, o.count)).fill(-1)
+  }
+
+  /** `source` with its regions observed on their way to the copy engine. */
+  tap(source: CopySource): CopySource {
+    return { ...source, regions: (signal) => this.#observe(source.regions(signal)) }
+  }
+
+  /** Offsets of the picked clean blocks, increasing and distinct; empty if none is clean. */
+  picks(): number[] {
+    if (!this.#finished) throw new BackupError('INTERNAL', 'sampler read before the walk ended')
+    return [...new Set(this.#picks.filter((p) => p >= 0))].sort((a, b) => a - b)
+  }
+
+  async *#observe(
+    regions: AsyncIterable<readonly [number, number]>,
+  ): AsyncGenerator<readonly [number, number]> {
+    for await (const r of regions) {
+      this.#clean(this.#end, r[0])
+      this.#end = r[0] + r[1]
+      yield r
+    }
+    // Blocks that reach past the end of the disk are never picked.
+    this.#clean(this.#end, this.#size - (this.#size % this.#block))
+    this.#finished = true
+  }
+
+  /** The stretch `[from, to)` is clean: offer its whole blocks. */
+  #clean(from: number, to: number): void {
+    const first = Math.ceil(from / this.#block)
+    const k = Math.floor(to / this.#block) - first
+    if (k <= 0) return
+    this.#seen += k
+    for (let i = 0; i < this.#picks.length; i++) {
+      if (this.#random(this.#seen) < k) this.#picks[i] = (first + this.#random(k)) * this.#block
+    }
+  }
+}
+
+/** Result of {@link compareBlocks}. */
 export interface SampleResult {
   /** Blocks compared. */
   checked: number
@@ -33,37 +89,16 @@ export interface SampleResult {
   mismatches: number[]
 }
 
-/** Most dirty regions kept in memory for sampling; beyond that sampling is skipped. */
-const MAX_REGIONS = 1_000_000
-
-/** Compare `count` random clean blocks of source and backup. */
-export const sampleCleanBlocks = async (o: SampleOptions): Promise<SampleResult> => {
+/** Read each block at `offsets` from the source and the backup and compare them. */
+export const compareBlocks = async (o: {
+  offsets: readonly number[]
+  block?: number
+  readSource: (offset: number, length: number) => Promise<Buffer>
+  readTarget: (offset: number, length: number) => Promise<Buffer>
+}): Promise<SampleResult> => {
   const block = o.block ?? 64 * 1024
-  const starts: number[] = []
-  const ends: number[] = []
-  for await (const [off, len] of o.dirty) {
-    if (starts.length >= MAX_REGIONS) return { checked: 0, mismatches: [] }
-    starts.push(off)
-    ends.push(off + len)
-  }
-  const isDirty = (off: number, len: number): boolean => {
-    // Binary search for the last dirty region starting before off + len.
-    let lo = 0
-    let hi = starts.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if ((starts[mid] ?? 0) < off + len) lo = mid + 1
-      else hi = mid
-    }
-    return lo > 0 && (ends[lo - 1] ?? 0) > off
-  }
-  const random = o.random ?? ((max: number) => randomInt(max))
-  const blocks = Math.floor(o.size / block)
   const result: SampleResult = { checked: 0, mismatches: [] }
-  if (blocks === 0) return result
-  for (let tries = 0; result.checked < o.count && tries < o.count * 20; tries++) {
-    const off = random(blocks) * block
-    if (isDirty(off, block)) continue
+  for (const off of o.offsets) {
     const [a, b] = await Promise.all([o.readSource(off, block), o.readTarget(off, block)])
     result.checked++
     if (!a.equals(b)) result.mismatches.push(off)

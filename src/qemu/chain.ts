@@ -103,6 +103,7 @@ export const openChain = async (
       seen.add(id)
       let info
       try {
+        // With the driver forced (`-f qcow2`) the image is read as qcow2 or not at all.
         info = await imageInfo(pin.path, 'qcow2', { signal: opts.signal, untrusted: true })
       } catch (e) {
         if (opts.signal?.aborted === true) throw e
@@ -111,7 +112,6 @@ export const openChain = async (
           cause: String(e),
         })
       }
-      if (info.format !== 'qcow2') throw unsafe(`image ${where} is not qcow2`, 'format', { where })
       const data = info['format-specific']?.data
       if (data?.['data-file'] !== undefined) {
         throw unsafe(`image ${where} has an external data file`, 'data-file', { where })

@@ -14,6 +14,7 @@ const memSource = (
 ): CopySource & { reads: number } => {
   const src = {
     reads: 0,
+    size: data.length,
     async *regions() {
       await Promise.resolve()
       for (const r of regions) yield r
@@ -112,6 +113,7 @@ describe('copy/copy', () => {
     data[100] = 1
     const mem = memSource(data, [[0, size]])
     const src: CopySource = {
+      size,
       regions: (s) => mem.regions(s),
       read: (o, l, s) => mem.read(o, l, s),
     }
@@ -193,5 +195,41 @@ describe('copy/copy', () => {
       (e: unknown) => isBackupError(e, 'ABORTED'),
     )
     assert.equal(dst.flushed, false)
+  })
+
+  it('walks the regions once and reports growing positions up to the disk size', async () => {
+    const size = 1 << 20
+    let walks = 0
+    const mem = memSource(Buffer.alloc(size, 1), [
+      [64 * 1024, 128 * 1024],
+      [512 * 1024, 64 * 1024],
+    ])
+    const src: CopySource = {
+      size,
+      regions: (s) => {
+        walks++
+        return mem.regions(s)
+      },
+      read: (o, l, s) => mem.read(o, l, s),
+    }
+    const positions: number[] = []
+    const st = await copyBlocks(src, memTarget(Buffer.alloc(size)), {
+      targetIsZero: true,
+      chunk: 16 * 1024,
+      inFlight: 4,
+      signal,
+      onProgress: (position, total) => {
+        assert.equal(total, size)
+        positions.push(position)
+      },
+    })
+    assert.equal(walks, 1)
+    assert.equal(st.totalBytes, 192 * 1024)
+    assert.deepEqual(
+      positions,
+      [...positions].sort((a, b) => a - b),
+    )
+    assert.equal(new Set(positions).size, positions.length, 'each position reported once')
+    assert.equal(positions.at(-1), size)
   })
 })

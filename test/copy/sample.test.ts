@@ -1,65 +1,119 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { assertSampleClean, sampleCleanBlocks } from '../../src/copy/sample.ts'
+import fc from 'fast-check'
+import type { CopySource } from '../../src/copy/copy.ts'
+import { assertSampleClean, CleanBlockSampler, compareBlocks } from '../../src/copy/sample.ts'
 import { isBackupError } from '../../src/errors.ts'
 
 const K = 64 * 1024
+const signal = new AbortController().signal
 
-const regions = async function* (rs: [number, number][]) {
-  await Promise.resolve()
-  yield* rs
+/** A source that only has regions; `walk` drains them as the copy engine would. */
+const sourceOf = (size: number, rs: readonly (readonly [number, number])[]): CopySource => ({
+  size,
+  async *regions() {
+    await Promise.resolve()
+    yield* rs
+  },
+  read: () => Promise.reject(new Error('unused')),
+})
+const walk = async (src: CopySource): Promise<[number, number][]> => {
+  const out: [number, number][] = []
+  for await (const [o, l] of src.regions(signal)) out.push([o, l])
+  return out
 }
 
 describe('copy/sample', () => {
-  const size = 64 * K
-  const source = Buffer.alloc(size, 1)
-  const read = (b: Buffer) => (off: number, len: number) =>
-    Promise.resolve(b.subarray(off, off + len))
+  it('passes the regions through unchanged', async () => {
+    const rs: [number, number][] = [
+      [0, K],
+      [3 * K, 5],
+    ]
+    const sampler = new CleanBlockSampler({ size: 16 * K, count: 4 })
+    assert.deepEqual(await walk(sampler.tap(sourceOf(16 * K, rs))), rs)
+  })
 
-  it('compares only blocks outside the dirty regions', async () => {
-    const target = Buffer.from(source)
-    target.fill(9, 0, 32 * K) // differs only where the bitmap says dirty
-    const r = await sampleCleanBlocks({
-      size,
-      dirty: regions([[0, 32 * K]]),
-      readSource: read(source),
-      readTarget: read(target),
-      count: 20,
-    })
-    assert.equal(r.checked, 20)
-    assert.deepEqual(r.mismatches, [])
-    assertSampleClean('d', r)
+  it('picks only whole blocks that no dirty region touches, inside the disk', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 64 }).chain((blocks) =>
+          fc.record({
+            size: fc.integer({ min: blocks * 512, max: blocks * 512 + 511 }),
+            // Sorted, disjoint regions at byte granularity (bitmaps need not be block aligned).
+            cuts: fc.uniqueArray(fc.integer({ min: 0, max: blocks * 512 }), { maxLength: 16 }),
+            count: fc.integer({ min: 1, max: 8 }),
+          }),
+        ),
+        async ({ size, cuts, count }) => {
+          const points = [...cuts].sort((a, b) => a - b)
+          const rs: [number, number][] = []
+          for (let i = 0; i + 1 < points.length; i += 2) {
+            const [a, b] = [points[i] ?? 0, points[i + 1] ?? 0]
+            if (b > a) rs.push([a, b - a])
+          }
+          const sampler = new CleanBlockSampler({ size, count, block: 512 })
+          await walk(sampler.tap(sourceOf(size, rs)))
+          const picks = sampler.picks()
+          const clean = (o: number) => rs.every(([ro, rl]) => ro + rl <= o || ro >= o + 512)
+          for (const p of picks) {
+            assert.equal(p % 512, 0)
+            assert.ok(p + 512 <= size, `${p} reaches past ${size}`)
+            assert.ok(clean(p), `${p} overlaps a dirty region of ${JSON.stringify(rs)}`)
+          }
+          const anyClean = Array.from({ length: Math.floor(size / 512) }, (_, i) => i * 512).some(
+            clean,
+          )
+          assert.equal(picks.length > 0, anyClean)
+        },
+      ),
+    )
+  })
+
+  it('spreads the picks over every clean stretch', async () => {
+    // Two clean stretches of 1 and 3 blocks: over many draws the second gets about 3/4.
+    const rs: [number, number][] = [
+      [K, K],
+      [2 * K, K],
+    ]
+    let second = 0
+    const runs = 400
+    for (let i = 0; i < runs; i++) {
+      const sampler = new CleanBlockSampler({ size: 6 * K, count: 1 })
+      await walk(sampler.tap(sourceOf(6 * K, rs)))
+      if ((sampler.picks()[0] ?? 0) >= 3 * K) second++
+    }
+    assert.ok(second > runs * 0.6 && second < runs * 0.9, String(second))
+  })
+
+  it('picks nothing when everything is dirty, and refuses to answer before the walk ends', async () => {
+    const sampler = new CleanBlockSampler({ size: 4 * K, count: 5 })
+    assert.throws(
+      () => sampler.picks(),
+      (e: unknown) => isBackupError(e, 'INTERNAL'),
+    )
+    await walk(sampler.tap(sourceOf(4 * K, [[0, 4 * K]])))
+    assert.deepEqual(sampler.picks(), [])
   })
 
   it('catches a clean block that changed and fails with VERIFY_FAILED', async () => {
+    const source = Buffer.alloc(64 * K, 1)
     const target = Buffer.from(source)
     target[40 * K] = 7
-    let i = 0
-    const r = await sampleCleanBlocks({
-      size,
-      dirty: regions([]),
+    const read = (b: Buffer) => (off: number, len: number) =>
+      Promise.resolve(b.subarray(off, off + len))
+    const r = await compareBlocks({
+      offsets: [10 * K, 40 * K, 50 * K],
       readSource: read(source),
       readTarget: read(target),
-      count: 3,
-      random: () => [10, 40, 50][i++] ?? 0,
     })
+    assert.equal(r.checked, 3)
     assert.deepEqual(r.mismatches, [40 * K])
     assert.throws(
       () => {
         assertSampleClean('drive-scsi0', r)
       },
-      (e: unknown) => isBackupError(e, 'VERIFY_FAILED'),
+      (e: unknown) =>
+        isBackupError(e, 'VERIFY_FAILED') && e.message.includes('1 of 3 blocks the dirty bitmap'),
     )
-  })
-
-  it('gives up quietly when everything is dirty', async () => {
-    const r = await sampleCleanBlocks({
-      size,
-      dirty: regions([[0, size]]),
-      readSource: read(source),
-      readTarget: read(source),
-      count: 5,
-    })
-    assert.equal(r.checked, 0)
   })
 })

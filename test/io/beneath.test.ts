@@ -104,6 +104,11 @@ describe('io/beneath: directory handles that never follow links', () => {
     assert.equal(await readFile(join(outside, 'secret'), 'utf8'), 'SECRET')
   })
 
+  it('reports a missing file to pin as NOT_FOUND', async () => {
+    await using real = await root.openDir('real')
+    await assert.rejects(real.pin('missing'), code('NOT_FOUND', /missing does not exist/))
+  })
+
   it('pins a file so children reach exactly it, whatever the name becomes', async () => {
     await using real = await root.openDir('real')
     await using pin = await real.pin('file')
@@ -139,7 +144,10 @@ describe('io/beneath: readInputFile (configs given on the command line)', () => 
       readInputFile('/proc/self/environ', 'config', 1 << 20),
       code('USAGE', /pseudo-file/),
     )
-    await assert.rejects(readInputFile(join(dir, 'ok.conf'), 'config', 3), code('USAGE', /larger/))
+    await assert.rejects(
+      readInputFile(join(dir, 'ok.conf'), 'config', 3),
+      code('USAGE', /^config \S+ok\.conf is larger than 3 bytes$/),
+    )
     await assert.rejects(
       readInputFile(join(dir, 'none'), 'config', 3),
       code('USAGE', /cannot read/),

@@ -82,6 +82,13 @@ describe('qemu/chain: untrusted qcow2 chains', () => {
     assert.doesNotMatch(stdout, /fail/i)
   })
 
+  it('reports an abort as such, not as an unreadable image', async () => {
+    await assert.rejects(
+      openChain(top, 'b-inc', 'd.qcow2', { dirName: DIRS, signal: AbortSignal.abort() }),
+      (e: unknown) => isBackupError(e, 'ABORTED'),
+    )
+  })
+
   it('refuses an absolute backing path', async () => {
     const d = await hostile('abs', (dir) =>
       overlay(dir, 'd.qcow2', join(root, 'outside/secret.qcow2')),

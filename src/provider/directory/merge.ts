@@ -191,9 +191,6 @@ export const planRemoval = async (
       merges.push({ child: b.ref.volname, device, parent: own.parent ?? null })
     }
   }
-  if (merges.length > 0 && me.manifest === undefined) {
-    throw inconsistent(`${ref.volname} has dependants but no valid manifest`)
-  }
   await assertNoHiddenDependant(guest, ref, merges)
   const planned: PlannedMerge[] = []
   for (const m of merges) {

@@ -15,7 +15,7 @@ import type { Dir } from '../../io/beneath.ts'
 import { chainSpec, openChain, specJson } from '../../qemu/chain.ts'
 import { createImage } from '../../qemu/img.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
-import { assertSampleClean, sampleCleanBlocks } from '../../copy/sample.ts'
+import { assertSampleClean, CleanBlockSampler, compareBlocks } from '../../copy/sample.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
 
 /** Options of {@link backupDisk}. */
@@ -31,7 +31,8 @@ export interface BackupDiskOptions {
    */
   base?: { guest: Dir; dirName: string; file: string; relativePath: string } | undefined
   bucket?: TokenBucket | undefined
-  onProgress?: ((done: number, total: number) => void) | undefined
+  /** Position of the copy over the disk and the disk size (see `CopyOptions.onProgress`). */
+  onProgress?: ((position: number, size: number) => void) | undefined
   /** Clean blocks of an incremental to compare with the parent chain (0: none). */
   sampleBlocks?: number | undefined
   /** Receives a line about sampling. */
@@ -123,20 +124,21 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
     } else {
       throw new BackupError('PROVIDER_FAILED', `volume ${device} has neither NBD path nor handle`)
     }
-    const stats = await copyBlocks(source, nbdTarget(targets), {
+    // An incremental's clean blocks are sampled as the copy walks the dirty map.
+    const count = opts.sampleBlocks ?? 0
+    const sampler =
+      incremental && count > 0 ? new CleanBlockSampler({ size: volume.size, count }) : undefined
+    const stats = await copyBlocks(sampler?.tap(source) ?? source, nbdTarget(targets), {
       targetIsZero: !incremental,
       bucket: opts.bucket,
       onProgress: opts.onProgress,
       signal,
     })
-    const count = opts.sampleBlocks ?? 0
-    if (incremental && count > 0) {
-      const r = await sampleCleanBlocks({
-        size: volume.size,
-        dirty: source.regions(signal),
+    if (sampler !== undefined) {
+      const r = await compareBlocks({
+        offsets: sampler.picks(),
         readSource: (off, len) => source.read(off, len, signal),
         readTarget: (off, len) => targetClient.read(off, len, { signal }),
-        count,
       })
       opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
       assertSampleClean(device, r)
