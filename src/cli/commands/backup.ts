@@ -69,7 +69,7 @@ const ownDirExcludes = async (
   return { excludes, notes }
 }
 
-/** Run the backup command; returns the exit code. Results go to `io.stdout`, progress to `io.stderr`. */
+/** Run the backup command; returns the exit code. Results go to io.stdout, progress to stderr. */
 export const backupCommand = async (
   o: BackupCommandOptions,
   logger: Logger,

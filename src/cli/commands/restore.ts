@@ -11,7 +11,7 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
 
-/** Run the restore command; returns the exit code. The restored files are listed on `io.stdout`. */
+/** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
 export const restoreCommand = async (
   o: { store: string; target: string; bwlimit?: number },
   volume: string,
