@@ -47,7 +47,7 @@ export default tseslint.config(
     rules: { 'no-console': 'off' },
   },
   {
-    files: ['src/cli/main.ts', 'bench/**', 'test/helpers/**', 'scripts/**'],
+    files: ['src/cli/bin.ts', 'bench/**', 'test/helpers/**', 'scripts/**'],
     rules: { 'n/no-process-exit': 'off' },
   },
   {

@@ -15,28 +15,37 @@ const LEVEL_NAMES: Record<number, string> = {
   60: 'fatal',
 }
 
-/** A pino destination printing `level: message` lines, for people reading a terminal. */
-const humanStderr = {
+/** Where log lines go: anything with `write(string)`, such as `process.stderr`. */
+export interface LogSink {
+  /** Write one serialised line, newline included. */
+  write(line: string): unknown
+}
+
+/** A pino destination printing `level: message` lines on `out`, for people reading a terminal. */
+const humanLines = (out: LogSink): LogSink => ({
   write(line: string): void {
     try {
       const o = JSON.parse(line) as { level?: number; msg?: string; vmid?: number }
       const lvl = LEVEL_NAMES[o.level ?? 30] ?? 'info'
       const who = o.vmid === undefined ? '' : `[${o.vmid}] `
-      process.stderr.write(`${lvl}: ${who}${o.msg ?? ''}\n`)
+      out.write(`${lvl}: ${who}${o.msg ?? ''}\n`)
     } catch {
-      process.stderr.write(line)
+      out.write(line)
     }
   },
-}
+})
 
 /**
- * A pino logger writing to stderr, so stdout stays free for results: JSON lines with `json`,
- * otherwise one readable line per message.
+ * A pino logger writing to `out` (default: stderr, fd 2, synchronously), so stdout stays free
+ * for results: JSON lines with `json`, otherwise one readable line per message. Each call makes
+ * a new logger; none is shared, so a CLI run in-process logs to its own stream.
  */
-export const createLogger = (level: LogLevel = 'info', json = false): Logger =>
-  json
-    ? pino({ level, base: null }, pino.destination({ dest: 2, sync: true }))
-    : pino({ level, base: null, timestamp: false }, humanStderr)
+export const createLogger = (level: LogLevel = 'info', json = false, out?: LogSink): Logger => {
+  if (json) {
+    return pino({ level, base: null }, out ?? pino.destination({ dest: 2, sync: true }))
+  }
+  return pino({ level, base: null, timestamp: false }, humanLines(out ?? process.stderr))
+}
 
 /** A logger that drops everything: the default for library calls without one. */
 export const silentLogger = (): Logger => pino({ level: 'silent' })

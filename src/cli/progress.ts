@@ -30,8 +30,15 @@ export class Progress {
   #item = ''
   #shown = false
 
-  constructor(enabled = process.stderr.isTTY) {
+  readonly #out: { write(text: string): unknown }
+
+  /** `enabled`: draw at all (default: stderr is a terminal); `out`: where (default: stderr). */
+  constructor(
+    enabled: boolean = process.stderr.isTTY,
+    out: { write(text: string): unknown } = process.stderr,
+  ) {
     this.#enabled = enabled
+    this.#out = out
   }
 
   /** Report progress of one item. */
@@ -50,13 +57,13 @@ export class Progress {
     const pct = ev.total > 0 ? Math.floor((ev.done * 100) / ev.total) : 100
     const eta = rate > 0 ? (ev.total - ev.done) / rate : Number.POSITIVE_INFINITY
     const line = `${vmid} ${ev.item}: ${fmtBytes(ev.done)} / ${fmtBytes(ev.total)} (${pct}%) ${fmtBytes(rate)}/s ETA ${fmtEta(eta)}`
-    process.stderr.write(`\r\x1b[K${line}`)
+    this.#out.write(`\r\x1b[K${line}`)
     this.#shown = true
   }
 
   /** End the progress line. */
   done(): void {
-    if (this.#shown) process.stderr.write('\n')
+    if (this.#shown) this.#out.write('\n')
     this.#shown = false
   }
 }

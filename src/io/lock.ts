@@ -1,5 +1,4 @@
 import * as fs from 'node:fs'
-import lockfile from 'proper-lockfile'
 import { BackupError } from '../errors.ts'
 import type { Dir } from './beneath.ts'
 
@@ -12,6 +11,11 @@ export interface GuestLock extends AsyncDisposable {
 // entry may be swapped for a link, so it must never be followed (lstat, lutimes).
 const noFollowFs = { ...fs, stat: fs.lstat, utimes: fs.lutimes }
 
+// proper-lockfile registers signal-exit's handler on every catchable signal when it is loaded
+// (lib/lockfile.js calls onExit at its top level), so it is loaded when the first lock is taken:
+// importing guestbackup, its CLI included, must not change how the process reacts to signals.
+const loadLockfile = () => import('proper-lockfile')
+
 /**
  * Lock a guest directory of a store (one backup, prune or free at a time per guest). The lock
  * is `<dir>/.lock`, reached through the open directory `dir` (which must stay open while the
@@ -23,6 +27,7 @@ export const lockGuest = async (dir: Dir): Promise<GuestLock> => {
     // A lock is a directory; anything else under its name was planted and is no one's lock.
     const st = await dir.lstat('.lock')
     if (st !== undefined && !st.isDirectory()) await dir.unlink('.lock')
+    const { default: lockfile } = await loadLockfile()
     releaseFn = await lockfile.lock(dir.path, {
       lockfilePath: dir.at('.lock'),
       // A holder refreshes the lock every 2 s; one killed with SIGKILL leaves it behind, and it

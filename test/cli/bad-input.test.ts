@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
-import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
+import { backupArgs, cli, runCliInProcess, runCliInProcessOk } from '../helpers/cli.ts'
 import type { CliResult } from '../helpers/cli.ts'
 
 const oneLine = (r: CliResult): void => {
@@ -13,8 +13,8 @@ const oneLine = (r: CliResult): void => {
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace')
 }
 
-// Issue 2 §8: bad input gets one clear line, a non-zero exit, nothing partial in list, nothing
-// older touched.
+// Bad input gets one clear line, a non-zero exit, nothing partial in list, nothing older
+// touched. The CLI runs in-process (run()), except where a process is the point.
 describe('cli: bad input', () => {
   let dir: string
   let store: string
@@ -24,19 +24,19 @@ describe('cli: bad input', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gb-cli-bad-'))
     store = join(dir, 'store')
-    await cliOk(['init', store])
+    await runCliInProcessOk(['init', store])
     await writeFile(conf(), 'name: t\n')
     good = join(dir, 'good.qcow2')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', good, '64M'])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 0 8M', good])
-    await cliOk(backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`))
-    before1 = (await cliOk(['list', '--store', store, '--json'])).stdout
+    await runCliInProcessOk(backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`))
+    before1 = (await runCliInProcessOk(['list', '--store', store, '--json'])).stdout
   })
   after(async () => {
     await rm(dir, { recursive: true, force: true })
   })
   const unchanged = async (): Promise<void> => {
-    assert.equal((await cliOk(['list', '--store', store, '--json'])).stdout, before1)
+    assert.equal((await runCliInProcessOk(['list', '--store', store, '--json'])).stdout, before1)
     const entries = await readdir(join(store, '100'))
     assert.deepEqual(
       entries.filter((e) => e.startsWith('.partial')),
@@ -64,7 +64,7 @@ describe('cli: bad input', () => {
   ]
   for (const [what, args, re] of usage) {
     it(`exits 2 on ${what}`, async () => {
-      const r = await cli(args.map((a) => (a === 'X' ? store : a)))
+      const r = await runCliInProcess(args.map((a) => (a === 'X' ? store : a)))
       assert.equal(r.code, 2)
       assert.match(r.stderr, re)
     })
@@ -72,14 +72,16 @@ describe('cli: bad input', () => {
 
   it('refuses a store that was not initialised (exit 2)', async () => {
     await mkdir(join(dir, 'empty'))
-    const r = await cli(['list', '--store', join(dir, 'empty')])
+    const r = await runCliInProcess(['list', '--store', join(dir, 'empty')])
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a guestbackup store.*init/)
     oneLine(r)
   })
 
   it('refuses a missing config file', async () => {
-    const r = await cli(backupArgs(store, 100, join(dir, 'nope'), '--disk', `scsi0=${good}`))
+    const r = await runCliInProcess(
+      backupArgs(store, 100, join(dir, 'nope'), '--disk', `scsi0=${good}`),
+    )
     assert.equal(r.code, 2)
     assert.match(r.stderr, /cannot read guest config/)
     oneLine(r)
@@ -87,7 +89,7 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a missing disk', async () => {
-    const r = await cli(
+    const r = await runCliInProcess(
       backupArgs(store, 100, conf(), '--disk', `scsi0=${join(dir, 'missing.qcow2')}`),
     )
     assert.equal(r.code, 2)
@@ -99,7 +101,7 @@ describe('cli: bad input', () => {
   it('refuses a .qcow2 disk that is not an image', async () => {
     const fake = join(dir, 'fake.qcow2')
     await writeFile(fake, 'just text\n')
-    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${fake}`))
+    const r = await runCliInProcess(backupArgs(store, 100, conf(), '--disk', `scsi0=${fake}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a qcow2 image/)
     oneLine(r)
@@ -107,7 +109,7 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a raw disk whose size is no multiple of 512 bytes', async () => {
-    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${conf()}`))
+    const r = await runCliInProcess(backupArgs(store, 100, conf(), '--disk', `scsi0=${conf()}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a disk image/)
     oneLine(r)
@@ -115,14 +117,16 @@ describe('cli: bad input', () => {
   })
 
   it('refuses a directory as disk', async () => {
-    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${dir}`))
+    const r = await runCliInProcess(backupArgs(store, 100, conf(), '--disk', `scsi0=${dir}`))
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not a file or block device/)
     await unchanged()
   })
 
   it('refuses both --disk and --rootfs', async () => {
-    const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`, '--rootfs', dir))
+    const r = await runCliInProcess(
+      backupArgs(store, 100, conf(), '--disk', `scsi0=${good}`, '--rootfs', dir),
+    )
     assert.equal(r.code, 2)
     oneLine(r)
   })
@@ -134,7 +138,14 @@ describe('cli: bad input', () => {
     '../../x',
   ]) {
     it(`refuses the volume name ${JSON.stringify(bad)}`, async () => {
-      const r = await cli(['restore', '--store', store, bad, '--target', join(dir, 'never')])
+      const r = await runCliInProcess([
+        'restore',
+        '--store',
+        store,
+        bad,
+        '--target',
+        join(dir, 'never'),
+      ])
       assert.equal(r.code, 2)
       assert.match(r.stderr, /invalid volume name/)
       oneLine(r)
@@ -142,7 +153,12 @@ describe('cli: bad input', () => {
   }
 
   it('says when a volume does not exist (exit 1)', async () => {
-    const r = await cli(['show-config', '--store', store, 'backup/100/qemu-2001-01-01T00:00:00Z'])
+    const r = await runCliInProcess([
+      'show-config',
+      '--store',
+      store,
+      'backup/100/qemu-2001-01-01T00:00:00Z',
+    ])
     assert.equal(r.code, 1)
     assert.match(r.stderr, /does not exist/)
     oneLine(r)
@@ -153,7 +169,7 @@ describe('cli: bad input', () => {
     const target = join(dir, 'busy')
     await mkdir(target)
     await writeFile(join(target, 'keep.txt'), 'precious')
-    const r = await cli(['restore', '--store', store, vol, '--target', target])
+    const r = await runCliInProcess(['restore', '--store', store, vol, '--target', target])
     assert.equal(r.code, 2)
     assert.match(r.stderr, /not empty/)
     assert.deepEqual(await readdir(target), ['keep.txt'])
@@ -164,6 +180,7 @@ describe('cli: bad input', () => {
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', big, '256M'])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 64M', big])
     // RLIMIT_FSIZE makes every write past 16 MiB fail with EFBIG, as a full file system would.
+    // A resource limit applies to a process: this one runs bin/guestbackup under prlimit.
     const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${big}`), [
       'prlimit',
       `--fsize=${16 * 1024 * 1024}`,

@@ -15,7 +15,7 @@ import {
   withoutPaths,
 } from '../helpers/tree.ts'
 import type { Manifest } from '../helpers/tree.ts'
-import { backupArgs, cliOk } from '../helpers/cli.ts'
+import { backupArgs, runCliInProcessOk } from '../helpers/cli.ts'
 
 // Issue 2, done-when: regular, sparse, hard-linked, symlinked files, a fifo, a user.* xattr, an
 // ACL and non-root owners come back identical (content, modes, owners, xattrs, ACLs, sparseness).
@@ -49,14 +49,14 @@ describe('cli: container backup and restore', () => {
   for (const mode of ['tar', 'squashfs'] as const) {
     it(`restores the same tree (${mode})`, async () => {
       const store = join(dir, `store-${mode}`)
-      await cliOk(['init', store, '--lxc-backup-mode', mode])
+      await runCliInProcessOk(['init', store, '--lxc-backup-mode', mode])
       const args = backupArgs(store, 200, join(dir, 'ct.conf'))
       for (const e of TREE_EXCLUDES) args.push('--exclude', e)
-      const b = await cliOk([...args, '--rootfs', root, '--json'])
+      const b = await runCliInProcessOk([...args, '--rootfs', root, '--json'])
       const { volid, status } = JSON.parse(b.stdout) as { volid: string; status: string }
       assert.equal(status, 'ok')
       const target = join(dir, `restore-${mode}`)
-      await cliOk(['restore', '--store', store, volid, '--target', target])
+      await runCliInProcessOk(['restore', '--store', store, volid, '--target', target])
       const restored = join(target, 'rootfs')
       let want = withoutPaths(await treeManifest(root), TREE_EXCLUDED)
       let got = await treeManifest(restored)
@@ -78,7 +78,7 @@ describe('cli: container backup and restore', () => {
         const alloc = await allocatedBytes(join(restored, SPARSE_FILE))
         assert.ok(alloc < SPARSE_SIZE / 10, `sparse file allocates ${alloc} bytes`)
       }
-      const cfg = await cliOk(['show-config', '--store', store, volid])
+      const cfg = await runCliInProcessOk(['show-config', '--store', store, volid])
       assert.equal(cfg.stdout, 'arch: amd64\nhostname: t\n')
     })
   }

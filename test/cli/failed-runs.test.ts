@@ -4,7 +4,7 @@ import { access, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
-import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
+import { backupArgs, cli, runCliInProcessOk } from '../helpers/cli.ts'
 
 interface Row {
   volid: string
@@ -26,14 +26,15 @@ describe('cli: failed backup runs', () => {
     await writeFile(join(dir, 'c'), 'name: f\n')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '8M'])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 4M', disk])
-    await cliOk(['init', store])
+    await runCliInProcessOk(['init', store])
   })
   after(async () => {
     await rm(dir, { recursive: true, force: true })
   })
 
   it('shows a failed run with its error and log, and prune drops it after a success', async () => {
-    // A 1 MiB file size limit makes writing the disk image fail (EFBIG) after backupInit.
+    // A 1 MiB file size limit makes writing the disk image fail (EFBIG) after backupInit; a
+    // limit is a process's, so this run is bin/guestbackup under prlimit.
     const args = backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`, '--json')
     const r = await cli(args, ['prlimit', `--fsize=${1024 * 1024}`, '--'])
     assert.equal(r.code, 1, r.stderr)
@@ -47,18 +48,23 @@ describe('cli: failed backup runs', () => {
     assert.equal(out.volid, null)
 
     const list = async (): Promise<Row[]> =>
-      JSON.parse((await cliOk(['list', '--store', store, '--failed', '--json'])).stdout) as Row[]
+      JSON.parse(
+        (await runCliInProcessOk(['list', '--store', store, '--failed', '--json'])).stdout,
+      ) as Row[]
     const [failed, ...rest] = await list()
     assert.deepEqual(rest, [])
     assert.equal(failed?.status, 'failed')
     assert.match(failed.error ?? '', /ENOSPC|no space|EFBIG/i)
     assert.equal(failed.log, m[1])
     // Without --failed, only backups are listed.
-    assert.deepEqual(JSON.parse((await cliOk(['list', '--store', store, '--json'])).stdout), [])
+    assert.deepEqual(
+      JSON.parse((await runCliInProcessOk(['list', '--store', store, '--json'])).stdout),
+      [],
+    )
 
     await new Promise((resolve) => setTimeout(resolve, 1100))
-    await cliOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
-    await cliOk(['prune', '--store', store])
+    await runCliInProcessOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
+    await runCliInProcessOk(['prune', '--store', store])
     const after = await list()
     assert.deepEqual(
       after.map((x) => x.status),

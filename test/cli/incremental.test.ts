@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
-import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
+import { backupArgs, runCliInProcess, runCliInProcessOk } from '../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -25,11 +25,11 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
     const disk = (): string => join(dir, 'disk.qcow2')
     const copies = new Map<string, string>()
     const list = async (): Promise<Row[]> =>
-      JSON.parse((await cliOk(['list', '--store', store, '--json'])).stdout) as Row[]
+      JSON.parse((await runCliInProcessOk(['list', '--store', store, '--json'])).stdout) as Row[]
     const backup = async (n: number): Promise<string> => {
       const ref = join(dir, `ref-${n}.raw`)
       await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk(), ref])
-      const r = await cliOk(
+      const r = await runCliInProcessOk(
         backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk()}`, '--json'),
       )
       const { volid } = JSON.parse(r.stdout) as { volid: string }
@@ -39,7 +39,7 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
     const restoresAll = async (): Promise<void> => {
       for (const row of await list()) {
         const target = join(dir, `restore-${Math.random().toString(36).slice(2)}`)
-        await cliOk(['restore', '--store', store, row.volid, '--target', target])
+        await runCliInProcessOk(['restore', '--store', store, row.volid, '--target', target])
         const ref = copies.get(row.volid) ?? ''
         assert.ok(
           await compareImages(join(target, 'drive-scsi0.raw'), 'raw', ref, 'raw'),
@@ -54,7 +54,7 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
       await writeFile(join(dir, 'c'), 'name: inc\n')
       await createImage(disk(), { format: 'qcow2', size: 64 * MiB })
       await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x01 0 16M', disk()])
-      await cliOk([
+      await runCliInProcessOk([
         'init',
         store,
         '--vm-backup-mode',
@@ -108,19 +108,33 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
     it('keeps notes and protection, and refuses to remove a protected backup', async () => {
       const rows = await list()
       const oldest = rows.at(-1)?.volid ?? ''
-      await cliOk(['notes', '--store', store, oldest, '--set', 'first full\nsecond line'])
-      await cliOk(['protect', '--store', store, oldest])
+      await runCliInProcessOk([
+        'notes',
+        '--store',
+        store,
+        oldest,
+        '--set',
+        'first full\nsecond line',
+      ])
+      await runCliInProcessOk(['protect', '--store', store, oldest])
       const after1 = (await list()).at(-1)
       assert.equal(after1?.notes, 'first full')
       assert.equal(after1.protected, true)
-      const r = await cli(['remove', '--store', store, oldest])
+      const r = await runCliInProcess(['remove', '--store', store, oldest])
       assert.equal(r.code, 1)
       assert.match(r.stderr, /protected/)
-      await cliOk(['protect', '--store', store, oldest, '--off'])
+      await runCliInProcessOk(['protect', '--store', store, oldest, '--off'])
     })
 
     it('prunes to the newest two, merging removed bases so the rest still restores', async () => {
-      const dry = await cliOk(['prune', '--store', store, '--keep', 'keep-last=2', '--dry-run'])
+      const dry = await runCliInProcessOk([
+        'prune',
+        '--store',
+        store,
+        '--keep',
+        'keep-last=2',
+        '--dry-run',
+      ])
       assert.equal(
         dry.stdout
           .trim()
@@ -134,7 +148,7 @@ for (const mechanism of ['nbd', 'file-handle'] as const) {
         /remove {2}merges drive-scsi0 into store:backup\/100\/qemu-\S+ \(writes \d/,
       )
       assert.equal((await list()).length, 4)
-      await cliOk(['prune', '--store', store, '--keep', 'keep-last=2'])
+      await runCliInProcessOk(['prune', '--store', store, '--keep', 'keep-last=2'])
       const rows = await list()
       assert.equal(rows.length, 2)
       assert.equal(rows.at(-1)?.parent, null, 'the oldest kept backup became standalone')

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { imageInfo } from '../../src/qemu/img.ts'
-import { backupArgs, cliOk } from '../helpers/cli.ts'
+import { backupArgs, runCliInProcessOk } from '../helpers/cli.ts'
 
 // The store id is a display name: bitmaps are keyed on the store's UUID, so renaming the store
 // neither re-keys incrementals nor leaves orphan bitmaps in the VM's images.
@@ -27,19 +27,21 @@ describe('cli: a renamed store keeps its incrementals', () => {
 
   it('makes a UUID at init that no later init changes', async () => {
     const a = JSON.parse(
-      (await cliOk(['init', store, '--vm-backup-mode', 'incremental'])).stdout,
+      (await runCliInProcessOk(['init', store, '--vm-backup-mode', 'incremental'])).stdout,
     ) as { uuid: string }
     assert.match(a.uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-/)
-    await cliOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
-    const b = JSON.parse((await cliOk(['init', store, '--id', 'renamed'])).stdout) as {
+    await runCliInProcessOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
+    const b = JSON.parse((await runCliInProcessOk(['init', store, '--id', 'renamed'])).stdout) as {
       id: string
       uuid: string
     }
     assert.deepEqual([b.id, b.uuid], ['renamed', a.uuid])
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x02 2M 1M', disk])
     await new Promise((r) => setTimeout(r, 1100))
-    await cliOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
-    const rows = JSON.parse((await cliOk(['list', '--store', store, '--json'])).stdout) as {
+    await runCliInProcessOk(backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`))
+    const rows = JSON.parse(
+      (await runCliInProcessOk(['list', '--store', store, '--json'])).stdout,
+    ) as {
       volid: string
       parent: string | null
     }[]
@@ -56,7 +58,9 @@ describe('cli: a renamed store keeps its incrementals', () => {
     assert.ok(names[0]?.startsWith(`gb-${a.uuid}-`), names.join(' '))
 
     // Listed and dropped by the bitmaps command; the next backup is then full.
-    const listed = JSON.parse((await cliOk(['bitmaps', '--disk', disk, '--json'])).stdout) as {
+    const listed = JSON.parse(
+      (await runCliInProcessOk(['bitmaps', '--disk', disk, '--json'])).stdout,
+    ) as {
       bitmaps: { name: string }[]
     }
     assert.deepEqual(
@@ -64,7 +68,7 @@ describe('cli: a renamed store keeps its incrementals', () => {
       names,
     )
     const dropped = JSON.parse(
-      (await cliOk(['bitmaps', '--disk', disk, '--drop-all', '--json'])).stdout,
+      (await runCliInProcessOk(['bitmaps', '--disk', disk, '--drop-all', '--json'])).stdout,
     ) as { dropped: string[]; bitmaps: unknown[] }
     assert.deepEqual([dropped.dropped, dropped.bitmaps], [names, []])
   })

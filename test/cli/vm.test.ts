@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { compareImages, createImage, imageInfo } from '../../src/qemu/img.ts'
-import { backupArgs, cliOk } from '../helpers/cli.ts'
+import { backupArgs, runCliInProcessOk } from '../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -36,7 +36,7 @@ describe('cli: VM disk backup and restore', () => {
     ])
     await writeFile(join(dir, 'vm.conf'), 'name: t\nscsi0: local:100/vm-100-disk-0.qcow2\n')
     await writeFile(join(dir, 'fw.conf'), '[OPTIONS]\nenable: 1\n')
-    await cliOk(['init', store])
+    await runCliInProcessOk(['init', store])
   })
   after(async () => {
     await rm(dir, { recursive: true, force: true })
@@ -44,8 +44,8 @@ describe('cli: VM disk backup and restore', () => {
 
   for (const mechanism of ['nbd', 'file-handle'] as const) {
     it(`restores an identical disk and stores only the data (${mechanism})`, async () => {
-      await cliOk(['init', store, '--vm-backup-mechanism', mechanism])
-      const b = await cliOk([
+      await runCliInProcessOk(['init', store, '--vm-backup-mechanism', mechanism])
+      const b = await runCliInProcessOk([
         ...backupArgs(store, 100, join(dir, 'vm.conf'), '--firewall-config', join(dir, 'fw.conf')),
         ...['--disk', `scsi0=${disk()}`, '--json'],
       ])
@@ -60,16 +60,16 @@ describe('cli: VM disk backup and restore', () => {
       assert.ok((info['actual-size'] ?? 0) > 6 * MiB)
 
       const target = join(dir, `restore-${mechanism}`)
-      const r = await cliOk(['restore', '--store', store, volname, '--target', target])
+      const r = await runCliInProcessOk(['restore', '--store', store, volname, '--target', target])
       assert.match(r.stdout, /drive-scsi0\.raw/)
       const raw = join(target, 'drive-scsi0.raw')
       assert.ok(await compareImages(disk(), 'qcow2', raw, 'raw'))
       const st = await stat(raw)
       assert.equal(st.size, 256 * MiB)
       assert.ok(st.blocks * 512 < 16 * MiB, 'restored raw disk is sparse')
-      const cfg = await cliOk(['show-config', '--store', store, volname])
+      const cfg = await runCliInProcessOk(['show-config', '--store', store, volname])
       assert.match(cfg.stdout, /^name: t/)
-      const fw = await cliOk(['show-config', '--store', store, volname, '--firewall'])
+      const fw = await runCliInProcessOk(['show-config', '--store', store, volname, '--firewall'])
       assert.match(fw.stdout, /enable: 1/)
     })
   }
@@ -77,12 +77,12 @@ describe('cli: VM disk backup and restore', () => {
   it('backs up a raw disk too', async () => {
     const raw = join(dir, 'disk.raw')
     await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk(), raw])
-    const b = await cliOk(
+    const b = await runCliInProcessOk(
       backupArgs(store, 101, join(dir, 'vm.conf'), '--disk', `virtio0=${raw}`, '--json'),
     )
     const { volid } = JSON.parse(b.stdout) as { volid: string }
     const target = join(dir, 'restore-raw')
-    await cliOk(['restore', '--store', store, volid, '--target', target])
+    await runCliInProcessOk(['restore', '--store', store, volid, '--target', target])
     assert.ok(await compareImages(raw, 'raw', join(target, 'drive-virtio0.raw'), 'raw'))
   })
 
@@ -91,19 +91,19 @@ describe('cli: VM disk backup and restore', () => {
     const img = join(dir, 'disk.img')
     await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'vmdk', disk(), vmdk])
     await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', disk(), img])
-    const b = await cliOk([
+    const b = await runCliInProcessOk([
       ...backupArgs(store, 102, join(dir, 'vm.conf'), '--json'),
       ...['--disk', `scsi0=${vmdk},format=vmdk`, '--disk', `scsi1=${img},format=qcow2`],
     ])
     const { volid } = JSON.parse(b.stdout) as { volid: string }
     const target = join(dir, 'restore-vmdk')
-    await cliOk(['restore', '--store', store, volid, '--target', target])
+    await runCliInProcessOk(['restore', '--store', store, volid, '--target', target])
     assert.ok(await compareImages(disk(), 'qcow2', join(target, 'drive-scsi0.raw'), 'raw'))
     assert.ok(await compareImages(disk(), 'qcow2', join(target, 'drive-scsi1.raw'), 'raw'))
   })
 
   it('lists backups as JSON with the documented fields', async () => {
-    const r = await cliOk(['list', '--store', store, '--json'])
+    const r = await runCliInProcessOk(['list', '--store', store, '--json'])
     const rows = JSON.parse(r.stdout) as Record<string, unknown>[]
     assert.ok(rows.length >= 4)
     for (const row of rows) {

@@ -1,6 +1,12 @@
-/** Run the guestbackup CLI from the checkout, as a user would. */
+/**
+ * Run the guestbackup CLI: {@link cli} starts bin/guestbackup as a user would, for what needs a
+ * real process (signals, resource limits, exit); {@link runCliInProcess} calls `run()` in the
+ * test's own process, for what is the CLI's own behaviour (parsing, messages, output).
+ */
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { run } from '../../src/cli/run.ts'
+import type { CliStream } from '../../src/cli/run.ts'
 
 /** Path of `bin/guestbackup`. */
 export const BIN = fileURLToPath(new URL('../../bin/guestbackup', import.meta.url))
@@ -13,7 +19,7 @@ export const backupArgs = (
   ...rest: string[]
 ): string[] => ['backup', '--store', store, '--vmid', String(vmid), '--config', config, ...rest]
 
-/** Result of {@link cli}. */
+/** Result of {@link cli} and {@link runCliInProcess}. */
 export interface CliResult {
   code: number | null
   stdout: string
@@ -35,11 +41,49 @@ export const cli = (args: readonly string[], wrapper: readonly string[] = []): P
     })
   })
 
-/** Like {@link cli} but throws unless the exit code is 0. */
-export const cliOk = async (args: readonly string[]): Promise<CliResult> => {
-  const r = await cli(args)
+const ok = (args: readonly string[], r: CliResult): CliResult => {
   if (r.code !== 0) {
     throw new Error(`guestbackup ${args.join(' ')} exited ${r.code}: ${r.stderr}`)
   }
   return r
 }
+
+/** Like {@link cli} but throws unless the exit code is 0. */
+export const cliOk = async (args: readonly string[]): Promise<CliResult> =>
+  ok(args, await cli(args))
+
+/** Options of {@link runCliInProcess}. */
+export interface InProcessOptions {
+  /** Aborting it cancels the run, as SIGINT does for the process. Default: never aborted. */
+  signal?: AbortSignal
+}
+
+/** A stream that keeps what is written to it; not a terminal, so no progress is drawn. */
+const collector = (): CliStream & { text: string } => ({
+  text: '',
+  write(s: string) {
+    this.text += s
+    return true
+  },
+})
+
+/**
+ * Run the CLI with `args` inside this process (`run()` of src/cli/run.ts) and collect what it
+ * prints: the same result as {@link cli}, without the ~1 s of starting node and tsx.
+ */
+export const runCliInProcess = async (
+  args: readonly string[],
+  opts: InProcessOptions = {},
+): Promise<CliResult> => {
+  const [stdout, stderr] = [collector(), collector()]
+  const code = await run(args, {
+    stdout,
+    stderr,
+    signal: opts.signal ?? new AbortController().signal,
+  })
+  return { code, stdout: stdout.text, stderr: stderr.text }
+}
+
+/** Like {@link runCliInProcess} but throws unless the exit code is 0. */
+export const runCliInProcessOk = async (args: readonly string[]): Promise<CliResult> =>
+  ok(args, await runCliInProcess(args))

@@ -34,7 +34,7 @@ export const compileCli = async (outDir: string): Promise<CliCommand> => {
     ...['-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(outDir, 'dist')],
     ...['--declaration', 'false', '--sourceMap', 'false'],
   ])
-  const main = join(outDir, 'dist', 'cli', 'main.js')
+  const main = join(outDir, 'dist', 'cli', 'bin.js')
   try {
     await access(main)
   } catch {

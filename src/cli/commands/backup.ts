@@ -12,6 +12,8 @@ import { openStore } from '../../provider/directory/store.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
 import type { DiskArg } from '../parse.ts'
 import { Progress, fmtBytes } from '../progress.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -67,12 +69,13 @@ const ownDirExcludes = async (
   return { excludes, notes }
 }
 
-/** Run the backup command; returns the process exit code. */
+/** Run the backup command; returns the exit code. Results go to io.stdout, progress to stderr. */
 export const backupCommand = async (
   o: BackupCommandOptions,
   logger: Logger,
-  signal: AbortSignal,
+  io: CliIO,
 ): Promise<number> => {
+  const { signal } = io
   const disks = o.disk ?? []
   const sources = [disks.length > 0, o.rootfs !== undefined, o.qmp !== undefined].filter(Boolean)
   if (sources.length !== 1) {
@@ -152,7 +155,7 @@ export const backupCommand = async (
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }
   }
-  const progress = new Progress()
+  const progress = new Progress(io.stderr.isTTY === true, io.stderr)
   const [result] = await runBackupJob({
     provider: (log) => storage.newBackupProvider(log),
     storeId: storage.storeId,
@@ -168,7 +171,8 @@ export const backupCommand = async (
   progress.done()
   if (result === undefined) throw new BackupError('PROVIDER_FAILED', 'no result')
   if (o.json === true) {
-    console.log(
+    writeLine(
+      io.stdout,
       JSON.stringify({
         vmid: result.vmid,
         type: result.type,
@@ -180,7 +184,7 @@ export const backupCommand = async (
       }),
     )
   } else if (result.status === 'ok') {
-    console.log(`${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+    writeLine(io.stdout, `${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
   }
   if (result.status !== 'ok') {
     const err = result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')

@@ -2,6 +2,8 @@
 import { BackupError } from '../../errors.ts'
 import { inspectDisk } from '../../host/disks.ts'
 import { dropBitmap, guestbackupBitmaps } from '../../host/offline-bitmaps.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
 
 /** Options of the bitmaps command as commander parses them. */
 export interface BitmapsCommandOptions {
@@ -11,12 +13,9 @@ export interface BitmapsCommandOptions {
   json?: boolean
 }
 
-/** Run the bitmaps command; returns the exit code. */
-export const bitmapsCommand = async (
-  o: BitmapsCommandOptions,
-  signal: AbortSignal,
-): Promise<number> => {
-  const disk = await inspectDisk('drive-disk', o.disk, 'qcow2', signal)
+/** Run the bitmaps command; returns the exit code. The bitmaps are listed on `io.stdout`. */
+export const bitmapsCommand = async (o: BitmapsCommandOptions, io: CliIO): Promise<number> => {
+  const disk = await inspectDisk('drive-disk', o.disk, 'qcow2', io.signal)
   const present = await guestbackupBitmaps(disk)
   const names = o.dropAll === true ? present.map((b) => b.name) : (o.drop ?? [])
   for (const name of names) {
@@ -27,10 +26,10 @@ export const bitmapsCommand = async (
   for (const name of names) await dropBitmap(disk, name)
   const left = names.length === 0 ? present : await guestbackupBitmaps(disk)
   if (o.json === true) {
-    console.log(JSON.stringify({ dropped: names, bitmaps: left }, null, 2))
+    writeLine(io.stdout, JSON.stringify({ dropped: names, bitmaps: left }, null, 2))
   } else {
-    for (const n of names) console.log(`dropped ${n}`)
-    for (const b of left) console.log(`${b.name}  ${b.flags.join(',')}`)
+    for (const n of names) writeLine(io.stdout, `dropped ${n}`)
+    for (const b of left) writeLine(io.stdout, `${b.name}  ${b.flags.join(',')}`)
   }
   return 0
 }

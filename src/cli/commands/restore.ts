@@ -7,14 +7,16 @@ import { makeTempDir } from '../../io/tmpdir.ts'
 import type { Logger } from '../../log.ts'
 import { parseVolname } from '../../provider/directory/layout.ts'
 import { openStore } from '../../provider/directory/store.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
 
-/** Run the restore command; returns the exit code. */
+/** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
 export const restoreCommand = async (
   o: { store: string; target: string; bwlimit?: number },
   volume: string,
   logger: Logger,
-  signal: AbortSignal,
+  io: CliIO,
 ): Promise<number> => {
   const storage = await openStore(o.store)
   const volname = stripStoreId(volume, storage.storeId)
@@ -34,9 +36,9 @@ export const restoreCommand = async (
     target: o.target,
     bandwidthLimit: o.bwlimit,
     log,
-    signal,
+    signal: io.signal,
   })
-  for (const f of r.files) console.log(join(o.target, f))
+  for (const f of r.files) writeLine(io.stdout, join(o.target, f))
   return 0
 }
 

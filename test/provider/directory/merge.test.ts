@@ -8,7 +8,7 @@ import { Dir } from '../../../src/io/beneath.ts'
 import { run } from '../../../src/io/spawn.ts'
 import { parseVolname, StoreLayout } from '../../../src/provider/directory/layout.ts'
 import { freeBackup, planRemoval } from '../../../src/provider/directory/merge.ts'
-import { backupArgs, cliOk } from '../../helpers/cli.ts'
+import { backupArgs, runCliInProcessOk } from '../../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -25,10 +25,10 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     const disk = join(dir, 'd.qcow2')
     await writeFile(join(dir, 'c'), 'name: m\n')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M'])
-    await cliOk(['init', template, '--vm-backup-mode', 'incremental', '--id', 'm'])
+    await runCliInProcessOk(['init', template, '--vm-backup-mode', 'incremental', '--id', 'm'])
     for (const [i, at] of ['0', '4M', '8M'].entries()) {
       await run('qemu-io', ['-f', 'qcow2', '-c', `write -P ${i + 1} ${at} 2M`, disk])
-      const r = await cliOk(
+      const r = await runCliInProcessOk(
         backupArgs(template, 100, join(dir, 'c'), '--disk', `scsi0=${disk}`, '--json'),
       )
       vols.push((JSON.parse(r.stdout) as { volid: string }).volid.slice('m:'.length))

@@ -8,7 +8,7 @@ import { initStore, openStore } from '../../../src/provider/directory/store.ts'
 import { StoreLayout, parseVolname } from '../../../src/provider/directory/layout.ts'
 import { DirectoryStorage } from '../../../src/provider/directory/storage.ts'
 import { parseStoreOptions } from '../../../src/provider/directory/options.ts'
-import { backupArgs, cliOk } from '../../helpers/cli.ts'
+import { backupArgs, runCliInProcessOk } from '../../helpers/cli.ts'
 
 const MiB = 1024 * 1024
 
@@ -26,12 +26,14 @@ describe('provider/directory/storage: the storage-plugin side', () => {
     await writeFile(disk, data)
     await writeFile(join(dir, 'c'), 'name: s\n')
     for (const vmid of ['100', '100', '101']) {
-      const r = await cliOk(
+      const r = await runCliInProcessOk(
         backupArgs(store, vmid, join(dir, 'c'), '--disk', `scsi0=${disk}`, '--json'),
       )
       vols.push((JSON.parse(r.stdout) as { volid: string }).volid.slice('st:'.length))
     }
-    await cliOk(backupArgs(store, 100, join(dir, 'c'), '--rootfs', dir, '--exclude', '/store'))
+    await runCliInProcessOk(
+      backupArgs(store, 100, join(dir, 'c'), '--rootfs', dir, '--exclude', '/store'),
+    )
   })
   after(async () => {
     await rm(dir, { recursive: true, force: true })

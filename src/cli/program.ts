@@ -1,0 +1,326 @@
+/**
+ * The commands of the guestbackup CLI as a commander program, built afresh for each run so that
+ * no parsed option or result outlives it. Results go to `io.stdout`, logs to `io.stderr`.
+ */
+import { Command, Option } from 'commander'
+import { BackupError } from '../errors.ts'
+import { createLogger } from '../log.ts'
+import type { Logger, LogLevel } from '../log.ts'
+import { parsePruneBackups } from '../storage/prune-options.ts'
+import { initStore, openStore } from '../provider/directory/store.ts'
+import { parseVolname } from '../provider/directory/layout.ts'
+import { backupCommand } from './commands/backup.ts'
+import { bitmapsCommand } from './commands/bitmaps.ts'
+import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
+import type { BackupCommandOptions } from './commands/backup.ts'
+import { restoreCommand, stripStoreId } from './commands/restore.ts'
+import { writeLine } from './io.ts'
+import type { CliIO, CliStream } from './io.ts'
+import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
+import { fmtBytes } from './progress.ts'
+
+/** A program ready to parse one command line, and the exit code its command chose. */
+export interface CliProgram {
+  /** The commander program; `parseAsync` throws CommanderError for help, version and usage. */
+  readonly program: Command
+  /** The exit code the command's action returned; 0 until one did. */
+  readonly exitCode: () => number
+}
+
+// commander's own rule: the terminal's width, 80 columns when not a terminal.
+const helpWidth = (stream: CliStream): number =>
+  stream.isTTY === true ? (stream.columns ?? 80) : 80
+
+/** Build the program of one run: commander writes help and usage errors to `io`, never exits. */
+export const createProgram = (io: CliIO): CliProgram => {
+  const program = new Command('guestbackup')
+    .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+    .version('0.1.0')
+    .option('-v, --verbose', 'log progress details on stderr')
+    .option('--log-json', 'log JSON lines on stderr')
+    .option('--debug', 'print stack traces on errors')
+    // One line per usage error, with where to look: 'error: unknown option … (see --help)'.
+    .configureOutput({
+      writeOut: (str) => io.stdout.write(str),
+      writeErr: (str) => io.stderr.write(str),
+      outputError: (str, write) => {
+        write(`${str.trimEnd()} (see --help)\n`)
+      },
+      // commander's defaults measure process.stdout/stderr; help wraps to io's own terminal.
+      getOutHelpWidth: () => helpWidth(io.stdout),
+      getErrHelpWidth: () => helpWidth(io.stderr),
+    })
+    // Help, version and usage errors throw CommanderError instead of calling process.exit.
+    .exitOverride()
+
+  // A new logger per command, on this run's stderr: a logger kept from an earlier run would
+  // still write to that run's stream.
+  const logger = (): Logger => {
+    const o = program.opts<{ verbose?: boolean; logJson?: boolean }>()
+    const level: LogLevel = o.verbose === true ? 'info' : 'warn'
+    return createLogger(level, o.logJson === true, io.stderr)
+  }
+
+  let result = 0
+
+  program
+    .command('init')
+    .description('create (or update the options of) a directory store')
+    .argument('<store>', 'store directory')
+    .addOption(
+      new Option('--vm-backup-mode <mode>', 'full, or incremental when possible').choices([
+        'full',
+        'incremental',
+      ]),
+    )
+    .addOption(
+      new Option('--vm-backup-mechanism <mechanism>', 'how VM disks are read').choices([
+        'nbd',
+        'file-handle',
+      ]),
+    )
+    .addOption(
+      new Option('--lxc-backup-mode <mode>', 'container archive format').choices([
+        'tar',
+        'squashfs',
+      ]),
+    )
+    .option('--id <id>', 'store id, the prefix of volume ids (default: from the directory name)')
+    .option('--prune-backups <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+    .option(
+      '--max-protected-backups <n>',
+      'protected backups per guest (-1: unlimited)',
+      parseCount,
+    )
+    .option(
+      '--incremental-sample <n>',
+      'clean 64 KiB blocks per disk an incremental compares with the previous backup (0: off)',
+      parseCount,
+    )
+    .action(async (store: string, o: Record<string, string | number | undefined>) => {
+      const input = Object.fromEntries(
+        Object.entries({
+          'vm-backup-mode': o['vmBackupMode'],
+          'vm-backup-mechanism': o['vmBackupMechanism'],
+          'lxc-backup-mode': o['lxcBackupMode'],
+          'prune-backups': o['pruneBackups'],
+          'max-protected-backups': o['maxProtectedBackups'],
+          'incremental-sample': o['incrementalSample'],
+        }).filter(([, v]) => v !== undefined),
+      )
+      const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
+      writeLine(io.stdout, JSON.stringify(r, null, 2))
+    })
+
+  program
+    .command('backup')
+    .description('back up a stopped VM (--disk), a running VM (--qmp) or a container (--rootfs)')
+    .requiredOption('--store <dir>', 'store directory')
+    .requiredOption('--vmid <id>', 'guest id', parseVmid)
+    .requiredOption('--config <file>', 'guest configuration file to keep with the backup')
+    .option('--firewall-config <file>', 'firewall configuration file to keep with the backup')
+    .option(
+      '--disk <name=path>',
+      'VM disk, NAME=PATH[,format=raw|qcow2|vmdk|vdi|vhdx|qed] (default: qcow2 for *.qcow2, else raw); repeatable',
+      collectDisk,
+    )
+    .option('--qmp <socket>', 'QMP socket of a running VM: back it up live, at one instant')
+    .option('--qga <socket>', 'guest agent socket of that VM: freeze file systems at the instant')
+    .option('--device <name>', 'with --qmp: only this disk (e.g. scsi0); repeatable', collect)
+    .option('--fleecing-dir <dir>', 'with --qmp: where overlays keep old data during the backup')
+    .option('--rootfs <dir>', 'container root directory')
+    .option(
+      '--exclude <pattern>',
+      'container exclude pattern (vzdump semantics); repeatable',
+      collect,
+    )
+    .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
+    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--json', 'print the result as JSON')
+    .action(async (o: BackupCommandOptions) => {
+      result = await backupCommand(o, logger(), io)
+    })
+
+  program
+    .command('list')
+    .description('list the backups of a store')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--vmid <id>', 'only this guest', parseVmid)
+    .option('--failed', 'also list failed backup runs, with their error and task log')
+    .option('--json', 'print a JSON array')
+    .action(async (o: { store: string; vmid?: number; failed?: boolean; json?: boolean }) => {
+      const storage = await openStore(o.store)
+      const filter = o.vmid === undefined ? {} : { vmid: o.vmid }
+      const vols = await storage.listVolumes(filter)
+      const failed = o.failed === true ? await storage.listFailed(filter) : []
+      if (o.json === true) {
+        const rows: Record<string, unknown>[] = vols.map((v) => ({
+          volid: v.volid,
+          vmid: v.vmid,
+          subtype: v.subtype,
+          ctime: v.ctime,
+          size: v.size,
+          format: v.format,
+          parent: v.parent ?? null,
+          protected: v.protected,
+          notes: v.notes ?? null,
+          status: 'ok',
+        }))
+        for (const f of failed) {
+          rows.push({
+            volid: f.volid,
+            vmid: f.vmid,
+            subtype: f.subtype,
+            ctime: f.ctime,
+            status: 'failed',
+            error: f.error ?? null,
+            log: f.log,
+          })
+        }
+        writeLine(io.stdout, JSON.stringify(rows, null, 2))
+        return
+      }
+      for (const v of vols) {
+        const flags = [v.protected ? 'protected' : '', v.parent ? `parent=${v.parent}` : '']
+        writeLine(
+          io.stdout,
+          [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
+        )
+      }
+      for (const f of failed) {
+        writeLine(
+          io.stdout,
+          [f.volid, f.subtype, 'FAILED'.padStart(10), f.error ?? '', f.log].join('  '),
+        )
+      }
+    })
+
+  program
+    .command('restore')
+    .description(
+      'restore a backup: VM disks as <target>/<device>.raw, containers as <target>/rootfs',
+    )
+    .argument('<volume>', 'volume name, backup/<vmid>/<type>-<time>')
+    .requiredOption('--store <dir>', 'store directory')
+    .requiredOption('--target <dir>', 'target directory (created; must be empty)')
+    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .action(async (volume: string, o: { store: string; target: string; bwlimit?: number }) => {
+      result = await restoreCommand(o, volume, logger(), io)
+    })
+
+  program
+    .command('show-config')
+    .description('print the guest configuration stored in a backup')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--firewall', 'print the firewall configuration instead')
+    .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
+      const storage = await openStore(o.store)
+      const volname = stripStoreId(volume, storage.storeId)
+      parseVolname(volname)
+      const provider = storage.newBackupProvider(() => undefined)
+      if (o.firewall === true) {
+        const fw = await provider.archiveGetFirewallConfig(volname)
+        if (fw === undefined)
+          throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
+        io.stdout.write(fw)
+      } else {
+        io.stdout.write(await provider.archiveGetGuestConfig(volname))
+      }
+    })
+
+  program
+    .command('prune')
+    .description("remove backups not covered by the retention policy (default: the store's)")
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--vmid <id>', 'only this guest', parseVmid)
+    .addOption(new Option('--type <type>', 'only this guest type').choices(['qemu', 'lxc']))
+    .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+    .option('--dry-run', 'only show what would be removed')
+    .action(
+      async (o: {
+        store: string
+        vmid?: number
+        type?: 'qemu' | 'lxc'
+        keep?: string
+        dryRun?: boolean
+      }) => {
+        const storage = await openStore(o.store)
+        const log = logger()
+        const marks = await storage.pruneBackups({
+          dryRun: o.dryRun === true,
+          ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
+          ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
+          ...(o.type === undefined ? {} : { type: o.type }),
+          log: (level, msg) => {
+            if (level === 'err') log.error(msg)
+            else log.info(msg)
+          },
+        })
+        for (const m of marks) {
+          const merges = (m.merges ?? []).map(
+            (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
+          )
+          writeLine(io.stdout, `${m.volid}  ${m.mark}${merges.join('')}`)
+        }
+      },
+    )
+
+  program
+    .command('remove')
+    .description('remove one backup (refused when protected; dependants are merged first)')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--store <dir>', 'store directory')
+    .action(async (volume: string, o: { store: string }) => {
+      const storage = await openStore(o.store)
+      await storage.freeImage(stripStoreId(volume, storage.storeId))
+    })
+
+  program
+    .command('protect')
+    .description('mark a backup protected (or unprotected with --off)')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--off', 'remove the protection')
+    .action(async (volume: string, o: { store: string; off?: boolean }) => {
+      const storage = await openStore(o.store)
+      await storage.updateVolumeAttribute(
+        stripStoreId(volume, storage.storeId),
+        'protected',
+        o.off !== true,
+      )
+    })
+
+  program
+    .command('notes')
+    .description('print, or with --set replace, the notes of a backup')
+    .argument('<volume>', 'volume name')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--set <text>', 'new notes ("" removes them)')
+    .action(async (volume: string, o: { store: string; set?: string }) => {
+      const storage = await openStore(o.store)
+      const volname = stripStoreId(volume, storage.storeId)
+      if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
+      else io.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+    })
+
+  program
+    .command('bitmaps')
+    .description("list (or drop) guestbackup's dirty bitmaps in a stopped VM's qcow2 disk")
+    .requiredOption('--disk <path>', 'qcow2 image of a stopped VM')
+    .option(
+      '--drop <name>',
+      'remove this bitmap (the next backup of the disk is full); repeatable',
+      collect,
+    )
+    .option('--drop-all', 'remove every guestbackup bitmap of the disk')
+    .option('--json', 'print JSON')
+    .action(async (o: BitmapsCommandOptions) => {
+      if (o.drop !== undefined && o.dropAll === true) {
+        throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
+      }
+      result = await bitmapsCommand(o, io)
+    })
+
+  return { program, exitCode: () => result }
+}
