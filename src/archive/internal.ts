@@ -2,13 +2,10 @@
  * Helpers shared by the archive modules (not re-exported): running several processes and streams
  * as one pipeline, writing an output file atomically, and checking restore targets.
  */
-import { constants } from 'node:fs'
-import { lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { readdir, stat } from 'node:fs/promises'
 import { Duplex } from 'node:stream'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
-import { fdPath } from '../io/beneath.ts'
 import type { Tool } from '../io/spawn.ts'
 
 /** The lines of a tool's stderr, without blanks and without tar's `--totals` line. */
@@ -150,66 +147,6 @@ export const toolStage = (tool: Tool, group: Group): Duplex => {
     readable.destroy()
   })
   return stage
-}
-
-/** fsync a file or directory by path. */
-const fsyncPath = async (path: string): Promise<void> => {
-  const fh = await open(path, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-}
-
-/**
- * Produce `output` atomically: `write` fills `output + '.partial'`, which is then fsynced and
- * renamed, and the directory is fsynced. On any failure the partial file is removed, so nothing
- * half-written ever carries the final name. Refuses (`USAGE`) when `output` already exists.
- * The partial file is created here, exclusively and without following a link (the output may
- * live in an untrusted store), and `write` gets the path of that very file (`/proc/<pid>/fd/<n>`),
- * so a name planted in the directory meanwhile cannot redirect the tool that fills it.
- */
-export const writeAtomically = async <T>(
-  output: string,
-  write: (partial: string) => Promise<T>,
-): Promise<T> => {
-  if (await exists(output)) {
-    throw new BackupError('USAGE', `output ${output} already exists`, { details: { output } })
-  }
-  const partial = `${output}.partial`
-  try {
-    await rm(partial, { force: true })
-    const fh = await open(
-      partial,
-      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-      0o600,
-    )
-    let result: T
-    try {
-      result = await write(fdPath(fh.fd))
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await rename(partial, output)
-    await fsyncPath(dirname(output))
-    return result
-  } catch (e) {
-    await rm(partial, { force: true })
-    throw toBackupError(e)
-  }
-}
-
-/** True if `path` exists (without following a final symlink). */
-export const exists = async (path: string): Promise<boolean> => {
-  try {
-    await lstat(path)
-    return true
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false
-    throw toBackupError(e)
-  }
 }
 
 /** Throw `USAGE` unless `path` is an existing directory. */

@@ -11,15 +11,9 @@ import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
+import { writeAtomically } from '../io/fs.ts'
 import { tarExcludeArgs } from './excludes.ts'
-import {
-  Group,
-  assertEmptyDirectory,
-  stderrLines,
-  stdioOf,
-  toolStage,
-  writeAtomically,
-} from './internal.ts'
+import { Group, assertEmptyDirectory, stderrLines, stdioOf, toolStage } from './internal.ts'
 import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
 
 /**

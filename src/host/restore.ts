@@ -4,12 +4,13 @@
  * `<target>/<device>.raw` (sparse); containers are unpacked into `<target>/rootfs`.
  */
 import { setMaxListeners } from 'node:events'
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { DEVICE_NAME_RE } from '../api/names.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError } from '../errors.ts'
+import { writeFileDurably } from '../io/fs.ts'
 import { convertImage } from '../qemu/img.ts'
 import type { TaskLog } from './task-log.ts'
 
@@ -68,10 +69,10 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
     throw new BackupError('ARCHIVE_INVALID', 'the backup has an empty guest config')
   const firewall = await provider.archiveGetFirewallConfig(volname)
   const files: string[] = []
-  await writeFile(join(target, 'guest.conf'), config, { mode: 0o600 })
+  await writeFileDurably(join(target, 'guest.conf'), config)
   files.push('guest.conf')
   if (firewall !== undefined) {
-    await writeFile(join(target, 'firewall.conf'), firewall, { mode: 0o600 })
+    await writeFileDurably(join(target, 'firewall.conf'), firewall)
     files.push('firewall.conf')
   }
   if (mech.vmtype === 'qemu') {
