@@ -4,7 +4,7 @@
  */
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../api/provider.ts'
 import { BackupError, toBackupError } from '../errors.ts'
-import type { ProgressInfo } from '../provider/directory/provider.ts'
+import type { ProgressInfo } from '../api/progress.ts'
 import type { QemuNbd } from '../qemu/nbd-server.ts'
 import { diskSize, openDiskReader, serveDisk } from './disks.ts'
 import type { DiskSpec, OpenedReader } from './disks.ts'

@@ -8,7 +8,7 @@
  */
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../../api/provider.ts'
 import { BackupError, toBackupError } from '../../errors.ts'
-import type { ProgressInfo } from '../../provider/directory/provider.ts'
+import type { ProgressInfo } from '../../api/progress.ts'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { QmpClient } from '../../qmp/client.ts'
 import type { TaskLog } from '../task-log.ts'
