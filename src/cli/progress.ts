@@ -2,7 +2,7 @@
  * Progress on stderr when it is a terminal: one line, redrawn at most 10 times a second, with
  * bytes done, rate and ETA. Nothing is printed when stderr is not a TTY.
  */
-import type { ProgressEvent } from '../provider/directory/provider.ts'
+import type { ProgressEvent } from '../api/progress.ts'
 
 const fmtBytes = (n: number): string => {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']

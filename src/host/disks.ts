@@ -11,6 +11,7 @@ import type { Region, VolumeReader } from '../api/provider.ts'
 import { dirtyExtents } from '../nbd/extents.ts'
 import { dirtyContext } from '../copy/nbd.ts'
 import { BackupError } from '../errors.ts'
+import { CleanupStack } from '../io/cleanup.ts'
 import { NbdClient } from '../nbd/client.ts'
 import { imageInfo, imageInUse } from '../qemu/img.ts'
 import { detectImageFormat, MAGIC_BYTES } from '../qemu/magic.ts'
@@ -56,10 +57,9 @@ export const inspectDisk = async (
   })
   const head = Buffer.alloc(MAGIC_BYTES)
   let got: number
-  try {
-    got = (await fh.read(head, 0, MAGIC_BYTES, 0)).bytesRead
-  } finally {
-    await fh.close()
+  {
+    await using file = fh
+    got = (await file.read(head, 0, MAGIC_BYTES, 0)).bytesRead
   }
   const seen = detectImageFormat(head.subarray(0, got))
   const fmt = format ?? (basename(abs).endsWith('.qcow2') ? 'qcow2' : 'raw')
@@ -119,13 +119,21 @@ export const serveDisk = (
     signal,
   })
 
-/** A {@link VolumeReader} plus how to release it. */
-export interface OpenedReader {
+/** A {@link VolumeReader} plus how to release it (`close()`, or dispose). */
+export interface OpenedReader extends AsyncDisposable {
   reader: VolumeReader
   /** Dirty regions (the whole disk without a bitmap), then undefined. */
   nextDirtyRegion: () => Promise<Region | undefined>
   close(): Promise<void>
 }
+
+/** `close` as both `close()` and `[Symbol.asyncDispose]()`. */
+const closable = (
+  close: () => Promise<void>,
+): Pick<OpenedReader, 'close' | typeof Symbol.asyncDispose> => ({
+  close,
+  [Symbol.asyncDispose]: close,
+})
 
 /** The whole disk as one region, once. */
 const wholeDisk = (size: number): (() => Promise<Region | undefined>) => {
@@ -163,23 +171,16 @@ export const openDiskReader = async (
         },
       },
       nextDirtyRegion: wholeDisk(size),
-      close: () => fh.close(),
+      ...closable(() => fh.close()),
     }
   }
-  const server = await serveDisk(disk, signal, bitmap)
-  try {
-    const opened = await openNbdReader(server.socketPath, disk.device, bitmap, signal)
-    return {
-      ...opened,
-      close: async () => {
-        await opened.close()
-        await server.stop()
-      },
-    }
-  } catch (e) {
-    await server.stop()
-    throw e
-  }
+  // Until the reader is handed over, a failure stops the server again.
+  await using acquired = new CleanupStack()
+  const server = acquired.use(await serveDisk(disk, signal, bitmap))
+  const opened = acquired.use(await openNbdReader(server.socketPath, disk.device, bitmap, signal))
+  // Handed over: the client is closed first, then the server.
+  const owned = acquired.move()
+  return { ...opened, ...closable(() => owned[Symbol.asyncDispose]()) }
 }
 
 /**
@@ -216,6 +217,6 @@ export const openNbdReader = async (
           ...(into ? { into } : {}),
         }),
     },
-    close: () => client.close(),
+    ...closable(() => client.close()),
   }
 }

@@ -4,7 +4,7 @@ import type { Stats } from 'node:fs'
 import { resolve } from 'node:path'
 import type { BackupInfo, BackupProvider, ContainerBackupInfo } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
-import type { ProgressInfo } from '../provider/directory/provider.ts'
+import type { ProgressInfo } from '../api/progress.ts'
 import type { TaskLog } from './task-log.ts'
 
 /** A container to back up: a root directory. */

@@ -4,10 +4,10 @@
  */
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../api/provider.ts'
 import { BackupError, toBackupError } from '../errors.ts'
-import type { ProgressInfo } from '../provider/directory/provider.ts'
-import type { QemuNbd } from '../qemu/nbd-server.ts'
+import type { ProgressInfo } from '../api/progress.ts'
+import { CleanupStack } from '../io/cleanup.ts'
 import { diskSize, openDiskReader, serveDisk } from './disks.ts'
-import type { DiskSpec, OpenedReader } from './disks.ts'
+import type { DiskSpec } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
 import type { BitmapFinalizer } from './live/guest-live.ts'
 import {
@@ -77,9 +77,10 @@ export const backupVmGuest = async (
     for (const [d, p] of plans) await rollbackOfflineBitmaps(d, p)
     plans.clear()
   }
-  const servers: QemuNbd[] = []
-  const readers: OpenedReader[] = []
   try {
+    // Every server and reader of this guest; all are closed (last opened first) before a
+    // failure rolls the bitmaps back, and on success before the provider's backupCleanup.
+    await using open = new CleanupStack()
     const volumes: Record<string, VmVolume> = {}
     for (const d of guest.disks) {
       const size = sizes[d.device]?.size ?? 0
@@ -96,12 +97,10 @@ export const backupVmGuest = async (
         ...(plan.next === undefined ? {} : { nextBitmapGeneration: plan.next }),
       }
       if (mechanism === 'nbd') {
-        const server = await serveDisk(d, info.signal, plan.read)
-        servers.push(server)
+        const server = open.use(await serveDisk(d, info.signal, plan.read))
         volumes[d.device] = { size, bitmapMode: plan.mode, nbdPath: server.socketPath, ...bitmaps }
       } else {
-        const opened = await openDiskReader(d, size, info.signal, plan.read)
-        readers.push(opened)
+        const opened = open.use(await openDiskReader(d, size, info.signal, plan.read))
         volumes[d.device] = {
           size,
           bitmapMode: plan.mode,
@@ -113,8 +112,6 @@ export const backupVmGuest = async (
     }
     await provider.backupVm(guest.vmid, guest.config, volumes, { ...info, consistency: 'offline' })
   } catch (e) {
-    for (const r of readers.splice(0)) await r.close()
-    for (const s of servers.splice(0)) await s.stop()
     try {
       await rollback()
     } catch (re) {
@@ -122,9 +119,6 @@ export const backupVmGuest = async (
       log.error(`bitmap rollback failed: ${toBackupError(re).message}`)
     }
     throw e
-  } finally {
-    for (const r of readers) await r.close()
-    for (const s of servers) await s.stop()
   }
   return {
     commit: async () => {

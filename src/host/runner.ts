@@ -13,9 +13,10 @@ import { join } from 'node:path'
 import type { BackupProvider, GuestType, ProviderLogFunction } from '../api/provider.ts'
 import { isValidArchiveName } from '../api/names.ts'
 import { BackupError, toBackupError } from '../errors.ts'
+import { mainError } from '../io/cleanup.ts'
 import { makeTempDir, sweepStaleTempDirs } from '../io/tmpdir.ts'
 import type { Logger } from '../log.ts'
-import type { ProgressEvent } from '../provider/directory/provider.ts'
+import type { ProgressEvent } from '../api/progress.ts'
 import { backupCtGuest, preflightCt } from './guest-ct.ts'
 import type { CtGuest } from './guest-ct.ts'
 import { backupVmGuest, preflightVm } from './guest-vm.ts'
@@ -160,12 +161,15 @@ const backupGuest = async (
     try {
       await committing?.commit()
     } catch (ce) {
-      log.warn(`cannot drop the backed-up bitmaps: ${toBackupError(ce).message}`)
+      const main = mainError(ce, cleanupFailed(log))
+      log.warn(`cannot drop the backed-up bitmaps: ${toBackupError(main).message}`)
     }
     result.archiveSize = res?.stats.archiveSize ?? 0
     result.status = 'ok'
     log.info(`backup finished: ${result.archiveSize} bytes stored`)
-  } catch (e) {
+  } catch (thrown) {
+    // If the clean-up after a failure failed too, the failure is what is reported.
+    const e = mainError(thrown, cleanupFailed(log))
     const err = opts.signal.aborted
       ? new BackupError('ABORTED', 'backup aborted', { cause: e })
       : toBackupError(e, 'PROVIDER_FAILED')
@@ -175,7 +179,8 @@ const backupGuest = async (
     try {
       await finalizer?.rollback()
     } catch (re) {
-      log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
+      const main = mainError(re, cleanupFailed(log))
+      log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(main).message}`)
     }
     if (started) {
       try {
@@ -193,6 +198,13 @@ const backupGuest = async (
   }
   return result
 }
+
+/** Logs a clean-up error that lost to the error of the work it cleaned up after. */
+const cleanupFailed =
+  (log: TaskLog) =>
+  (e: unknown): void => {
+    log.error(`clean-up failed: ${toBackupError(e).message}`)
+  }
 
 /** Checks that need no provider: refused before `backupInit`, so the store stays untouched. */
 const preflight = async (guest: Guest): Promise<void> => {

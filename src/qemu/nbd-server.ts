@@ -7,10 +7,13 @@ import type { ChildProcess } from 'node:child_process'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { BackupError } from '../errors.ts'
+import { BackupError, isBackupError } from '../errors.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
 import type { TempDir } from '../io/tmpdir.ts'
 import type { ImageFormat } from './img.ts'
+
+/** Host page cache mode of qemu-nbd (`--cache`); `none` and `directsync` open with O_DIRECT. */
+export type QemuNbdCache = 'none' | 'writeback' | 'writethrough' | 'directsync'
 
 /** Options of {@link startQemuNbd}. */
 export interface QemuNbdOptions {
@@ -29,7 +32,15 @@ export interface QemuNbdOptions {
   /** Expose a persistent qcow2 dirty bitmap as `qemu:dirty-bitmap:<name>` (`-B`). */
   bitmap?: string
   /** Host page cache mode. Default `writeback` (flushes are honoured). */
-  cache?: 'none' | 'writeback' | 'writethrough' | 'directsync'
+  cache?: QemuNbdCache
+  /**
+   * Cache mode to start once more with when `cache` needs O_DIRECT and the image's file system
+   * refuses it (open fails with EINVAL, e.g. tmpfs before Linux 6.6). Any other failure is
+   * thrown as it is. Default: no retry.
+   */
+  cacheFallback?: QemuNbdCache | undefined
+  /** Receives a line when the start is retried with `cacheFallback`. */
+  log?: ((msg: string) => void) | undefined
   /** AIO mode; `native` needs `cache: 'none'`. Default `threads`. */
   aio?: 'threads' | 'native' | 'io_uring'
   /** Also expose `qemu:allocation-depth` (`-A`). */
@@ -80,8 +91,38 @@ const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
     })
   })
 
-/** Start qemu-nbd and wait until it accepts connections. */
+/**
+ * qemu-nbd's words when O_DIRECT's open failed with EINVAL: QEMU 5.0+ reopens without O_DIRECT
+ * to tell "filesystem does not support O_DIRECT" (`qemu_open_internal`, util/osdep.c,
+ * https://gitlab.com/qemu-project/qemu/-/blob/v7.2.0/util/osdep.c); older ones print strerror.
+ */
+const O_DIRECT_REFUSED =
+  /filesystem does not support O_DIRECT|Could not open '[^']*': Invalid argument/
+
+const usesODirect = (cache: QemuNbdCache): boolean => cache === 'none' || cache === 'directsync'
+
+/**
+ * Start qemu-nbd and wait until it accepts connections. Fails with `QEMU_TOOL_FAILED` (the tail
+ * of qemu-nbd's stderr in the message and in `details.stderr`) or `ABORTED`.
+ */
 export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
+  const cache = opts.cache ?? 'writeback'
+  const fallback = opts.cacheFallback
+  try {
+    return await startOnce(opts, cache)
+  } catch (e) {
+    if (fallback === undefined || !usesODirect(cache) || !refusesODirect(e)) throw e
+    opts.log?.(
+      `qemu-nbd: the file system refuses O_DIRECT (cache=${cache}), retrying with cache=${fallback}`,
+    )
+    return startOnce(opts, fallback)
+  }
+}
+
+const refusesODirect = (e: unknown): boolean =>
+  isBackupError(e, 'QEMU_TOOL_FAILED') && O_DIRECT_REFUSED.test(String(e.details?.['stderr']))
+
+const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<QemuNbd> => {
   const dir: TempDir = await makeTempDir('guestbackup-nbd-')
   const socketPath = join(dir.path, 'nbd.sock')
   const exportName = opts.exportName ?? ''
@@ -90,7 +131,7 @@ export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
     '--persistent',
     `--shared=${opts.shared ?? 8}`,
     `--export-name=${exportName}`,
-    `--cache=${opts.cache ?? 'writeback'}`,
+    `--cache=${cache}`,
     `--aio=${opts.aio ?? 'threads'}`,
   ]
   if (!opts.image.startsWith('json:')) args.push(`--format=${opts.format ?? 'raw'}`)
@@ -133,7 +174,7 @@ export const startQemuNbd = async (opts: QemuNbdOptions): Promise<QemuNbd> => {
     const tail = stderr.trim()
     throw new BackupError('QEMU_TOOL_FAILED', `qemu-nbd: ${msg}${tail ? `: ${tail}` : ''}`, {
       cause,
-      details: { args },
+      details: { args, stderr: tail },
     })
   }
 

@@ -208,7 +208,11 @@ export class QmpClient implements AsyncDisposable {
     return this.#call(command, args, options) as Promise<QmpReturn<C>>
   }
 
-  /** Run any command by name, untyped; for commands missing from {@link QmpCommands}. */
+  /**
+   * Run any command by name, untyped: an escape hatch for library users and tests that need a
+   * command missing from {@link QmpCommands} (guestbackup itself uses only {@link execute}).
+   * Same errors as {@link execute}; the result is QEMU's `return` value as parsed JSON.
+   */
   executeRaw(
     command: string,
     args?: Readonly<Record<string, unknown>>,

@@ -1,7 +1,8 @@
 /**
  * Typed map of the QMP commands guestbackup drives (events: see events.ts), checked against the
  * `query-qmp-schema` of QEMU 7.2 (qapi/block-core.json, block-export.json, transaction.json,
- * run-state.json, job.json, misc.json, control.json). Only the members we use are typed; QEMU
+ * run-state.json, job.json, misc.json, control.json; rendered at
+ * https://qemu.readthedocs.io/en/v7.2.0/interop/qemu-qmp-ref.html). Only the members we use are typed; QEMU
  * may send more (qmp-spec.rst §"Compatibility Considerations"), and optional members are
  * optional here too. Nothing is validated at run time: replies are trusted to match the schema.
  */
@@ -292,6 +293,32 @@ export interface QmpBlockExportInfo {
   'shutting-down': boolean
 }
 
+/** `XDbgBlockGraphNodeType`: what a node of the debug block graph is. */
+export type QmpBlockGraphNodeType = 'block-backend' | 'block-job' | 'block-driver'
+
+/** `XDbgBlockGraphNode`. */
+export interface QmpBlockGraphNode {
+  /** Id of the node within this graph dump (edges refer to it). */
+  id: number
+  type: QmpBlockGraphNodeType
+  /** The node name (`block-driver`), BlockBackend name or job id. */
+  name: string
+}
+
+/** `XDbgBlockGraphEdge`: `parent` uses `child` through the child role `name`. */
+export interface QmpBlockGraphEdge {
+  parent: number
+  child: number
+  /** Child role, e.g. `file`, `backing`, `root`. */
+  name: string
+}
+
+/** `XDbgBlockGraph` (`x-debug-query-block-graph`). */
+export interface QmpBlockGraph {
+  nodes: QmpBlockGraphNode[]
+  edges: QmpBlockGraphEdge[]
+}
+
 /** Defines one command: its `arguments` and its `return` value. */
 export interface QmpCommandDef<A extends object, R> {
   args: A
@@ -318,6 +345,11 @@ export interface QmpCommands {
   'query-block': QmpCommandDef<QmpEmpty, QmpBlockInfo[]>
   /** With `flat: true`, child nodes are not repeated inside `backing-image`. */
   'query-named-block-nodes': QmpCommandDef<{ flat?: boolean }, QmpBlockDeviceInfo[]>
+  /**
+   * The whole block graph with its edges. Unstable (`x-` prefix, "for debugging purposes"
+   * only): callers must cope with its absence.
+   */
+  'x-debug-query-block-graph': QmpCommandDef<QmpEmpty, QmpBlockGraph>
   'blockdev-add': QmpCommandDef<QmpBlockdevOptions, QmpEmpty>
   /** Remove a node that nothing uses any more. */
   'blockdev-del': QmpCommandDef<{ 'node-name': string }, QmpEmpty>

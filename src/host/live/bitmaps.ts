@@ -10,9 +10,9 @@
  */
 import type { BitmapMode, IncrementalQuery } from '../../api/provider.ts'
 import type { QmpClient } from '../../qmp/client.ts'
+import type { QmpTransactionAction } from '../../qmp/commands.ts'
 import { nextBitmapName, planBitmapRepair, storeBitmaps } from './bitmap-names.ts'
 import type { LiveDisk } from './discover.ts'
-import type { TransactionAction } from './fleece.ts'
 
 /** Granularity of our bitmaps: 64 KiB, the qcow2 cluster size. */
 export const BITMAP_GRANULARITY = 64 * 1024
@@ -73,8 +73,8 @@ export const planDiskBitmaps = (
 export const instantActions = (
   plans: readonly DiskBitmapPlan[],
   persistent: (node: string) => boolean,
-): TransactionAction[] => {
-  const actions: TransactionAction[] = []
+): QmpTransactionAction[] => {
+  const actions: QmpTransactionAction[] = []
   for (const p of plans) {
     for (const name of p.removed) {
       actions.push({ type: 'block-dirty-bitmap-remove', data: { node: p.node, name } })
@@ -102,13 +102,13 @@ export const commitBitmaps = async (
   qmp: QmpClient,
   plans: readonly DiskBitmapPlan[],
 ): Promise<void> => {
-  const actions: TransactionAction[] = []
+  const actions: QmpTransactionAction[] = []
   for (const p of plans) {
     if (p.read !== undefined) {
       actions.push({ type: 'block-dirty-bitmap-remove', data: { node: p.node, name: p.read } })
     }
   }
-  if (actions.length > 0) await qmp.executeRaw('transaction', { actions })
+  if (actions.length > 0) await qmp.execute('transaction', { actions })
 }
 
 /**
@@ -120,7 +120,7 @@ export const rollbackBitmaps = async (
   qmp: QmpClient,
   plans: readonly DiskBitmapPlan[],
 ): Promise<void> => {
-  const actions: TransactionAction[] = []
+  const actions: QmpTransactionAction[] = []
   for (const p of plans) {
     if (p.next === undefined) continue
     if (p.read !== undefined) {
@@ -132,7 +132,7 @@ export const rollbackBitmaps = async (
     }
     actions.push({ type: 'block-dirty-bitmap-remove', data: { node: p.node, name: p.next } })
   }
-  if (actions.length > 0) await qmp.executeRaw('transaction', { actions })
+  if (actions.length > 0) await qmp.execute('transaction', { actions })
 }
 
 /**
@@ -146,7 +146,7 @@ export const recoverBitmaps = async (
   storeId: string,
 ): Promise<string[]> => {
   const fixed: string[] = []
-  const actions: TransactionAction[] = []
+  const actions: QmpTransactionAction[] = []
   for (const d of disks) {
     const r = planBitmapRepair(
       storeId,
@@ -170,6 +170,6 @@ export const recoverBitmaps = async (
       actions.push({ type: 'block-dirty-bitmap-remove', data: { node, name } })
     }
   }
-  if (actions.length > 0) await qmp.executeRaw('transaction', { actions })
+  if (actions.length > 0) await qmp.execute('transaction', { actions })
   return fixed
 }

@@ -4,6 +4,7 @@
  */
 import { BackupError } from '../../errors.ts'
 import type { QmpClient } from '../../qmp/client.ts'
+import type { QmpBlockDeviceInfo, QmpBlockDirtyInfo, QmpBlockGraph } from '../../qmp/commands.ts'
 
 /** A disk of a running VM. */
 export interface LiveDisk {
@@ -37,21 +38,6 @@ export const qdevId = (qdev: string): string => {
   return m?.[1] ?? qdev
 }
 
-interface RawInserted {
-  'node-name'?: string
-  drv?: string
-  file?: string
-  image?: { 'virtual-size'?: number }
-  'dirty-bitmaps'?: {
-    name?: string
-    recording?: boolean
-    persistent?: boolean
-    busy?: boolean
-    count?: number
-    granularity?: number
-  }[]
-}
-
 /** Filter drivers we look through to find the format node (they pass data on unchanged). */
 const FILTER_DRIVERS = new Set([
   'throttle',
@@ -62,18 +48,6 @@ const FILTER_DRIVERS = new Set([
   'copy-before-write',
 ])
 
-interface RawNode {
-  'node-name': string
-  drv: string
-  file: string
-  'dirty-bitmaps'?: RawInserted['dirty-bitmaps']
-}
-
-interface RawGraph {
-  nodes: { id: number; name: string; type: string }[]
-  edges: { parent: number; child: number; name: string }[]
-}
-
 /**
  * The node under `top` that holds the image: filters (a throttle group, as Proxmox puts above
  * its drives) are followed down their `file` child, so bitmaps go onto the qcow2 node, where they
@@ -81,9 +55,9 @@ interface RawGraph {
  */
 const formatNode = (
   top: string,
-  nodes: ReadonlyMap<string, RawNode>,
-  graph: RawGraph | undefined,
-): RawNode | undefined => {
+  nodes: ReadonlyMap<string | undefined, QmpBlockDeviceInfo>,
+  graph: QmpBlockGraph | undefined,
+): QmpBlockDeviceInfo | undefined => {
   let node = nodes.get(top)
   for (let hops = 0; node !== undefined && FILTER_DRIVERS.has(node.drv) && hops < 16; hops++) {
     const id = graph?.nodes.find(
@@ -97,48 +71,41 @@ const formatNode = (
   return node
 }
 
-const toBitmaps = (raw: RawInserted['dirty-bitmaps']): LiveBitmap[] =>
+const toBitmaps = (raw: readonly QmpBlockDirtyInfo[] | undefined): LiveBitmap[] =>
   (raw ?? []).map((bm) => ({
     name: bm.name ?? '',
-    recording: bm.recording ?? false,
-    persistent: bm.persistent ?? false,
-    busy: bm.busy ?? false,
-    count: bm.count ?? 0,
-    granularity: bm.granularity ?? 0,
+    recording: bm.recording,
+    persistent: bm.persistent,
+    busy: bm.busy,
+    count: bm.count,
+    granularity: bm.granularity,
   }))
 
 /** List the VM's disks (devices with a medium; CD-ROMs without one are skipped). */
 export const listLiveDisks = async (qmp: QmpClient, signal?: AbortSignal): Promise<LiveDisk[]> => {
   const opts = signal ? { signal } : {}
-  const blocks = (await qmp.executeRaw('query-block', {}, opts)) as {
-    device?: string
-    qdev?: string
-    inserted?: RawInserted
-  }[]
-  const flat = (await qmp.executeRaw('query-named-block-nodes', { flat: true }, opts)) as RawNode[]
+  const blocks = await qmp.execute('query-block', {}, opts)
+  const flat = await qmp.execute('query-named-block-nodes', { flat: true }, opts)
   const nodes = new Map(flat.map((n) => [n['node-name'], n]))
-  const graph = (await qmp
-    .executeRaw('x-debug-query-block-graph', {}, opts)
-    .catch(() => undefined)) as RawGraph | undefined
+  const graph = await qmp.execute('x-debug-query-block-graph', {}, opts).catch(() => undefined)
   const out: LiveDisk[] = []
   for (const b of blocks) {
     const ins = b.inserted
     if (ins === undefined) continue
-    const id = b.device !== undefined && b.device !== '' ? b.device : qdevId(b.qdev ?? '')
+    const id = b.device !== '' ? b.device : qdevId(b.qdev ?? '')
     if (id === '') continue
     const device = id.startsWith('drive-') ? id : `drive-${id}`
     const top = ins['node-name']
-    const size = ins.image?.['virtual-size']
-    if (top === undefined || size === undefined) {
-      throw new BackupError('QMP_PROTOCOL', `query-block gave no node or size for ${device}`)
+    if (top === undefined) {
+      throw new BackupError('QMP_PROTOCOL', `query-block gave no node name for ${device}`)
     }
     const fmt = formatNode(top, nodes, graph)
     out.push({
       device,
       node: fmt?.['node-name'] ?? top,
-      format: fmt?.drv ?? ins.drv ?? 'unknown',
-      file: ins.file ?? '',
-      size,
+      format: fmt?.drv ?? ins.drv,
+      file: ins.file,
+      size: ins.image['virtual-size'],
       bitmaps: toBitmaps(fmt?.['dirty-bitmaps'] ?? ins['dirty-bitmaps']),
     })
   }

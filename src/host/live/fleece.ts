@@ -21,6 +21,7 @@ import { BackupError, QmpCommandError, toBackupError } from '../../errors.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import type { TempDir } from '../../io/tmpdir.ts'
 import type { QmpClient } from '../../qmp/client.ts'
+import type { QmpTransactionAction } from '../../qmp/commands.ts'
 import { createImage } from '../../qemu/img.ts'
 import type { LiveDisk } from './discover.ts'
 
@@ -28,12 +29,6 @@ import type { LiveDisk } from './discover.ts'
 export const FLEECE_PREFIX = 'gb-fleece-'
 export const EXPORT_PREFIX = 'gb-export-'
 const FLEECE_DIR_PREFIX = 'guestbackup-fleece-'
-
-/** One transaction action (QMP `TransactionAction`). */
-export interface TransactionAction {
-  type: string
-  data: Record<string, unknown>
-}
 
 /** A prepared point in time: overlays and NBD exports, to be torn down. */
 export interface FleeceSession {
@@ -51,7 +46,7 @@ export interface FleeceOptions {
   qmp: QmpClient
   disks: readonly LiveDisk[]
   /** Bitmap actions to run in the same transaction (freeze old, add new …). */
-  bitmapActions: readonly TransactionAction[]
+  bitmapActions: readonly QmpTransactionAction[]
   /** Bitmap to expose per device (`qemu:dirty-bitmap:<name>`), if any. */
   exportBitmaps: Readonly<Record<string, string | undefined>>
   /** Called right before and after the instant (guest agent freeze/thaw). */
@@ -96,14 +91,14 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
       const file = join(dir.path, `${d.device}.qcow2`)
       // No backing in the header: QEMU gets the live node as backing through blockdev-add.
       await createImage(file, { format: 'qcow2', size: d.size, signal })
-      await qmp.executeRaw('blockdev-add', {
+      await qmp.execute('blockdev-add', {
         driver: 'qcow2',
         'node-name': `${FLEECE_PREFIX}${d.device}`,
         file: { driver: 'file', filename: file },
         backing: d.node,
       })
     }
-    const actions: TransactionAction[] = [...o.bitmapActions]
+    const actions: QmpTransactionAction[] = [...o.bitmapActions]
     for (const d of disks) {
       actions.push({
         type: 'blockdev-backup',
@@ -119,7 +114,7 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
     signal.throwIfAborted()
     await o.aroundInstant?.before()
     try {
-      await qmp.executeRaw('transaction', { actions })
+      await qmp.execute('transaction', { actions })
       o.onApplied?.()
     } finally {
       await o.aroundInstant?.after()
@@ -127,10 +122,10 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
     signal.throwIfAborted()
     const socketPath = join(dir.path, 'nbd.sock')
     server = true
-    await qmp.executeRaw('nbd-server-start', { addr: { type: 'unix', data: { path: socketPath } } })
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socketPath } } })
     for (const d of disks) {
       const bitmap = o.exportBitmaps[d.device]
-      await qmp.executeRaw('block-export-add', {
+      await qmp.execute('block-export-add', {
         type: 'nbd',
         id: `${EXPORT_PREFIX}${d.device}`,
         'node-name': `${FLEECE_PREFIX}${d.device}`,
@@ -149,7 +144,7 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
 /** `block-export-del`, then wait until QEMU really dropped it (`BLOCK_EXPORT_DELETED`). */
 const deleteExport = async (qmp: QmpClient, id: string): Promise<void> => {
   const mark = qmp.eventMark()
-  await qmp.executeRaw('block-export-del', { id, mode: 'hard' })
+  await qmp.execute('block-export-del', { id, mode: 'hard' })
   await qmp.waitForEvent('BLOCK_EXPORT_DELETED', (d) => d.id === id, {
     since: mark,
     timeoutMs: 30_000,
@@ -160,12 +155,12 @@ const deleteExport = async (qmp: QmpClient, id: string): Promise<void> => {
 const cancelJob = async (qmp: QmpClient, job: string): Promise<void> => {
   const mark = qmp.eventMark()
   try {
-    await qmp.executeRaw('block-job-cancel', { device: job, force: true })
+    await qmp.execute('block-job-cancel', { device: job, force: true })
   } catch (e) {
     if (e instanceof QmpCommandError && e.errorClass === 'DeviceNotActive') return
     throw e
   }
-  await qmp.waitForEvent('BLOCK_JOB_CANCELLED', (d) => (d as { device?: string }).device === job, {
+  await qmp.waitForEvent('BLOCK_JOB_CANCELLED', (d) => d.device === job, {
     since: mark,
     timeoutMs: 30_000,
   })
@@ -177,17 +172,17 @@ const cancelJob = async (qmp: QmpClient, job: string): Promise<void> => {
  */
 const removeOurObjects = async (qmp: QmpClient, serverIsOurs: boolean): Promise<string[]> => {
   const cleaned: string[] = []
-  const exports = (await qmp.executeRaw('query-block-exports')) as { id: string }[]
+  const exports = await qmp.execute('query-block-exports')
   const ours = exports.filter((x) => x.id.startsWith(EXPORT_PREFIX))
   for (const x of ours) {
     await deleteExport(qmp, x.id)
     cleaned.push(`export ${x.id}`)
   }
-  const jobs = (await qmp.executeRaw('query-block-jobs')) as { device: string }[]
+  const jobs = await qmp.execute('query-block-jobs')
   const ourJobs = jobs.filter((j) => j.device.startsWith(FLEECE_PREFIX))
   if (serverIsOurs || ours.length > 0 || ourJobs.length > 0) {
     try {
-      await qmp.executeRaw('nbd-server-stop')
+      await qmp.execute('nbd-server-stop')
       cleaned.push('NBD server')
     } catch {
       // Not running: nothing to stop.
@@ -197,13 +192,12 @@ const removeOurObjects = async (qmp: QmpClient, serverIsOurs: boolean): Promise<
     await cancelJob(qmp, j.device)
     cleaned.push(`job ${j.device}`)
   }
-  const nodes = (await qmp.executeRaw('query-named-block-nodes', { flat: true })) as {
-    'node-name': string
-  }[]
+  const nodes = await qmp.execute('query-named-block-nodes', { flat: true })
   for (const n of nodes) {
-    if (!n['node-name'].startsWith(FLEECE_PREFIX)) continue
-    await qmp.executeRaw('blockdev-del', { 'node-name': n['node-name'] })
-    cleaned.push(`node ${n['node-name']}`)
+    const name = n['node-name']
+    if (name?.startsWith(FLEECE_PREFIX) !== true) continue
+    await qmp.execute('blockdev-del', { 'node-name': name })
+    cleaned.push(`node ${name}`)
   }
   return cleaned
 }

@@ -8,7 +8,7 @@
  */
 import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../../api/provider.ts'
 import { BackupError, toBackupError } from '../../errors.ts'
-import type { ProgressInfo } from '../../provider/directory/provider.ts'
+import type { ProgressInfo } from '../../api/progress.ts'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { QmpClient } from '../../qmp/client.ts'
 import type { TaskLog } from '../task-log.ts'
@@ -25,7 +25,7 @@ import { listLiveDisks } from './discover.ts'
 import { recoverLeftovers, setupFleecing } from './fleece.ts'
 import { GuestAgent } from './qga.ts'
 import { openNbdReader } from '../disks.ts'
-import type { OpenedReader } from '../disks.ts'
+import { CleanupStack } from '../../io/cleanup.ts'
 
 /** A running VM to back up. */
 export interface LiveVmGuest {
@@ -52,6 +52,16 @@ export interface LiveVmGuest {
 export interface BitmapFinalizer {
   commit(): Promise<void>
   rollback(): Promise<void>
+}
+
+/** Connect to the guest agent; without one the backup is crash-consistent (logged). */
+const connectAgent = async (path: string, log: TaskLog): Promise<GuestAgent | undefined> => {
+  try {
+    return await GuestAgent.connect(path)
+  } catch (e) {
+    log.warn(`guest agent unavailable, backup is crash-consistent: ${toBackupError(e).message}`)
+    return undefined
+  }
 }
 
 /** The earliest QEMU we drive: persistent bitmaps, blockdev-backup sync=none, block exports. */
@@ -97,6 +107,8 @@ export const backupLiveVm = async (
     held = undefined
     await q?.close()
   }
+  // Disposed last on every path, after a failure's bitmap rollback (which may reconnect).
+  await using _monitor = { [Symbol.asyncDispose]: release }
   let plans: DiskBitmapPlan[] = []
   // Bitmaps change only with the instant's transaction; before it there is nothing to undo.
   const state = { applied: false }
@@ -130,15 +142,9 @@ export const backupLiveVm = async (
     const answer = (await provider.backupVmQueryIncremental(guest.vmid, sizes)) ?? {}
     plans = disks.map((d) => planDiskBitmaps(d, storeId, answer[d.device]))
     const persistentNodes = new Set(disks.filter((d) => d.format === 'qcow2').map((d) => d.node))
-    let agent: GuestAgent | undefined
     const freeze = { attempted: false, done: false }
-    if (guest.qga !== undefined) {
-      try {
-        agent = await GuestAgent.connect(guest.qga)
-      } catch (e) {
-        log.warn(`guest agent unavailable, backup is crash-consistent: ${toBackupError(e).message}`)
-      }
-    }
+    // Closed right after the thaw; disposing it again only matters if the set-up failed before.
+    await using agent = guest.qga === undefined ? undefined : await connectAgent(guest.qga, log)
     const session = await setupFleecing({
       qmp,
       disks,
@@ -176,67 +182,61 @@ export const backupLiveVm = async (
       },
       signal,
     })
-    const readers: OpenedReader[] = []
-    try {
-      await release()
-      await guest.onInstant?.(session.socketPath)
-      const volumes: Record<string, VmVolume> = {}
-      for (const p of plans) {
-        const d = disks.find((x) => x.device === p.device)
-        if (d === undefined) continue
-        log.info(
-          `${p.device}: ${d.format} ${d.file}, ${d.size} bytes, bitmap ${p.mode}${p.read ? ` (${p.read})` : ''}`,
-        )
-        const ids = {
-          ...(p.read === undefined ? {} : { bitmapName: p.read, bitmapGeneration: p.read }),
-          ...(p.next === undefined ? {} : { nextBitmapGeneration: p.next }),
+    // Disposed last opened first: the readers, then the fleecing graph (exports, NBD server,
+    // jobs, overlays) through a new monitor connection.
+    await using open = new CleanupStack()
+    open.defer(async () => {
+      for (const e of await session.teardown(monitor)) log.error(`teardown: ${e.message}`)
+    })
+    await release()
+    await guest.onInstant?.(session.socketPath)
+    const volumes: Record<string, VmVolume> = {}
+    for (const p of plans) {
+      const d = disks.find((x) => x.device === p.device)
+      if (d === undefined) continue
+      log.info(
+        `${p.device}: ${d.format} ${d.file}, ${d.size} bytes, bitmap ${p.mode}${p.read ? ` (${p.read})` : ''}`,
+      )
+      const ids = {
+        ...(p.read === undefined ? {} : { bitmapName: p.read, bitmapGeneration: p.read }),
+        ...(p.next === undefined ? {} : { nextBitmapGeneration: p.next }),
+      }
+      if (mechanism === 'nbd') {
+        volumes[p.device] = {
+          size: d.size,
+          bitmapMode: p.mode,
+          nbdPath: session.socketPath,
+          ...ids,
         }
-        if (mechanism === 'nbd') {
-          volumes[p.device] = {
-            size: d.size,
-            bitmapMode: p.mode,
-            nbdPath: session.socketPath,
-            ...ids,
-          }
-        } else {
-          const opened = await openNbdReader(session.socketPath, p.device, p.read, signal)
-          readers.push(opened)
-          volumes[p.device] = {
-            size: d.size,
-            bitmapMode: p.mode,
-            fileHandle: opened.reader,
-            nextDirtyRegion: opened.nextDirtyRegion,
-            ...ids,
-          }
+      } else {
+        const opened = open.use(await openNbdReader(session.socketPath, p.device, p.read, signal))
+        volumes[p.device] = {
+          size: d.size,
+          bitmapMode: p.mode,
+          fileHandle: opened.reader,
+          nextDirtyRegion: opened.nextDirtyRegion,
+          ...ids,
         }
       }
-      await provider.backupVm(guest.vmid, guest.config, volumes, {
-        ...info,
-        consistency: freeze.done ? 'fs' : 'crash',
-      })
-    } finally {
-      for (const r of readers.splice(0)) await r.close()
-      for (const e of await session.teardown(monitor)) log.error(`teardown: ${e.message}`)
     }
+    await provider.backupVm(guest.vmid, guest.config, volumes, {
+      ...info,
+      consistency: freeze.done ? 'fs' : 'crash',
+    })
   } catch (e) {
     try {
       if (state.applied) await rollbackBitmaps(await monitor(), plans)
     } catch (re) {
       log.error(`bitmap rollback failed (the next run repairs it): ${toBackupError(re).message}`)
     }
-    await release()
     throw e
   }
-  await release()
   let done = false
   const finish = async (fn: (q: QmpClient) => Promise<void>): Promise<void> => {
     if (done) return
     done = true
-    try {
-      await fn(await monitor())
-    } finally {
-      await release()
-    }
+    await using _given = { [Symbol.asyncDispose]: release }
+    await fn(await monitor())
   }
   return {
     commit: () => finish((q) => commitBitmaps(q, plans)),

@@ -20,6 +20,7 @@ import type {
   VolumeSize,
 } from '../../api/provider.ts'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
+import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { TokenBucket } from '../../io/throttle.ts'
@@ -38,19 +39,6 @@ import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
 import { backupDisk } from './vm-disk.ts'
-
-/** Progress of one disk or archive, reported through {@link ProgressInfo}. */
-export interface ProgressEvent {
-  /** Device name or `archive`. */
-  item: string
-  done: number
-  total: number
-}
-
-/** Optional guestbackup extension of {@link BackupInfo}: a progress callback. */
-export interface ProgressInfo {
-  onProgress?: (ev: ProgressEvent) => void
-}
 
 interface GuestState {
   ref: VolumeRef

@@ -67,10 +67,12 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
   }
   const target = { image: specJson(spec), discard: true, signal }
   // O_DIRECT (cache=none) writes the backup ~30 % faster than through the page cache (measured
-  // in bench/); file systems without O_DIRECT (tmpfs) get the page cache instead.
-  const server = await startQemuNbd({ ...target, cache: 'none' }).catch((e: unknown) => {
-    if (signal.aborted) throw e
-    return startQemuNbd({ ...target, cache: 'writeback' })
+  // in bench/); file systems without O_DIRECT get the page cache instead.
+  const server = await startQemuNbd({
+    ...target,
+    cache: 'none',
+    cacheFallback: 'writeback',
+    log: opts.log,
   })
   const open: NbdClient[] = []
   try {
