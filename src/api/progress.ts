@@ -7,9 +7,13 @@
 export interface ProgressEvent {
   /** Device name (e.g. `drive-scsi0`) or `archive`. */
   item: string
-  /** Bytes done so far. */
+  /**
+   * How far the item got, in bytes: for a disk, the position of the copy over it (everything
+   * before it is copied or clean, so an incremental passes clean stretches at once); for an
+   * archive, bytes written.
+   */
   done: number
-  /** Bytes in total; `done` reaches it when the item is finished. */
+  /** The disk's size, or the archive's expected size; `done` reaches it when finished. */
   total: number
 }
 

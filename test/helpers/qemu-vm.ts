@@ -14,6 +14,7 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { open, readFile, stat } from 'node:fs/promises'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { QmpClient } from '../../src/qmp/index.ts'
@@ -78,12 +79,27 @@ const deviceArgs = (disk: VmDisk, node: string): string[] => {
   throw new Error(`unsupported disk id ${disk.id}: use virtio<N> or scsi<N>`)
 }
 
+/** True once a connection to the unix socket `path` is accepted (it is closed at once). */
+const accepts = (path: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = connect(path)
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => {
+      resolve(false)
+    })
+  })
+
+// The socket file can exist before QEMU listens on it (bind(2) precedes listen(2)): wait for a
+// connection to be accepted, not for the file.
 const waitForSocket = async (path: string, child: ChildProcess, ms: number): Promise<void> => {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error('QEMU exited early')
     const st = await stat(path).catch(() => undefined)
-    if (st?.isSocket() === true) return
+    if (st?.isSocket() === true && (await accepts(path))) return
     await sleep(20)
   }
   throw new Error(`QMP socket ${path} did not appear within ${ms} ms`)

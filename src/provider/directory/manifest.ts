@@ -49,7 +49,8 @@ export const ManifestSchema = z.strictObject({
   /** Backup time, Unix seconds. */
   ctime: z.number().int().nonnegative(),
   /** Archive name `<vmid>/<type>-<time>`. */
-  archiveName: z.string().regex(/^[1-9]\d{0,8}\/(qemu|lxc)-[0-9TZ:-]+$/),
+  // Must equal the name of the directory it is read from (see readManifest).
+  archiveName: z.string(),
   /** When the backup was committed (ISO time). */
   completed: z.string(),
   /** Files of the backup with their sizes in bytes (apparent). */
@@ -81,11 +82,11 @@ export type Manifest = z.infer<typeof ManifestSchema>
 export type ManifestDisk = z.infer<typeof DiskSchema>
 
 /**
- * Read and validate the manifest of a backup dir; with `ref`, it must describe that backup (its
- * vmid, type, time and archive name), every disk file must be `<device>.qcow2`, every parent a
+ * Read and validate the manifest of the backup dir of `ref`: it must describe that backup (its
+ * vmid, type and archive name), every disk file must be `<device>.qcow2`, every parent an older
  * backup of the same guest and type. `ARCHIVE_INVALID` if absent or broken.
  */
-export const readManifest = async (dir: Dir, ref?: VolumeRef): Promise<Manifest> => {
+export const readManifest = async (dir: Dir, ref: VolumeRef): Promise<Manifest> => {
   let text: string
   try {
     text = await dir.readFile(MANIFEST, MANIFEST_MAX_BYTES)
@@ -109,18 +110,16 @@ export const readManifest = async (dir: Dir, ref?: VolumeRef): Promise<Manifest>
   const m = r.data
   const bad = (why: string): BackupError =>
     new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} ${why}`)
-  if (ref !== undefined) {
-    if (m.vmid !== ref.vmid || m.type !== ref.subtype || m.archiveName !== ref.archiveName) {
-      throw bad('names another backup')
-    }
-    const sameGuest = (v: string): boolean =>
-      // An older backup of the same guest and type (the fixed-width UTC times sort as text).
-      v.startsWith(`backup/${ref.vmid}/${ref.subtype}-`) && v < ref.volname
-    if (m.parent !== undefined && !sameGuest(m.parent)) throw bad('names a foreign parent')
-    for (const [device, d] of Object.entries(m.disks ?? {})) {
-      if (d.file !== `${device}.qcow2`) throw bad(`names file ${d.file} for ${device}`)
-      if (d.parent !== undefined && !sameGuest(d.parent)) throw bad('names a foreign parent')
-    }
+  if (m.vmid !== ref.vmid || m.type !== ref.subtype || m.archiveName !== ref.archiveName) {
+    throw bad('names another backup')
+  }
+  const sameGuest = (v: string): boolean =>
+    // An older backup of the same guest and type (the fixed-width UTC times sort as text).
+    v.startsWith(`backup/${ref.vmid}/${ref.subtype}-`) && v < ref.volname
+  if (m.parent !== undefined && !sameGuest(m.parent)) throw bad('names a foreign parent')
+  for (const [device, d] of Object.entries(m.disks ?? {})) {
+    if (d.file !== `${device}.qcow2`) throw bad(`names file ${d.file} for ${device}`)
+    if (d.parent !== undefined && !sameGuest(d.parent)) throw bad('names a foreign parent')
   }
   return m
 }

@@ -233,6 +233,60 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     assert.equal(m.parent, undefined)
   })
 
+  it("refuses to resume when the dependant's image builds on another backup than the journal says", async () => {
+    const [oldest, base, child] = vols as [string, string, string]
+    // The journal says the merge leaves the child without parent; its header names the oldest.
+    const journal = {
+      version: 1,
+      volname: base,
+      merges: [{ child, device: 'drive-scsi0', parent: null }],
+    }
+    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    await rm(join(dirOf(base), 'drive-scsi0.qcow2'))
+    const top = join(dirOf(child), 'drive-scsi0.qcow2')
+    const onOldest = `../${parseVolname(oldest).dirName}/drive-scsi0.qcow2`
+    await run('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', onOldest, top])
+    // Resuming unlists the doomed base first (its manifest goes); nothing else may change.
+    const unlisted = `${parseVolname(base).dirName}/manifest.json`
+    const others = async () => (await snapshot()).filter((l) => !l.includes(unlisted))
+    const before = await others()
+    await assert.rejects(
+      free(oldest),
+      (e: unknown) =>
+        isBackupError(e, 'ARCHIVE_INVALID') &&
+        e.message.startsWith(
+          `the image of ${child} drive-scsi0 is neither merged nor mergeable: the store`,
+        ),
+    )
+    assert.deepEqual(await others(), before)
+  })
+
+  it("refuses to resume when the dependant's manifest lost the merged disk", async () => {
+    const [base, child] = vols as [string, string]
+    const journal = {
+      version: 1,
+      volname: base,
+      merges: [{ child, device: 'drive-scsi0', parent: null }],
+    }
+    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    // Killed after the rename: the child's image is the merged one, without backing.
+    const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
+    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
+    await rm(join(dirOf(base), 'manifest.json'))
+    await cp(img(base), img(child))
+    await rm(img(base))
+    await editManifest(child, (m) => {
+      m.disks = {}
+    })
+    await assert.rejects(
+      free(vols[2] ?? ''),
+      (e: unknown) =>
+        isBackupError(e, 'ARCHIVE_INVALID') &&
+        e.message.includes(' lost drive-scsi0: the store is inconsistent'),
+    )
+    assert.ok((await readdir(join(store, '100'))).includes('.removing.json'))
+  })
+
   it('merges and removes when all is consistent', async () => {
     await free(vols[0] ?? '')
     const names = await readdir(join(store, '100'))
