@@ -1,6 +1,6 @@
 /**
- * Read throughput of the NBD client against `nbdcopy … null:` on the qemu-lab source (2 GiB
- * qcow2, 1 GiB random data, REPORT §4/§6), warm page cache, runs interleaved.
+ * Read throughput of the NBD client against `nbdcopy … null:` on the benchmark source (2 GiB
+ * qcow2, 1 GiB random data), warm page cache, runs interleaved.
  *
  *   node --import tsx bench/nbd-read.ts [--runs 3] [--scratch /var/tmp/nbd-read-bench]
  *                                       [--configs 8x4,16x2,8x2r,16x2r,8x4r]

@@ -28,8 +28,8 @@ import {
 } from './lib/variants.ts'
 
 /**
- * Full backup of an offline disk: 2 GiB qcow2 with 1 GiB of random data (qemu-lab 04-speed.sh
- * layout, the shared lab source), warm page cache.
+ * Full backup of an offline disk: 2 GiB qcow2 with 1 GiB of random data (64 chunks of 16 MiB,
+ * one every 32 MiB), warm page cache.
  */
 export const fullBackup: Scenario = async (ctx) => {
   const l = LAB_LAYOUT
@@ -103,7 +103,7 @@ const spread = (xs: readonly number[], f: (x: number) => string): string => {
 /**
  * Incremental backup of a running VM with 1 % of its disk dirty, against the full backup of the
  * same VM in the same round. No chaining across rounds; every round starts over: a fresh copy of
- * the lab source (which stays pristine) attached to a fresh paused QEMU (`-S`, no guest OS) and
+ * the benchmark source (which stays pristine) attached to a fresh paused QEMU (`-S`, no guest OS) and
  * a fresh store made with `init --vm-backup-mode incremental`. Then, timed, the full live backup
  * (`backup --qmp`; it creates the persistent dirty bitmap); untimed, 20 × 1 MiB guest writes at
  * scattered 1 MiB-aligned offsets (seeded: the same offsets in every benchmark run, different

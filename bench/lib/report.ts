@@ -77,7 +77,7 @@ export const renderReport = (
       'before every run the source is read once (warm cache) and `sync` runs untimed.',
     '- Ours = the whole `bin/guestbackup backup` call: Node/tsx start, qemu-nbd start for source ' +
       'and target, NBD handshakes, copy, flush, store bookkeeping.',
-    '- nbdcopy "servers already running" = qemu-lab REPORT §4 row 15 method (nbdcopy + sync; the ' +
+    '- nbdcopy "servers already running" = nbdcopy alone, its best case (nbdcopy + sync; the ' +
       'target qemu-nbd is stopped untimed). "End to end" also times starting and stopping both ' +
       'qemu-nbd and creating the target image.',
     '- ours ÷ tool = median of ours / median of the tool: < 1 means guestbackup is faster. ' +

@@ -21,7 +21,7 @@ export interface RandomLayout {
   chunks: number
 }
 
-/** The qemu-lab experiment 4 layout: 2 GiB, 64 × 16 MiB random, one every 32 MiB. */
+/** The benchmark layout: 2 GiB, 64 × 16 MiB random, one every 32 MiB. */
 export const LAB_LAYOUT: RandomLayout = {
   virtualSize: 2 * 1024 ** 3,
   chunkSize: 16 * 1024 ** 2,

@@ -21,7 +21,7 @@ export const summarize = (values: readonly number[]): Summary => {
 export const fmtSummary = (s: Summary, digits = 2): string =>
   `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`
 
-/** MB/s (10^6 bytes, as in the qemu-lab report) of `bytes` in `seconds`. */
+/** MB/s (10^6 bytes, as nbdcopy and qemu-img report rates) of `bytes` in `seconds`. */
 export const mbps = (bytes: number, seconds: number): number =>
   Math.round(bytes / Math.max(seconds, 1e-3) / 1e6)
 

@@ -99,8 +99,8 @@ export const guestbackupBackup = async (ctx: ScenarioContext, src: Source): Prom
 
 /**
  * `nbdcopy --destination-is-zero` from a read-only qemu-nbd of the source into a fresh qcow2
- * served by a writable qemu-nbd. Both servers run already (untimed); timed: nbdcopy + sync, the
- * method of qemu-lab REPORT §4 row 15. Servers are started with guestbackup's own launcher, so
+ * served by a writable qemu-nbd. Both servers run already (untimed); timed: nbdcopy + sync (the
+ * tool alone, its best case). Servers are started with guestbackup's own launcher, so
  * their flags are those of a backup.
  */
 export const nbdcopyServersRunning = async (

@@ -60,7 +60,7 @@ describe('cli: container backup and restore', () => {
       const restored = join(target, 'rootfs')
       let want = withoutPaths(await treeManifest(root), TREE_EXCLUDED)
       let got = await treeManifest(restored)
-      // squashfs stores no POSIX ACLs (qemu-lab REPORT §5), and squashfuse lists security.*
+      // squashfs stores no POSIX ACLs (squashfs-tools' mksquashfs keeps xattrs only), and squashfuse lists security.*
       // xattrs as trusted.*, so tar reading the mount drops them: documented limits of
       // lxc-backup-mode squashfs, compared without them.
       if (mode === 'squashfs') {

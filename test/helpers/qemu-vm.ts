@@ -1,7 +1,7 @@
 /**
  * Start a real, paused QEMU 7.2 VM for integration tests (no guest OS: `-S`, no kernel).
  *
- * Disks are attached the way the qemu-lab scripts do (REPORT.md §1), with Proxmox-like names:
+ * Disks are attached as qemu-server attaches them (PVE/QemuServer.pm, `-blockdev`), with its names:
  * the qcow2/raw format node is `drive-<id>`, its file node `drive-<id>-file` (both with
  * `discard: unmap`, or guest TRIM is silently dropped), the guest device has id `<id>`:
  * `virtio<N>` → `virtio-blk-pci`, `scsi<N>` → `scsi-hd` on a `virtio-scsi-pci` `scsihw0`.

@@ -1,7 +1,7 @@
 /**
  * A container-rootfs-like test tree with the metadata edge cases a container backup must keep
- * (modelled on qemu-lab `gen_tree.py`), and a comparable manifest of a tree (modelled on
- * `tree_manifest.py`): diff the manifests of a source and a restore to see what was lost.
+ * (hard links, sparse files, ACLs, xattrs, device nodes, odd names), and a comparable manifest of
+ * a tree: diff the manifests of a source and a restore to see what was lost.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'

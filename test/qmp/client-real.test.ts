@@ -139,7 +139,8 @@ describe('QmpClient with a real QEMU', () => {
     assert.equal(byName.get('bm0')?.recording, false)
     assert.equal(byName.get('bm0')?.count, 65536)
     assert.equal(byName.get('bm1')?.count, 65536)
-    // Failed-backup path of REPORT.md §1A: merge the frozen bitmap into the new one.
+    // A failed backup's bitmap path: merge the frozen bitmap back into the new one
+    // (https://qemu.readthedocs.io/en/v7.2.0/interop/bitmaps.html, "Incremental Backups").
     await client.execute('block-dirty-bitmap-merge', {
       node: NODE,
       target: 'bm1',
@@ -153,7 +154,7 @@ describe('QmpClient with a real QEMU', () => {
     )
   })
 
-  it('runs the fleecing export sequence of REPORT.md §1A and sees its events', async () => {
+  it('runs the fleecing export sequence and sees its events', async () => {
     const fleece = join(tmp.path, 'fleece.qcow2')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', fleece, '64M'], {
       errorCode: 'QEMU_TOOL_FAILED',
