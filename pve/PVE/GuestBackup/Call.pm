@@ -206,8 +206,6 @@ sub _run {
     my $deadline = defined($timeout) ? time() + $timeout : undef;
     my ($out_open, $err_open, $in_open, $done) = (1, 1, 1, 0);
     my $partial = '';
-    my $next_check = time() + 1;
-    my $drain_until; # set once the process is found dead: read what the pipes still hold
 
     while (!$done && ($out_open || $err_open)) {
         my ($rin, $win) = ('', '');
@@ -219,22 +217,17 @@ sub _run {
             _kill($st);
             die "guestbackup: no reply to $method within $timeout s\n";
         }
-        last if $drain_until && $now >= $drain_until;
-        my $wait = 0.5; # also the liveness tick of provider methods (no overall timeout)
+        my $wait = 0.25; # also the liveness tick of provider methods (no overall timeout)
         $wait = $deadline - $now if $deadline && $deadline - $now < $wait;
         my $n = select(my $rout = $rin, my $wout = $win, undef, $wait);
         if ($n < 0) {
             next if $! == EINTR;
             die "guestbackup: select failed: $!\n";
         }
-        if (!$st->{reaped} && time() >= $next_check) {
-            # a dead process is reported at once even if a grandchild keeps its pipes open
-            $next_check = time() + 1;
-            if (waitpid($pid, WNOHANG) == $pid) {
-                _reaped($st);
-                $drain_until = time() + 1;
-            }
-        }
+        # a dead process is reported at once even if a grandchild keeps its pipes open
+        # (once it is dead, the loop ends when the pipes hold nothing more to read)
+        last if $n == 0 && $st->{reaped};
+        _reaped($st) if !$st->{reaped} && waitpid($pid, WNOHANG) == $pid;
         next if $n <= 0;
         if ($in_open && vec($wout, fileno($in), 1)) {
             my $w = syswrite($in, $out_buf);
