@@ -122,9 +122,11 @@ export const openGuestState = async (
   let lock
   try {
     lock = await lockGuest(guest)
-    const partial = await guest.tryOpenDir(g.committed ? ref.dirName : layout.partialName(ref))
+    const partial =
+      (await guest.tryOpenDir(g.committed ? ref.dirName : layout.partialName(ref))) ??
+      (g.committed ? undefined : await removedDir(guest, layout.partialName(ref)))
     if (partial === undefined) {
-      log('warn', `the backup in progress ${ref.volname} is gone`)
+      log('warn', `the backup ${ref.volname} is gone`)
       await lock.release()
       await guest.close()
       return undefined
@@ -156,4 +158,18 @@ export const openGuestState = async (
     await guest.close()
     throw e
   }
+}
+
+/**
+ * A handle on a directory that no longer exists. A partial backup is removed by
+ * backupCleanup after a failure, while the in-process provider keeps its handle until
+ * backupHandleLogFile: a resumed one gets the same (a directory made and removed at once, under
+ * the guest lock), so the task log is still kept and anything writing into the backup fails
+ * with ENOENT, as it would in-process.
+ */
+const removedDir = async (guest: Dir, name: string): Promise<Dir | undefined> => {
+  if (!(await guest.mkdir(name, 0o700))) return undefined
+  const dir = await guest.openDir(name)
+  await guest.removeTree(name)
+  return dir
 }
