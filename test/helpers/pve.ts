@@ -27,8 +27,8 @@ export const pveRaw = async (stdin: string | Buffer): Promise<PveCallResult> => 
   assert.ok(final !== undefined && final.kind !== 'log', 'the last line is a final line')
   const logs: PveCallResult['logs'] = []
   for (const x of replies) {
-    assert.equal(x.kind, 'log', 'only log lines before the final line')
-    if (x.kind === 'log') logs.push({ level: x.level, message: x.message })
+    if (x.kind !== 'log') assert.fail('only log lines come before the final line')
+    logs.push({ level: x.level, message: x.message })
   }
   return { greeting, logs, final, stderr: r.stderr }
 }

@@ -114,8 +114,9 @@ describe('pve-call: storage methods', () => {
     const v = (listed.result as Record<string, unknown>[]).find(
       (x) => x['volid'] === `gb:${first()}`,
     )
-    assert.equal(v?.['protected'], 1)
-    assert.equal(v?.['notes'], 'before the upgrade')
+    assert.ok(v !== undefined)
+    assert.equal(v['protected'], 1)
+    assert.equal(v['notes'], 'before the upgrade')
     const limited = await pveErr(store, 'update_volume_attribute', [second(), 'protected', '1'], {
       scfg: { 'max-protected-backups': '1' },
     })
