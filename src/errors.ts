@@ -38,6 +38,14 @@ export const ERROR_CODES = [
   'ABORTED',
   /** The host or QEMU lacks a needed capability (version, feature). */
   'UNSUPPORTED',
+  /** A line of the Proxmox VE plugin protocol (docs/pve-protocol.md) is not one of its shapes. */
+  'PVE_PROTOCOL',
+  /** The Proxmox VE plugin called a method guestbackup does not know. */
+  'PVE_METHOD',
+  /** The arguments of a Proxmox VE plugin call do not fit the method. */
+  'PVE_ARGS',
+  /** A provider session handed back by a stateless host is not one this store could have made. */
+  'SESSION_INVALID',
   /** A guestbackup bug: an invariant broke or an API was misused by our own code. */
   'INTERNAL',
 ] as const

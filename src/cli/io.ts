@@ -24,6 +24,11 @@ export interface CliIO {
    * returns 130. The process entry aborts it on SIGINT and SIGTERM.
    */
   readonly signal: AbortSignal
+  /**
+   * The input, for the commands that read one (`pve-call`): `process.stdin`, or a test's
+   * chunks. Absent: nothing to read (such a command fails cleanly).
+   */
+  readonly stdin?: AsyncIterable<Buffer | string>
 }
 
 /** Write `text` and a newline, byte for byte what `console.log(text)` prints for a string. */

@@ -13,6 +13,7 @@ import { backupCommand } from './commands/backup.ts'
 import { bitmapsCommand } from './commands/bitmaps.ts'
 import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
+import { pveCallCommand } from './commands/pve.ts'
 import { restoreCommand, stripStoreId } from './commands/restore.ts'
 import { writeLine } from './io.ts'
 import type { CliIO, CliStream } from './io.ts'
@@ -320,6 +321,14 @@ export const createProgram = (io: CliIO): CliProgram => {
         throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
       }
       result = await bitmapsCommand(o, io)
+    })
+
+  // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.
+  program
+    .command('pve-call', { hidden: true })
+    .description('serve one call of the Proxmox VE plugin (request on stdin, replies on stdout)')
+    .action(async () => {
+      result = await pveCallCommand(io, program.version() ?? 'unknown')
     })
 
   return { program, exitCode: () => result }

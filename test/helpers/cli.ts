@@ -56,6 +56,8 @@ export const cliOk = async (args: readonly string[]): Promise<CliResult> =>
 export interface InProcessOptions {
   /** Aborting it cancels the run, as SIGINT does for the process. Default: never aborted. */
   signal?: AbortSignal
+  /** What the run reads on stdin (given as one chunk). Default: no stdin. */
+  stdin?: string | Buffer
 }
 
 /** A stream that keeps what is written to it; not a terminal, so no progress is drawn. */
@@ -66,6 +68,11 @@ const collector = (): CliStream & { text: string } => ({
     return true
   },
 })
+
+/** An async iterable of the given chunks, as a readable stream yields them. */
+async function* chunks(parts: readonly (string | Buffer)[]): AsyncGenerator<Buffer> {
+  for (const p of parts) yield Buffer.from(p)
+}
 
 /**
  * Run the CLI with `args` inside this process (`run()` of src/cli/run.ts) and collect what it
@@ -80,6 +87,7 @@ export const runCliInProcess = async (
     stdout,
     stderr,
     signal: opts.signal ?? new AbortController().signal,
+    ...(opts.stdin === undefined ? {} : { stdin: chunks([opts.stdin]) }),
   })
   return { code, stdout: stdout.text, stderr: stderr.text }
 }

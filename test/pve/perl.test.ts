@@ -33,7 +33,7 @@ describe('pve/ Perl shim', () => {
 
   it(
     'end-to-end against guestbackup pve-call (prove test/pve/e2e/*.t)',
-    { skip: process.env.GUESTBACKUP_PVE_E2E !== '1' && 'set GUESTBACKUP_PVE_E2E=1' },
+    { skip: process.env['GUESTBACKUP_PVE_E2E'] !== '1' && 'set GUESTBACKUP_PVE_E2E=1' },
     () => {
       prove(tests('test/pve/e2e'))
     },

@@ -108,20 +108,32 @@ export const readManifest = async (dir: Dir, ref: VolumeRef): Promise<Manifest> 
     })
   }
   const m = r.data
-  const bad = (why: string): BackupError =>
-    new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} ${why}`)
+  const why = manifestMismatch(m, ref)
+  if (why !== undefined) throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} ${why}`)
+  return m
+}
+
+/**
+ * Why a (possibly partial) manifest does not describe the backup `ref` (another vmid, type,
+ * time or archive name, a disk file other than `<device>.qcow2`, a parent that is not an older
+ * backup of the same guest and type), or undefined when it does.
+ */
+export const manifestMismatch = (
+  m: Pick<Manifest, 'vmid' | 'type' | 'archiveName' | 'parent' | 'disks'>,
+  ref: VolumeRef,
+): string | undefined => {
   if (m.vmid !== ref.vmid || m.type !== ref.subtype || m.archiveName !== ref.archiveName) {
-    throw bad('names another backup')
+    return 'names another backup'
   }
   const sameGuest = (v: string): boolean =>
     // An older backup of the same guest and type (the fixed-width UTC times sort as text).
     v.startsWith(`backup/${ref.vmid}/${ref.subtype}-`) && v < ref.volname
-  if (m.parent !== undefined && !sameGuest(m.parent)) throw bad('names a foreign parent')
+  if (m.parent !== undefined && !sameGuest(m.parent)) return 'names a foreign parent'
   for (const [device, d] of Object.entries(m.disks ?? {})) {
-    if (d.file !== `${device}.qcow2`) throw bad(`names file ${d.file} for ${device}`)
-    if (d.parent !== undefined && !sameGuest(d.parent)) throw bad('names a foreign parent')
+    if (d.file !== `${device}.qcow2`) return `names file ${d.file} for ${device}`
+    if (d.parent !== undefined && !sameGuest(d.parent)) return 'names a foreign parent'
   }
-  return m
+  return undefined
 }
 
 /** Write the manifest (atomically and durably) into a backup dir. */

@@ -39,8 +39,11 @@ import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
 import { backupDisk } from './vm-disk.ts'
+import { exportGuest, openGuestState, parseProviderSession, SESSION_VERSION } from './session.ts'
+import type { ProviderSession } from './session.ts'
 
-interface GuestState {
+/** What the provider keeps per guest between backupInit and backupHandleLogFile. */
+export interface GuestState {
   ref: VolumeRef
   /** The guest directory and the partial backup directory, open while the backup runs. */
   guest: Dir
@@ -65,6 +68,43 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     this.#layout = layout
     this.#options = options
     this.#log = log
+  }
+
+  /**
+   * A provider continuing a {@link DirectoryProvider.suspend}ed one (`session`: its JSON, or
+   * null/undefined for a fresh provider): the session is validated (`SESSION_INVALID`), each
+   * guest's lock is taken again and its backup in progress reopened; a guest whose backup is
+   * gone is dropped with a warning.
+   */
+  static async resume(
+    layout: StoreLayout,
+    options: StoreOptions,
+    log: ProviderLogFunction,
+    session: unknown,
+  ): Promise<DirectoryProvider> {
+    const p = new DirectoryProvider(layout, options, log)
+    if (session === null || session === undefined) return p
+    try {
+      for (const g of parseProviderSession(session).guests) {
+        const state = await openGuestState(layout, g, log)
+        if (state !== undefined) p.#guests.set(g.vmid, state)
+      }
+    } catch (e) {
+      await p.suspend()
+      throw e
+    }
+    return p
+  }
+
+  /**
+   * Export the per-guest state as JSON and let go of what this process holds (guest locks,
+   * open directories) without discarding any backup in progress, for hosts that run each call
+   * in its own process. The provider holds no guest afterwards.
+   */
+  async suspend(): Promise<ProviderSession> {
+    const guests = [...this.#guests.values()].map(exportGuest)
+    for (const [vmid, g] of this.#guests) await this.#release(vmid, g)
+    return { version: SESSION_VERSION, guests }
   }
 
   /** Checks the store is usable. No kernel module, no NBD slots: nothing else to prepare. */

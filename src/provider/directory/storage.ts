@@ -332,6 +332,15 @@ export class DirectoryStorage implements BackupStorage {
     return new DirectoryProvider(this.#layout, this.#options, log)
   }
 
+  /**
+   * A provider continuing the session a suspended one exported (see
+   * {@link DirectoryProvider.resume}); `SESSION_INVALID` for a session this store could not
+   * have made.
+   */
+  resumeBackupProvider(log: ProviderLogFunction, session: unknown): Promise<DirectoryProvider> {
+    return DirectoryProvider.resume(this.#layout, this.#options, log, session)
+  }
+
   #volid(volname: string): string {
     return `${this.#storeId}:${volname}`
   }

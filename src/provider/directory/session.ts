@@ -1,0 +1,175 @@
+/**
+ * The directory provider's per-guest state as plain JSON, for hosts that run each provider call
+ * in a process of its own (the Proxmox VE plugin, docs/pve-protocol.md): `suspend()` exports
+ * it, `DirectoryProvider.resume()` takes it back. A session is input: every field is checked
+ * by the store's own validators, and every path is derived from the validated vmid, type and
+ * time (never taken from the session), so a forged session cannot reach outside the store.
+ */
+import { z } from 'zod'
+import { DEVICE_NAME_RE } from '../../api/names.ts'
+import { GUEST_TYPES } from '../../api/provider.ts'
+import type { ProviderLogFunction } from '../../api/provider.ts'
+import { BackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { lockGuest } from '../../io/lock.ts'
+import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
+import { BACKUP_DIR_RE, volumeRef } from './layout.ts'
+import type { StoreLayout } from './layout.ts'
+import { ManifestSchema, manifestMismatch } from './manifest.ts'
+import type { GuestState } from './provider.ts'
+
+/** Format version of a provider session. */
+export const SESSION_VERSION = 1
+
+// An incremental base as backupVmQueryIncremental found it; the names of its files are derived
+// from the device and the base's directory name, never stored.
+const BaseSchema = z.strictObject({
+  dirName: z.string().regex(BACKUP_DIR_RE, 'not a backup directory name'),
+  generation: z.string().min(1).max(256),
+  depth: z.number().int().min(1).max(MAX_CHAIN_DEPTH),
+})
+
+const GuestSchema = z.strictObject({
+  vmid: z.number().int().min(1).max(999_999_999),
+  type: z.enum(GUEST_TYPES),
+  /** Backup time, Unix seconds (up to the year 9999, what RFC 3339 names can hold). */
+  ctime: z.number().int().nonnegative().max(253_402_300_799),
+  /** True once backupCleanup renamed the backup into place. */
+  committed: z.boolean(),
+  /** What backupVm/backupContainer recorded, written as the manifest by backupCleanup. */
+  manifest: ManifestSchema.omit({ files: true, completed: true }).optional(),
+  bases: z.record(z.string().regex(DEVICE_NAME_RE, 'not a device name'), BaseSchema),
+})
+
+/** Schema of a provider session. */
+export const ProviderSessionSchema = z.strictObject({
+  version: z.literal(SESSION_VERSION),
+  /** The guests whose backups this provider has started and not yet finished. */
+  guests: z.array(GuestSchema).max(1024),
+})
+
+/** A provider session. */
+export type ProviderSession = z.infer<typeof ProviderSessionSchema>
+
+/** One guest of a {@link ProviderSession}. */
+export type SessionGuest = z.infer<typeof GuestSchema>
+
+const invalid = (why: string): BackupError =>
+  new BackupError('SESSION_INVALID', `invalid provider session: ${why}`)
+
+/** The JSON form of one guest's state. */
+export const exportGuest = (g: GuestState): SessionGuest => ({
+  vmid: g.ref.vmid,
+  type: g.ref.subtype,
+  ctime: g.ref.ctime,
+  committed: g.committed,
+  ...(g.manifest === undefined ? {} : { manifest: g.manifest }),
+  bases: Object.fromEntries(
+    Object.entries(g.bases).map(([d, b]) => [
+      d,
+      { dirName: b.dirName, generation: b.generation, depth: b.depth },
+    ]),
+  ),
+})
+
+/**
+ * Validate a session: its schema, then that each guest appears once, its manifest describes
+ * its backup and its incremental bases are older VM backups of the same guest.
+ * @throws BackupError `SESSION_INVALID`
+ */
+export const parseProviderSession = (raw: unknown): ProviderSession => {
+  const r = ProviderSessionSchema.safeParse(raw)
+  if (!r.success) {
+    const i = r.error.issues[0]
+    throw invalid(i === undefined ? 'unknown' : `${i.path.join('.') || 'session'}: ${i.message}`)
+  }
+  const seen = new Set<number>()
+  for (const g of r.data.guests) {
+    if (seen.has(g.vmid)) throw invalid(`guest ${g.vmid} appears twice`)
+    seen.add(g.vmid)
+    const ref = volumeRef(g.vmid, g.type, g.ctime)
+    const why = g.manifest === undefined ? undefined : manifestMismatch(g.manifest, ref)
+    if (why !== undefined) throw invalid(`the manifest of guest ${g.vmid} ${why}`)
+    for (const [device, b] of Object.entries(g.bases)) {
+      if (g.type !== 'qemu' || !b.dirName.startsWith('qemu-') || b.dirName >= ref.dirName) {
+        throw invalid(`the base of ${device} is not an older VM backup of guest ${g.vmid}`)
+      }
+    }
+  }
+  return r.data
+}
+
+/**
+ * Reopen one guest's backup in progress: its guest directory, its lock (taken again) and its
+ * partial (or, once committed, its final) directory. Undefined, with a warning, when the
+ * backup is gone.
+ */
+export const openGuestState = async (
+  layout: StoreLayout,
+  g: SessionGuest,
+  log: ProviderLogFunction,
+): Promise<GuestState | undefined> => {
+  const ref = volumeRef(g.vmid, g.type, g.ctime)
+  let guest: Dir | undefined
+  {
+    await using root = await layout.openRoot()
+    guest = await root.tryOpenDir(String(ref.vmid))
+  }
+  if (guest === undefined) {
+    log('warn', `the backup in progress ${ref.volname} is gone (no guest directory)`)
+    return undefined
+  }
+  let lock
+  try {
+    lock = await lockGuest(guest)
+    const partial =
+      (await guest.tryOpenDir(g.committed ? ref.dirName : layout.partialName(ref))) ??
+      (g.committed ? undefined : await removedDir(guest, layout.partialName(ref)))
+    if (partial === undefined) {
+      log('warn', `the backup ${ref.volname} is gone`)
+      await lock.release()
+      await guest.close()
+      return undefined
+    }
+    const bases: GuestState['bases'] = {}
+    for (const [device, b] of Object.entries(g.bases)) {
+      const file = `${device}.qcow2`
+      bases[device] = {
+        kind: 'base',
+        volname: `backup/${ref.vmid}/${b.dirName}`,
+        dirName: b.dirName,
+        file,
+        generation: b.generation,
+        relativePath: `../${b.dirName}/${file}`,
+        depth: b.depth,
+      }
+    }
+    return {
+      ref,
+      guest,
+      partial,
+      lock,
+      committed: g.committed,
+      ...(g.manifest === undefined ? {} : { manifest: g.manifest }),
+      bases,
+    }
+  } catch (e) {
+    await lock?.release()
+    await guest.close()
+    throw e
+  }
+}
+
+/**
+ * A handle on a directory that no longer exists. A partial backup is removed by
+ * backupCleanup after a failure, while the in-process provider keeps its handle until
+ * backupHandleLogFile: a resumed one gets the same (a directory made and removed at once, under
+ * the guest lock), so the task log is still kept and anything writing into the backup fails
+ * with ENOENT, as it would in-process.
+ */
+const removedDir = async (guest: Dir, name: string): Promise<Dir | undefined> => {
+  if (!(await guest.mkdir(name, 0o700))) return undefined
+  const dir = await guest.openDir(name)
+  await guest.removeTree(name)
+  return dir
+}
