@@ -4,7 +4,7 @@ APT_PKGS := qemu-utils qemu-system-x86 libnbd-bin nbdkit squashfs-tools squashfu
 # Commands the packages above provide; deps installs the packages when any is missing.
 NEEDED_CMDS := qemu-img qemu-nbd qemu-io qemu-system-x86_64 nbdinfo nbdcopy nbdkit mksquashfs unsquashfs squashfuse fusermount3 zstd setfacl getfattr tar fuse2fs mkfs.ext4 fallocate
 
-.PHONY: deps apt npm build typecheck lint format-check unit test demo bench mutation clean
+.PHONY: deps apt npm build typecheck lint format-check unit test demo bench mutation deb deb-tools clean
 
 deps: apt npm
 
@@ -47,9 +47,21 @@ demo: deps build
 bench: deps build
 	npm run bench
 
+# dist-deb/guestbackup_<version>_all.deb, offline and reproducible (scripts/build-deb.sh), then
+# lintian on it. The package's build compiles on its own: it does not use or change dist/.
+deb: npm deb-tools
+	bash scripts/build-deb.sh
+	lintian --tag-display-limit 0 dist-deb/guestbackup_$$(node -p 'require("./package.json").version')_all.deb
+
+# Only for `make deb`: dpkg-deb comes with dpkg, lintian is installed when missing.
+deb-tools:
+	@command -v lintian >/dev/null 2>&1 || { \
+	  echo "installing lintian"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends lintian >/dev/null; }
+
 # Deletes one security rule at a time and checks a test fails (not part of `make test`).
 mutation: deps
 	node --import tsx scripts/mutation.ts
 
 clean:
-	rm -rf dist .demo
+	rm -rf dist .demo dist-deb
