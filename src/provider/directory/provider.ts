@@ -40,6 +40,7 @@ import { DirectoryRestore } from './restore.ts'
 import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
+import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
 import { backupDisk } from './vm-disk.ts'
 
 /** Progress of one disk or archive, reported through {@link ProgressInfo}. */
@@ -147,8 +148,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
     const g = this.#guest(vmid)
     const answer: Record<string, IncrementalQuery> = {}
+    const record = await readBitmapRecord(g.guest)
     for (const [device, { size, bitmapGeneration }] of Object.entries(volumes)) {
-      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration)
+      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration, record)
       if (base.kind === 'base') {
         g.bases[device] = base
         answer[device] = 'use'
@@ -170,6 +172,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     await this.#writeConfigs(g, guestConfig, info)
     const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
     const disks: Record<string, ManifestDisk> = {}
+    /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
+    const bitmaps: Record<string, number> = {}
     let parent: string | undefined
     for (const device of Object.keys(volumes).sort()) {
       const volume = volumes[device]
@@ -218,7 +222,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         file: `${device}.qcow2`,
         format: 'qcow2',
         size: volume.size,
-        ...(base ? { parent: base.volname, bitmap: base.generation } : {}),
+        ...(base ? { parent: base.volname } : {}),
+        ...(base?.generation === undefined ? {} : { bitmap: base.generation }),
         ...(volume.nextBitmapGeneration === undefined
           ? {}
           : { nextBitmap: volume.nextBitmapGeneration }),
@@ -227,6 +232,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         zeroBytes: stats.zeroBytes,
       }
       parent ??= base?.volname
+      // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
+      // teardown with success): from then on it holds the writes since this backup.
+      if (volume.bitmapMode !== 'none') bitmaps[device] = volume.size
     }
     await this.#finalise(
       g,
@@ -236,6 +244,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         consistency: info.consistency ?? 'offline',
       }),
     )
+    // After the rename: until this is written the record names an older backup, which is no
+    // longer the newest, so a crash in between means a full backup next time, never a gap.
+    await writeBitmapRecord(g.guest, g.ref.volname, bitmaps)
   }
 
   async backupContainerPrepare(vmid: number, info: ContainerBackupInfo): Promise<void> {
