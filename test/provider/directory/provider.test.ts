@@ -8,6 +8,8 @@ import { BITMAP_RECORD } from '../../../src/provider/directory/bitmap-record.ts'
 import { openStore, initStore } from '../../../src/provider/directory/store.ts'
 import type { DirectoryStorage } from '../../../src/provider/directory/storage.ts'
 import { BackupError } from '../../../src/errors.ts'
+import { compareImages, convertImage } from '../../../src/qemu/img.ts'
+import { assertNoExportLeft } from '../../helpers/fuse-export.ts'
 
 const MiB = 1024 * 1024
 const SIZE = 4 * MiB
@@ -268,5 +270,44 @@ describe('provider/directory/provider: Proxmox call order', () => {
     }
     assert.equal(await readFile(outside, 'utf8'), good)
     assert.equal((await lstat(outside)).mtimeMs, before.mtimeMs)
+  })
+
+  it('restores a disk of a 2-level chain from a regular file, and leaves nothing running', async () => {
+    const full = await startVm(140, () => memoryVolume(disk, 'new'))
+    await endTask(full.p, 140, true)
+    const changed = Buffer.from(disk)
+    changed.fill(5, MiB - 4096, MiB + 8192)
+    const inc = await startVm(140, (a) => {
+      assert.equal(a, 'use')
+      return memoryVolume(changed, 'reuse', [[MiB - 4096, 12288]])
+    })
+    await endTask(inc.p, 140, true)
+    const volname = inc.volid.slice('st:'.length)
+    assert.equal((await storage.volumeSizeInfo(volname)).parent, full.volid)
+    const expected = join(dir, 'expected.raw')
+    await writeFile(expected, changed)
+
+    const r = storage.newBackupProvider(() => undefined)
+    assert.deepEqual(await r.restoreVmInit(volname, { signal }), {
+      'drive-scsi0': { size: SIZE },
+    })
+    const { qemuImgPath } = await r.restoreVmVolumeInit(volname, 'drive-scsi0', { signal })
+    try {
+      // What qemu-server checks first: a regular file of the disk's size.
+      const st = await lstat(qemuImgPath)
+      assert.ok(st.isFile(), qemuImgPath)
+      assert.equal(st.size, SIZE)
+      const out = join(dir, 'restored.raw')
+      await convertImage(qemuImgPath, out, { sourceFormat: 'raw', targetFormat: 'raw' })
+      assert.ok(await compareImages(out, 'raw', expected, 'raw'))
+    } finally {
+      await r.restoreVmVolumeCleanup(volname, 'drive-scsi0')
+      await r.restoreVmCleanup(volname)
+    }
+    await assertNoExportLeft()
+    // restoreVmCleanup alone (a volume cleanup that never ran) stops the export too.
+    await r.restoreVmVolumeInit(volname, 'drive-scsi0', { signal })
+    await r.restoreVmCleanup(volname)
+    await assertNoExportLeft()
   })
 })
