@@ -180,8 +180,10 @@ export type RestoreMechanism =
 export interface RestoreVmVolume {
   /**
    * Source for `qemu-img convert -f raw`: a path (regular file or block device) or an NBD URI
-   * (`nbd+unix:///<export>?socket=<path>`). The data is raw and copied verbatim.
-   * Perl key `qemu-img-path`.
+   * (`nbd+unix:///<export>?socket=<path>`). The data is raw and copied verbatim. Proxmox VE
+   * needs a regular file or block device: qemu-server `stat`s the path and checks it with
+   * `file_size_info(…, 'raw', untrusted)` (`PVE/QemuServer.pm::restore_external_archive`);
+   * guestbackup's own host also reads NBD URIs. Perl key `qemu-img-path`.
    */
   qemuImgPath: string
 }

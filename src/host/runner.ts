@@ -6,7 +6,8 @@
  *         → backupHandleLogFile (always) → jobCleanup (always)
  * ```
  * A provider or source error leads to `backupCleanup(false, { error })`; the provider then
- * discards the partial backup (nothing half-done is listed) and keeps the log.
+ * discards the backup (nothing half-done is ever listed; a complete one of a failed task is
+ * removed) and keeps the log.
  */
 import { setMaxListeners } from 'node:events'
 import { join } from 'node:path'

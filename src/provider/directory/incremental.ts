@@ -1,11 +1,16 @@
 /**
  * Choosing the base of an incremental VM backup. A dirty bitmap records the writes since the
  * last *successful* backup to this store, so the base must be the newest committed backup of
- * the guest, it must hold the device with the same size, and its chain must be intact.
+ * the guest, it must hold the device with the same size, and its chain must be intact. Which
+ * backup the bitmap continues is told by the host's bitmap generation where the host gives one
+ * (guestbackup's own host side), else by the provider's bitmap record (`bitmap-record.ts`;
+ * Proxmox VE names no bitmap generation).
  */
 import { toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { MAX_CHAIN_DEPTH, openChain } from '../../qemu/chain.ts'
+import { recordMismatch } from './bitmap-record.ts'
+import type { BitmapRecordState } from './bitmap-record.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
 import { listGuestBackups } from './scan.ts'
 
@@ -19,8 +24,11 @@ export type IncrementalBase =
       dirName: string
       /** Image file of the device in the base backup. */
       file: string
-      /** Bitmap generation the base recorded as its successor. */
-      generation: string
+      /**
+       * Bitmap generation the base recorded as its successor; undefined when the host gives no
+       * generations and the bitmap record vouched for the base instead.
+       */
+      generation: string | undefined
       /** Backing file name relative to the new backup dir. */
       relativePath: string
       /** Chain depth of the base (1 = the base is a full backup). */
@@ -28,13 +36,18 @@ export type IncrementalBase =
     }
   | { kind: 'full'; reason: string }
 
-/** Find the base for an incremental backup of `device`, or say why a full one is needed. */
+/**
+ * Find the base for an incremental backup of `device`, or say why a full one is needed.
+ * `generation` is the host's id of the bitmap tracking the device, if it gives one; when it
+ * gives none and the newest backup recorded none either, `record` decides.
+ */
 export const findIncrementalBase = async (
   guest: Dir,
   vmid: number,
   device: string,
   size: number,
   generation: string | undefined,
+  record: BitmapRecordState,
 ): Promise<IncrementalBase> => {
   const forced = await readForceFull(guest)
   if (forced !== undefined) return { kind: 'full', reason: `a full backup was forced: ${forced}` }
@@ -51,14 +64,23 @@ export const findIncrementalBase = async (
   if (disk.size !== size) {
     return { kind: 'full', reason: `disk size changed (${disk.size} -> ${size} bytes)` }
   }
-  if (generation === undefined) {
-    return { kind: 'full', reason: 'no dirty bitmap tracks the disk (new, lost or VM restarted)' }
-  }
-  if (disk.nextBitmap !== generation) {
-    return {
-      kind: 'full',
-      reason: `bitmap ${generation} does not continue ${newest.ref.volname} (${disk.nextBitmap ?? 'none recorded'})`,
+  if (generation !== undefined || disk.nextBitmap !== undefined) {
+    // The host names its bitmaps: the generation must be the one the newest backup started.
+    if (generation === undefined) {
+      return {
+        kind: 'full',
+        reason: 'no dirty bitmap tracks the disk (new, lost or VM restarted)',
+      }
     }
+    if (disk.nextBitmap !== generation) {
+      return {
+        kind: 'full',
+        reason: `bitmap ${generation} does not continue ${newest.ref.volname} (${disk.nextBitmap ?? 'none recorded'})`,
+      }
+    }
+  } else {
+    const why = recordMismatch(record, device, newest.ref.volname, size)
+    if (why !== undefined) return { kind: 'full', reason: why }
   }
   try {
     await using chain = await openChain(guest, newest.ref.dirName, disk.file, {

@@ -8,6 +8,7 @@
  * <path>/<vmid>/<type>-<time>.notes | .protected  attributes (Proxmox's convention)
  * <path>/<vmid>/.partial-<type>-<time>/           a backup in progress (never listed)
  * <path>/<vmid>/<type>-<time>.failed/backup.log   the log of a failed backup
+ * <path>/<vmid>/bitmaps.json                      which backup each disk's bitmap continues
  * ```
  */
 import type { GuestType } from '../../api/provider.ts'

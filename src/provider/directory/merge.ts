@@ -30,6 +30,7 @@ import { openChain } from '../../qemu/chain.ts'
 import { chainJson } from '../../qemu/chain.ts'
 import { commitImage } from '../../qemu/img.ts'
 import { readBackingName } from '../../qemu/qcow2-header.ts'
+import { dropBitmapRecord } from './bitmap-record.ts'
 import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest, writeManifest } from './manifest.ts'
@@ -278,6 +279,8 @@ const runJournal = async (
   opts: FreeOptions,
 ): Promise<void> => {
   const ref = parseVolname(journal.volname)
+  // Bitmaps that continue the doomed backup must not serve an incremental on an older one.
+  await dropBitmapRecord(guest, journal.volname)
   {
     await using doomed = await guest.tryOpenDir(ref.dirName)
     if (doomed !== undefined && (await doomed.unlink(MANIFEST))) await doomed.sync()

@@ -2,8 +2,11 @@
  * The directory provider: Proxmox's DirectoryExample with every TODO and review point solved.
  * VM disks become qcow2 images (incrementals: backing-file chains by relative path), written
  * through qemu-nbd on private unix sockets; containers become a tar or squashfs archive. A backup
- * is built in a hidden `.partial-*` dir and renamed into place only by `backupCleanup(success)`,
- * after `manifest.json` is written, so no half backup is ever listed.
+ * is built in a hidden `.partial-*` dir and renamed into place at the end of `backupVm` /
+ * `backupContainer`, after all data and `manifest.json` are synced: vzdump sets notes and
+ * protection and prunes by volume id before it calls `backup_cleanup` (pve-manager
+ * `PVE/VZDump.pm`, `exec_backup_task`), so the backup must be listed when those return, and a
+ * backup whose data did not complete is never listed. `backupCleanup(false)` removes it again.
  */
 import { mkdir } from 'node:fs/promises'
 import type {
@@ -30,7 +33,7 @@ import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
 import { volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { resumeRemoval } from './merge.ts'
+import { freeBackup, resumeRemoval } from './merge.ts'
 import { writeManifest } from './manifest.ts'
 import type { Manifest, ManifestDisk } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
@@ -38,6 +41,7 @@ import { DirectoryRestore } from './restore.ts'
 import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
+import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
 import { backupDisk } from './vm-disk.ts'
 import { exportGuest, openGuestState, parseProviderSession, SESSION_VERSION } from './session.ts'
 import type { ProviderSession } from './session.ts'
@@ -49,8 +53,8 @@ export interface GuestState {
   guest: Dir
   partial: Dir
   lock: GuestLock
+  /** The backup was renamed into place (by backupVm / backupContainer): it is listed. */
   committed: boolean
-  manifest?: Omit<Manifest, 'files' | 'completed'>
   /** Incremental bases found by backupVmQueryIncremental, per device. */
   bases: Record<string, Extract<IncrementalBase, { kind: 'base' }>>
 }
@@ -172,8 +176,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
     const g = this.#guest(vmid)
     const answer: Record<string, IncrementalQuery> = {}
+    const record = await readBitmapRecord(g.guest)
     for (const [device, { size, bitmapGeneration }] of Object.entries(volumes)) {
-      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration)
+      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration, record)
       if (base.kind === 'base') {
         g.bases[device] = base
         answer[device] = 'use'
@@ -195,6 +200,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     await this.#writeConfigs(g, guestConfig, info)
     const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
     const disks: Record<string, ManifestDisk> = {}
+    /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
+    const bitmaps: Record<string, number> = {}
     let parent: string | undefined
     for (const device of Object.keys(volumes).sort()) {
       const volume = volumes[device]
@@ -243,7 +250,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         file: `${device}.qcow2`,
         format: 'qcow2',
         size: volume.size,
-        ...(base ? { parent: base.volname, bitmap: base.generation } : {}),
+        ...(base ? { parent: base.volname } : {}),
+        ...(base?.generation === undefined ? {} : { bitmap: base.generation }),
         ...(volume.nextBitmapGeneration === undefined
           ? {}
           : { nextBitmap: volume.nextBitmapGeneration }),
@@ -252,12 +260,21 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         zeroBytes: stats.zeroBytes,
       }
       parent ??= base?.volname
+      // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
+      // teardown with success): from then on it holds the writes since this backup.
+      if (volume.bitmapMode !== 'none') bitmaps[device] = volume.size
     }
-    g.manifest = this.#baseManifest(g, info, {
-      disks,
-      ...(parent ? { parent } : {}),
-      consistency: info.consistency ?? 'offline',
-    })
+    await this.#finalise(
+      g,
+      this.#baseManifest(g, info, {
+        disks,
+        ...(parent ? { parent } : {}),
+        consistency: info.consistency ?? 'offline',
+      }),
+    )
+    // After the rename: until this is written the record names an older backup, which is no
+    // longer the newest, so a crash in between means a full backup next time, never a gap.
+    await writeBitmapRecord(g.guest, g.ref.volname, bitmaps)
   }
 
   async backupContainerPrepare(vmid: number, info: ContainerBackupInfo): Promise<void> {
@@ -298,14 +315,33 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       warnings.push(...r.warnings)
     }
     for (const w of warnings) this.#log('warn', w)
-    g.manifest = this.#baseManifest(g, info, {
-      container: {
-        file: mode === 'tar' ? 'archive.tar' : 'archive.sqfs',
-        format: mode,
-        excludes: [...excludePatterns],
-      },
-      warnings,
-    })
+    await this.#finalise(
+      g,
+      this.#baseManifest(g, info, {
+        container: {
+          file: mode === 'tar' ? 'archive.tar' : 'archive.sqfs',
+          format: mode,
+          excludes: [...excludePatterns],
+        },
+        warnings,
+      }),
+    )
+  }
+
+  /**
+   * Publish the backup once all its data is written and synced: `manifest.json` with the file
+   * sizes, fsync of the dir, rename of the partial dir to its final name, fsync of the guest
+   * dir. A failure before the rename leaves only the partial dir (never listed); after it, the
+   * backup is committed and `backupCleanup(false)` removes it.
+   */
+  async #finalise(g: GuestState, manifest: Omit<Manifest, 'files' | 'completed'>): Promise<void> {
+    const files = await fileSizes(g.partial)
+    await writeManifest(g.partial, { ...manifest, files, completed: new Date().toISOString() })
+    await g.partial.sync()
+    await g.guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
+    g.committed = true
+    await g.guest.sync()
+    if (g.ref.subtype === 'qemu' && manifest.parent === undefined) await clearForceFull(g.guest)
   }
 
   async backupCleanup(
@@ -317,28 +353,36 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return undefined
     try {
-      if (!success || g.manifest === undefined) {
-        this.#log(
-          'info',
-          `discarding the partial backup (${info.error ?? 'no data was backed up'})`,
-        )
+      if (success && g.committed) {
+        return { stats: { archiveSize: await allocatedBytes(g.partial) } }
+      }
+      const why = info.error ?? 'no data was backed up'
+      if (!g.committed) {
+        this.#log('info', `discarding the partial backup (${why})`)
         await g.guest.removeTree(this.#layout.partialName(g.ref))
         return undefined
       }
-      const files = await fileSizes(g.partial)
-      await writeManifest(g.partial, { ...g.manifest, files, completed: new Date().toISOString() })
-      await g.partial.sync()
-      await g.guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
-      await g.guest.sync()
-      g.committed = true
-      if (g.ref.subtype === 'qemu' && g.manifest.parent === undefined) {
-        await clearForceFull(g.guest)
-      }
-      return { stats: { archiveSize: await allocatedBytes(g.partial) } }
+      // The task failed after the backup was complete (notes, protection or prune): vzdump
+      // counts the task as failed, so the backup goes too.
+      this.#log('info', `removing the backup ${g.ref.volname} of the failed task (${why})`)
+      await this.#discardCommitted(g)
+      return undefined
     } catch (e) {
       if (!g.committed) await g.guest.removeTree(this.#layout.partialName(g.ref))
       throw toBackupError(e)
     }
+  }
+
+  /**
+   * Remove the committed backup of this task. It is the guest's newest, so nothing builds on
+   * it yet; the removal still goes through the journal of `merge.ts` (manifest first, so it is
+   * unlisted at once, and completed by the next run if this one dies). Protection set by this
+   * very task does not keep it.
+   */
+  async #discardCommitted(g: GuestState): Promise<void> {
+    await g.guest.unlink(this.#layout.protectedName(g.ref))
+    await freeBackup(this.#layout, g.guest, g.ref, { log: this.#log })
+    g.committed = false
   }
 
   async backupHandleLogFile(vmid: number, filename: string): Promise<void> {

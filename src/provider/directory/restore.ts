@@ -2,9 +2,11 @@
  * The restore half of the directory provider. VM disks: the stored qcow2 chain is validated as
  * untrusted (`openChain`: every level a regular file in a backup directory of the guest, reached
  * without following links, qcow2 backing format, no data file, no protocol, no loop) and then
- * served read-only by qemu-nbd from an explicit `json:` chain spec naming the pinned files, as
- * raw data on a private unix socket (Proxmox's example bypassed this check with a kernel NBD
- * device; we never use one). Containers: the tar archive as is, or the squashfs image mounted
+ * exported read-only by qemu-storage-daemon from an explicit spec naming the pinned files, as a
+ * FUSE *regular file* of raw data in a private 0700 dir: qemu-server `stat`s the
+ * `qemu-img-path` and runs its untrusted-image check on it (`restore_external_archive` in
+ * qemu-server `PVE/QemuServer.pm`, `file_size_info` in pve-storage `PVE/Storage/Plugin.pm`),
+ * which an NBD URI fails. Proxmox's example used a kernel NBD device; we never use one. Containers: the tar archive as is, or the squashfs image mounted
  * with squashfuse (no loop device, no mount), both pinned until the restore's cleanup.
  */
 import { mkdir, rm } from 'node:fs/promises'
@@ -18,11 +20,11 @@ import type {
   VolumeSize,
 } from '../../api/provider.ts'
 import { mountSquashfs } from '../../archive/squashfs.ts'
-import { BackupError, isBackupError } from '../../errors.ts'
+import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
-import { chainJson, openChain } from '../../qemu/chain.ts'
-import { startQemuNbd } from '../../qemu/nbd-server.ts'
+import { chainSpec, openChain } from '../../qemu/chain.ts'
+import { startFuseExport } from '../../qemu/fuse-export.ts'
 import { BACKUP_DIR_RE, parseVolname } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest } from './manifest.ts'
@@ -85,7 +87,17 @@ export class DirectoryRestore {
   async #release(key: string): Promise<void> {
     const list = this.#held.get(key) ?? []
     this.#held.delete(key)
-    for (const h of list.reverse()) await h[Symbol.asyncDispose]()
+    // Everything is released even if one release fails (an export that cannot be unmounted
+    // must not keep the chain pinned forever); the first error is reported.
+    let first: unknown
+    for (const h of list.reverse()) {
+      try {
+        await h[Symbol.asyncDispose]()
+      } catch (e) {
+        first ??= e
+      }
+    }
+    if (first !== undefined) throw toBackupError(first)
   }
 
   async restoreGetMechanism(volname: string): Promise<RestoreMechanism> {
@@ -151,14 +163,13 @@ export class DirectoryRestore {
         throw new BackupError('ARCHIVE_INVALID', `${deviceName} size differs from the manifest`)
       }
       this.#log('info', `${deviceName}: chain of ${chain.links.length} image(s) verified`)
-      const server = await startQemuNbd({
-        image: chainJson(chain.links),
-        readOnly: true,
-        exportName: deviceName,
+      const exported = await startFuseExport({
+        spec: chainSpec(chain.links),
+        size: disk.size,
         signal: opts.signal,
       })
-      this.#hold(key, server)
-      return { qemuImgPath: server.uri }
+      this.#hold(key, exported)
+      return { qemuImgPath: exported.path }
     } catch (e) {
       await this.#release(key)
       throw e
@@ -170,9 +181,12 @@ export class DirectoryRestore {
   }
 
   async restoreVmCleanup(volname: string): Promise<void> {
+    let first: unknown
     for (const key of [...this.#held.keys()]) {
-      if (key.startsWith(`${volname}\0`)) await this.#release(key)
+      if (key.startsWith(`${volname}\0`))
+        await this.#release(key).catch((e: unknown) => (first ??= e))
     }
+    if (first !== undefined) throw toBackupError(first)
   }
 
   async restoreContainerInit(volname: string, opts: CallOptions): Promise<RestoreContainer> {

@@ -15,7 +15,6 @@ import { lockGuest } from '../../io/lock.ts'
 import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
 import { BACKUP_DIR_RE, volumeRef } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
-import { ManifestSchema, manifestMismatch } from './manifest.ts'
 import type { GuestState } from './provider.ts'
 
 /** Format version of a provider session. */
@@ -25,7 +24,8 @@ export const SESSION_VERSION = 1
 // from the device and the base's directory name, never stored.
 const BaseSchema = z.strictObject({
   dirName: z.string().regex(BACKUP_DIR_RE, 'not a backup directory name'),
-  generation: z.string().min(1).max(256),
+  /** Absent when the host gives no bitmap generations (Proxmox): the bitmap record decides. */
+  generation: z.string().min(1).max(256).optional(),
   depth: z.number().int().min(1).max(MAX_CHAIN_DEPTH),
 })
 
@@ -34,10 +34,8 @@ const GuestSchema = z.strictObject({
   type: z.enum(GUEST_TYPES),
   /** Backup time, Unix seconds (up to the year 9999, what RFC 3339 names can hold). */
   ctime: z.number().int().nonnegative().max(253_402_300_799),
-  /** True once backupCleanup renamed the backup into place. */
+  /** True once backupVm/backupContainer renamed the backup into place. */
   committed: z.boolean(),
-  /** What backupVm/backupContainer recorded, written as the manifest by backupCleanup. */
-  manifest: ManifestSchema.omit({ files: true, completed: true }).optional(),
   bases: z.record(z.string().regex(DEVICE_NAME_RE, 'not a device name'), BaseSchema),
 })
 
@@ -63,18 +61,20 @@ export const exportGuest = (g: GuestState): SessionGuest => ({
   type: g.ref.subtype,
   ctime: g.ref.ctime,
   committed: g.committed,
-  ...(g.manifest === undefined ? {} : { manifest: g.manifest }),
   bases: Object.fromEntries(
     Object.entries(g.bases).map(([d, b]) => [
       d,
-      { dirName: b.dirName, generation: b.generation, depth: b.depth },
+      {
+        dirName: b.dirName,
+        ...(b.generation === undefined ? {} : { generation: b.generation }),
+        depth: b.depth,
+      },
     ]),
   ),
 })
 
 /**
- * Validate a session: its schema, then that each guest appears once, its manifest describes
- * its backup and its incremental bases are older VM backups of the same guest.
+ * Validate a session: its schema, then that each guest appears once and its incremental bases are older VM backups of the same guest.
  * @throws BackupError `SESSION_INVALID`
  */
 export const parseProviderSession = (raw: unknown): ProviderSession => {
@@ -88,8 +88,6 @@ export const parseProviderSession = (raw: unknown): ProviderSession => {
     if (seen.has(g.vmid)) throw invalid(`guest ${g.vmid} appears twice`)
     seen.add(g.vmid)
     const ref = volumeRef(g.vmid, g.type, g.ctime)
-    const why = g.manifest === undefined ? undefined : manifestMismatch(g.manifest, ref)
-    if (why !== undefined) throw invalid(`the manifest of guest ${g.vmid} ${why}`)
     for (const [device, b] of Object.entries(g.bases)) {
       if (g.type !== 'qemu' || !b.dirName.startsWith('qemu-') || b.dirName >= ref.dirName) {
         throw invalid(`the base of ${device} is not an older VM backup of guest ${g.vmid}`)
@@ -150,7 +148,6 @@ export const openGuestState = async (
       partial,
       lock,
       committed: g.committed,
-      ...(g.manifest === undefined ? {} : { manifest: g.manifest }),
       bases,
     }
   } catch (e) {

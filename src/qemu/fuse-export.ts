@@ -1,0 +1,172 @@
+/**
+ * A validated qcow2 chain presented as a regular file of raw guest data: `qemu-storage-daemon`
+ * opens the pinned chain read-only from an explicit spec and exports its top node through FUSE
+ * onto a regular file in a private 0700 temp dir (`--export type=fuse`, QEMU 7.2
+ * https://qemu.readthedocs.io/en/v7.2.0/tools/qemu-storage-daemon.html; the export "presents"
+ * the node's guest-visible content, so reading the file gives the chain's raw data). This is what
+ * Proxmox's qemu-server can restore from: `restore_vm_volume_init` must return a path that
+ * `stat`s as a file and passes `file_size_info(..., 'raw', untrusted)` (qemu-server
+ * `PVE/QemuServer.pm::restore_external_archive`), which an NBD URI does not. No kernel NBD, no
+ * loop device, no copy of the disk.
+ */
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { mountsAt } from '../archive/mountinfo.ts'
+import { BackupError } from '../errors.ts'
+import { run } from '../io/spawn.ts'
+import { makeTempDir } from '../io/tmpdir.ts'
+import type { Qcow2Spec } from './chain.ts'
+
+/** Options of {@link startFuseExport}. */
+export interface FuseExportOptions {
+  /** The pinned chain (from `chainSpec` of an `openChain` result); opened read-only. */
+  spec: Qcow2Spec
+  /** Virtual size of the chain in bytes: the export is live once the file has this size. */
+  size: number
+  /** How long to wait for the mount, in milliseconds. Default 20 000. */
+  readyTimeoutMs?: number
+  /** Aborts the start (the daemon is stopped, nothing stays mounted). Not used after start. */
+  signal?: AbortSignal | undefined
+}
+
+/** A running FUSE export. `stop()` (or dispose) ends it; idempotent. */
+export interface FuseExport extends AsyncDisposable {
+  /** The regular file showing the chain's raw content (read-only). */
+  readonly path: string
+  /** PID of qemu-storage-daemon. */
+  readonly pid: number
+  /**
+   * SIGTERM (the daemon unmounts its export and exits), SIGKILL after 10 s, then a lazy
+   * `fusermount3 -u -z` if a mount is still there, and removal of the temp dir.
+   */
+  stop(): Promise<void>
+}
+
+const NODE = 'gb-top'
+const POLL_MS = 20
+
+/** The spec with every node read-only, the top one named for the export. */
+const readOnlySpec = (spec: Qcow2Spec): Record<string, unknown> => {
+  const node = (s: Qcow2Spec): Record<string, unknown> => ({
+    driver: s.driver,
+    'read-only': true,
+    file: { ...s.file, 'read-only': true },
+    backing: s.backing === null ? null : node(s.backing),
+  })
+  return { ...node(spec), 'node-name': NODE }
+}
+
+const exited = (child: ChildProcess): boolean =>
+  child.exitCode !== null || child.signalCode !== null
+
+const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    if (exited(child)) {
+      resolve(true)
+      return
+    }
+    const t = setTimeout(() => {
+      resolve(false)
+    }, ms)
+    child.once('exit', () => {
+      clearTimeout(t)
+      resolve(true)
+    })
+  })
+
+/**
+ * Start qemu-storage-daemon exporting `opts.spec` onto a regular file and wait until the mount
+ * is live (in `/proc/self/mountinfo`, with the chain's size).
+ *
+ * @throws BackupError `QEMU_TOOL_FAILED` (the daemon failed or timed out), `ABORTED`. On every
+ *   failure the daemon is stopped, nothing stays mounted and the temp dir is gone.
+ */
+export const startFuseExport = async (opts: FuseExportOptions): Promise<FuseExport> => {
+  opts.signal?.throwIfAborted()
+  const dir = await makeTempDir('guestbackup-fuse-')
+  const path = join(dir.path, 'disk.raw')
+  // The FUSE mount point of a file export must be an existing regular file.
+  await writeFile(path, '', { mode: 0o600, flag: 'wx' })
+  const blockdev = JSON.stringify(readOnlySpec(opts.spec))
+  // `allow-other=off`: only root (us, and qemu-img run by qemu-server as root) may read it.
+  const exportSpec = JSON.stringify({
+    type: 'fuse',
+    id: 'gb-export',
+    'node-name': NODE,
+    mountpoint: path,
+    writable: false,
+    'allow-other': 'off',
+  })
+  const args = ['--blockdev', blockdev, '--export', exportSpec]
+  // setpriv (util-linux) sets PR_SET_PDEATHSIG before exec: if guestbackup dies, even by
+  // SIGKILL, the kernel sends the daemon SIGTERM, on which it unmounts its export and exits, so
+  // no server or mount outlives us. The PID stays the one we manage (setpriv execs the daemon).
+  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'qemu-storage-daemon', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (s: string) => {
+    stderr = (stderr + s).slice(-4096)
+  })
+  let spawnError: Error | undefined
+  child.once('error', (e) => {
+    spawnError = e
+  })
+
+  let stopping: Promise<void> | undefined
+  const mounted = async (): Promise<boolean> => (await mountsAt(path)).length > 0
+  const doStop = async (): Promise<void> => {
+    if (!exited(child) && spawnError === undefined) {
+      child.kill('SIGTERM')
+      if (!(await waitExit(child, 10_000))) {
+        child.kill('SIGKILL')
+        await waitExit(child, 5_000)
+      }
+    }
+    // A daemon killed hard leaves a dead mount ("Transport endpoint is not connected").
+    let error: unknown
+    if (await mounted()) {
+      await run('fusermount3', ['-u', '-z', path]).catch((e: unknown) => {
+        error = e
+      })
+    }
+    if (await mounted()) {
+      throw new BackupError('QEMU_TOOL_FAILED', `cannot unmount the FUSE export ${path}`, {
+        cause: error,
+      })
+    }
+    await dir.remove()
+  }
+  const stop = (): Promise<void> => (stopping ??= doStop())
+  const fail = async (msg: string, cause?: unknown): Promise<never> => {
+    await stop()
+    const tail = stderr.trim()
+    throw new BackupError(
+      'QEMU_TOOL_FAILED',
+      `qemu-storage-daemon: ${msg}${tail ? `: ${tail}` : ''}`,
+      { cause, details: { args } },
+    )
+  }
+
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000)
+  for (;;) {
+    if (spawnError) return fail('cannot start', spawnError)
+    if (exited(child)) return fail('exited early')
+    if (opts.signal?.aborted === true) {
+      await stop()
+      throw new BackupError('ABORTED', 'FUSE export start aborted', { cause: opts.signal.reason })
+    }
+    if (await mounted()) {
+      const size = (await stat(path)).size
+      if (size === opts.size) break
+      return fail(`the export shows ${size} bytes, expected ${opts.size}`)
+    }
+    if (Date.now() > deadline) return fail('the FUSE export did not appear in time')
+    await sleep(POLL_MS)
+  }
+  return { path, pid: child.pid ?? -1, stop, [Symbol.asyncDispose]: stop }
+}
