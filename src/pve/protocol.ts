@@ -37,8 +37,11 @@ export const RequestSchema = z.strictObject({
   protocol: z.literal(PROTOCOL),
   /** The Perl method name. */
   method: z.string().regex(METHOD_RE, 'not a method name'),
-  /** The Proxmox storage id. */
-  storeid: z.string().regex(STORE_ID_RE, 'not a storage id'),
+  /**
+   * The Proxmox storage id; `null` for `parse_volname`, which Proxmox calls without storage
+   * (pve-storage PVE/Storage/Plugin.pm: `parse_volname($class, $volname)`).
+   */
+  storeid: z.string().regex(STORE_ID_RE, 'not a storage id').nullable(),
   /** The storage's section of storage.cfg, keys as there. */
   scfg: z.record(z.string(), JsonSchema),
   /** The method's Perl arguments after the object or class (and scfg/storeid). */

@@ -8,6 +8,7 @@
 import type { ProviderLogFunction, ProviderLogLevel } from '../api/provider.ts'
 import { BackupError, toBackupError } from '../errors.ts'
 import type { DirectoryProvider } from '../provider/directory/provider.ts'
+import type { DirectoryStorage } from '../provider/directory/storage.ts'
 import { storageFromScfg } from './args.ts'
 import type { FinalReply, JsonValue, PveRequest } from './protocol.ts'
 import { PROVIDER_METHODS } from './provider-calls.ts'
@@ -65,12 +66,18 @@ export const serveCall = async (
     if (storageMethod === undefined && providerMethod === undefined) {
       throw new BackupError('PVE_METHOD', `unknown method '${method}'`)
     }
-    const storage = storageFromScfg(request.storeid, request.scfg)
+    const { storeid } = request
+    let built: DirectoryStorage | undefined
+    const storage = (): DirectoryStorage => {
+      if (storeid === null) throw new BackupError('PVE_ARGS', `${method} needs a storage id`)
+      built ??= storageFromScfg(storeid, request.scfg)
+      return built
+    }
     if (storageMethod !== undefined) {
       return { kind: 'result', result: await storageMethod({ storage, log, args: request.args }) }
     }
     if (providerMethod === undefined) throw new BackupError('INTERNAL', 'no method')
-    const provider: DirectoryProvider = await storage.resumeBackupProvider(
+    const provider: DirectoryProvider = await storage().resumeBackupProvider(
       log,
       request.session ?? null,
     )

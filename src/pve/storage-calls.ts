@@ -7,12 +7,14 @@ import { z } from 'zod'
 import type { ProviderLogFunction } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import type { DirectoryStorage } from '../provider/directory/storage.ts'
+import { parseVolname } from '../provider/directory/layout.ts'
 import { keepOptions, parseArgs, PerlBool, PerlInt, PerlString, PruneBackups } from './args.ts'
 import type { JsonValue } from './protocol.ts'
 
 /** What a storage method gets. */
 export interface StorageCall {
-  storage: DirectoryStorage
+  /** The storage of the request; `PVE_ARGS` when the request named none. */
+  storage: () => DirectoryStorage
   /** Where the method's log lines go (prune's removals). */
   log: ProviderLogFunction
   args: readonly JsonValue[]
@@ -31,17 +33,18 @@ const OptType = z
 
 /** The storage methods by Perl name. */
 export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
-  parse_volname: async ({ storage, args }) => {
+  parse_volname: async ({ args }) => {
     await Promise.resolve()
     const [volname] = parseArgs('parse_volname', [Volname], args)
-    const p = storage.parseVolname(volname)
-    return [p.vtype, p.name, p.vmid, null, null, 0, 'directory']
+    // No storage: Proxmox passes none (the volume name alone says everything).
+    const p = parseVolname(volname)
+    return ['backup', p.archiveName, p.vmid, null, null, 0, 'directory']
   },
 
   path: async ({ storage, args }) => {
     await Promise.resolve()
     const [volname] = parseArgs('path', [Volname], args)
-    const p = storage.path(volname)
+    const p = storage().path(volname)
     return [p.path, p.vmid, p.vtype]
   },
 
@@ -52,7 +55,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
       args,
     )
     if (content !== null && !content.includes('backup')) return []
-    const vols = await storage.listVolumes(vmid === undefined ? {} : { vmid })
+    const vols = await storage().listVolumes(vmid === undefined ? {} : { vmid })
     return vols.map((v) => ({
       volid: v.volid,
       format: v.format,
@@ -68,12 +71,12 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
 
   volume_size_info: async ({ storage, args }) => {
     const [volname] = parseArgs('volume_size_info', [Volname], args)
-    const i = await storage.volumeSizeInfo(volname)
+    const i = await storage().volumeSizeInfo(volname)
     return [i.size, i.format, i.used, i.parent ?? null, i.ctime]
   },
 
   status: async ({ storage }) => {
-    const st = await statfs(storage.options.path)
+    const st = await statfs(storage().options.path)
     const total = st.blocks * st.bsize
     const free = st.bavail * st.bsize
     return [total, free, total - st.bfree * st.bsize, 1]
@@ -85,7 +88,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
       [PruneBackups.nullable(), OptVmid, OptType, PerlBool],
       args,
     )
-    const marks = await storage.pruneBackups({
+    const marks = await storage().pruneBackups({
       dryRun: dryrun,
       ...(keep === null ? {} : { keep: keepOptions(keep) }),
       ...(vmid === undefined ? {} : { vmid }),
@@ -103,16 +106,16 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
 
   free_image: async ({ storage, args }) => {
     const [volname] = parseArgs('free_image', [Volname], args)
-    await storage.freeImage(volname)
+    await storage().freeImage(volname)
     return null
   },
 
   get_volume_attribute: async ({ storage, args }) => {
     const [volname, attribute] = parseArgs('get_volume_attribute', [Volname, PerlString], args)
     // "Returns undef if the attribute is not supported for the volume."
-    if (attribute === 'notes') return (await storage.getVolumeAttribute(volname, 'notes')) ?? null
+    if (attribute === 'notes') return (await storage().getVolumeAttribute(volname, 'notes')) ?? null
     if (attribute === 'protected') {
-      return (await storage.getVolumeAttribute(volname, 'protected')) ? 1 : 0
+      return (await storage().getVolumeAttribute(volname, 'protected')) ? 1 : 0
     }
     return null
   },
@@ -124,7 +127,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
       args,
     )
     if (attribute === 'notes') {
-      await storage.updateVolumeAttribute(volname, 'notes', value === null ? '' : String(value))
+      await storage().updateVolumeAttribute(volname, 'notes', value === null ? '' : String(value))
       return null
     }
     if (attribute === 'protected') {
@@ -132,7 +135,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
       if (!on.success) {
         throw new BackupError('PVE_ARGS', 'bad arguments to update_volume_attribute: argument 3')
       }
-      await storage.updateVolumeAttribute(volname, 'protected', on.data)
+      await storage().updateVolumeAttribute(volname, 'protected', on.data)
       return null
     }
     // "Dies if the attribute is not supported for the volume."
@@ -140,7 +143,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
   },
 
   activate_storage: async ({ storage }) => {
-    await storage.activateStorage()
+    await storage().activateStorage()
     return null
   },
 
@@ -151,7 +154,7 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
 
   check_connection: async ({ storage }) => {
     try {
-      await storage.activateStorage()
+      await storage().activateStorage()
       return 1
     } catch {
       return 0

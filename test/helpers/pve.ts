@@ -35,7 +35,8 @@ export const pveRaw = async (stdin: string | Buffer): Promise<PveCallResult> => 
 
 /** Options of {@link pveCall}. */
 export interface PveCallOptions {
-  storeid?: string
+  /** Default `gb`; `null` sends no storage (as the shim does for `parse_volname`). */
+  storeid?: string | null
   session?: JsonValue
   /** Extra storage.cfg keys. */
   scfg?: Record<string, JsonValue>
@@ -52,8 +53,9 @@ export const pveCall = (
     encodeRequest({
       protocol: PROTOCOL,
       method,
-      storeid: opts.storeid ?? 'gb',
-      scfg: { type: 'guestbackup', path, content: 'backup', ...opts.scfg },
+      storeid: opts.storeid === undefined ? 'gb' : opts.storeid,
+      scfg:
+        opts.storeid === null ? {} : { type: 'guestbackup', path, content: 'backup', ...opts.scfg },
       args,
       session: opts.session ?? null,
     }),

@@ -81,8 +81,13 @@ describe('pve-call: storage methods', () => {
     assert.deepEqual(p.result, ['backup', archive, 100, null, null, 0, 'directory'])
     const path = await pveOk(store, 'path', [first(), null])
     assert.deepEqual(path.result, [join(store, archive), 100, 'backup'])
+    // Proxmox calls parse_volname without storage: the shim sends storeid null and no scfg.
+    const bare = await pveOk(store, 'parse_volname', [first()], { storeid: null })
+    assert.deepEqual(bare.result, p.result)
     const bad = await pveErr(store, 'parse_volname', ['backup/../etc'])
     assert.equal(bad.code, 'USAGE')
+    const noStore = await pveErr(store, 'path', [first(), null], { storeid: null })
+    assert.equal(noStore.code, 'PVE_ARGS')
   })
 
   it('gives size, format, usage and time of a backup', async () => {
