@@ -13,7 +13,7 @@ import { backupCommand } from './commands/backup.ts'
 import { bitmapsCommand } from './commands/bitmaps.ts'
 import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
-import { pveCallCommand } from './commands/pve.ts'
+import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
 import { restoreCommand, stripStoreId } from './commands/restore.ts'
 import { writeLine } from './io.ts'
 import type { CliIO, CliStream } from './io.ts'
@@ -329,6 +329,12 @@ export const createProgram = (io: CliIO): CliProgram => {
     .description('serve one call of the Proxmox VE plugin (request on stdin, replies on stdout)')
     .action(async () => {
       result = await pveCallCommand(io, program.version() ?? 'unknown')
+    })
+  program
+    .command('pve-hold', { hidden: true })
+    .description('keep a restore source of the Proxmox VE plugin alive (started by pve-call)')
+    .action(async () => {
+      result = await pveHoldCommand(io)
     })
 
   return { program, exitCode: () => result }

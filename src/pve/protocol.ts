@@ -27,7 +27,7 @@ export const METHOD_RE = /^[a-z][a-z0-9_]{0,63}$/
 /** A JSON value (what Perl's JSON encoder can produce). */
 export type JsonValue = z.infer<typeof JsonSchema>
 
-const JsonSchema = z.json()
+export const JsonSchema = z.json()
 
 /** One line of text: no line break inside (a message is shown as one line by the shim). */
 const OneLine = z.string().regex(/^[^\n\r]*$/, 'must be one line')

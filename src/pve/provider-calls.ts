@@ -10,9 +10,9 @@ import type {
   ProviderLogFunction,
   VmVolume,
 } from '../api/provider.ts'
-import { BackupError } from '../errors.ts'
 import type { ProgressEvent } from '../api/progress.ts'
 import type { DirectoryProvider } from '../provider/directory/provider.ts'
+import { scfgPath, startHolder, stopHolder, stopHolders } from './holder.ts'
 import { parseArgs, PerlBool, PerlInt, PerlString, Vmid, VmType } from './args.ts'
 import type { JsonValue } from './protocol.ts'
 
@@ -22,12 +22,12 @@ export interface ProviderCall {
   log: ProviderLogFunction
   args: readonly JsonValue[]
   signal: AbortSignal
+  /** The request's storage id and storage.cfg section (restores start holders with them). */
+  storeid: string
+  scfg: Readonly<Record<string, JsonValue>>
 }
 
 type ProviderMethod = (call: ProviderCall) => Promise<JsonValue>
-
-/** Message of the restore calls that need a process running between two calls. */
-export const RESTORE_UNSUPPORTED = 'restore through the Proxmox plugin is not implemented yet'
 
 const Volname = PerlString
 const Time = PerlInt.pipe(z.number().nonnegative())
@@ -84,11 +84,6 @@ const progressLogger = (log: ProviderLogFunction): ((ev: ProgressEvent) => void)
     const pct = Math.floor((ev.done / ev.total) * 100)
     log('info', `${ev.item}: ${pct}% (${fmtGiB(ev.done)} of ${fmtGiB(ev.total)})`)
   }
-}
-
-const unsupportedRestore = async (): Promise<never> => {
-  await Promise.resolve()
-  throw new BackupError('UNSUPPORTED', RESTORE_UNSUPPORTED)
 }
 
 /** The provider methods by Perl name. */
@@ -219,35 +214,56 @@ export const PROVIDER_METHODS: Readonly<Record<string, ProviderMethod>> = {
     return Object.fromEntries(Object.entries(sizes).map(([d, s]) => [d, { size: s.size }]))
   },
 
-  // The qemu-img source is a qemu-nbd this process would have to keep running until
-  // restore_vm_volume_cleanup, which a call per process cannot do.
-  restore_vm_volume_init: async ({ args }) => {
-    parseArgs('restore_vm_volume_init', [Volname, PerlString, Ignored], args)
-    return await unsupportedRestore()
+  // The FUSE file must outlive this call: a holder process keeps it (./holder.ts).
+  restore_vm_volume_init: async ({ args, storeid, scfg }) => {
+    const [volname, device] = parseArgs(
+      'restore_vm_volume_init',
+      [Volname, PerlString, Ignored],
+      args,
+    )
+    return await startHolder({
+      kind: 'vm-volume',
+      storeid,
+      scfg: { ...scfg },
+      volname,
+      device,
+      watchPid: process.ppid,
+    })
   },
 
-  restore_vm_volume_cleanup: async ({ args }) => {
-    await Promise.resolve()
-    parseArgs('restore_vm_volume_cleanup', [Volname, PerlString, Ignored], args)
+  restore_vm_volume_cleanup: async ({ args, storeid, scfg }) => {
+    const [volname, device] = parseArgs(
+      'restore_vm_volume_cleanup',
+      [Volname, PerlString, Ignored],
+      args,
+    )
+    await stopHolder({ storeid, path: scfgPath(scfg), volname, device })
     return null
   },
 
-  restore_vm_cleanup: async ({ provider, args }) => {
+  restore_vm_cleanup: async ({ provider, args, storeid, scfg }) => {
     const [volname] = parseArgs('restore_vm_cleanup', [Volname], args)
+    await stopHolders({ storeid, path: scfgPath(scfg), volname })
     await provider.restoreVmCleanup(volname)
     return null
   },
 
-  // The tar archive is handed out pinned (a /proc/<pid>/fd path) and a squashfs mounted by
-  // squashfuse: both live only as long as the process that made them.
-  restore_container_init: async ({ args }) => {
-    parseArgs('restore_container_init', [Volname, Ignored], args)
-    return await unsupportedRestore()
+  // The archive is handed out pinned (a /proc/<pid>/fd path) or as a squashfuse mount: both
+  // live as long as the process that made them, a holder (./holder.ts).
+  restore_container_init: async ({ args, storeid, scfg }) => {
+    const [volname] = parseArgs('restore_container_init', [Volname, Ignored], args)
+    return await startHolder({
+      kind: 'container',
+      storeid,
+      scfg: { ...scfg },
+      volname,
+      watchPid: process.ppid,
+    })
   },
 
-  restore_container_cleanup: async ({ args }) => {
-    await Promise.resolve()
-    parseArgs('restore_container_cleanup', [Volname, Ignored], args)
+  restore_container_cleanup: async ({ args, storeid, scfg }) => {
+    const [volname] = parseArgs('restore_container_cleanup', [Volname, Ignored], args)
+    await stopHolder({ storeid, path: scfgPath(scfg), volname })
     return null
   },
 }

@@ -83,7 +83,14 @@ export const serveCall = async (
     )
     let result: JsonValue
     try {
-      result = await providerMethod({ provider, log, args: request.args, signal })
+      result = await providerMethod({
+        provider,
+        log,
+        args: request.args,
+        signal,
+        storeid: storeid ?? '',
+        scfg: request.scfg,
+      })
     } catch (e) {
       await provider.suspend()
       throw e

@@ -3,7 +3,6 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { RESTORE_UNSUPPORTED } from '../../src/pve/provider-calls.ts'
 import { pveErr, pveOk, pveRaw } from '../helpers/pve.ts'
 
 // Every failure of a call is one error line with a specific code (docs/pve-protocol.md).
@@ -93,12 +92,12 @@ describe('pve-call: error replies', () => {
     assert.equal(bad.code, 'CONFIG_INVALID')
   })
 
-  it('answers the restores that need a running export with UNSUPPORTED', async () => {
+  it("reports a restore holder's failure with its own code, and cleans up what is not held", async () => {
     const volname = 'backup/100/qemu-2024-12-02T00:40:00Z'
     const vm = await pveErr(store, 'restore_vm_volume_init', [volname, 'drive-scsi0', {}])
-    assert.deepEqual(vm, { code: 'UNSUPPORTED', message: RESTORE_UNSUPPORTED })
+    assert.equal(vm.code, 'NOT_FOUND', vm.message)
     const ct = await pveErr(store, 'restore_container_init', [volname, 'gb', {}])
-    assert.deepEqual(ct, { code: 'UNSUPPORTED', message: RESTORE_UNSUPPORTED })
+    assert.equal(ct.code, 'NOT_FOUND', ct.message)
     const cleanup = await pveOk(store, 'restore_vm_volume_cleanup', [volname, 'drive-scsi0', {}])
     assert.equal(cleanup.result, null)
   })

@@ -12,6 +12,7 @@ import {
   MAX_REQUEST_BYTES,
 } from '../../pve/protocol.ts'
 import type { FinalReply } from '../../pve/protocol.ts'
+import { HoldRequestSchema, runHolder } from '../../pve/holder.ts'
 import { errorReply, serveCall } from '../../pve/service.ts'
 import type { CliIO } from '../io.ts'
 
@@ -63,5 +64,32 @@ export const pveCallCommand = async (io: CliIO, version: string): Promise<number
     final = errorReply(e)
   }
   io.stdout.write(encodeReply(final))
+  return 0
+}
+
+/**
+ * `guestbackup pve-hold`: one hold request (./pve/holder.ts) on stdin, one result line on
+ * stdout, then hold until SIGTERM (the CLI's abort signal) or the watched process is gone.
+ */
+export const pveHoldCommand = async (io: CliIO): Promise<number> => {
+  let request
+  try {
+    request = HoldRequestSchema.parse(JSON.parse(await readRequestLine(io.stdin)))
+  } catch (e) {
+    io.stdout.write(`${JSON.stringify({ error: { code: 'PVE_PROTOCOL', message: String(e) } })}\n`)
+    return 2
+  }
+  await runHolder(
+    request,
+    (line) => {
+      // The starter reads one line and goes away: a later EPIPE is not ours to report.
+      try {
+        io.stdout.write(`${JSON.stringify(line)}\n`)
+      } catch {
+        // ignored
+      }
+    },
+    io.signal,
+  )
   return 0
 }
