@@ -43,6 +43,7 @@ import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
 import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
 import { backupDisk } from './vm-disk.ts'
+import { exists } from '../../io/fs.ts'
 import { exportGuest, openGuestState, parseProviderSession, SESSION_VERSION } from './session.ts'
 import type { ProviderSession } from './session.ts'
 
@@ -399,7 +400,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         ? await g.guest.openDir(g.ref.dirName)
         : await g.guest.openDir(failed, { create: 0o700 })
       await dir.unlink('backup.log')
-      await dir.copyIn(filename, 'backup.log')
+      if (await exists(filename)) await dir.copyIn(filename, 'backup.log')
+      else this.#log('warn', `the task log ${filename} does not exist: none kept`)
     } finally {
       await this.#release(vmid, g)
     }

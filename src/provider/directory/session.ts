@@ -120,9 +120,17 @@ export const openGuestState = async (
   let lock
   try {
     lock = await lockGuest(guest)
-    const partial =
-      (await guest.tryOpenDir(g.committed ? ref.dirName : layout.partialName(ref))) ??
-      (g.committed ? undefined : await removedDir(guest, layout.partialName(ref)))
+    let committed = g.committed
+    let partial = await guest.tryOpenDir(committed ? ref.dirName : layout.partialName(ref))
+    if (partial === undefined && !committed) {
+      // Proxmox runs backup_container in a forked child whose session never comes back
+      // (pve-storage PVE/BackupProvider/Plugin/Base.pm: "changes to $self made during this
+      // method will not be visible"): the backup it committed carries this very name, which
+      // backupInit picked unused.
+      partial = await guest.tryOpenDir(ref.dirName)
+      if (partial !== undefined) committed = true
+      else partial = await removedDir(guest, layout.partialName(ref))
+    }
     if (partial === undefined) {
       log('warn', `the backup ${ref.volname} is gone`)
       await lock.release()
@@ -147,7 +155,7 @@ export const openGuestState = async (
       guest,
       partial,
       lock,
-      committed: g.committed,
+      committed,
       bases,
     }
   } catch (e) {
