@@ -6,7 +6,8 @@
  *
  * Operators (one change per mutant):
  * - guard: a guard whose consequence throws (`if (COND) throw …` or `if (COND) {` with a throw on
- *   the next line) gets the condition `false`, so the rule never fires;
+ *   the next line) or returns the reason of a refusal (`if (COND) return '…'`) gets the
+ *   condition `false`, so the rule never fires;
  * - anchor: a regular-expression literal `/^…$/` loses its anchors, so it matches inside
  *   anything.
  *
@@ -31,6 +32,7 @@ const TARGETS: Record<string, readonly string[]> = {
   'src/io/beneath.ts': ['test/io/beneath.test.ts'],
   'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],
   'src/provider/directory/manifest.ts': ['test/provider/directory/manifest.test.ts'],
+  'src/provider/directory/session.ts': ['test/pve/errors.test.ts'],
 }
 
 /** Per test run; a mutant that hangs the tests counts as killed (a test noticed). */
@@ -61,8 +63,14 @@ const mutantsOf = (file: string, source: string): Mutant[] => {
   lines.forEach((text, i) => {
     const trimmed = text.trim()
     if (trimmed.startsWith('//') || trimmed.startsWith('*')) return
-    const guard = /^(\s*(?:\} else )?if \()(.*)(\) (?:throw\b.*|\{))$/.exec(text)
-    if (guard !== null && (guard[3]?.startsWith(') throw') === true || blockThrows(lines, i))) {
+    const guard = /^(\s*(?:\} else )?if \()(.*)(\) (?:throw\b.*|return ['`].*|\{))$/.exec(text)
+    const consequence = guard?.[3] ?? ''
+    if (
+      guard !== null &&
+      (consequence.startsWith(') throw') ||
+        consequence.startsWith(') return') ||
+        blockThrows(lines, i))
+    ) {
       out.push({
         file,
         line: i + 1,
