@@ -74,7 +74,9 @@ export const serveCall = async (
       return built
     }
     if (storageMethod !== undefined) {
-      return { kind: 'result', result: await storageMethod({ storage, log, args: request.args }) }
+      const path = typeof request.scfg['path'] === 'string' ? request.scfg['path'] : ''
+      const call = { storage, storeid, path, log, args: request.args }
+      return { kind: 'result', result: await storageMethod(call) }
     }
     if (providerMethod === undefined) throw new BackupError('INTERNAL', 'no method')
     const provider: DirectoryProvider = await storage().resumeBackupProvider(

@@ -2,12 +2,13 @@
  * The storage-plugin methods of the Proxmox VE plugin (docs/pve-protocol.md "Methods", first
  * table) on the directory store: Perl arguments in, Perl-shaped results out.
  */
-import { statfs } from 'node:fs/promises'
+import { stat, statfs } from 'node:fs/promises'
 import { z } from 'zod'
 import type { ProviderLogFunction } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import type { DirectoryStorage } from '../provider/directory/storage.ts'
 import { parseVolname } from '../provider/directory/layout.ts'
+import { initStore, isStore } from '../provider/directory/store.ts'
 import { keepOptions, parseArgs, PerlBool, PerlInt, PerlString, PruneBackups } from './args.ts'
 import type { JsonValue } from './protocol.ts'
 
@@ -15,6 +16,9 @@ import type { JsonValue } from './protocol.ts'
 export interface StorageCall {
   /** The storage of the request; `PVE_ARGS` when the request named none. */
   storage: () => DirectoryStorage
+  /** The request's storage id and store directory (`null`/'' when it named none). */
+  storeid: string | null
+  path: string
   /** Where the method's log lines go (prune's removals). */
   log: ProviderLogFunction
   args: readonly JsonValue[]
@@ -142,7 +146,12 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
     throw new BackupError('UNSUPPORTED', `attribute '${attribute}' is not supported`)
   },
 
-  activate_storage: async ({ storage }) => {
+  // An existing directory becomes a store on first use: its store file lets the CLI
+  // (`guestbackup list --store …`) read what the plugin wrote. A missing directory is not
+  // made: it may be an unmounted disk, whose mount point must not fill the root file system.
+  activate_storage: async ({ storage, storeid, path }) => {
+    const isDir = (await stat(path).catch(() => undefined))?.isDirectory() === true
+    if (storeid !== null && isDir && !(await isStore(path))) await initStore(path, {}, storeid)
     await storage().activateStorage()
     return null
   },

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
@@ -159,5 +159,17 @@ describe('pve-call: storage methods', () => {
     assert.equal((await pveOk(join(dir, 'nowhere'), 'check_connection', [{}])).result, 0)
     const gone = await pveErr(join(dir, 'nowhere'), 'activate_storage', [{}])
     assert.equal(gone.code, 'STORE_INVALID')
+  })
+
+  it('makes an empty directory a store the CLI can read, on activation', async () => {
+    const fresh = join(dir, 'fresh')
+    await mkdir(fresh)
+    await pveOk(fresh, 'activate_storage', [{}], { storeid: 'gbfresh' })
+    const r = await runCliInProcessOk(['list', '--store', fresh, '--json'])
+    assert.deepEqual(JSON.parse(r.stdout), [])
+    const file = JSON.parse(await readFile(join(fresh, 'guestbackup-store.json'), 'utf8')) as {
+      id: string
+    }
+    assert.equal(file.id, 'gbfresh')
   })
 })

@@ -61,6 +61,19 @@ export const initStore = async (
   return { id: storeId, uuid, options: opts }
 }
 
+/** True if `path` holds a store file (a readable one or not: `init` refuses to overwrite junk). */
+export const isStore = async (path: string): Promise<boolean> => {
+  try {
+    await readStoreFile(resolve(path))
+    return true
+  } catch (e) {
+    if (e instanceof BackupError && e.code === 'STORE_INVALID' && e.details?.['missing']) {
+      return false
+    }
+    return true
+  }
+}
+
 /** A store id from the directory name: `/srv/Backups 1` -> `backups-1`. */
 export const defaultStoreId = (root: string): string => {
   const base = basename(root)

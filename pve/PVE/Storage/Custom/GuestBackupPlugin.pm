@@ -54,6 +54,20 @@ sub properties {
             enum => ['incremental', 'full'],
             default => 'incremental',
         },
+        'gb-lxc-backup-mode' => {
+            description => "guestbackup: container archives as 'tar' or 'squashfs'.",
+            type => 'string',
+            enum => ['tar', 'squashfs'],
+            default => 'tar',
+        },
+        'gb-incremental-sample' => {
+            description => "guestbackup: clean blocks of an incremental VM backup compared"
+                . " with the previous backup, to catch a dirty bitmap that missed writes.",
+            type => 'integer',
+            minimum => 0,
+            maximum => 100000,
+            default => 64,
+        },
     };
 }
 
@@ -65,6 +79,8 @@ sub options {
         nodes => { optional => 1 },
         disable => { optional => 1 },
         'gb-vm-backup-mode' => { optional => 1 },
+        'gb-lxc-backup-mode' => { optional => 1 },
+        'gb-incremental-sample' => { optional => 1 },
     };
 }
 
