@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { JsonValue } from '../../src/pve/protocol.ts'
 import { pveErr, pveOk, pveRaw } from '../helpers/pve.ts'
 
 // Every failure of a call is one error line with a specific code (docs/pve-protocol.md).
@@ -44,22 +45,57 @@ describe('pve-call: error replies', () => {
 
   it('refuses a forged session naming a path outside the store', async () => {
     const guest = { vmid: 100, type: 'qemu', ctime: 1_733_100_000, committed: false }
-    const forged = [
-      { version: 1, guests: [{ ...guest, bases: { 'drive-scsi0': base('../../../etc') } }] },
-      { version: 1, guests: [{ ...guest, bases: { '../x': base('qemu-2020-01-01T00:00:00Z') } }] },
-      { version: 1, guests: [{ ...guest, vmid: '../100', bases: {} }] },
-      { version: 1, guests: [{ ...guest, ctime: 1.5, bases: {} }] },
-      {
-        version: 1,
-        guests: [{ ...guest, bases: {}, manifest: { ...manifest(), archiveName: '../../x' } }],
-      },
-      { version: 1, guests: [{ ...guest, bases: {}, manifest: { ...manifest(), vmid: 101 } }] },
-      { version: 2, guests: [] },
-      'session',
+    const older = 'qemu-2020-01-01T00:00:00Z'
+    const forged: [unknown, RegExp][] = [
+      [
+        { version: 1, guests: [{ ...guest, bases: { 'drive-scsi0': base('../../../etc') } }] },
+        /not a backup directory name/,
+      ],
+      [
+        { version: 1, guests: [{ ...guest, bases: { '../x': base(older) } }] },
+        /bases\.\.\.\/x: Invalid key/,
+      ],
+      [{ version: 1, guests: [{ ...guest, vmid: '../100', bases: {} }] }, /vmid/],
+      [{ version: 1, guests: [{ ...guest, ctime: 1.5, bases: {} }] }, /ctime/],
+      [{ version: 1, guests: [{ ...guest, bases: {}, manifest: manifest() }] }, /manifest/],
+      [
+        {
+          version: 1,
+          guests: [
+            { ...guest, bases: {} },
+            { ...guest, bases: {} },
+          ],
+        },
+        /guest 100 appears twice/,
+      ],
+      // An incremental base must be an older VM backup of the same guest.
+      [
+        {
+          version: 1,
+          guests: [{ ...guest, bases: { 'drive-scsi0': base('qemu-2030-01-01T00:00:00Z') } }],
+        },
+        /the base of drive-scsi0 is not an older VM backup/,
+      ],
+      [
+        {
+          version: 1,
+          guests: [{ ...guest, bases: { 'drive-scsi0': base('lxc-2020-01-01T00:00:00Z') } }],
+        },
+        /the base of drive-scsi0 is not an older VM backup/,
+      ],
+      [
+        { version: 1, guests: [{ ...guest, type: 'lxc', bases: { 'drive-scsi0': base(older) } }] },
+        /the base of drive-scsi0 is not an older VM backup/,
+      ],
+      [{ version: 2, guests: [] }, /version/],
+      ['session', /session/],
     ]
-    for (const session of forged) {
-      const e = await pveErr(store, 'backup_cleanup', [100, 'qemu', 1, {}], { session })
+    for (const [session, why] of forged) {
+      const e = await pveErr(store, 'backup_cleanup', [100, 'qemu', 1, {}], {
+        session: session as JsonValue,
+      })
       assert.equal(e.code, 'SESSION_INVALID', JSON.stringify(session))
+      assert.match(e.message, why, JSON.stringify(session))
     }
     // Nothing was created for the forged guest.
     assert.deepEqual(await readdir(store), [])
