@@ -4,6 +4,7 @@
  */
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
+import { stat } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -76,6 +77,9 @@ const canConnect = (path: string): Promise<boolean> =>
     })
   })
 
+const isWritten = async (path: string): Promise<boolean> =>
+  ((await stat(path).catch(() => undefined))?.size ?? 0) > 0
+
 const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
   new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) {
@@ -125,9 +129,11 @@ const refusesODirect = (e: unknown): boolean =>
 const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<QemuNbd> => {
   const dir: TempDir = await makeTempDir('guestbackup-nbd-')
   const socketPath = join(dir.path, 'nbd.sock')
+  const pidFile = join(dir.path, 'qemu-nbd.pid')
   const exportName = opts.exportName ?? ''
   const args = [
     `--socket=${socketPath}`,
+    `--pid-file=${pidFile}`,
     '--persistent',
     `--shared=${opts.shared ?? 8}`,
     `--export-name=${exportName}`,
@@ -186,7 +192,10 @@ const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<Qem
       await stop()
       throw new BackupError('ABORTED', 'qemu-nbd start aborted', { cause: opts.signal.reason })
     }
-    if (await canConnect(socketPath)) break
+    // qemu-nbd listens before it opens the image (qemu-nbd.c: the listener comes first, then
+    // blk_new_open) and writes its pid file only once the image is open: a connection alone
+    // may reach a server about to fail. Both together mean the export is served.
+    if ((await isWritten(pidFile)) && (await canConnect(socketPath))) break
     if (Date.now() > deadline) return fail('did not start listening in time')
     await sleep(20)
   }
