@@ -1,6 +1,7 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { processAlive } from './daemon.ts'
 
 /** A private (0700) temporary directory removed on dispose. */
 export interface TempDir extends AsyncDisposable {
@@ -18,15 +19,6 @@ export const makeTempDir = async (prefix = 'guestbackup-', parent = tmpdir()): P
   return { path, remove, [Symbol.asyncDispose]: remove }
 }
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 /**
  * Remove `guestbackup-*` temp dirs whose creating process no longer runs (a run killed with
  * SIGKILL cannot clean up after itself). Returns the names removed.
@@ -36,7 +28,8 @@ export const sweepStaleTempDirs = async (parent = tmpdir()): Promise<string[]> =
   for (const name of await readdir(parent).catch(() => [] as string[])) {
     const m = /^guestbackup-[a-z]+-(?:\d+-)?(\d+)-[A-Za-z0-9]{6}$/.exec(name)
     const pid = Number(m?.[1])
-    if (m === null || !Number.isSafeInteger(pid) || pid === process.pid || alive(pid)) continue
+    if (m === null || !Number.isSafeInteger(pid) || pid === process.pid || processAlive(pid))
+      continue
     try {
       await rm(join(parent, name), { recursive: true, force: true })
       removed.push(name)

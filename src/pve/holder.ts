@@ -25,6 +25,7 @@ import type { DirectoryProvider } from '../provider/directory/provider.ts'
 import { storageFromScfg } from './args.ts'
 import { JsonSchema } from './protocol.ts'
 import type { JsonValue } from './protocol.ts'
+import { processAlive } from '../io/daemon.ts'
 
 /** What a holder is asked to hold: one VM disk, or one container archive. */
 export const HoldRequestSchema = z.strictObject({
@@ -65,15 +66,6 @@ const WATCH_MS = 500
 const READY_MS = 60_000
 const STOP_MS = 20_000
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 const isHolder = async (pid: number): Promise<boolean> => {
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
   return cmdline.split('\0').includes('pve-hold')
@@ -101,7 +93,7 @@ export const runHolder = async (
     await mkdir(runDir(), { recursive: true, mode: 0o700 })
     await writeFile(pidFile, `${process.pid}\n`, { mode: 0o600 })
     report({ result })
-    while (!signal.aborted && alive(req.watchPid)) {
+    while (!signal.aborted && processAlive(req.watchPid)) {
       await sleep(WATCH_MS, undefined, { signal }).catch(() => undefined)
     }
   } catch (e) {
@@ -209,7 +201,7 @@ const stopPidFile = async (pidFile: string): Promise<void> => {
   }
   process.kill(pid, 'SIGTERM')
   const deadline = Date.now() + STOP_MS
-  while (alive(pid) && (await isHolder(pid))) {
+  while (processAlive(pid) && (await isHolder(pid))) {
     if (Date.now() > deadline) {
       process.kill(pid, 'SIGKILL')
       break

@@ -9,12 +9,11 @@
  * `PVE/QemuServer.pm::restore_external_archive`), which an NBD URI does not. No kernel NBD, no
  * loop device, no copy of the disk.
  */
-import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { mountsAt } from '../archive/mountinfo.ts'
+import { hasExited, startDaemon } from '../io/daemon.ts'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
@@ -59,24 +58,6 @@ const readOnlySpec = (spec: Qcow2Spec): Record<string, unknown> => {
   return { ...node(spec), 'node-name': NODE }
 }
 
-const exited = (child: ChildProcess): boolean =>
-  child.exitCode !== null || child.signalCode !== null
-
-const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    if (exited(child)) {
-      resolve(true)
-      return
-    }
-    const t = setTimeout(() => {
-      resolve(false)
-    }, ms)
-    child.once('exit', () => {
-      clearTimeout(t)
-      resolve(true)
-    })
-  })
-
 /**
  * Start qemu-storage-daemon exporting `opts.spec` onto a regular file and wait until the mount
  * is live (in `/proc/self/mountinfo`, with the chain's size).
@@ -101,32 +82,14 @@ export const startFuseExport = async (opts: FuseExportOptions): Promise<FuseExpo
     'allow-other': 'off',
   })
   const args = ['--blockdev', blockdev, '--export', exportSpec]
-  // setpriv (util-linux) sets PR_SET_PDEATHSIG before exec: if guestbackup dies, even by
-  // SIGKILL, the kernel sends the daemon SIGTERM, on which it unmounts its export and exits, so
-  // no server or mount outlives us. The PID stays the one we manage (setpriv execs the daemon).
-  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'qemu-storage-daemon', ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
-  let stderr = ''
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (s: string) => {
-    stderr = (stderr + s).slice(-4096)
-  })
-  let spawnError: Error | undefined
-  child.once('error', (e) => {
-    spawnError = e
-  })
+  // The daemon gets SIGTERM if we die (./io/daemon.ts), on which it unmounts its export.
+  const daemon = startDaemon('qemu-storage-daemon', args)
+  const { child } = daemon
 
   let stopping: Promise<void> | undefined
   const mounted = async (): Promise<boolean> => (await mountsAt(path)).length > 0
   const doStop = async (): Promise<void> => {
-    if (!exited(child) && spawnError === undefined) {
-      child.kill('SIGTERM')
-      if (!(await waitExit(child, 10_000))) {
-        child.kill('SIGKILL')
-        await waitExit(child, 5_000)
-      }
-    }
+    await daemon.stop()
     // A daemon killed hard leaves a dead mount ("Transport endpoint is not connected").
     let error: unknown
     if (await mounted()) {
@@ -144,7 +107,7 @@ export const startFuseExport = async (opts: FuseExportOptions): Promise<FuseExpo
   const stop = (): Promise<void> => (stopping ??= doStop())
   const fail = async (msg: string, cause?: unknown): Promise<never> => {
     await stop()
-    const tail = stderr.trim()
+    const tail = daemon.stderr().trim()
     throw new BackupError(
       'QEMU_TOOL_FAILED',
       `qemu-storage-daemon: ${msg}${tail ? `: ${tail}` : ''}`,
@@ -154,8 +117,9 @@ export const startFuseExport = async (opts: FuseExportOptions): Promise<FuseExpo
 
   const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000)
   for (;;) {
+    const spawnError = daemon.spawnError()
     if (spawnError) return fail('cannot start', spawnError)
-    if (exited(child)) return fail('exited early')
+    if (hasExited(child)) return fail('exited early')
     if (opts.signal?.aborted === true) {
       await stop()
       throw new BackupError('ABORTED', 'FUSE export start aborted', { cause: opts.signal.reason })

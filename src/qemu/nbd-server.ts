@@ -2,12 +2,11 @@
  * qemu-nbd as a managed child serving one image on a unix socket inside a private 0700 temp
  * dir. Never `qemu-nbd -c` (kernel NBD), never /dev/nbdN, never modprobe, never mount.
  */
-import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { stat } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { hasExited, startDaemon } from '../io/daemon.ts'
 import { BackupError, isBackupError } from '../errors.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
 import type { TempDir } from '../io/tmpdir.ts'
@@ -80,21 +79,6 @@ const canConnect = (path: string): Promise<boolean> =>
 const isWritten = async (path: string): Promise<boolean> =>
   ((await stat(path).catch(() => undefined))?.size ?? 0) > 0
 
-const waitExit = (child: ChildProcess, ms: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      resolve(true)
-      return
-    }
-    const t = setTimeout(() => {
-      resolve(false)
-    }, ms)
-    child.once('exit', () => {
-      clearTimeout(t)
-      resolve(true)
-    })
-  })
-
 /**
  * qemu-nbd's words when O_DIRECT's open failed with EINVAL: QEMU 5.0+ reopens without O_DIRECT
  * to tell "filesystem does not support O_DIRECT" (`qemu_open_internal`, util/osdep.c,
@@ -147,37 +131,20 @@ const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<Qem
   if (opts.allocationDepth === true) args.push('--allocation-depth')
   args.push(opts.image)
 
-  // setpriv (util-linux) sets PR_SET_PDEATHSIG before exec: if guestbackup dies, even by
-  // SIGKILL, the kernel sends qemu-nbd SIGTERM, so no server keeps a disk or a partial backup
-  // locked. Its PID stays the one we manage (setpriv execs qemu-nbd).
-  const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'qemu-nbd', ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
-  let stderr = ''
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (s: string) => {
-    stderr = (stderr + s).slice(-4096)
-  })
-  let spawnError: Error | undefined
-  child.once('error', (e) => {
-    spawnError = e
-  })
+  // qemu-nbd gets SIGTERM if we die (../io/daemon.ts): no server keeps a disk or a partial
+  // backup locked.
+  const daemon = startDaemon('qemu-nbd', args)
+  const { child } = daemon
   let stopped = false
   const stop = async (): Promise<void> => {
     if (stopped) return
     stopped = true
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM')
-      if (!(await waitExit(child, 10_000))) {
-        child.kill('SIGKILL')
-        await waitExit(child, 5_000)
-      }
-    }
+    await daemon.stop()
     await dir.remove()
   }
   const fail = async (msg: string, cause?: unknown): Promise<never> => {
     await stop()
-    const tail = stderr.trim()
+    const tail = daemon.stderr().trim()
     throw new BackupError('QEMU_TOOL_FAILED', `qemu-nbd: ${msg}${tail ? `: ${tail}` : ''}`, {
       cause,
       details: { args, stderr: tail },
@@ -186,8 +153,9 @@ const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<Qem
 
   const deadline = Date.now() + (opts.readyTimeoutSec ?? 20) * 1000
   for (;;) {
+    const spawnError = daemon.spawnError()
     if (spawnError) return fail('cannot start', spawnError)
-    if (child.exitCode !== null || child.signalCode !== null) return fail('exited early')
+    if (hasExited(child)) return fail('exited early')
     if (opts.signal?.aborted === true) {
       await stop()
       throw new BackupError('ABORTED', 'qemu-nbd start aborted', { cause: opts.signal.reason })
