@@ -52,7 +52,7 @@ const blockThrows = (lines: readonly string[], i: number): boolean => {
   for (let j = i + 1; j < lines.length; j++) {
     const l = lines[j] ?? ''
     if (l.startsWith(`${indent}}`)) return false
-    if (/^\s*throw\b/.test(l)) return true
+    if (/^\s*(?:throw\b|return ['`])/.test(l)) return true
   }
   return false
 }
