@@ -2,6 +2,7 @@
  * The commands of the guestbackup CLI as a commander program, built afresh for each run so that
  * no parsed option or result outlives it. Results go to `io.stdout`, logs to `io.stderr`.
  */
+import { readFileSync } from 'node:fs'
 import { Command, Option } from 'commander'
 import { BackupError } from '../errors.ts'
 import { createLogger } from '../log.ts'
@@ -20,6 +21,13 @@ import type { CliIO, CliStream } from './io.ts'
 import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
 import { fmtBytes } from './progress.ts'
 
+/** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string
+  }
+).version
+
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {
   /** The commander program; `parseAsync` throws CommanderError for help, version and usage. */
@@ -36,7 +44,7 @@ const helpWidth = (stream: CliStream): number =>
 export const createProgram = (io: CliIO): CliProgram => {
   const program = new Command('guestbackup')
     .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
-    .version('0.1.0')
+    .version(VERSION)
     .option('-v, --verbose', 'log progress details on stderr')
     .option('--log-json', 'log JSON lines on stderr')
     .option('--debug', 'print stack traces on errors')
