@@ -12,6 +12,7 @@ import { GUEST_TYPES } from '../../api/provider.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'
 import { BackupError } from '../../errors.ts'
 import { Dir } from '../../io/beneath.ts'
+import { isMappedUser } from '../../io/acl.ts'
 import { lockGuest } from '../../io/lock.ts'
 import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
 import { BACKUP_DIR_RE, MANIFEST, volumeRef } from './layout.ts'
@@ -108,7 +109,7 @@ export const parseProviderSession = (raw: unknown): ProviderSession => {
  * Reopen one guest's backup in progress: its guest directory, its lock (taken again) and its
  * partial (or, once committed, its final) directory. Undefined, with a warning, when the
  * backup is gone. A backup written in place is committed once its manifest exists; reopened
- * by a process that is not root, it is the container's mapped root writing it
+ * by a mapped user (acl.ts isMappedUser), it is the container's mapped root writing it
  * ({@link openInPlaceChild}).
  */
 export const openGuestState = async (
@@ -117,7 +118,7 @@ export const openGuestState = async (
   log: ProviderLogFunction,
 ): Promise<GuestState | undefined> => {
   const ref = volumeRef(g.vmid, g.type, g.ctime)
-  if (g.inPlaceUid !== undefined && process.getuid?.() !== 0) {
+  if (g.inPlaceUid !== undefined && (await isMappedUser())) {
     return await openInPlaceChild(layout, ref, g.inPlaceUid)
   }
   let guest: Dir | undefined
