@@ -105,10 +105,12 @@ export class Dir implements AsyncDisposable {
    * Open a trusted directory by path (the store root an administrator named). Symbolic links
    * in this path are the administrator's and are followed; nothing below it is.
    */
-  static async open(path: string): Promise<Dir> {
+  static async open(path: string, opts: { noFollow?: boolean } = {}): Promise<Dir> {
     let fh: FileHandle
     try {
-      fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY)
+      // noFollow: the last component must not be a symbolic link (ELOOP).
+      const flags = opts.noFollow === true ? O_DIR : constants.O_RDONLY | constants.O_DIRECTORY
+      fh = await open(path, flags)
     } catch (e) {
       const code = errno(e) === 'ENOENT' ? 'NOT_FOUND' : 'IO'
       throw new BackupError(code, `cannot open directory ${path}: ${(e as Error).message}`, {
@@ -364,6 +366,41 @@ export class Dir implements AsyncDisposable {
   /** Change the owner of the directory itself. */
   async chown(uid: number, gid: number): Promise<void> {
     await this.#fh.chown(uid, gid)
+  }
+
+  /** Change the mode of the directory itself. */
+  async chmod(mode: number): Promise<void> {
+    await this.#fh.chmod(mode)
+  }
+
+  /**
+   * Give the regular file `name` the owner `uid:gid` and `mode`, through its own open handle
+   * (`O_NOFOLLOW | O_NONBLOCK`, checked with `fstat`). False, changing nothing, when `name` is
+   * not a regular file of this device with a single link (a link, FIFO, device node, directory
+   * or hard link: not a file this store wrote).
+   */
+  async ownFile(name: string, uid: number, gid: number, mode: number): Promise<boolean> {
+    // lstat first, so a device node is never opened; fstat then checks what was opened.
+    if ((await this.lstat(name))?.isFile() !== true) return false
+    let fh: FileHandle
+    try {
+      fh = await open(
+        this.at(name),
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+      )
+    } catch (e) {
+      if (errno(e) === 'ELOOP' || errno(e) === 'ENXIO') return false
+      throw e
+    }
+    try {
+      const st = await fh.stat()
+      if (!st.isFile() || st.nlink !== 1 || st.dev !== this.#dev) return false
+      await fh.chown(uid, gid)
+      await fh.chmod(mode)
+      return true
+    } finally {
+      await fh.close()
+    }
   }
 
   async close(): Promise<void> {

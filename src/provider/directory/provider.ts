@@ -7,6 +7,13 @@
  * protection and prunes by volume id before it calls `backup_cleanup` (pve-manager
  * `PVE/VZDump.pm`, `exec_backup_task`), so the backup must be listed when those return, and a
  * backup whose data did not complete is never listed. `backupCleanup(false)` removes it again.
+ *
+ * An unprivileged container's archive is written by its mapped root in a forked child (pve-container
+ * `src/PVE/VZDump/LXC.pm`, `run_in_userns`), which cannot rename in the root-owned guest dir:
+ * `backupContainerPrepare` moves the partial dir to its final name at once, hands it to that
+ * uid and lets it search the store root and guest dir (POSIX ACL `x`, no read); the child's
+ * manifest is the commit (a dir is listed once it has one), and `backupCleanup` takes the
+ * backup back (root-owned, ACL entries removed).
  */
 import { mkdir } from 'node:fs/promises'
 import type {
@@ -31,9 +38,11 @@ import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock } from '../../io/lock.ts'
 import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
-import { volumeRef } from './layout.ts'
+import { BACKUP_DIR_RE, parseTime, volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { freeBackup, resumeRemoval } from './merge.ts'
+import { freeBackup, pendingRemoval, resumeRemoval } from './merge.ts'
+import { listGuestIds, readBackup } from './scan.ts'
+import { grantSearch, hasUserEntry, revokeAll, revokeUser } from '../../io/acl.ts'
 import { writeManifest } from './manifest.ts'
 import type { Manifest, ManifestDisk } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
@@ -50,12 +59,21 @@ import type { ProviderSession } from './session.ts'
 /** What the provider keeps per guest between backupInit and backupHandleLogFile. */
 export interface GuestState {
   ref: VolumeRef
-  /** The guest directory and the partial backup directory, open while the backup runs. */
-  guest: Dir
+  /**
+   * The guest directory and the partial backup directory, open while the backup runs. The
+   * guest directory and lock are undefined in the container's user namespace (session.ts
+   * openInPlaceChild).
+   */
+  guest: Dir | undefined
   partial: Dir
-  lock: GuestLock
-  /** The backup was renamed into place (by backupVm / backupContainer): it is listed. */
+  lock: GuestLock | undefined
+  /**
+   * The backup is listed: renamed into place (by backupVm / backupContainer), or, written in
+   * place, its manifest exists.
+   */
   committed: boolean
+  /** The mapped root uid writing this backup in place (see backupContainerPrepare). */
+  inPlaceUid?: number | undefined
   /** Incremental bases found by backupVmQueryIncremental, per device. */
   bases: Record<string, Extract<IncrementalBase, { kind: 'base' }>>
 }
@@ -121,7 +139,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   async jobCleanup(): Promise<void> {
     // Release what a failed guest may have left behind; idempotent (may run twice).
     for (const [vmid, g] of this.#guests) {
-      if (!g.committed) await g.guest.removeTree(this.#layout.partialName(g.ref))
+      if (!g.committed) await this.#discardUncommitted(g)
       await this.#release(vmid, g)
     }
   }
@@ -141,9 +159,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       lock = await lockGuest(guest)
       // We hold the guest lock: a removal journal or a partial backup left is a killed run's.
       await resumeRemoval(this.#layout, guest, { log: this.#log })
-      for (const e of await guest.list()) {
-        if (e.name.startsWith('.partial-')) await guest.removeTree(e.name)
-      }
+      await this.#sweep(guest, vmid)
       let ref = volumeRef(vmid, vmtype, startTime)
       // Two backups in the same second: take the next free second rather than overwrite.
       for (let t = startTime; (await guest.lstat(ref.dirName)) !== undefined; t++) {
@@ -164,6 +180,32 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     }
   }
 
+  /**
+   * Remove what killed runs left in `guest` (under its lock, after resumeRemoval): partial
+   * dirs, and container backups written in place that never got their manifest, with the
+   * ACL entries given for them. A removal journal's own backup also lacks its manifest and is
+   * left to the journal.
+   */
+  async #sweep(guest: Dir, vmid: number): Promise<void> {
+    const doomed = (await pendingRemoval(guest))?.volname
+    let inPlaceLeft = false
+    for (const e of await guest.list()) {
+      if (e.name.startsWith('.partial-')) {
+        await guest.removeTree(e.name)
+      } else if (e.isDirectory() && e.name.startsWith('lxc-') && BACKUP_DIR_RE.test(e.name)) {
+        const m = BACKUP_DIR_RE.exec(e.name)
+        const ctime = parseTime(m?.[2] ?? '')
+        if (ctime === undefined) continue
+        const ref = volumeRef(vmid, 'lxc', ctime)
+        if (ref.volname === doomed || (await readBackup(guest, ref)) !== undefined) continue
+        this.#log('info', `removing ${ref.volname}, left incomplete by a killed run`)
+        await guest.removeTree(e.name)
+        inPlaceLeft = true
+      }
+    }
+    if (inPlaceLeft) await revokeAll(guest.path)
+  }
+
   async backupGetMechanism(_vmid: number, vmtype: GuestType): Promise<BackupMechanism> {
     await Promise.resolve()
     if (vmtype === 'lxc') return 'directory'
@@ -176,10 +218,11 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   ): Promise<Readonly<Record<string, IncrementalQuery>> | undefined> {
     if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
     const g = this.#guest(vmid)
+    const guest = guestDir(g)
     const answer: Record<string, IncrementalQuery> = {}
-    const record = await readBitmapRecord(g.guest)
+    const record = await readBitmapRecord(guest)
     for (const [device, { size, bitmapGeneration }] of Object.entries(volumes)) {
-      const base = await findIncrementalBase(g.guest, vmid, device, size, bitmapGeneration, record)
+      const base = await findIncrementalBase(guest, vmid, device, size, bitmapGeneration, record)
       if (base.kind === 'base') {
         g.bases[device] = base
         answer[device] = 'use'
@@ -198,6 +241,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     info: BackupInfo & ProgressInfo,
   ): Promise<void> {
     const g = this.#guest(vmid)
+    const guest = guestDir(g)
     await this.#writeConfigs(g, guestConfig, info)
     const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
     const disks: Record<string, ManifestDisk> = {}
@@ -230,7 +274,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           dir: g.partial,
           device,
           volume: vol,
-          base: base === undefined ? undefined : { guest: g.guest, ...base },
+          base: base === undefined ? undefined : { guest, ...base },
           bucket,
           onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
           sampleBlocks: this.#options['incremental-sample'],
@@ -240,7 +284,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           signal: info.signal,
         })
       } catch (e) {
-        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(g.guest, e.message)
+        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(guest, e.message)
         throw e
       }
       this.#log(
@@ -275,14 +319,32 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     )
     // After the rename: until this is written the record names an older backup, which is no
     // longer the newest, so a crash in between means a full backup next time, never a gap.
-    await writeBitmapRecord(g.guest, g.ref.volname, bitmaps)
+    await writeBitmapRecord(guest, g.ref.volname, bitmaps)
   }
 
+  /**
+   * Runs as root. A privileged container (`backupUserId` 0) is backed up like a VM. For an
+   * unprivileged one the archive is written as its mapped root (pve-container
+   * `src/PVE/VZDump/LXC.pm` runs backupContainer in the container's user namespace), which
+   * cannot rename in the guest dir: the partial dir gets its final name now (it is listed only
+   * once its manifest exists, scan.ts readBackup), is handed to that uid, and the store root
+   * and guest dir let it search (ACL `x`, no read: it lists nothing).
+   */
   async backupContainerPrepare(vmid: number, info: ContainerBackupInfo): Promise<void> {
     const g = this.#guest(vmid)
-    // The archive is written as the container's mapped root (Proxmox runs backupContainer in a
-    // user namespace), so it must own the partial dir.
-    await g.partial.chown(info.backupUserId, -1)
+    const uid = info.backupUserId
+    if (uid === 0) return
+    const guest = guestDir(g)
+    if ((await guest.lstat(g.ref.dirName)) !== undefined) {
+      throw new BackupError('IO', `${guest.labelOf(g.ref.dirName)} appeared during the backup`)
+    }
+    await guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
+    g.inPlaceUid = uid
+    await guest.sync()
+    await g.partial.chown(uid, -1)
+    await grantSearch(guest.path, uid)
+    await using root = await this.#layout.openRoot()
+    await grantSearch(root.path, uid)
   }
 
   async backupContainer(
@@ -333,16 +395,22 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
    * Publish the backup once all its data is written and synced: `manifest.json` with the file
    * sizes, fsync of the dir, rename of the partial dir to its final name, fsync of the guest
    * dir. A failure before the rename leaves only the partial dir (never listed); after it, the
-   * backup is committed and `backupCleanup(false)` removes it.
+   * backup is committed and `backupCleanup(false)` removes it. Written in place, the manifest
+   * (atomic and fsynced) is the commit, and the guest dir is not touched.
    */
   async #finalise(g: GuestState, manifest: Omit<Manifest, 'files' | 'completed'>): Promise<void> {
     const files = await fileSizes(g.partial)
     await writeManifest(g.partial, { ...manifest, files, completed: new Date().toISOString() })
     await g.partial.sync()
-    await g.guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
+    if (g.inPlaceUid !== undefined) {
+      g.committed = true
+      return
+    }
+    const guest = guestDir(g)
+    await guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
     g.committed = true
-    await g.guest.sync()
-    if (g.ref.subtype === 'qemu' && manifest.parent === undefined) await clearForceFull(g.guest)
+    await guest.sync()
+    if (g.ref.subtype === 'qemu' && manifest.parent === undefined) await clearForceFull(guest)
   }
 
   async backupCleanup(
@@ -354,13 +422,14 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return undefined
     try {
+      if (g.inPlaceUid !== undefined) await this.#reclaim(g)
       if (success && g.committed) {
         return { stats: { archiveSize: await allocatedBytes(g.partial) } }
       }
       const why = info.error ?? 'no data was backed up'
       if (!g.committed) {
         this.#log('info', `discarding the partial backup (${why})`)
-        await g.guest.removeTree(this.#layout.partialName(g.ref))
+        await this.#discardUncommitted(g)
         return undefined
       }
       // The task failed after the backup was complete (notes, protection or prune): vzdump
@@ -369,9 +438,54 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       await this.#discardCommitted(g)
       return undefined
     } catch (e) {
-      if (!g.committed) await g.guest.removeTree(this.#layout.partialName(g.ref))
+      if (!g.committed) await this.#discardUncommitted(g)
       throw toBackupError(e)
     }
+  }
+
+  /**
+   * Take back a backup written in place (root, the guest lock held): the dir and its files
+   * become root's (0700/0600), so the container's root can no longer change it, and the ACL
+   * entries of backupContainerPrepare go. The dir is taken first: from then on its entries
+   * cannot change. An entry that is not a plain file with one link was not written by us and
+   * is removed. Idempotent.
+   */
+  async #reclaim(g: GuestState): Promise<void> {
+    const uid = g.inPlaceUid
+    if (uid === undefined) return
+    const guest = guestDir(g)
+    const dir = g.partial
+    await dir.chown(0, 0)
+    await dir.chmod(0o700)
+    for (const e of await dir.list()) {
+      if (!(await dir.ownFile(e.name, 0, 0, 0o600))) {
+        this.#log('warn', `removing ${dir.labelOf(e.name)}: not a file the backup wrote`)
+        await dir.removeTree(e.name)
+      }
+    }
+    await dir.sync()
+    await revokeUser(guest.path, uid)
+    // The store root's entry serves every guest dir that still has one for this uid (another
+    // container's backup running with the same mapping).
+    await using root = await this.#layout.openRoot()
+    let inUse = false
+    for (const id of await listGuestIds(root)) {
+      if (id !== g.ref.vmid && (await hasUserEntry(root.at(String(id)), uid))) inUse = true
+    }
+    if (!inUse) await revokeUser(root.path, uid)
+  }
+
+  /** Remove the backup of `g`, not committed: its partial dir, or written in place, its dir. */
+  async #discardUncommitted(g: GuestState): Promise<void> {
+    const guest = guestDir(g)
+    if (g.inPlaceUid === undefined) {
+      await guest.removeTree(this.#layout.partialName(g.ref))
+      return
+    }
+    await this.#reclaim(g)
+    // An empty dir made by session.ts removedDir may sit at the partial name.
+    await guest.removeTree(this.#layout.partialName(g.ref))
+    await guest.removeTree(g.ref.dirName)
   }
 
   /**
@@ -381,8 +495,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
    * very task does not keep it.
    */
   async #discardCommitted(g: GuestState): Promise<void> {
-    await g.guest.unlink(this.#layout.protectedName(g.ref))
-    await freeBackup(this.#layout, g.guest, g.ref, { log: this.#log })
+    const guest = guestDir(g)
+    await guest.unlink(this.#layout.protectedName(g.ref))
+    await freeBackup(this.#layout, guest, g.ref, { log: this.#log })
     g.committed = false
   }
 
@@ -390,15 +505,16 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return
     try {
+      const guest = guestDir(g)
       const failed = this.#layout.failedName(g.ref)
       if (!g.committed) {
         // The name is ours: an entry there that is no directory (a planted link) is replaced.
-        const st = await g.guest.lstat(failed)
-        if (st !== undefined && !st.isDirectory()) await g.guest.unlink(failed)
+        const st = await guest.lstat(failed)
+        if (st !== undefined && !st.isDirectory()) await guest.unlink(failed)
       }
       await using dir = g.committed
-        ? await g.guest.openDir(g.ref.dirName)
-        : await g.guest.openDir(failed, { create: 0o700 })
+        ? await guest.openDir(g.ref.dirName)
+        : await guest.openDir(failed, { create: 0o700 })
       await dir.unlink('backup.log')
       if (await exists(filename)) await dir.copyIn(filename, 'backup.log')
       else this.#log('warn', `the task log ${filename} does not exist: none kept`)
@@ -409,9 +525,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
 
   async #release(vmid: number, g: GuestState): Promise<void> {
     this.#guests.delete(vmid)
-    await g.lock.release()
+    await g.lock?.release()
     await g.partial.close()
-    await g.guest.close()
+    await g.guest?.close()
   }
 
   #guest(vmid: number): GuestState {
@@ -445,4 +561,12 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       ...extra,
     }
   }
+}
+
+/** The guest dir of `g`; a call that needs it fails in the container's user namespace. */
+const guestDir = (g: GuestState): Dir => {
+  if (g.guest === undefined) {
+    throw new BackupError('PROVIDER_FAILED', `guest ${g.ref.vmid}: not available as a mapped root`)
+  }
+  return g.guest
 }

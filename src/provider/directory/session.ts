@@ -5,16 +5,18 @@
  * by the store's own validators, and every path is derived from the validated vmid, type and
  * time (never taken from the session), so a forged session cannot reach outside the store.
  */
+import { join } from 'node:path'
 import { z } from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
 import { GUEST_TYPES } from '../../api/provider.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'
 import { BackupError } from '../../errors.ts'
-import type { Dir } from '../../io/beneath.ts'
+import { Dir } from '../../io/beneath.ts'
+import { isMappedUser } from '../../io/acl.ts'
 import { lockGuest } from '../../io/lock.ts'
 import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
-import { BACKUP_DIR_RE, volumeRef } from './layout.ts'
-import type { StoreLayout } from './layout.ts'
+import { BACKUP_DIR_RE, MANIFEST, volumeRef } from './layout.ts'
+import type { StoreLayout, VolumeRef } from './layout.ts'
 import type { GuestState } from './provider.ts'
 
 /** Format version of a provider session. */
@@ -36,6 +38,11 @@ const GuestSchema = z.strictObject({
   ctime: z.number().int().nonnegative().max(253_402_300_799),
   /** True once backupVm/backupContainer renamed the backup into place. */
   committed: z.boolean(),
+  /**
+   * Set by backupContainerPrepare for an unprivileged container: the backup is written in place
+   * (in its final-named directory) by this host uid, the container's mapped root.
+   */
+  inPlaceUid: z.number().int().min(1).max(0xfffffffe).optional(),
   bases: z.record(z.string().regex(DEVICE_NAME_RE, 'not a device name'), BaseSchema),
 })
 
@@ -61,6 +68,7 @@ export const exportGuest = (g: GuestState): SessionGuest => ({
   type: g.ref.subtype,
   ctime: g.ref.ctime,
   committed: g.committed,
+  ...(g.inPlaceUid === undefined ? {} : { inPlaceUid: g.inPlaceUid }),
   bases: Object.fromEntries(
     Object.entries(g.bases).map(([d, b]) => [
       d,
@@ -100,7 +108,9 @@ export const parseProviderSession = (raw: unknown): ProviderSession => {
 /**
  * Reopen one guest's backup in progress: its guest directory, its lock (taken again) and its
  * partial (or, once committed, its final) directory. Undefined, with a warning, when the
- * backup is gone.
+ * backup is gone. A backup written in place is committed once its manifest exists; reopened
+ * by a mapped user (acl.ts isMappedUser), it is the container's mapped root writing it
+ * ({@link openInPlaceChild}).
  */
 export const openGuestState = async (
   layout: StoreLayout,
@@ -108,6 +118,9 @@ export const openGuestState = async (
   log: ProviderLogFunction,
 ): Promise<GuestState | undefined> => {
   const ref = volumeRef(g.vmid, g.type, g.ctime)
+  if (g.inPlaceUid !== undefined && (await isMappedUser())) {
+    return await openInPlaceChild(layout, ref, g.inPlaceUid)
+  }
   let guest: Dir | undefined
   {
     await using root = await layout.openRoot()
@@ -121,8 +134,17 @@ export const openGuestState = async (
   try {
     lock = await lockGuest(guest)
     let committed = g.committed
-    let partial = await guest.tryOpenDir(committed ? ref.dirName : layout.partialName(ref))
-    if (partial === undefined && !committed) {
+    let partial: Dir | undefined
+    if (g.inPlaceUid !== undefined) {
+      // Written in place: the manifest is the commit (scan.ts readBackup lists the dir only
+      // once it exists), whatever the session, which the forked child's reply never updates.
+      partial = await guest.tryOpenDir(ref.dirName)
+      committed = partial !== undefined && (await partial.lstat(MANIFEST)) !== undefined
+      partial ??= await removedDir(guest, layout.partialName(ref))
+    } else {
+      partial = await guest.tryOpenDir(committed ? ref.dirName : layout.partialName(ref))
+    }
+    if (partial === undefined && !committed && g.inPlaceUid === undefined) {
       // Proxmox runs backup_container in a forked child whose session never comes back
       // (pve-storage PVE/BackupProvider/Plugin/Base.pm: "changes to $self made during this
       // method will not be visible"): the backup it committed carries this very name, which
@@ -156,12 +178,43 @@ export const openGuestState = async (
       partial,
       lock,
       committed,
+      inPlaceUid: g.inPlaceUid,
       bases,
     }
   } catch (e) {
     await lock?.release()
     await guest.close()
     throw e
+  }
+}
+
+/**
+ * The backup written in place, as backup_container reopens it in the container's user
+ * namespace (pve-container src/PVE/VZDump/LXC.pm runs it through
+ * PVE::LXC::Namespaces::run_in_userns as the mapped root). That uid may only search the store
+ * root and the guest directory (backupContainerPrepare), so the backup directory is opened by
+ * its path; the guest directory is neither opened nor changed, and no guest lock is taken:
+ * vzdump holds the guest's lock, and the mapped root could not create ours. The last component
+ * is opened with O_NOFOLLOW; a link planted higher up would take write access to a store
+ * directory, and following it only reaches what this uid can reach anyway.
+ */
+const openInPlaceChild = async (
+  layout: StoreLayout,
+  ref: VolumeRef,
+  uid: number,
+): Promise<GuestState> => {
+  const partial = await Dir.open(join(layout.root, String(ref.vmid), ref.dirName), {
+    noFollow: true,
+  })
+  const committed = (await partial.lstat(MANIFEST)) !== undefined
+  return {
+    ref,
+    guest: undefined,
+    partial,
+    lock: undefined,
+    committed,
+    inPlaceUid: uid,
+    bases: {},
   }
 }
 

@@ -136,6 +136,38 @@ describe('provider/directory/provider: Proxmox call order', () => {
     await endTask(p, 200, true)
   })
 
+  it('an unprivileged container: written in place, listed with its manifest, taken back by backupCleanup', async () => {
+    const root = join(dir, 'ct-root-u')
+    await mkdir(join(root, 'etc'), { recursive: true })
+    await writeFile(join(root, 'etc', 'hostname'), 'ct\n')
+    const p = storage.newBackupProvider(() => undefined)
+    await p.jobInit(clock)
+    const { archiveName } = await p.backupInit(201, 'lxc', (clock += 3600))
+    const info = { directory: root, sources: ['.'], backupUserId: 100000, signal }
+    await p.backupContainerPrepare(201, info)
+    const bdir = join(store, archiveName)
+    assert.equal((await lstat(bdir)).uid, 100000)
+    assert.deepEqual(await listed(201), [], 'no manifest yet: not listed')
+    await p.backupContainer(201, 'arch: amd64\n', [], info)
+    assert.deepEqual(await listed(201), [`st:backup/${archiveName}`])
+    await endTask(p, 201, true)
+    assert.equal((await lstat(bdir)).uid, 0)
+    assert.equal((await lstat(join(bdir, 'archive.tar'))).mode & 0o7777, 0o600)
+
+    // A killed in-place run leaves a final-named dir without manifest: the next backupInit removes it.
+    const q = storage.newBackupProvider(() => undefined)
+    await q.jobInit(clock)
+    const killed = await q.backupInit(201, 'lxc', (clock += 3600))
+    await q.backupContainerPrepare(201, info)
+    await q.suspend()
+    const r = storage.newBackupProvider(() => undefined)
+    await r.backupInit(201, 'lxc', (clock += 3600))
+    await assert.rejects(lstat(join(store, killed.archiveName)), { code: 'ENOENT' })
+    await lstat(bdir)
+    await r.backupCleanup(201, 'lxc', false, {})
+    await r.jobCleanup()
+  })
+
   it('never lists a backup whose data failed; backupCleanup(false) removes the partial dir', async () => {
     const t = await startVm(101, () => memoryVolume(disk, 'none', undefined, 2 * MiB))
     assert.ok(t.error instanceof BackupError, String(t.error))
