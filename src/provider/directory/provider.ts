@@ -29,29 +29,25 @@ import type {
   VmVolume,
   VolumeSize,
 } from '../../api/provider.ts'
-import { DEVICE_NAME_RE } from '../../api/names.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
-import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
+import { BackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { TokenBucket } from '../../io/throttle.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock } from '../../io/lock.ts'
-import { createSquashfs } from '../../archive/squashfs.ts'
-import { createTarArchive } from '../../archive/tar.ts'
-import { BACKUP_DIR_RE, parseTime, volumeRef } from './layout.ts'
+import { volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { freeBackup, pendingRemoval, resumeRemoval } from './merge.ts'
-import { listGuestIds, readBackup } from './scan.ts'
-import { grantSearch, hasUserEntry, revokeAll, revokeUser } from '../../io/acl.ts'
+import { freeBackup, resumeRemoval } from './merge.ts'
+import { grantSearch } from '../../io/acl.ts'
 import { writeManifest } from './manifest.ts'
-import type { Manifest, ManifestDisk } from './manifest.ts'
+import type { Manifest } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryRestore } from './restore.ts'
-import { clearForceFull, findIncrementalBase, forceFull } from './incremental.ts'
+import { clearForceFull, findIncrementalBase } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes, fileSizes } from './fsutil.ts'
 import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
-import { backupDisk } from './vm-disk.ts'
+import { ARCHIVE_FILES, backupVmDisks, writeContainerArchive } from './backup-data.ts'
+import { guestDir, reclaimInPlace, sweepLeftovers } from './in-place.ts'
 import { exists } from '../../io/fs.ts'
 import { exportGuest, openGuestState, parseProviderSession, SESSION_VERSION } from './session.ts'
 import type { ProviderSession } from './session.ts'
@@ -159,7 +155,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       lock = await lockGuest(guest)
       // We hold the guest lock: a removal journal or a partial backup left is a killed run's.
       await resumeRemoval(this.#layout, guest, { log: this.#log })
-      await this.#sweep(guest, vmid)
+      await sweepLeftovers(this.#log, guest, vmid)
       let ref = volumeRef(vmid, vmtype, startTime)
       // Two backups in the same second: take the next free second rather than overwrite.
       for (let t = startTime; (await guest.lstat(ref.dirName)) !== undefined; t++) {
@@ -178,32 +174,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       await guest.close()
       throw e
     }
-  }
-
-  /**
-   * Remove what killed runs left in `guest` (under its lock, after resumeRemoval): partial
-   * dirs, and container backups written in place that never got their manifest, with the
-   * ACL entries given for them. A removal journal's own backup also lacks its manifest and is
-   * left to the journal.
-   */
-  async #sweep(guest: Dir, vmid: number): Promise<void> {
-    const doomed = (await pendingRemoval(guest))?.volname
-    let inPlaceLeft = false
-    for (const e of await guest.list()) {
-      if (e.name.startsWith('.partial-')) {
-        await guest.removeTree(e.name)
-      } else if (e.isDirectory() && e.name.startsWith('lxc-') && BACKUP_DIR_RE.test(e.name)) {
-        const m = BACKUP_DIR_RE.exec(e.name)
-        const ctime = parseTime(m?.[2] ?? '')
-        if (ctime === undefined) continue
-        const ref = volumeRef(vmid, 'lxc', ctime)
-        if (ref.volname === doomed || (await readBackup(guest, ref)) !== undefined) continue
-        this.#log('info', `removing ${ref.volname}, left incomplete by a killed run`)
-        await guest.removeTree(e.name)
-        inPlaceLeft = true
-      }
-    }
-    if (inPlaceLeft) await revokeAll(guest.path)
   }
 
   async backupGetMechanism(_vmid: number, vmtype: GuestType): Promise<BackupMechanism> {
@@ -243,72 +213,15 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     const guest = guestDir(g)
     await this.#writeConfigs(g, guestConfig, info)
-    const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
-    const disks: Record<string, ManifestDisk> = {}
-    /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
-    const bitmaps: Record<string, number> = {}
-    let parent: string | undefined
-    for (const device of Object.keys(volumes).sort()) {
-      const volume = volumes[device]
-      if (volume === undefined) continue
-      if (!DEVICE_NAME_RE.test(device)) {
-        throw new BackupError('PROVIDER_FAILED', `invalid device name '${device}'`)
-      }
-      let base = volume.bitmapMode === 'reuse' ? g.bases[device] : undefined
-      if (volume.bitmapMode === 'reuse' && base === undefined) {
-        this.#log('warn', `${device}: the host reused a bitmap this store did not ask for: full`)
-      }
-      if (base !== undefined && volume.bitmapGeneration !== base.generation) {
-        this.#log(
-          'warn',
-          `${device}: bitmap ${volume.bitmapGeneration ?? '?'} is not ${base.generation}: full`,
-        )
-        base = undefined
-      }
-      // A full backup ignores any bitmap: read the whole disk into a fresh image.
-      const vol: VmVolume = base === undefined ? { ...volume, bitmapMode: 'none' } : volume
-      this.#log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
-      let stats
-      try {
-        stats = await backupDisk({
-          dir: g.partial,
-          device,
-          volume: vol,
-          base: base === undefined ? undefined : { guest, ...base },
-          bucket,
-          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
-          sampleBlocks: this.#options['incremental-sample'],
-          log: (msg) => {
-            this.#log('info', msg)
-          },
-          signal: info.signal,
-        })
-      } catch (e) {
-        if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(guest, e.message)
-        throw e
-      }
-      this.#log(
-        'info',
-        `${device}: ${stats.dataBytes} bytes data, ${stats.zeroBytes} bytes zero of ${stats.totalBytes}`,
-      )
-      disks[device] = {
-        file: `${device}.qcow2`,
-        format: 'qcow2',
-        size: volume.size,
-        ...(base ? { parent: base.volname } : {}),
-        ...(base?.generation === undefined ? {} : { bitmap: base.generation }),
-        ...(volume.nextBitmapGeneration === undefined
-          ? {}
-          : { nextBitmap: volume.nextBitmapGeneration }),
-        bitmapMode: vol.bitmapMode,
-        dataBytes: stats.dataBytes,
-        zeroBytes: stats.zeroBytes,
-      }
-      parent ??= base?.volname
-      // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
-      // teardown with success): from then on it holds the writes since this backup.
-      if (volume.bitmapMode !== 'none') bitmaps[device] = volume.size
-    }
+    const { disks, parent, bitmaps } = await backupVmDisks({
+      guest,
+      partial: g.partial,
+      bases: g.bases,
+      volumes,
+      info,
+      sampleBlocks: this.#options['incremental-sample'],
+      log: this.#log,
+    })
     await this.#finalise(
       g,
       this.#baseManifest(g, info, {
@@ -356,33 +269,13 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     await this.#writeConfigs(g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
-    const warnings: string[] = []
-    if (mode === 'tar') {
-      const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
-      const r = await createTarArchive({
-        directory: info.directory,
-        sources: info.sources,
-        excludes: excludePatterns,
-        output: g.partial.at('archive.tar'),
-        bandwidth: bucket,
-        signal: info.signal,
-      })
-      warnings.push(...r.warnings)
-    } else {
-      const r = await createSquashfs({
-        directory: info.directory,
-        excludes: excludePatterns,
-        output: g.partial.at('archive.sqfs'),
-        signal: info.signal,
-      })
-      warnings.push(...r.warnings)
-    }
+    const warnings = await writeContainerArchive(g.partial, mode, excludePatterns, info)
     for (const w of warnings) this.#log('warn', w)
     await this.#finalise(
       g,
       this.#baseManifest(g, info, {
         container: {
-          file: mode === 'tar' ? 'archive.tar' : 'archive.sqfs',
+          file: ARCHIVE_FILES[mode],
           format: mode,
           excludes: [...excludePatterns],
         },
@@ -422,7 +315,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guests.get(vmid)
     if (g === undefined) return undefined
     try {
-      if (g.inPlaceUid !== undefined) await this.#reclaim(g)
+      if (g.inPlaceUid !== undefined) await reclaimInPlace(this.#layout, g, this.#log)
       if (success && g.committed) {
         return { stats: { archiveSize: await allocatedBytes(g.partial) } }
       }
@@ -443,38 +336,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     }
   }
 
-  /**
-   * Take back a backup written in place (root, the guest lock held): the dir and its files
-   * become root's (0700/0600), so the container's root can no longer change it, and the ACL
-   * entries of backupContainerPrepare go. The dir is taken first: from then on its entries
-   * cannot change. An entry that is not a plain file with one link was not written by us and
-   * is removed. Idempotent.
-   */
-  async #reclaim(g: GuestState): Promise<void> {
-    const uid = g.inPlaceUid
-    if (uid === undefined) return
-    const guest = guestDir(g)
-    const dir = g.partial
-    await dir.chown(0, 0)
-    await dir.chmod(0o700)
-    for (const e of await dir.list()) {
-      if (!(await dir.ownFile(e.name, 0, 0, 0o600))) {
-        this.#log('warn', `removing ${dir.labelOf(e.name)}: not a file the backup wrote`)
-        await dir.removeTree(e.name)
-      }
-    }
-    await dir.sync()
-    await revokeUser(guest.path, uid)
-    // The store root's entry serves every guest dir that still has one for this uid (another
-    // container's backup running with the same mapping).
-    await using root = await this.#layout.openRoot()
-    let inUse = false
-    for (const id of await listGuestIds(root)) {
-      if (id !== g.ref.vmid && (await hasUserEntry(root.at(String(id)), uid))) inUse = true
-    }
-    if (!inUse) await revokeUser(root.path, uid)
-  }
-
   /** Remove the backup of `g`, not committed: its partial dir, or written in place, its dir. */
   async #discardUncommitted(g: GuestState): Promise<void> {
     const guest = guestDir(g)
@@ -482,7 +343,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       await guest.removeTree(this.#layout.partialName(g.ref))
       return
     }
-    await this.#reclaim(g)
+    await reclaimInPlace(this.#layout, g, this.#log)
     // An empty dir made by session.ts removedDir may sit at the partial name.
     await guest.removeTree(this.#layout.partialName(g.ref))
     await guest.removeTree(g.ref.dirName)
@@ -561,12 +422,4 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       ...extra,
     }
   }
-}
-
-/** The guest dir of `g`; a call that needs it fails in the container's user namespace. */
-const guestDir = (g: GuestState): Dir => {
-  if (g.guest === undefined) {
-    throw new BackupError('PROVIDER_FAILED', `guest ${g.ref.vmid}: not available as a mapped root`)
-  }
-  return g.guest
 }

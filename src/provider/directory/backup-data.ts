@@ -1,0 +1,142 @@
+/**
+ * The data of one backup: the disks of a VM (each device copied into `<device>.qcow2` of the
+ * backup dir, as an incremental on its base when the host reuses the bitmap the store asked
+ * for, else full), or the archive of a container.
+ */
+import { DEVICE_NAME_RE } from '../../api/names.ts'
+import type {
+  BackupInfo,
+  ContainerBackupInfo,
+  ProviderLogFunction,
+  VmVolume,
+} from '../../api/provider.ts'
+import { createSquashfs } from '../../archive/squashfs.ts'
+import { createTarArchive } from '../../archive/tar.ts'
+import type { ProgressInfo } from '../../api/progress.ts'
+import { BackupError, isBackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { TokenBucket } from '../../io/throttle.ts'
+import { forceFull } from './incremental.ts'
+import type { IncrementalBase } from './incremental.ts'
+import type { ManifestDisk } from './manifest.ts'
+import { backupDisk } from './vm-disk.ts'
+
+/** What {@link backupVmDisks} needs. */
+export interface VmDisksInput {
+  /** The guest dir (incremental bases live there). */
+  guest: Dir
+  /** The backup dir being written. */
+  partial: Dir
+  /** The bases backupVmQueryIncremental found, by device. */
+  bases: Readonly<Record<string, Extract<IncrementalBase, { kind: 'base' }>>>
+  volumes: Readonly<Record<string, VmVolume>>
+  info: BackupInfo & ProgressInfo
+  sampleBlocks: number
+  log: ProviderLogFunction
+}
+
+/** What the disks of a VM backup became. */
+export interface VmDisks {
+  disks: Record<string, ManifestDisk>
+  /** The backup the first incremental disk builds on. */
+  parent: string | undefined
+  /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
+  bitmaps: Record<string, number>
+}
+
+/** Back up every disk of `o.volumes` into `o.partial`. */
+export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
+  const { volumes, info, log } = o
+  const bucket = new TokenBucket({ bytesPerSecond: info.bandwidthLimit })
+  const disks: Record<string, ManifestDisk> = {}
+  /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
+  const bitmaps: Record<string, number> = {}
+  let parent: string | undefined
+  for (const device of Object.keys(volumes).sort()) {
+    const volume = volumes[device]
+    if (volume === undefined) continue
+    if (!DEVICE_NAME_RE.test(device)) {
+      throw new BackupError('PROVIDER_FAILED', `invalid device name '${device}'`)
+    }
+    let base = volume.bitmapMode === 'reuse' ? o.bases[device] : undefined
+    if (volume.bitmapMode === 'reuse' && base === undefined) {
+      log('warn', `${device}: the host reused a bitmap this store did not ask for: full`)
+    }
+    if (base !== undefined && volume.bitmapGeneration !== base.generation) {
+      log(
+        'warn',
+        `${device}: bitmap ${volume.bitmapGeneration ?? '?'} is not ${base.generation}: full`,
+      )
+      base = undefined
+    }
+    // A full backup ignores any bitmap: read the whole disk into a fresh image.
+    const vol: VmVolume = base === undefined ? { ...volume, bitmapMode: 'none' } : volume
+    log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
+    let stats
+    try {
+      stats = await backupDisk({
+        dir: o.partial,
+        device,
+        volume: vol,
+        base: base === undefined ? undefined : { guest: o.guest, ...base },
+        bucket,
+        onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+        sampleBlocks: o.sampleBlocks,
+        log: (msg) => {
+          log('info', msg)
+        },
+        signal: info.signal,
+      })
+    } catch (e) {
+      if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(o.guest, e.message)
+      throw e
+    }
+    log(
+      'info',
+      `${device}: ${stats.dataBytes} bytes data, ${stats.zeroBytes} bytes zero of ${stats.totalBytes}`,
+    )
+    disks[device] = {
+      file: `${device}.qcow2`,
+      format: 'qcow2',
+      size: volume.size,
+      ...(base ? { parent: base.volname } : {}),
+      ...(base?.generation === undefined ? {} : { bitmap: base.generation }),
+      ...(volume.nextBitmapGeneration === undefined
+        ? {}
+        : { nextBitmap: volume.nextBitmapGeneration }),
+      bitmapMode: vol.bitmapMode,
+      dataBytes: stats.dataBytes,
+      zeroBytes: stats.zeroBytes,
+    }
+    parent ??= base?.volname
+    // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
+    // teardown with success): from then on it holds the writes since this backup.
+    if (volume.bitmapMode !== 'none') bitmaps[device] = volume.size
+  }
+  return { disks, parent, bitmaps }
+}
+
+/** The archive file of each container backup mode. */
+export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as const
+
+/** Write the container's archive into `dir`; returns the archiver's warnings. */
+export const writeContainerArchive = async (
+  dir: Dir,
+  mode: keyof typeof ARCHIVE_FILES,
+  excludes: readonly string[],
+  info: ContainerBackupInfo,
+): Promise<string[]> => {
+  const output = dir.at(ARCHIVE_FILES[mode])
+  const r =
+    mode === 'tar'
+      ? await createTarArchive({
+          directory: info.directory,
+          sources: info.sources,
+          excludes,
+          output,
+          bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
+          signal: info.signal,
+        })
+      : await createSquashfs({ directory: info.directory, excludes, output, signal: info.signal })
+  return [...r.warnings]
+}
