@@ -5,6 +5,8 @@
  */
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { BackupError } from '../errors.ts'
 
 /** True while the process `pid` exists (also when it is not ours to signal). */
 export const processAlive = (pid: number): boolean => {
@@ -78,4 +80,41 @@ export const startDaemon = (command: string, args: readonly string[]): Daemon =>
     return stopping
   }
   return { child, stderr: () => stderr, spawnError: () => spawnError, stop }
+}
+
+/** Options of {@link awaitReady}. */
+export interface ReadyOptions {
+  /** True once the daemon serves (it may throw to refuse what it sees). */
+  ready: () => Promise<boolean>
+  timeoutMs: number
+  pollMs?: number
+  signal?: AbortSignal | undefined
+  /** What is starting, for the abort message (`qemu-nbd`, `FUSE export`). */
+  what: string
+  /** Stops the daemon and throws the start failure with its stderr. */
+  fail: (msg: string, cause?: unknown) => Promise<never>
+  /** Stops the daemon and releases what came with it (on abort). */
+  stop: () => Promise<void>
+  /** The failure when `timeoutMs` passed. */
+  timeoutMessage: string
+}
+
+/**
+ * Wait until `o.ready()` holds, failing (through `o.fail`) when the daemon cannot start, exits
+ * first or takes longer than `o.timeoutMs`; `ABORTED` (after stopping it) on `o.signal`.
+ */
+export const awaitReady = async (daemon: Daemon, o: ReadyOptions): Promise<void> => {
+  const deadline = Date.now() + o.timeoutMs
+  for (;;) {
+    const spawnError = daemon.spawnError()
+    if (spawnError) return o.fail('cannot start', spawnError)
+    if (hasExited(daemon.child)) return o.fail('exited early')
+    if (o.signal?.aborted === true) {
+      await o.stop()
+      throw new BackupError('ABORTED', `${o.what} start aborted`, { cause: o.signal.reason })
+    }
+    if (Date.now() >= deadline) return o.fail(o.timeoutMessage)
+    if (await o.ready()) return
+    await sleep(o.pollMs ?? 20)
+  }
 }

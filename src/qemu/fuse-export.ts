@@ -11,9 +11,8 @@
  */
 import { stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { mountsAt } from '../archive/mountinfo.ts'
-import { hasExited, startDaemon } from '../io/daemon.ts'
+import { awaitReady, startDaemon } from '../io/daemon.ts'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
@@ -115,22 +114,20 @@ export const startFuseExport = async (opts: FuseExportOptions): Promise<FuseExpo
     )
   }
 
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000)
-  for (;;) {
-    const spawnError = daemon.spawnError()
-    if (spawnError) return fail('cannot start', spawnError)
-    if (hasExited(child)) return fail('exited early')
-    if (opts.signal?.aborted === true) {
-      await stop()
-      throw new BackupError('ABORTED', 'FUSE export start aborted', { cause: opts.signal.reason })
-    }
-    if (await mounted()) {
+  await awaitReady(daemon, {
+    ready: async () => {
+      if (!(await mounted())) return false
       const size = (await stat(path)).size
-      if (size === opts.size) break
+      if (size === opts.size) return true
       return fail(`the export shows ${size} bytes, expected ${opts.size}`)
-    }
-    if (Date.now() > deadline) return fail('the FUSE export did not appear in time')
-    await sleep(POLL_MS)
-  }
+    },
+    timeoutMs: opts.readyTimeoutMs ?? 20_000,
+    pollMs: POLL_MS,
+    signal: opts.signal,
+    what: 'FUSE export',
+    fail,
+    stop,
+    timeoutMessage: 'the FUSE export did not appear in time',
+  })
   return { path, pid: child.pid ?? -1, stop, [Symbol.asyncDispose]: stop }
 }

@@ -5,8 +5,7 @@
 import { stat } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { hasExited, startDaemon } from '../io/daemon.ts'
+import { awaitReady, startDaemon } from '../io/daemon.ts'
 import { BackupError, isBackupError } from '../errors.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
 import type { TempDir } from '../io/tmpdir.ts'
@@ -151,22 +150,18 @@ const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<Qem
     })
   }
 
-  const deadline = Date.now() + (opts.readyTimeoutSec ?? 20) * 1000
-  for (;;) {
-    const spawnError = daemon.spawnError()
-    if (spawnError) return fail('cannot start', spawnError)
-    if (hasExited(child)) return fail('exited early')
-    if (opts.signal?.aborted === true) {
-      await stop()
-      throw new BackupError('ABORTED', 'qemu-nbd start aborted', { cause: opts.signal.reason })
-    }
-    // qemu-nbd listens before it opens the image (qemu-nbd.c: the listener comes first, then
-    // blk_new_open) and writes its pid file only once the image is open: a connection alone
-    // may reach a server about to fail. Both together mean the export is served.
-    if ((await isWritten(pidFile)) && (await canConnect(socketPath))) break
-    if (Date.now() > deadline) return fail('did not start listening in time')
-    await sleep(20)
-  }
+  // qemu-nbd listens before it opens the image (qemu-nbd.c: the listener comes first, then
+  // blk_new_open) and writes its pid file only once the image is open: a connection alone
+  // may reach a server about to fail. Both together mean the export is served.
+  await awaitReady(daemon, {
+    ready: async () => (await isWritten(pidFile)) && (await canConnect(socketPath)),
+    timeoutMs: (opts.readyTimeoutSec ?? 20) * 1000,
+    signal: opts.signal,
+    what: 'qemu-nbd',
+    fail,
+    stop,
+    timeoutMessage: 'did not start listening in time',
+  })
   const pid = child.pid ?? -1
   return {
     socketPath,

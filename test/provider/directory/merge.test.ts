@@ -110,6 +110,15 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     assert.deepEqual(await snapshot(), before)
   })
 
+  /** The journal of removing `base`, merged into `child` (drive-scsi0, no parent after). */
+  const plantJournal = async (base: string, child: string): Promise<void> => {
+    const journal = {
+      version: 1,
+      volname: base,
+      merges: [{ child, device: 'drive-scsi0', parent: null }],
+    }
+    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+  }
   const dirOf = (v: string | undefined): string => join(store, '100', parseVolname(v ?? '').dirName)
   const refusedUnchanged = async (volname: string, code: string, why: RegExp) => {
     const before = await snapshot()
@@ -189,12 +198,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
 
   it('resumes a journaled removal, and refuses one whose dependant lost its base', async () => {
     const [base, child] = vols as [string, string]
-    const journal = {
-      version: 1,
-      volname: base,
-      merges: [{ child, device: 'drive-scsi0', parent: null }],
-    }
-    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    await plantJournal(base, child)
     // Killed after the base's image went but before the dependant was merged: never guess.
     await rm(join(dirOf(base), 'drive-scsi0.qcow2'))
     const others = async () =>
@@ -211,12 +215,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
 
   it('completes a journaled removal killed after the rename', async () => {
     const [base, child] = vols as [string, string]
-    const journal = {
-      version: 1,
-      volname: base,
-      merges: [{ child, device: 'drive-scsi0', parent: null }],
-    }
-    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    await plantJournal(base, child)
     // What the removal did before the kill: commit into the base, rename over the dependant.
     const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
     await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
@@ -236,12 +235,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
   it("refuses to resume when the dependant's image builds on another backup than the journal says", async () => {
     const [oldest, base, child] = vols as [string, string, string]
     // The journal says the merge leaves the child without parent; its header names the oldest.
-    const journal = {
-      version: 1,
-      volname: base,
-      merges: [{ child, device: 'drive-scsi0', parent: null }],
-    }
-    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    await plantJournal(base, child)
     await rm(join(dirOf(base), 'drive-scsi0.qcow2'))
     const top = join(dirOf(child), 'drive-scsi0.qcow2')
     const onOldest = `../${parseVolname(oldest).dirName}/drive-scsi0.qcow2`
@@ -263,12 +257,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
 
   it("refuses to resume when the dependant's manifest lost the merged disk", async () => {
     const [base, child] = vols as [string, string]
-    const journal = {
-      version: 1,
-      volname: base,
-      merges: [{ child, device: 'drive-scsi0', parent: null }],
-    }
-    await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
+    await plantJournal(base, child)
     // Killed after the rename: the child's image is the merged one, without backing.
     const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
     await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
