@@ -9,7 +9,7 @@
 #      writes since 3 would silently miss 3's writes.
 # Every kept backup is restored as qemu-server does and compared with the disk at its instant.
 # QEMU's in-memory bitmap `snapshot-access:<storeid>` is stood in for by a persistent bitmap of
-# the same name that qemu-nbd exports as `qemu:dirty-bitmap:<name>`; the teardown's commit
+# the same name that qemu-storage-daemon exports as `qemu:dirty-bitmap:<name>`; the teardown's commit
 # (`backup-access-teardown success=1`: clear, keep tracking) by `qemu-img bitmap --clear`.
 use strict;
 use warnings;
@@ -20,7 +20,7 @@ use Test::More;
 our ($ROOT, $TMP, $PLUGIN, $STOREID, @LOG);
 require "$FindBin::Bin/lib-e2e.pl";
 
-need($_) for qw(qemu-img qemu-nbd qemu-io cmp);
+need($_) for qw(qemu-img qemu-storage-daemon qemu-io cmp);
 
 my $size = 8 * 1024 * 1024;
 my $store = "$TMP/store";
@@ -54,13 +54,22 @@ sub job {
         run_ok("qemu-img bitmap --add $disk '$bitmap'");
         $bitmap_exists = 1;
     }
+    # QEMU's backup-access export (§5.2 step 6): an NBD export named after the device, with the
+    # bitmap as its meta context, served here by qemu-storage-daemon over the disk.
+    my $pidfile = "$TMP/qsd.pid";
+    unlink($pidfile);
     my $nbd = fork() // die "fork: $!";
     if (!$nbd) {
-        exec('qemu-nbd', '-r', '-t', '-f', 'qcow2', '-x', 'drive-scsi0', '-k', $sock, '-B', $bitmap,
-            $disk);
-        die "qemu-nbd: $!";
+        exec('qemu-storage-daemon',
+            '--blockdev', qq({"driver":"file","node-name":"f","filename":"$disk","read-only":true}),
+            '--blockdev', '{"driver":"qcow2","node-name":"d","file":"f","read-only":true}',
+            '--nbd-server', "addr.type=unix,addr.path=$sock",
+            '--export', qq({"type":"nbd","id":"e","node-name":"d","name":"drive-scsi0","bitmaps":["$bitmap"]}),
+            '--pidfile', $pidfile);
+        die "qemu-storage-daemon: $!";
     }
-    select(undef, undef, undef, 0.1) for grep { !-S $sock } 1 .. 100;
+    select(undef, undef, undef, 0.1) for grep { !-s $pidfile } 1 .. 100;
+    ok(-s $pidfile, "round $o{round}: the export is served");
     my $volume = { size => $size, 'bitmap-mode' => $mode, 'nbd-path' => $sock,
         'bitmap-name' => $bitmap };
     gb(sub { $p->backup_vm(100, "name: inc\n", { 'drive-scsi0' => $volume }, {}) }, 'backup_vm');
