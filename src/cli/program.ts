@@ -22,11 +22,12 @@ import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.
 import { fmtBytes } from './progress.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
-const VERSION = (
-  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-    version: string
-  }
-).version
+const VERSION =
+  (
+    JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      version?: string
+    }
+  ).version ?? 'unknown'
 
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {

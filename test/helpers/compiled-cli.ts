@@ -4,7 +4,7 @@
  * It is what bin/guestbackup itself runs when dist/ is current, built from the same sources, but
  * outside the checkout so a test never writes dist/ under someone working on src/.
  */
-import { access, mkdir, symlink, writeFile } from 'node:fs/promises'
+import { access, copyFile, mkdir, symlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { exec } from './process-group.ts'
@@ -27,7 +27,8 @@ export const compileCli = async (outDir: string): Promise<CliCommand> => {
   await mkdir(outDir, { recursive: true })
   // The compiled files import their dependencies by package name and are ES modules.
   await symlink(join(ROOT, 'node_modules'), join(outDir, 'node_modules'))
-  await writeFile(join(outDir, 'package.json'), '{ "type": "module" }\n')
+  // package.json: `"type": "module"`, and the version the CLI reports.
+  await copyFile(join(ROOT, 'package.json'), join(outDir, 'package.json'))
   const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
   const r = await exec(process.execPath, [
     tsc,

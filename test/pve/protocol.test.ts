@@ -15,9 +15,13 @@ import {
 import type { PveRequest, ReplyLine } from '../../src/pve/protocol.ts'
 
 // JSON values as Perl's encoder produces them: no -0, no undefined (fast-check's jsonValue
-// yields -0, which JSON writes as 0).
-const json = fc.jsonValue().map((v) => JSON.parse(JSON.stringify(v)) as unknown)
-const text = fc.string({ unit: 'binary' })
+// yields -0, which JSON writes as 0). No `__proto__` key: the decoder drops it (tested below).
+const noProto = (v: unknown): boolean => !JSON.stringify(v).includes('"__proto__"')
+const json = fc
+  .jsonValue()
+  .map((v) => JSON.parse(JSON.stringify(v)) as unknown)
+  .filter(noProto)
+const text = fc.string({ unit: 'binary' }).filter((s) => s !== '__proto__')
 const request: fc.Arbitrary<PveRequest> = fc.record(
   {
     protocol: fc.constant(PROTOCOL),
@@ -59,6 +63,15 @@ const refusedWith =
     e instanceof BackupError && codes.includes(e.code)
 
 describe('pve/protocol', () => {
+  it('drops a __proto__ key instead of letting it reach a prototype', () => {
+    const line =
+      '{"protocol":1,"method":"status","storeid":"gb","scfg":{"__proto__":{"polluted":1}},"args":[{"__proto__":{"polluted":1}}]}\n'
+    const req = decodeRequest(line)
+    assert.equal(Object.getPrototypeOf(req.scfg), Object.prototype)
+    assert.equal(({} as Record<string, unknown>)['polluted'], undefined)
+    assert.equal(Object.hasOwn(req.scfg, '__proto__'), false)
+  })
+
   it('round-trips every request through one line', () => {
     fc.assert(
       fc.property(request, (req) => {
