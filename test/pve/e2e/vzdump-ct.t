@@ -18,7 +18,9 @@ need($_) for qw(tar diff);
 
 my $store = "$TMP/store";
 mkdir($store) or die "$store: $!";
-my $scfg = { type => 'guestbackup', path => $store };
+# GB_E2E_LXC_MODE=squashfs (vzdump-ct-squashfs.t): the restore gets an archive-directory.
+my $mode = $ENV{GB_E2E_LXC_MODE} // 'tar';
+my $scfg = { type => 'guestbackup', path => $store, 'gb-lxc-backup-mode' => $mode };
 
 # a small container tree that passes check_tar_archive (an sbin/ entry, >= 10 members)
 my $rootfs = "$TMP/rootfs";

@@ -6,7 +6,8 @@
 #   3. incremental whose task fails after backup_vm returned (QEMU has already committed the
 #      bitmap, pve-manager PVE/VZDump.pm calls backup_cleanup(0) later): the backup goes;
 #   4. the next query must answer 'new' — building on backup 2 with a bitmap that only holds the
-#      writes since 3 would silently miss 3's writes.
+#      writes since 3 would silently miss 3's writes;
+#   5. a correct incremental again, on 4.
 # Every kept backup is restored as qemu-server does and compared with the disk at its instant.
 # QEMU's in-memory bitmap `snapshot-access:<storeid>` is stood in for by a persistent bitmap of
 # the same name that qemu-storage-daemon exports as `qemu:dirty-bitmap:<name>`; the teardown's commit
@@ -134,11 +135,20 @@ SKIP: {
     is($a4, 'new', 'round 4: full, the bitmap belongs to the discarded round 3');
     like($why4, qr/\Q$v3\E|discarded|removed/, "round 4 says why: $why4");
 
+    qemu_io('write -P 0x55 7M 64k');
+    my ($a5, $v5, $r5) = job(round => 5);
+    is($a5, 'use', 'round 5: incremental on round 4');
+
     my $kept = listed();
-    ok($kept->{$v1} && $kept->{$v2} && $kept->{$v4}, 'rounds 1, 2 and 4 are listed');
+    ok($kept->{$v1} && $kept->{$v2} && $kept->{$v4} && $kept->{$v5}, 'rounds 1, 2, 4, 5 are listed');
     restored_is($v1, $r1, 'round 1');
     restored_is($v2, $r2, 'round 2 (incremental)');
     restored_is($v4, $r4, 'round 4 (with round 3\'s writes)');
+    restored_is($v5, $r5, 'round 5 (incremental on 4)');
+    # The CLI restores what the plugin wrote identically.
+    my $cli = "$TMP/cli";
+    run_ok("$ENV{GUESTBACKUP_BIN} restore --store $store $STOREID:$v5 --target $cli");
+    is(system('cmp', '-s', "$cli/drive-scsi0.raw", $r5), 0, 'the CLI restores round 5 the same');
 }
 
 done_testing();
