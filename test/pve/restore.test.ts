@@ -16,13 +16,16 @@ const MiB = 1024 * 1024
 const fuseMounts = async (path: string): Promise<number> =>
   (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(path))
     .length
-/** Processes whose argv has `pve-hold` (a holder). */
+/** Holders of this test (argv has `pve-hold`, environment names this test's run dir). */
 const holders = async (): Promise<number> => {
+  const mine = `GUESTBACKUP_RUN_DIR=${process.env['GUESTBACKUP_RUN_DIR'] ?? ''}`
   let n = 0
   for (const pid of await readdir('/proc')) {
     if (!/^\d+$/.test(pid)) continue
     const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-    if (argv.split('\0').includes('pve-hold')) n++
+    if (!argv.split('\0').includes('pve-hold')) continue
+    const env = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
+    if (env.split('\0').includes(mine)) n++
   }
   return n
 }
@@ -96,6 +99,7 @@ describe('pve-call: restores through a holder that outlives the call', () => {
     assert.notEqual(path, '', stdout)
     for (let i = 0; i < 100 && (await fuseMounts(path)) > 0; i++) await sleep(100)
     assert.equal(await fuseMounts(path), 0, 'the FUSE export ended with its watcher')
-    assert.equal(await holders(), 0)
+    for (let i = 0; i < 100 && (await holders()) > 0; i++) await sleep(100)
+    assert.equal(await holders(), 0, 'the holder is gone')
   })
 })
