@@ -132,3 +132,9 @@ export const parseArgs = <const T extends readonly [z.ZodType, ...z.ZodType[]]>(
   }
   return out as { [K in keyof T]: z.output<T[K]> }
 }
+
+/** The store directory of a storage.cfg section ('' when it names none). */
+export const scfgPath = (scfg: Readonly<Record<string, unknown>>): string => {
+  const p = scfg['path']
+  return typeof p === 'string' ? p : ''
+}

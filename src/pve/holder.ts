@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import { BackupError, ERROR_CODES, toBackupError } from '../errors.ts'
 import type { DirectoryProvider } from '../provider/directory/provider.ts'
-import { storageFromScfg } from './args.ts'
+import { scfgPath, storageFromScfg } from './args.ts'
 import { JsonSchema } from './protocol.ts'
 import type { JsonValue } from './protocol.ts'
 import { processAlive } from '../io/daemon.ts'
@@ -119,12 +119,6 @@ const ResultLine = z.strictObject({ result: JsonSchema })
 const ErrorLine = z.strictObject({
   error: z.strictObject({ code: z.string(), message: z.string() }),
 })
-
-/** The store directory of a storage.cfg section ('' when it names none). */
-export const scfgPath = (scfg: Readonly<Record<string, JsonValue>>): string => {
-  const p = scfg['path']
-  return typeof p === 'string' ? p : ''
-}
 
 /**
  * Start a detached holder for `req` and return its result (the path Proxmox reads). Fails

@@ -12,8 +12,8 @@ import type {
 } from '../api/provider.ts'
 import type { ProgressEvent } from '../api/progress.ts'
 import type { DirectoryProvider } from '../provider/directory/provider.ts'
-import { scfgPath, startHolder, stopHolder, stopHolders } from './holder.ts'
-import { parseArgs, PerlBool, PerlInt, PerlString, Vmid, VmType } from './args.ts'
+import { startHolder, stopHolder, stopHolders } from './holder.ts'
+import { scfgPath, parseArgs, PerlBool, PerlInt, PerlString, Vmid, VmType } from './args.ts'
 import type { JsonValue } from './protocol.ts'
 
 /** What a provider method gets. */

@@ -9,7 +9,7 @@ import type { ProviderLogFunction, ProviderLogLevel } from '../api/provider.ts'
 import { BackupError, toBackupError } from '../errors.ts'
 import type { DirectoryProvider } from '../provider/directory/provider.ts'
 import type { DirectoryStorage } from '../provider/directory/storage.ts'
-import { storageFromScfg } from './args.ts'
+import { scfgPath, storageFromScfg } from './args.ts'
 import type { FinalReply, JsonValue, PveRequest } from './protocol.ts'
 import { PROVIDER_METHODS } from './provider-calls.ts'
 import { STORAGE_METHODS } from './storage-calls.ts'
@@ -74,8 +74,7 @@ export const serveCall = async (
       return built
     }
     if (storageMethod !== undefined) {
-      const path = typeof request.scfg['path'] === 'string' ? request.scfg['path'] : ''
-      const call = { storage, storeid, path, log, args: request.args }
+      const call = { storage, storeid, path: scfgPath(request.scfg), log, args: request.args }
       return { kind: 'result', result: await storageMethod(call) }
     }
     if (providerMethod === undefined) throw new BackupError('INTERNAL', 'no method')

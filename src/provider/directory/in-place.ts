@@ -8,11 +8,10 @@ import type { ProviderLogFunction } from '../../api/provider.ts'
 import { BackupError } from '../../errors.ts'
 import { hasUserEntry, revokeAll, revokeUser } from '../../io/acl.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { BACKUP_DIR_RE, parseTime, volumeRef } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
 import { pendingRemoval } from './merge.ts'
 import type { GuestState } from './provider.ts'
-import { listGuestIds, readBackup } from './scan.ts'
+import { listGuestIds, readBackup, refOf } from './scan.ts'
 
 /** The guest dir of `g`; a call that needs it fails in the container's user namespace. */
 export const guestDir = (g: GuestState): Dir => {
@@ -38,12 +37,10 @@ export const sweepLeftovers = async (
   for (const e of await guest.list()) {
     if (e.name.startsWith('.partial-')) {
       await guest.removeTree(e.name)
-    } else if (e.isDirectory() && e.name.startsWith('lxc-') && BACKUP_DIR_RE.test(e.name)) {
-      const m = BACKUP_DIR_RE.exec(e.name)
-      const ctime = parseTime(m?.[2] ?? '')
-      if (ctime === undefined) continue
-      const ref = volumeRef(vmid, 'lxc', ctime)
-      if (ref.volname === doomed || (await readBackup(guest, ref)) !== undefined) continue
+    } else if (e.isDirectory()) {
+      const ref = refOf(vmid, e.name, 'lxc')
+      if (ref === undefined || ref.volname === doomed) continue
+      if ((await readBackup(guest, ref)) !== undefined) continue
       log('info', `removing ${ref.volname}, left incomplete by a killed run`)
       await guest.removeTree(e.name)
       inPlaceLeft = true

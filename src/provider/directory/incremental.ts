@@ -12,6 +12,7 @@ import { MAX_CHAIN_DEPTH, openChain } from '../../qemu/chain.ts'
 import { recordMismatch } from './bitmap-record.ts'
 import type { BitmapRecordState } from './bitmap-record.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
+import type { VolumeRef } from './layout.ts'
 import { listGuestBackups } from './scan.ts'
 
 /** The result of {@link findIncrementalBase}. */
@@ -35,6 +36,28 @@ export type IncrementalBase =
       depth: number
     }
   | { kind: 'full'; reason: string }
+
+/**
+ * The base `ref` for `device`: its names follow from the backup and the device (the manifest
+ * names a disk's file `<device>.qcow2`, manifest.ts).
+ */
+export const incrementalBase = (
+  ref: VolumeRef,
+  device: string,
+  generation: string | undefined,
+  depth: number,
+): Extract<IncrementalBase, { kind: 'base' }> => {
+  const file = `${device}.qcow2`
+  return {
+    kind: 'base',
+    volname: ref.volname,
+    dirName: ref.dirName,
+    file,
+    generation,
+    relativePath: `../${ref.dirName}/${file}`,
+    depth,
+  }
+}
 
 /**
  * Find the base for an incremental backup of `device`, or say why a full one is needed.
@@ -90,15 +113,7 @@ export const findIncrementalBase = async (
     if (chain.links.length >= MAX_CHAIN_DEPTH) {
       return { kind: 'full', reason: `the chain reached ${MAX_CHAIN_DEPTH} backups` }
     }
-    return {
-      kind: 'base',
-      volname: newest.ref.volname,
-      dirName: newest.ref.dirName,
-      file: disk.file,
-      generation,
-      relativePath: `../${newest.ref.dirName}/${disk.file}`,
-      depth: chain.links.length,
-    }
+    return incrementalBase(newest.ref, device, generation, chain.links.length)
   } catch (e) {
     return {
       kind: 'full',

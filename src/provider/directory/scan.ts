@@ -44,7 +44,7 @@ export const listGuestBackups = async (
 }
 
 /** The backup a directory name `<type>-<time>` stands for (of `subtype`, if given). */
-const refOf = (vmid: number, name: string, subtype?: GuestType): VolumeRef | undefined => {
+export const refOf = (vmid: number, name: string, subtype?: GuestType): VolumeRef | undefined => {
   const m = BACKUP_DIR_RE.exec(name)
   const ctime = parseTime(m?.[2] ?? '')
   const type = m?.[1] as GuestType | undefined

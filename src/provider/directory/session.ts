@@ -17,7 +17,9 @@ import { lockGuest } from '../../io/lock.ts'
 import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
 import { BACKUP_DIR_RE, MANIFEST, volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
+import { incrementalBase } from './incremental.ts'
 import type { GuestState } from './provider.ts'
+import { refOf } from './scan.ts'
 
 /** Format version of a provider session. */
 export const SESSION_VERSION = 1
@@ -133,25 +135,23 @@ export const openGuestState = async (
   let lock
   try {
     lock = await lockGuest(guest)
-    let committed = g.committed
-    let partial: Dir | undefined
-    if (g.inPlaceUid !== undefined) {
-      // Written in place: the manifest is the commit (scan.ts readBackup lists the dir only
-      // once it exists), whatever the session, which the forked child's reply never updates.
+    const inPlace = g.inPlaceUid !== undefined
+    // The partial directory, while the session says the backup is not committed yet.
+    let partial =
+      inPlace || g.committed ? undefined : await guest.tryOpenDir(layout.partialName(ref))
+    let committed = false
+    if (partial === undefined) {
+      // The final directory, named by backupInit unused, so this backup's own: committed by
+      // us, or by the forked backup_container whose session never comes back (pve-storage
+      // PVE/BackupProvider/Plugin/Base.pm: "changes to $self made during this method will not
+      // be visible"); written in place, committed once its manifest exists (scan.ts
+      // readBackup lists it only then).
       partial = await guest.tryOpenDir(ref.dirName)
-      committed = partial !== undefined && (await partial.lstat(MANIFEST)) !== undefined
-      partial ??= await removedDir(guest, layout.partialName(ref))
-    } else {
-      partial = await guest.tryOpenDir(committed ? ref.dirName : layout.partialName(ref))
-    }
-    if (partial === undefined && !committed && g.inPlaceUid === undefined) {
-      // Proxmox runs backup_container in a forked child whose session never comes back
-      // (pve-storage PVE/BackupProvider/Plugin/Base.pm: "changes to $self made during this
-      // method will not be visible"): the backup it committed carries this very name, which
-      // backupInit picked unused.
-      partial = await guest.tryOpenDir(ref.dirName)
-      if (partial !== undefined) committed = true
-      else partial = await removedDir(guest, layout.partialName(ref))
+      committed =
+        partial !== undefined && (!inPlace || (await partial.lstat(MANIFEST)) !== undefined)
+      if (partial === undefined && (inPlace || !g.committed)) {
+        partial = await removedDir(guest, layout.partialName(ref))
+      }
     }
     if (partial === undefined) {
       log('warn', `the backup ${ref.volname} is gone`)
@@ -161,16 +161,9 @@ export const openGuestState = async (
     }
     const bases: GuestState['bases'] = {}
     for (const [device, b] of Object.entries(g.bases)) {
-      const file = `${device}.qcow2`
-      bases[device] = {
-        kind: 'base',
-        volname: `backup/${ref.vmid}/${b.dirName}`,
-        dirName: b.dirName,
-        file,
-        generation: b.generation,
-        relativePath: `../${b.dirName}/${file}`,
-        depth: b.depth,
-      }
+      const base = refOf(ref.vmid, b.dirName, 'qemu')
+      if (base === undefined) throw invalid(`the base of ${device} is not a VM backup`)
+      bases[device] = incrementalBase(base, device, b.generation, b.depth)
     }
     return {
       ref,
