@@ -119,6 +119,14 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     }
     await writeFile(join(store, '100', '.removing.json'), JSON.stringify(journal))
   }
+  /** What a removal of `base` did before a kill right after the rename: `child` merged. */
+  const mergedUpToRename = async (base: string, child: string): Promise<void> => {
+    const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
+    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
+    await rm(join(dirOf(base), 'manifest.json'))
+    await cp(img(base), img(child))
+    await rm(img(base))
+  }
   const dirOf = (v: string | undefined): string => join(store, '100', parseVolname(v ?? '').dirName)
   const refusedUnchanged = async (volname: string, code: string, why: RegExp) => {
     const before = await snapshot()
@@ -216,12 +224,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
   it('completes a journaled removal killed after the rename', async () => {
     const [base, child] = vols as [string, string]
     await plantJournal(base, child)
-    // What the removal did before the kill: commit into the base, rename over the dependant.
-    const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
-    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
-    await rm(join(dirOf(base), 'manifest.json'))
-    await cp(img(base), img(child))
-    await rm(img(base))
+    await mergedUpToRename(base, child)
     await free(vols[2] ?? '', {})
     const names = await readdir(join(store, '100'))
     assert.ok(!names.includes(parseVolname(base).dirName))
@@ -258,12 +261,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
   it("refuses to resume when the dependant's manifest lost the merged disk", async () => {
     const [base, child] = vols as [string, string]
     await plantJournal(base, child)
-    // Killed after the rename: the child's image is the merged one, without backing.
-    const img = (v: string) => join(dirOf(v), 'drive-scsi0.qcow2')
-    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', img(child)])
-    await rm(join(dirOf(base), 'manifest.json'))
-    await cp(img(base), img(child))
-    await rm(img(base))
+    await mergedUpToRename(base, child)
     await editManifest(child, (m) => {
       m.disks = {}
     })
