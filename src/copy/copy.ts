@@ -5,6 +5,8 @@
  * show through: the qcow2 spec's "zero" cluster flag, QEMU docs/interop/qcow2.txt), with a bounded number of requests in flight, a shared
  * bandwidth limit and progress reports. Memory use is `inFlight × chunk` at most.
  */
+import { alignRegions } from '../digest/align.ts'
+import type { DiskHasher } from '../digest/hasher.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 
@@ -66,6 +68,14 @@ export interface CopyOptions {
    * not of the bytes to copy (which are only known once the dirty map was walked).
    */
   onProgress?: ((position: number, size: number) => void) | undefined
+  /**
+   * Hash every block of the disk the copy touches, in the same pass: the regions are widened to
+   * whole blocks (the widening read for hashing only), so a full copy hashes the whole disk and
+   * an incremental its dirty blocks.
+   */
+  hasher?: DiskHasher | undefined
+  /** Only hash (with `hasher`): nothing is written, the target is not used. */
+  hashOnly?: boolean | undefined
   signal: AbortSignal
 }
 
@@ -89,6 +99,8 @@ interface Job {
   kind: 'data' | 'zero'
   offset: number
   length: number
+  /** False for bytes read only to be hashed. */
+  write: boolean
 }
 
 /** Largest single WRITE_ZEROES (NBD lengths are 32-bit). */
@@ -98,10 +110,21 @@ async function* jobs(
   src: CopySource,
   chunk: number,
   stats: CopyStats,
+  hashBlock: number | undefined,
+  hashOnly: boolean,
   signal: AbortSignal,
 ): AsyncGenerator<Job> {
-  for await (const [rOff, rLen] of src.regions(signal)) {
-    stats.totalBytes += rLen
+  const regions = src.regions(signal)
+  const segments =
+    hashBlock === undefined
+      ? (async function* () {
+          for await (const [offset, length] of regions) yield { offset, length, write: true }
+        })()
+      : alignRegions(regions, hashBlock, src.size)
+  for await (const segment of segments) {
+    const { offset: rOff, length: rLen } = segment
+    const write = segment.write && !hashOnly
+    if (write) stats.totalBytes += rLen
     const pieces: AsyncIterable<Piece> = src.allocation
       ? src.allocation(rOff, rLen, signal)
       : (async function* () {
@@ -110,9 +133,17 @@ async function* jobs(
         })()
     for await (const p of pieces) {
       const end = p.offset + p.length
+      const kind = p.zero ? 'zero' : 'data'
       const step = p.zero ? MAX_ZERO_REQ : chunk
-      for (let o = p.offset; o < end; o += step) {
-        yield { kind: p.zero ? 'zero' : 'data', offset: o, length: Math.min(step, end - o) }
+      for (let o = p.offset; o < end;) {
+        // A data request never crosses a digest block: its bytes are hashed into one block.
+        const limit =
+          hashBlock === undefined || p.zero
+            ? end
+            : Math.min(end, (Math.floor(o / hashBlock) + 1) * hashBlock)
+        const length = Math.min(step, limit - o)
+        yield { kind, offset: o, length, write }
+        o += length
       }
     }
   }
@@ -141,8 +172,10 @@ export const copyBlocks = async (
       opts.onProgress?.(position, src.size)
     }
   }
-  const gen = jobs(src, chunk, stats, signal)
-  const zero = async (job: Job): Promise<void> => {
+  const { hasher } = opts
+  const hashOnly = opts.hashOnly === true
+  const gen = jobs(src, chunk, stats, hasher?.blockSize, hashOnly, signal)
+  const zero = async (job: Pick<Job, 'offset' | 'length'>): Promise<void> => {
     stats.zeroBytes += job.length
     if (!opts.targetIsZero) await dst.writeZeroes(job.offset, job.length, signal)
   }
@@ -155,7 +188,7 @@ export const copyBlocks = async (
       if (runZero === undefined || end === runStart) return
       const len = end - runStart
       if (runZero) {
-        await zero({ kind: 'zero', offset: offset + runStart, length: len })
+        await zero({ offset: offset + runStart, length: len })
       } else {
         await dst.write(offset + runStart, buf.subarray(runStart, end), signal)
         stats.dataBytes += len
@@ -177,6 +210,7 @@ export const copyBlocks = async (
       await work()
     } catch (e) {
       stop = true
+      hasher?.fail(e)
       throw e
     }
   }
@@ -192,14 +226,16 @@ export const copyBlocks = async (
       running.add(job.offset)
       handedOut = job.offset + job.length
       if (job.kind === 'zero') {
-        await zero(job)
+        await hasher?.zero(job.offset, job.length)
+        if (job.write) await zero(job)
       } else {
         await opts.bucket?.take(job.length, signal)
         const buf = await src.read(job.offset, job.length, signal, own.subarray(0, job.length))
         if (buf.length !== job.length) {
           throw new BackupError('IO', `short read at ${job.offset}: ${buf.length}/${job.length}`)
         }
-        await writeSparse(job.offset, buf)
+        await hasher?.data(job.offset, buf)
+        if (job.write) await writeSparse(job.offset, buf)
       }
       await src.done?.(job.offset, job.length)
       running.delete(job.offset)
@@ -213,7 +249,7 @@ export const copyBlocks = async (
     await gen.return(undefined)
     throw failed.reason
   }
-  await dst.flush(signal)
+  if (!hashOnly) await dst.flush(signal)
   handedOut = src.size
   report()
   return stats

@@ -240,13 +240,19 @@ export class Dir implements AsyncDisposable {
    */
   async readFile(name: string, max: number): Promise<string> {
     await using file = await this.pin(name)
+    return (await readPinned(file, max)).toString('utf8')
+  }
+
+  /** {@link readFile} as bytes. */
+  async readBytes(name: string, max: number): Promise<Buffer> {
+    await using file = await this.pin(name)
     return await readPinned(file, max)
   }
 
   /** {@link readFile}, or undefined when `name` does not exist. */
   async tryReadFile(name: string, max: number): Promise<string | undefined> {
     await using file = await this.tryPin(name)
-    return file === undefined ? undefined : await readPinned(file, max)
+    return file === undefined ? undefined : (await readPinned(file, max)).toString('utf8')
   }
 
   /**
@@ -267,7 +273,7 @@ export class Dir implements AsyncDisposable {
    * random name, fsynced, renamed over `name` (a rename replaces a planted link, it never
    * writes through it), then the directory fsynced.
    */
-  async writeFileAtomic(name: string, data: string, mode = 0o600): Promise<void> {
+  async writeFileAtomic(name: string, data: string | Buffer, mode = 0o600): Promise<void> {
     const tmp = `.${name.slice(0, 200)}.${randomBytes(6).toString('hex')}.tmp`
     const fh = await open(
       this.at(tmp),
@@ -419,7 +425,7 @@ const pinned = (fh: FileHandle, stat: Stats, label: string): PinnedFile => {
   return { path: fdPath(fh.fd), stat, label, close, [Symbol.asyncDispose]: close }
 }
 
-const readPinned = async (file: PinnedFile, max: number): Promise<string> => {
+const readPinned = async (file: PinnedFile, max: number): Promise<Buffer> => {
   if (file.stat.size > max) throw unsafePath(file.label, `larger than ${max} bytes`)
   // The magic link itself is followed here: it names exactly the pinned file.
   await using fh = await open(file.path, constants.O_RDONLY)
@@ -431,7 +437,7 @@ const readPinned = async (file: PinnedFile, max: number): Promise<string> => {
     n += bytesRead
     if (n === buf.length) throw unsafePath(file.label, `grew beyond ${max} bytes while read`)
   }
-  return buf.subarray(0, n).toString('utf8')
+  return buf.subarray(0, n)
 }
 
 /** procfs and sysfs report sizes of 0 for files with content: never input to a backup. */
@@ -459,7 +465,7 @@ export const readInputFile = async (path: string, what: string, max: number): Pr
     throw new BackupError('USAGE', `${what} ${path} is a kernel pseudo-file, not a config file`)
   }
   try {
-    return await readPinned(file, max)
+    return (await readPinned(file, max)).toString('utf8')
   } catch (e) {
     if (e instanceof BackupError && e.code === 'UNSAFE_PATH') {
       throw new BackupError('USAGE', `${what} ${path} is larger than ${max} bytes`, { cause: e })

@@ -20,6 +20,10 @@ import { forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import type { ManifestDisk } from './manifest.ts'
 import { backupDisk } from './vm-disk.ts'
+import { BlockDigests } from '../../digest/blocks.ts'
+import { readDiskDigests, writeDiskDigests } from './digests.ts'
+import { parseVolname } from './layout.ts'
+import { readManifest } from './manifest.ts'
 
 /** What {@link backupVmDisks} needs. */
 export interface VmDisksInput {
@@ -32,6 +36,8 @@ export interface VmDisksInput {
   volumes: Readonly<Record<string, VmVolume>>
   info: BackupInfo & ProgressInfo
   sampleBlocks: number
+  /** When to read stored images back (store option `verify-after-backup`). */
+  verifyAfter: 'first' | 'always' | 'never'
   log: ProviderLogFunction
 }
 
@@ -73,8 +79,11 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
     const vol: VmVolume = base === undefined ? { ...volume, bitmapMode: 'none' } : volume
     log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
     let stats
+    let digests
     try {
-      stats = await backupDisk({
+      const parentDigests =
+        base === undefined ? undefined : await baseDigests(o.guest, base.volname, device)
+      ;({ stats, digests } = await backupDisk({
         dir: o.partial,
         device,
         volume: vol,
@@ -85,8 +94,11 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
         log: (msg) => {
           log('info', msg)
         },
+        digests: parentDigests ?? BlockDigests.empty(volume.size),
+        verifyAfter:
+          o.verifyAfter === 'always' || (o.verifyAfter === 'first' && base === undefined),
         signal: info.signal,
-      })
+      }))
     } catch (e) {
       if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(o.guest, e.message)
       throw e
@@ -107,6 +119,7 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
       bitmapMode: vol.bitmapMode,
       dataBytes: stats.dataBytes,
       zeroBytes: stats.zeroBytes,
+      digest: await writeDiskDigests(o.partial, device, digests),
     }
     parent ??= base?.volname
     // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
@@ -114,6 +127,19 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
     if (volume.bitmapMode !== 'none') bitmaps[device] = volume.size
   }
   return { disks, parent, bitmaps }
+}
+
+/**
+ * The block digests of `device` in the base backup `volname`, checked against its manifest:
+ * an incremental carries its clean blocks' digests forward. `VERIFY_FAILED` when they do not
+ * match (the next backup is then full).
+ */
+const baseDigests = async (guest: Dir, volname: string, device: string): Promise<BlockDigests> => {
+  const ref = parseVolname(volname)
+  await using dir = await guest.openDir(ref.dirName)
+  const disk = (await readManifest(dir, ref)).disks?.[device]
+  if (disk === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no ${device}`)
+  return await readDiskDigests(dir, disk)
 }
 
 /** The archive file of each container backup mode. */

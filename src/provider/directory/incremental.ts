@@ -87,6 +87,9 @@ export const findIncrementalBase = async (
   if (disk.size !== size) {
     return { kind: 'full', reason: `disk size changed (${disk.size} -> ${size} bytes)` }
   }
+  if (disk.digest === undefined) {
+    return { kind: 'full', reason: `previous backup ${newest.ref.volname} records no digests` }
+  }
   if (generation !== undefined || disk.nextBitmap !== undefined) {
     // The host names its bitmaps: the generation must be the one the newest backup started.
     if (generation === undefined) {

@@ -2,6 +2,7 @@
  * `manifest.json`: the last file written into a backup. It describes every file of the backup
  * and is what `list`, restore and incrementals trust (after checking it against the files).
  */
+import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
 import { BackupError } from '../../errors.ts'
@@ -18,8 +19,42 @@ const FileName = z.string().regex(BACKUP_FILE_RE, 'not a plain file name')
 const Volname = z.string().regex(VOLNAME_RE, 'not a volume name')
 const Device = z.string().regex(DEVICE_NAME_RE, 'not a device name')
 
-/** Format version of the manifest. */
-export const MANIFEST_VERSION = 1
+/**
+ * Format version of the manifest written today. Version 2 records digests (required); version 1
+ * manifests, written before digests existed, are still read: their backups restore but cannot
+ * be verified.
+ */
+export const MANIFEST_VERSION = 2
+
+/** A SHA-256 digest, lower-case hex. */
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a SHA-256 digest')
+
+/**
+ * Digests of a VM disk (see `src/digest/`): the guest-visible content cut into blocks of
+ * `blockSize` bytes, one SHA-256 per block in the raw file `blocks` (32 bytes each, block order),
+ * and `content`, the SHA-256 of that file: the digest of the whole disk, the same for any image
+ * holding the same content (a qcow2 chain, a raw restore).
+ */
+const DiskDigestSchema = z.strictObject({
+  algorithm: z.literal('sha256'),
+  blockSize: z.number().int().positive(),
+  /** `<device>.blocks`. */
+  blocks: FileName,
+  content: Sha256,
+  /** SHA-256 of the image's first cluster (qcow2 header and its extensions). */
+  header: Sha256,
+})
+
+/**
+ * Digests of a container archive: the SHA-256 of the archive file is in the manifest's
+ * `digests`; for tar, `members` is a JSON-lines file with one record per member (its offset in
+ * the archive, name, type, size and the SHA-256 of its content), which locates a damaged member
+ * and proves a restored tree.
+ */
+const ArchiveDigestSchema = z.strictObject({
+  algorithm: z.literal('sha256'),
+  members: FileName.optional(),
+})
 
 const DiskSchema = z.strictObject({
   /** File name inside the backup dir, `<device>.qcow2`. */
@@ -39,11 +74,13 @@ const DiskSchema = z.strictObject({
   dataBytes: z.number().int().nonnegative(),
   /** Bytes written as explicit zeroes (incrementals) or skipped as holes (full). */
   zeroBytes: z.number().int().nonnegative(),
+  /** Digests of the guest-visible content (version 2). */
+  digest: DiskDigestSchema.optional(),
 })
 
 /** Schema of `manifest.json`. */
 export const ManifestSchema = z.strictObject({
-  version: z.literal(MANIFEST_VERSION),
+  version: z.union([z.literal(1), z.literal(MANIFEST_VERSION)]),
   vmid: z.number().int().positive(),
   type: z.enum(['qemu', 'lxc']),
   /** Backup time, Unix seconds. */
@@ -65,8 +102,15 @@ export const ManifestSchema = z.strictObject({
       file: z.enum(['archive.tar', 'archive.sqfs']),
       format: z.enum(['tar', 'squashfs']),
       excludes: z.array(z.string()),
+      /** Digests of the archive (version 2). */
+      digest: ArchiveDigestSchema.optional(),
     })
     .optional(),
+  /**
+   * SHA-256 of every file of the backup but its images (proven through their block digests),
+   * the manifest itself (its digest is in `manifest.sha256`) and the task log (version 2).
+   */
+  digests: z.record(FileName, Sha256).optional(),
   /** Whether a firewall config is stored. */
   firewall: z.boolean(),
   /** `crash` (plain point in time) or `fs` (guest file systems frozen). */
@@ -77,6 +121,9 @@ export const ManifestSchema = z.strictObject({
 
 /** A backup's manifest. */
 export type Manifest = z.infer<typeof ManifestSchema>
+
+/** Digests of a disk in a manifest. */
+export type ManifestDiskDigest = z.infer<typeof DiskDigestSchema>
 
 /** Disk entry of a manifest. */
 export type ManifestDisk = z.infer<typeof DiskSchema>
@@ -108,7 +155,7 @@ export const readManifest = async (dir: Dir, ref: VolumeRef): Promise<Manifest> 
     })
   }
   const m = r.data
-  const why = manifestMismatch(m, ref)
+  const why = manifestMismatch(m, ref) ?? missingDigest(m)
   if (why !== undefined) throw new BackupError('ARCHIVE_INVALID', `manifest of ${dir.label} ${why}`)
   return m
 }
@@ -136,7 +183,31 @@ export const manifestMismatch = (
   return undefined
 }
 
-/** Write the manifest (atomically and durably) into a backup dir. */
+/** What a version 2 manifest lacks of the digests it must record, or undefined. */
+const missingDigest = (m: Manifest): string | undefined => {
+  if (m.version === 1) return undefined
+  if (m.digests === undefined) return 'records no digests'
+  for (const [device, d] of Object.entries(m.disks ?? {})) {
+    if (d.digest === undefined) return `records no digest of ${device}`
+    if (d.digest.blocks !== `${device}.blocks`) return `names digest file ${d.digest.blocks}`
+  }
+  if (m.container !== undefined && m.container.digest === undefined) {
+    return 'records no digest of the archive'
+  }
+  return undefined
+}
+
+/** File holding the manifest's digest, in `sha256sum` format (`sha256sum -c` checks it). */
+export const MANIFEST_DIGEST = 'manifest.sha256'
+
+/**
+ * Write the manifest (atomically and durably) into a backup dir, then its digest beside it. A
+ * crash in between leaves a digest that does not match: only where the manifest is not yet
+ * listed (a partial backup) or rewritten again (a removal journal, merge.ts).
+ */
 export const writeManifest = async (dir: Dir, m: Manifest): Promise<void> => {
-  await dir.writeFileAtomic(MANIFEST, `${JSON.stringify(m, null, 2)}\n`)
+  const text = `${JSON.stringify(m, null, 2)}\n`
+  await dir.writeFileAtomic(MANIFEST, text)
+  const digest = createHash('sha256').update(text).digest('hex')
+  await dir.writeFileAtomic(MANIFEST_DIGEST, `${digest}  ${MANIFEST}\n`)
 }

@@ -31,6 +31,7 @@ import { chainJson } from '../../qemu/chain.ts'
 import { commitImage } from '../../qemu/img.ts'
 import { readBackingName } from '../../qemu/qcow2-header.ts'
 import { dropBitmapRecord } from './bitmap-record.ts'
+import { imageHeaderDigest } from './digests.ts'
 import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest, writeManifest } from './manifest.ts'
@@ -297,7 +298,12 @@ const runJournal = async (
       const disk = disks[m.device]
       if (disk === undefined) throw inconsistent(`${child} lost ${m.device}`)
       const { parent: _old, ...rest } = disk
-      disks[m.device] = m.parent === null ? rest : { ...rest, parent: m.parent }
+      // The image is the removed backup's, merged: same content, another first cluster.
+      const merged =
+        rest.digest === undefined
+          ? rest
+          : { ...rest, digest: { ...rest.digest, header: await imageHeaderDigest(dir, disk.file) } }
+      disks[m.device] = m.parent === null ? merged : { ...merged, parent: m.parent }
     }
     const parents = Object.values(disks)
       .map((d) => d.parent)

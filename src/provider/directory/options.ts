@@ -43,6 +43,12 @@ export const StoreOptionsSchema = z.strictObject({
    * catch a lying dirty bitmap; 0 disables the check.
    */
   'incremental-sample': z.number().int().min(0).max(100_000).default(64),
+  /**
+   * Read a VM backup's stored images back and compare them with the digests taken from the
+   * source before the backup is committed: `first` for the full backup starting a chain (the
+   * image every later backup depends on), `always`, or `never`.
+   */
+  'verify-after-backup': z.enum(['first', 'always', 'never']).default('first'),
   /** Protected backups allowed per guest and type; -1 unlimited. */
   'max-protected-backups': z.number().int().min(-1).default(-1),
 })

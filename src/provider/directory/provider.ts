@@ -38,7 +38,8 @@ import { volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { freeBackup, resumeRemoval } from './merge.ts'
 import { grantSearch } from '../../io/acl.ts'
-import { writeManifest } from './manifest.ts'
+import { MANIFEST_VERSION, writeManifest } from './manifest.ts'
+import { fileDigests } from './digests.ts'
 import type { Manifest } from './manifest.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryRestore } from './restore.ts'
@@ -220,6 +221,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       volumes,
       info,
       sampleBlocks: this.#options['incremental-sample'],
+      verifyAfter: this.#options['verify-after-backup'],
       log: this.#log,
     })
     await this.#finalise(
@@ -278,6 +280,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           file: ARCHIVE_FILES[mode],
           format: mode,
           excludes: [...excludePatterns],
+          digest: { algorithm: 'sha256' },
         },
         warnings,
       }),
@@ -291,9 +294,18 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
    * backup is committed and `backupCleanup(false)` removes it. Written in place, the manifest
    * (atomic and fsynced) is the commit, and the guest dir is not touched.
    */
-  async #finalise(g: GuestState, manifest: Omit<Manifest, 'files' | 'completed'>): Promise<void> {
+  async #finalise(
+    g: GuestState,
+    manifest: Omit<Manifest, 'files' | 'completed' | 'digests'>,
+  ): Promise<void> {
     const files = await fileSizes(g.partial)
-    await writeManifest(g.partial, { ...manifest, files, completed: new Date().toISOString() })
+    const digests = await fileDigests(g.partial, Object.keys(files))
+    await writeManifest(g.partial, {
+      ...manifest,
+      files,
+      digests,
+      completed: new Date().toISOString(),
+    })
     await g.partial.sync()
     if (g.inPlaceUid !== undefined) {
       g.committed = true
@@ -409,10 +421,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   #baseManifest(
     g: GuestState,
     info: BackupInfo,
-    extra: Partial<Omit<Manifest, 'files' | 'completed'>>,
-  ): Omit<Manifest, 'files' | 'completed'> {
+    extra: Partial<Omit<Manifest, 'files' | 'completed' | 'digests'>>,
+  ): Omit<Manifest, 'files' | 'completed' | 'digests'> {
     return {
-      version: 1,
+      version: MANIFEST_VERSION,
       vmid: g.ref.vmid,
       type: g.ref.subtype,
       ctime: g.ref.ctime,

@@ -7,6 +7,9 @@ import type { VmVolume } from '../../api/provider.ts'
 import { copyBlocks } from '../../copy/copy.ts'
 import type { CopySource, CopyStats } from '../../copy/copy.ts'
 import { fileHandleSource } from '../../copy/file.ts'
+import { firstDifference, hashDisk } from '../../copy/hash.ts'
+import type { BlockDigests } from '../../digest/blocks.ts'
+import { DiskHasher } from '../../digest/hasher.ts'
 import { BASE_ALLOCATION, dirtyContext, nbdSource, nbdTarget } from '../../copy/nbd.ts'
 import { BackupError } from '../../errors.ts'
 import type { TokenBucket } from '../../io/throttle.ts'
@@ -37,11 +40,25 @@ export interface BackupDiskOptions {
   sampleBlocks?: number | undefined
   /** Receives a line about sampling. */
   log?: ((msg: string) => void) | undefined
+  /**
+   * The disk's block digests to complete: empty for a full backup, the parent's for an
+   * incremental (its dirty blocks are hashed again, the others carried forward).
+   */
+  digests: BlockDigests
+  /** Read the stored image back before returning and compare it with the digests. */
+  verifyAfter?: boolean | undefined
   signal: AbortSignal
 }
 
+/** What {@link backupDisk} did. */
+export interface DiskBackup {
+  stats: CopyStats
+  /** The block digests of the disk at the backup's instant. */
+  digests: BlockDigests
+}
+
 /** Back up one disk to `<dir>/<device>.qcow2`. */
-export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> => {
+export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> => {
   const { dir, device, volume, signal } = opts
   const { base } = opts
   const incremental = base !== undefined
@@ -130,12 +147,15 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
     const count = opts.sampleBlocks ?? 0
     const sampler =
       incremental && count > 0 ? new CleanBlockSampler({ size: volume.size, count }) : undefined
+    const hasher = new DiskHasher(opts.digests)
     const stats = await copyBlocks(sampler?.tap(source) ?? source, nbdTarget(targets), {
       targetIsZero: !incremental,
       bucket: opts.bucket,
       onProgress: opts.onProgress,
+      hasher,
       signal,
     })
+    const digests = hasher.finish()
     if (sampler !== undefined) {
       const r = await compareBlocks({
         offsets: sampler.picks(),
@@ -145,7 +165,27 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<CopyStats> =>
       opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
       assertSampleClean(device, r)
     }
-    return stats
+    if (opts.verifyAfter === true) {
+      const [reader] = await connectPool(1, open, {
+        path: server.socketPath,
+        metaContexts: [BASE_ALLOCATION],
+        signal,
+      })
+      if (reader === undefined) throw new BackupError('IO', 'no read-back connection')
+      const stored = await hashDisk(nbdSource(reader, { readers: targets }), {
+        blockSize: digests.blockSize,
+        signal,
+      })
+      const bad = firstDifference(digests, stored)
+      if (bad !== undefined) {
+        throw new BackupError(
+          'VERIFY_FAILED',
+          `${device}: the stored image reads back differently at offset ${bad * digests.blockSize}`,
+        )
+      }
+      opts.log?.(`${device}: the stored image reads back to the digests`)
+    }
+    return { stats, digests }
   } finally {
     for (const c of open) await c.close()
     // SIGTERM: qemu-nbd flushes and closes the qcow2 before exiting.
