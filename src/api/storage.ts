@@ -37,8 +37,20 @@ export interface BackupVolume {
   protected: boolean
   /** First line of the notes, if any. */
   notes?: string
+  /** The last verification of the backup's data, if it was verified (PBS's `verification`). */
+  verification?: Verification
   /** Always `backup`. */
   content: 'backup'
+}
+
+/** The outcome of verifying a backup against the digests recorded when it was taken. */
+export interface Verification {
+  /** `ok`: every byte matches; `failed`: something differs or is unreadable. */
+  state: 'ok' | 'failed'
+  /** When it was verified (ISO time). */
+  time: string
+  /** What failed first (a disk and offset, a member, a file), for `failed`. */
+  detail?: string
 }
 
 /** Result of {@link BackupStorage.volumeSizeInfo}. */

@@ -16,6 +16,8 @@ import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
 import { restoreCommand, stripStoreId } from './commands/restore.ts'
+import { verifyCommand } from './commands/verify.ts'
+import type { VerifyCommandOptions } from './commands/verify.ts'
 import { writeLine } from './io.ts'
 import type { CliIO, CliStream } from './io.ts'
 import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
@@ -174,6 +176,11 @@ export const createProgram = (io: CliIO): CliProgram => {
           parent: v.parent ?? null,
           protected: v.protected,
           notes: v.notes ?? null,
+          'verify-state': v.verification?.state ?? 'none',
+          verified: v.verification?.time ?? null,
+          ...(v.verification?.detail === undefined
+            ? {}
+            : { 'verify-detail': v.verification.detail }),
           status: 'ok',
         }))
         for (const f of failed) {
@@ -191,7 +198,12 @@ export const createProgram = (io: CliIO): CliProgram => {
         return
       }
       for (const v of vols) {
-        const flags = [v.protected ? 'protected' : '', v.parent ? `parent=${v.parent}` : '']
+        const verified = v.verification
+        const flags = [
+          v.protected ? 'protected' : '',
+          v.parent ? `parent=${v.parent}` : '',
+          verified === undefined ? '' : verified.state === 'ok' ? 'verified' : 'VERIFY-FAILED',
+        ]
         writeLine(
           io.stdout,
           [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
@@ -216,6 +228,20 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
     .action(async (volume: string, o: { store: string; target: string; bwlimit?: number }) => {
       result = await restoreCommand(o, volume, logger(), io)
+    })
+
+  program
+    .command('verify')
+    .description('check backups against the digests recorded when they were taken')
+    .argument('[volumes...]', 'volume names (default: every backup of the store)')
+    .requiredOption('--store <dir>', 'store directory')
+    .option(
+      '--restored <dir>',
+      'prove a restore of one backup in <dir> (as restore --target wrote it)',
+    )
+    .option('--json', 'print JSON')
+    .action(async (volumes: string[], o: VerifyCommandOptions) => {
+      result = await verifyCommand(volumes, o, logger(), io)
     })
 
   program

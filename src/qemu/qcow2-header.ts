@@ -47,24 +47,3 @@ export const readBackingName = async (path: string): Promise<string | null | und
   if (r.bytesRead !== name.length) return undefined
   return name.toString('latin1')
 }
-
-/** Largest cluster size QEMU creates (`cluster_bits` 21, `docs/interop/qcow2.txt`). */
-const MAX_CLUSTER_BITS = 21
-
-/**
- * The first cluster of the qcow2 image at `path` (header, header extensions such as the
- * backing file name and the bitmap directory pointer, and padding), or undefined when the file
- * is not a qcow2 image: recorded as a digest, it proves metadata no guest-visible byte depends
- * on. `cluster_bits` is bytes 20-23 of the header.
- */
-export const readHeaderCluster = async (path: string): Promise<Buffer | undefined> => {
-  await using fh = await open(path, constants.O_RDONLY)
-  const head = Buffer.alloc(24)
-  const { bytesRead } = await fh.read(head, 0, 24, 0)
-  if (bytesRead < 24 || parseQcow2Header(head) === undefined) return undefined
-  const bits = head.readUInt32BE(20)
-  if (bits < 9 || bits > MAX_CLUSTER_BITS) return undefined
-  const cluster = Buffer.alloc(2 ** bits)
-  const r = await fh.read(cluster, 0, cluster.length, 0)
-  return cluster.subarray(0, r.bytesRead)
-}

@@ -1,6 +1,6 @@
 /**
  * Reading and writing the digests of a backup: each disk's block digests (`<device>.blocks`,
- * see `src/digest/blocks.ts`), the digest of its image's first cluster, and the SHA-256 of the
+ * see `src/digest/blocks.ts`), the digest of its image's qcow2 metadata, and the SHA-256 of the
  * backup's other files, recorded in the manifest; the manifest's own digest beside it in
  * `manifest.sha256` (`sha256sum` format, so `sha256sum -c manifest.sha256` checks it by hand).
  */
@@ -8,7 +8,7 @@ import { BlockDigests, DIGEST_BYTES, sha256Hex } from '../../digest/blocks.ts'
 import { hashFile } from '../../digest/file.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { readHeaderCluster } from '../../qemu/qcow2-header.ts'
+import { qcow2MetadataDigest } from '../../qemu/qcow2-meta.ts'
 import { MANIFEST } from './layout.ts'
 import { MANIFEST_DIGEST } from './manifest.ts'
 import type { ManifestDisk, ManifestDiskDigest } from './manifest.ts'
@@ -21,7 +21,7 @@ export const blocksFile = (device: string): string => `${device}.blocks`
 
 /**
  * Store the block digests of `device` in `dir` and return its manifest entry, with the digest
- * of the first cluster of the device's image in `dir`.
+ * of the metadata of the device's image in `dir`.
  */
 export const writeDiskDigests = async (
   dir: Dir,
@@ -35,18 +35,14 @@ export const writeDiskDigests = async (
     blockSize: digests.blockSize,
     blocks,
     content: digests.content(),
-    header: await imageHeaderDigest(dir, `${device}.qcow2`),
+    metadata: await imageMetadataDigest(dir, `${device}.qcow2`),
   }
 }
 
-/** SHA-256 of the first cluster of the qcow2 image `name` in `dir`. */
-export const imageHeaderDigest = async (dir: Dir, name: string): Promise<string> => {
+/** SHA-256 of the qcow2 metadata of the image `name` in `dir` (`src/qemu/qcow2-meta.ts`). */
+export const imageMetadataDigest = async (dir: Dir, name: string): Promise<string> => {
   await using image = await dir.pin(name)
-  const cluster = await readHeaderCluster(image.path)
-  if (cluster === undefined) {
-    throw new BackupError('ARCHIVE_INVALID', `${image.label} is not a qcow2 image`)
-  }
-  return sha256Hex(cluster)
+  return await qcow2MetadataDigest(image.path, image.label)
 }
 
 /**

@@ -6,6 +6,7 @@
  *     manifest.json (written last), guest.conf, firewall.conf?, <device>.qcow2 | archive.tar |
  *     archive.sqfs, backup.log
  * <path>/<vmid>/<type>-<time>.notes | .protected  attributes (Proxmox's convention)
+ * <path>/<vmid>/<type>-<time>.verify               the last verification (JSON)
  * <path>/<vmid>/.partial-<type>-<time>/           a backup in progress (never listed)
  * <path>/<vmid>/<type>-<time>.failed/backup.log   the log of a failed backup
  * <path>/<vmid>/bitmaps.json                      which backup each disk's bitmap continues
@@ -107,5 +108,9 @@ export class StoreLayout {
   }
   protectedName(ref: VolumeRef): string {
     return `${ref.dirName}.protected`
+  }
+  /** The last verification of a backup (`verify.ts`). */
+  verifyName(ref: VolumeRef): string {
+    return `${ref.dirName}.verify`
   }
 }

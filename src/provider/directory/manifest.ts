@@ -41,8 +41,11 @@ const DiskDigestSchema = z.strictObject({
   /** `<device>.blocks`. */
   blocks: FileName,
   content: Sha256,
-  /** SHA-256 of the image's first cluster (qcow2 header and its extensions). */
-  header: Sha256,
+  /**
+   * SHA-256 of the image's qcow2 metadata (header cluster, L1, L2 and refcount tables,
+   * `src/qemu/qcow2-meta.ts`): with `content`, it proves every byte QEMU reads.
+   */
+  metadata: Sha256,
 })
 
 /**

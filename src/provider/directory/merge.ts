@@ -31,7 +31,7 @@ import { chainJson } from '../../qemu/chain.ts'
 import { commitImage } from '../../qemu/img.ts'
 import { readBackingName } from '../../qemu/qcow2-header.ts'
 import { dropBitmapRecord } from './bitmap-record.ts'
-import { imageHeaderDigest } from './digests.ts'
+import { imageMetadataDigest } from './digests.ts'
 import { BACKUP_DIR_RE, JOURNAL, MANIFEST, parseVolname, VOLNAME_RE } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { readManifest, writeManifest } from './manifest.ts'
@@ -298,11 +298,14 @@ const runJournal = async (
       const disk = disks[m.device]
       if (disk === undefined) throw inconsistent(`${child} lost ${m.device}`)
       const { parent: _old, ...rest } = disk
-      // The image is the removed backup's, merged: same content, another first cluster.
+      // The image is the removed backup's, merged: same content, other metadata.
       const merged =
         rest.digest === undefined
           ? rest
-          : { ...rest, digest: { ...rest.digest, header: await imageHeaderDigest(dir, disk.file) } }
+          : {
+              ...rest,
+              digest: { ...rest.digest, metadata: await imageMetadataDigest(dir, disk.file) },
+            }
       disks[m.device] = m.parent === null ? merged : { ...merged, parent: m.parent }
     }
     const parents = Object.values(disks)
@@ -313,6 +316,7 @@ const runJournal = async (
   }
   await guest.removeTree(ref.dirName)
   await guest.unlink(layout.notesName(ref))
+  await guest.unlink(layout.verifyName(ref))
   await guest.removeTree(layout.failedName(ref))
   await guest.unlink(JOURNAL)
   await guest.sync()

@@ -27,6 +27,10 @@ import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, readBackup } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+import { readVerification } from './verify-state.ts'
+import { proveRestored } from './verify.ts'
+import { verifyStore } from './verify-store.ts'
+import type { VerifyReport, VerifyStoreOptions } from './verify-store.ts'
 
 /** A failed backup run as {@link DirectoryStorage.listFailed} shows it. */
 export interface FailedVolume {
@@ -91,6 +95,26 @@ export class DirectoryStorage implements BackupStorage {
       vmid: ref.vmid,
       vtype: 'backup',
     }
+  }
+
+  /** Verify backups against their digests and record the outcomes (`verify-store.ts`). */
+  verify(opts: VerifyStoreOptions): Promise<VerifyReport[]> {
+    return verifyStore(this.#layout, opts)
+  }
+
+  /**
+   * Prove a restored backup against its digests: VM disks as `<restored>/<device>.raw` (what
+   * `restore` writes). Undefined when proven, else the first difference.
+   */
+  async proveRestored(
+    volname: string,
+    restored: string,
+    signal: AbortSignal,
+  ): Promise<string | undefined> {
+    await using root = await this.#layout.openRoot()
+    const { guest, b } = await this.#find(root, volname)
+    await using _guest = guest
+    return await proveRestored(guest, b.ref, restored, signal)
   }
 
   async activateStorage(): Promise<void> {
@@ -390,6 +414,7 @@ export class DirectoryStorage implements BackupStorage {
 
   async #describe(guest: Dir, b: FoundBackup, parent: string | undefined): Promise<BackupVolume> {
     const notes = (await this.#readNotes(guest, b.ref))?.split('\n')[0]
+    const verification = await readVerification(this.#layout, guest, b.ref)
     return {
       volid: this.#volid(b.ref.volname),
       vmid: b.ref.vmid,
@@ -400,6 +425,7 @@ export class DirectoryStorage implements BackupStorage {
       ...(parent === undefined ? {} : { parent: this.#volid(parent) }),
       protected: await this.#isProtected(guest, b.ref),
       ...(notes === undefined || notes === '' ? {} : { notes }),
+      ...(verification === undefined ? {} : { verification }),
       content: 'backup',
     }
   }

@@ -1,0 +1,95 @@
+/** `guestbackup verify`: check backups against the digests recorded when they were taken. */
+import type { Logger } from '../../log.ts'
+import { openStore } from '../../provider/directory/store.ts'
+import type { VerifyReport } from '../../provider/directory/verify-store.ts'
+import { BackupError } from '../../errors.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
+import { Progress, fmtBytes } from '../progress.ts'
+import { stripStoreId } from './restore.ts'
+
+/** Options of the verify command. */
+export interface VerifyCommandOptions {
+  store: string
+  restored?: string
+  json?: boolean
+}
+
+/**
+ * Verify `volumes` (every backup of the store when none is named), or with `restored` prove
+ * one restore. Exit code 0 when everything verified, 1 when anything failed.
+ */
+export const verifyCommand = async (
+  volumes: readonly string[],
+  o: VerifyCommandOptions,
+  logger: Logger,
+  io: CliIO,
+): Promise<number> => {
+  const storage = await openStore(o.store)
+  const volnames = volumes.map((v) => stripStoreId(v, storage.storeId))
+  if (o.restored !== undefined) {
+    const [volname, ...more] = volnames
+    if (volname === undefined || more.length > 0) {
+      throw new BackupError('USAGE', '--restored proves one backup: name exactly one volume')
+    }
+    const why = await storage.proveRestored(volname, o.restored, io.signal)
+    const row = { volid: `${storage.storeId}:${volname}`, restored: o.restored }
+    if (o.json === true) {
+      const state = why === undefined ? 'ok' : 'failed'
+      writeLine(io.stdout, JSON.stringify({ ...row, state, ...(why ? { detail: why } : {}) }))
+    } else {
+      writeLine(
+        io.stdout,
+        `${o.restored}: ${why === undefined ? `matches ${row.volid}` : `FAILED: ${why}`}`,
+      )
+    }
+    return why === undefined ? 0 : 1
+  }
+  const progress = new Progress(io.stderr.isTTY === true, io.stderr)
+  const started = performance.now()
+  let reports: VerifyReport[]
+  try {
+    reports = await storage.verify({
+      ...(volnames.length > 0 ? { volnames } : {}),
+      signal: io.signal,
+      log: (level, msg) => {
+        progress.done()
+        logger[level === 'err' ? 'error' : level](msg)
+      },
+      onProgress: (item, done, total) => {
+        progress.update(0, { item, done, total })
+      },
+    })
+  } finally {
+    progress.done()
+  }
+  const volid = (v: string): string => `${storage.storeId}:${v}`
+  if (o.json === true) {
+    const rows = reports.map((r) => ({
+      volid: volid(r.volname),
+      state: r.outcome.state,
+      time: r.outcome.time,
+      bytes: r.outcome.bytes,
+      ...(r.outcome.detail === undefined ? {} : { detail: r.outcome.detail }),
+    }))
+    writeLine(io.stdout, JSON.stringify(rows, null, 2))
+  } else {
+    for (const r of reports) {
+      const what =
+        r.outcome.state === 'ok' ? 'ok' : r.outcome.state === 'failed' ? 'FAILED' : 'not verifiable'
+      writeLine(
+        io.stdout,
+        [volid(r.volname), what, r.outcome.detail ?? fmtBytes(r.outcome.bytes)].join('  '),
+      )
+    }
+    const failed = reports.filter((r) => r.outcome.state === 'failed').length
+    const secs = ((performance.now() - started) / 1000).toFixed(1)
+    writeLine(
+      io.stdout,
+      failed === 0
+        ? `${reports.length} backups verified in ${secs} s`
+        : `${failed} of ${reports.length} backups FAILED verification`,
+    )
+  }
+  return reports.some((r) => r.outcome.state === 'failed') ? 1 : 0
+}

@@ -1,0 +1,233 @@
+/**
+ * Verifying a backup against the digests recorded when it was taken: the manifest against
+ * `manifest.sha256`, every digested file (configs, block digest files, archives) against the
+ * manifest, every disk image's qcow2 metadata against its digest, and every disk's content,
+ * read through its validated chain (qemu-nbd over the pinned images, never following what
+ * the headers say), against its block digests. The first difference is reported: a disk and
+ * offset, a file, or why the image cannot be read at all.
+ */
+import { open } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { ProviderLogFunction } from '../../api/provider.ts'
+import type { Verification } from '../../api/storage.ts'
+import { firstDifference, hashDisk } from '../../copy/hash.ts'
+import { BASE_ALLOCATION, nbdSource } from '../../copy/nbd.ts'
+import { rawFileSource } from '../../copy/raw-file.ts'
+import type { BlockDigests } from '../../digest/blocks.ts'
+import { BackupError, toBackupError } from '../../errors.ts'
+import type { Dir } from '../../io/beneath.ts'
+import { NbdClient } from '../../nbd/client.ts'
+import { chainJson, openChain } from '../../qemu/chain.ts'
+import { startQemuNbd } from '../../qemu/nbd-server.ts'
+import {
+  digestOf,
+  imageMetadataDigest,
+  manifestDigestMismatch,
+  readDiskDigests,
+} from './digests.ts'
+import { BACKUP_DIR_RE } from './layout.ts'
+import type { VolumeRef } from './layout.ts'
+import { readManifest } from './manifest.ts'
+import type { Manifest, ManifestDisk } from './manifest.ts'
+
+/** Options of {@link verifyBackup}. */
+export interface VerifyOptions {
+  signal: AbortSignal
+  log?: ProviderLogFunction | undefined
+  /** Progress of the disk being read: its name, the position and its size. */
+  onProgress?: ((item: string, done: number, total: number) => void) | undefined
+}
+
+/** What {@link verifyBackup} found. */
+export type VerifyOutcome =
+  (Verification & { bytes: number }) | { state: 'none'; time: string; detail: string; bytes: 0 }
+
+/** Reads at most this many bytes per request in flight (as a backup). */
+const READERS = 4
+
+/**
+ * Verify the backup `ref` of the guest dir `guest`; the caller holds the guest lock. Never
+ * throws for what it finds (that is a `failed` outcome); throws `ABORTED` and errors of the
+ * store itself (the guest dir unreadable).
+ */
+export const verifyBackup = async (
+  guest: Dir,
+  ref: VolumeRef,
+  opts: VerifyOptions,
+): Promise<VerifyOutcome> => {
+  const time = (): string => new Date().toISOString()
+  let bytes = 0
+  const failed = (detail: string): VerifyOutcome => ({
+    state: 'failed',
+    time: time(),
+    detail,
+    bytes,
+  })
+  let dir: Dir | undefined
+  try {
+    dir = await guest.openDir(ref.dirName)
+  } catch (e) {
+    return failed(`the backup directory cannot be opened: ${toBackupError(e).message}`)
+  }
+  await using _dir = dir
+  let m: Manifest
+  try {
+    m = await readManifest(dir, ref)
+  } catch (e) {
+    return failed(toBackupError(e).message)
+  }
+  if (m.version === 1) {
+    return { state: 'none', time: time(), detail: 'made before digests were recorded', bytes: 0 }
+  }
+  try {
+    const why = await manifestDigestMismatch(dir, false)
+    if (why !== undefined) return failed(why)
+    for (const [name, size] of Object.entries(m.files)) {
+      const st = await dir.lstat(name)
+      if (st?.isFile() !== true) return failed(`${name} is missing`)
+      if (st.size !== size) return failed(`${name} has ${st.size} bytes, not ${size}`)
+    }
+    for (const [name, want] of Object.entries(m.digests ?? {})) {
+      if ((await digestOf(dir, name, opts.signal)) !== want) {
+        return failed(`${name} differs from its digest`)
+      }
+      bytes += m.files[name] ?? 0
+    }
+    for (const [device, disk] of Object.entries(m.disks ?? {})) {
+      const r = await verifyDisk(guest, dir, ref, device, disk, opts)
+      bytes += r.bytes
+      if (r.detail !== undefined) return failed(r.detail)
+    }
+  } catch (e) {
+    const err = toBackupError(e)
+    if (err.code === 'ABORTED') throw err
+    return failed(err.message)
+  }
+  return { state: 'ok', time: time(), bytes }
+}
+
+/** Verify one disk: the image's qcow2 metadata, then its content through the chain. */
+const verifyDisk = async (
+  guest: Dir,
+  dir: Dir,
+  ref: VolumeRef,
+  device: string,
+  disk: ManifestDisk,
+  opts: VerifyOptions,
+): Promise<{ bytes: number; detail?: string }> => {
+  const d = disk.digest
+  if (d === undefined) return { bytes: 0, detail: `${device} records no digests` }
+  let metadata: string
+  try {
+    metadata = await imageMetadataDigest(dir, disk.file)
+  } catch (e) {
+    return { bytes: 0, detail: toBackupError(e).message }
+  }
+  if (metadata !== d.metadata) {
+    return { bytes: 0, detail: `${disk.file}: its qcow2 metadata differs from the backup's` }
+  }
+  const expected = await readDiskDigests(dir, disk)
+  let stored: BlockDigests
+  try {
+    stored = await hashChain(guest, ref, disk, expected.blockSize, opts, device)
+  } catch (e) {
+    const err = toBackupError(e)
+    if (err.code === 'ABORTED') throw err
+    return { bytes: 0, detail: `${device}: the image cannot be read: ${err.message}` }
+  }
+  const bad = firstDifference(expected, stored)
+  if (bad === undefined) return { bytes: disk.size }
+  return { bytes: disk.size, detail: blockDetail(device, bad, expected.blockSize) }
+}
+
+const blockDetail = (device: string, block: number, blockSize: number): string =>
+  `${device}: the block at offset ${block * blockSize} (${blockSize / (1024 * 1024)} MiB) differs from the backup`
+
+/** The block digests of the disk as its validated chain reads now. */
+const hashChain = async (
+  guest: Dir,
+  ref: VolumeRef,
+  disk: ManifestDisk,
+  blockSize: number,
+  opts: VerifyOptions,
+  device: string,
+): Promise<BlockDigests> => {
+  await using chain = await openChain(guest, ref.dirName, disk.file, {
+    dirName: BACKUP_DIR_RE,
+    signal: opts.signal,
+  })
+  await using server = await startQemuNbd({
+    image: chainJson(chain.links),
+    readOnly: true,
+    shared: READERS + 1,
+    signal: opts.signal,
+  })
+  const open: NbdClient[] = []
+  try {
+    const first = await NbdClient.connect({
+      path: server.socketPath,
+      metaContexts: [BASE_ALLOCATION],
+      signal: opts.signal,
+    })
+    open.push(first)
+    for (let i = 1; i < READERS; i++) {
+      open.push(await NbdClient.connect({ path: server.socketPath, signal: opts.signal }))
+    }
+    if (first.size !== disk.size) {
+      throw new Error(`the image has ${first.size} bytes, the backup ${disk.size}`)
+    }
+    return await hashDisk(nbdSource(first, { readers: open }), {
+      blockSize,
+      onProgress: (done, total) => opts.onProgress?.(device, done, total),
+      signal: opts.signal,
+    })
+  } finally {
+    for (const c of open) await c.close()
+  }
+}
+
+/**
+ * Prove a restored raw disk (a file or block device at `path`) against the backup's digests of
+ * `device`: undefined when every block matches, else the first difference.
+ */
+export const proveRestoredDisk = async (
+  dir: Dir,
+  device: string,
+  disk: ManifestDisk,
+  path: string,
+  signal: AbortSignal,
+): Promise<string | undefined> => {
+  const expected = await readDiskDigests(dir, disk)
+  await using fh = await open(path, 'r')
+  const st = await fh.stat()
+  const size = st.isBlockDevice() ? disk.size : st.size
+  if (size !== disk.size) return `${path} has ${size} bytes, the backup's ${device} ${disk.size}`
+  const got = await hashDisk(rawFileSource(fh, size), { blockSize: expected.blockSize, signal })
+  const bad = firstDifference(expected, got)
+  return bad === undefined ? undefined : blockDetail(device, bad, expected.blockSize)
+}
+
+/**
+ * Prove a restore of the backup `ref` at `restored` (as the CLI's `restore` writes it: VM disks
+ * as `<device>.raw`) against its digests: undefined when proven, else the first difference.
+ */
+export const proveRestored = async (
+  guest: Dir,
+  ref: VolumeRef,
+  restored: string,
+  signal: AbortSignal,
+): Promise<string | undefined> => {
+  await using dir = await guest.openDir(ref.dirName)
+  const m = await readManifest(dir, ref)
+  if (m.version === 1) {
+    throw new BackupError('UNSUPPORTED', `${ref.volname} was made before digests were recorded`)
+  }
+  for (const [device, disk] of Object.entries(m.disks ?? {})) {
+    const why = await proveRestoredDisk(dir, device, disk, join(restored, `${device}.raw`), signal)
+    if (why !== undefined) return why
+  }
+  if (m.container !== undefined) {
+    throw new BackupError('UNSUPPORTED', 'proving a restored container is not supported yet')
+  }
+  return undefined
+}
