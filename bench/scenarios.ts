@@ -18,6 +18,7 @@ import type { Measured } from './lib/procs.ts'
 import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
+import { digestCost, verifySpeed } from './integrity.ts'
 import {
   assertSameContent,
   guestbackupBackup,
@@ -328,4 +329,10 @@ export const incrementalBackup: Scenario = async (ctx) => {
 }
 
 /** All scenarios, in table order. Append new row groups here. */
-export const scenarios: readonly Scenario[] = [fullBackup, fixedCost, incrementalBackup]
+export const scenarios: readonly Scenario[] = [
+  fullBackup,
+  fixedCost,
+  incrementalBackup,
+  digestCost,
+  verifySpeed,
+]

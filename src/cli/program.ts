@@ -109,6 +109,12 @@ export const createProgram = (io: CliIO): CliProgram => {
       'clean 64 KiB blocks per disk an incremental compares with the previous backup (0: off)',
       parseCount,
     )
+    .addOption(
+      new Option(
+        '--verify-after-backup <when>',
+        'read stored VM images back before committing: first (full backups), always, never',
+      ).choices(['first', 'always', 'never']),
+    )
     .action(async (store: string, o: Record<string, string | number | undefined>) => {
       const input = Object.fromEntries(
         Object.entries({
@@ -118,6 +124,7 @@ export const createProgram = (io: CliIO): CliProgram => {
           'prune-backups': o['pruneBackups'],
           'max-protected-backups': o['maxProtectedBackups'],
           'incremental-sample': o['incrementalSample'],
+          'verify-after-backup': o['verifyAfterBackup'],
         }).filter(([, v]) => v !== undefined),
       )
       const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)

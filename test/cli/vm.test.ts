@@ -116,6 +116,8 @@ describe('cli: VM disk backup and restore', () => {
         'size',
         'status',
         'subtype',
+        'verified',
+        'verify-state',
         'vmid',
         'volid',
       ])

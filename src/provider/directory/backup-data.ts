@@ -94,7 +94,7 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
         log: (msg) => {
           log('info', msg)
         },
-        digests: parentDigests ?? BlockDigests.empty(volume.size),
+        digests: WITHOUT_DIGESTS ? undefined : (parentDigests ?? BlockDigests.empty(volume.size)),
         verifyAfter:
           o.verifyAfter === 'always' || (o.verifyAfter === 'first' && base === undefined),
         signal: info.signal,
@@ -119,7 +119,9 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
       bitmapMode: vol.bitmapMode,
       dataBytes: stats.dataBytes,
       zeroBytes: stats.zeroBytes,
-      digest: await writeDiskDigests(o.partial, device, digests),
+      ...(digests === undefined
+        ? {}
+        : { digest: await writeDiskDigests(o.partial, device, digests) }),
     }
     parent ??= base?.volname
     // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access
@@ -141,6 +143,12 @@ const baseDigests = async (guest: Dir, volname: string, device: string): Promise
   if (disk === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no ${device}`)
   return await readDiskDigests(dir, disk)
 }
+
+/**
+ * The benchmark's baseline (bench/README.md): backups without digests, recorded as version 1
+ * manifests (unverifiable), to measure what hashing costs. Never set otherwise.
+ */
+const WITHOUT_DIGESTS = process.env['GUESTBACKUP_BENCH_WITHOUT_DIGESTS'] === '1'
 
 /** The archive file of each container backup mode. */
 export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as const

@@ -299,13 +299,19 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     manifest: Omit<Manifest, 'files' | 'completed' | 'digests'>,
   ): Promise<void> {
     const files = await fileSizes(g.partial)
-    const digests = await fileDigests(g.partial, Object.keys(files))
-    await writeManifest(g.partial, {
-      ...manifest,
-      files,
-      digests,
-      completed: new Date().toISOString(),
-    })
+    const legacy = Object.values(manifest.disks ?? {}).some((d) => d.digest === undefined)
+    const completed = new Date().toISOString()
+    await writeManifest(
+      g.partial,
+      legacy
+        ? { ...manifest, version: 1, files, completed }
+        : {
+            ...manifest,
+            files,
+            digests: await fileDigests(g.partial, Object.keys(files)),
+            completed,
+          },
+    )
     await g.partial.sync()
     if (g.inPlaceUid !== undefined) {
       g.committed = true

@@ -166,7 +166,7 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     await refusedUnchanged(vols[1] ?? '', 'ARCHIVE_INVALID', /does not match its manifest/)
   })
 
-  type Disks = Record<string, { parent?: string; file: string }>
+  type Disks = Record<string, { parent?: string; file: string; digest?: { blocks: string } }>
   const editManifest = async (
     volname: string | undefined,
     edit: (m: { parent?: string; disks: Disks }) => void,
@@ -186,7 +186,13 @@ describe('provider/directory/merge: checks before a removal writes', () => {
     await editManifest(vols[1], (m) => {
       const d = m.disks['drive-scsi0']
       assert.ok(d !== undefined)
-      m.disks['drive-scsi1'] = { ...d, file: 'drive-scsi1.qcow2' }
+      m.disks['drive-scsi1'] = {
+        ...d,
+        file: 'drive-scsi1.qcow2',
+        ...(d.digest === undefined
+          ? {}
+          : { digest: { ...d.digest, blocks: 'drive-scsi1.blocks' } }),
+      }
     })
     await refusedUnchanged(
       vols[0] ?? '',
