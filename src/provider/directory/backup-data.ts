@@ -33,6 +33,8 @@ export interface VmDisksInput {
   info: BackupInfo & ProgressInfo
   sampleBlocks: number
   log: ProviderLogFunction
+  /** Runs the writing of one file of the backup (names the store when it is full). */
+  inStore?: <T>(file: string, fn: () => Promise<T>) => Promise<T>
 }
 
 /** What the disks of a VM backup became. */
@@ -73,20 +75,23 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
     const vol: VmVolume = base === undefined ? { ...volume, bitmapMode: 'none' } : volume
     log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
     let stats
+    const inStore = o.inStore ?? ((_file, fn) => fn())
     try {
-      stats = await backupDisk({
-        dir: o.partial,
-        device,
-        volume: vol,
-        base: base === undefined ? undefined : { guest: o.guest, ...base },
-        bucket,
-        onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
-        sampleBlocks: o.sampleBlocks,
-        log: (msg) => {
-          log('info', msg)
-        },
-        signal: info.signal,
-      })
+      stats = await inStore(`${device}.qcow2`, () =>
+        backupDisk({
+          dir: o.partial,
+          device,
+          volume: vol,
+          base: base === undefined ? undefined : { guest: o.guest, ...base },
+          bucket,
+          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+          sampleBlocks: o.sampleBlocks,
+          log: (msg) => {
+            log('info', msg)
+          },
+          signal: info.signal,
+        }),
+      )
     } catch (e) {
       if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(o.guest, e.message)
       throw e
