@@ -157,21 +157,21 @@ export type SpacePlace = 'store' | 'fleecing dir' | 'temp dir' | 'restore target
 
 /**
  * The one error line of a full place: `no space left in the store /srv/backup (writing
- * 100/qemu-…/drive-scsi0.qcow2)`. Code `NO_SPACE`; `cause` keeps the low-level error;
- * `details.place` and `details.path` say where.
+ * 100/qemu-…/drive-scsi0.qcow2)`, where `what` is the text in parentheses (what was being
+ * done). Code `NO_SPACE`; `cause` keeps the low-level error; `details` has `place` and `path`.
  */
 export const noSpaceIn = (
   place: SpacePlace,
   path: string,
   cause: unknown,
-  writing?: string,
+  what?: string,
 ): BackupError => {
   const prep = place === 'restore target' ? 'on' : 'in'
-  const what = writing === undefined ? '' : ` (writing ${writing})`
-  return new BackupError('NO_SPACE', `no space left ${prep} the ${place} ${path}${what}`, {
-    cause,
-    details: { place, path, ...(writing === undefined ? {} : { writing }) },
-  })
+  return new BackupError(
+    'NO_SPACE',
+    `no space left ${prep} the ${place} ${path}${what === undefined ? '' : ` (${what})`}`,
+    { cause, details: { place, path } },
+  )
 }
 
 /** True if `e` is already a {@link noSpaceIn} error (the innermost layer named the place). */
@@ -179,8 +179,9 @@ const isPlaced = (e: unknown): boolean =>
   isBackupError(e, 'NO_SPACE') && typeof e.details?.['place'] === 'string'
 
 /**
- * Run `fn`; an error that {@link isNoSpace} becomes {@link noSpaceIn}`(place, path, e,
- * writing)`, unless an inner layer already named its place. Other errors pass unchanged.
+ * Run `fn`, which writes `writing` (a path below `path`, if given); an error that
+ * {@link isNoSpace} becomes {@link noSpaceIn}, unless an inner layer already named its place.
+ * Other errors pass unchanged.
  */
 export const withSpaceIn = async <T>(
   place: SpacePlace,
@@ -191,7 +192,9 @@ export const withSpaceIn = async <T>(
   try {
     return await fn()
   } catch (e) {
-    if (isNoSpace(e) && !isPlaced(e)) throw noSpaceIn(place, path, e, writing)
+    if (isNoSpace(e) && !isPlaced(e)) {
+      throw noSpaceIn(place, path, e, writing === undefined ? undefined : `writing ${writing}`)
+    }
     throw e
   }
 }
