@@ -232,10 +232,8 @@ export const freeBackup = async (
       throw noSpaceIn(
         'store',
         layout.root,
-        new BackupError(
-          'NO_SPACE',
-          `removing ${ref.volname} merges ${need} bytes into its dependants, but only ${free} bytes are free`,
-        ),
+        undefined,
+        `removing ${ref.volname} merges ${need} bytes into its dependants, but only ${free} bytes are free`,
       )
     }
   }
