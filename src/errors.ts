@@ -78,13 +78,19 @@ export class BackupError extends Error {
 export const isBackupError = (e: unknown, code?: ErrorCode): e is BackupError =>
   e instanceof BackupError && (code === undefined || e.code === code)
 
-/** An NBD server answered a request with an errno (NBD `proto.md` §"Error values"). */
+/** NBD_ENOSPC (`proto.md` §"Error values"): qemu-nbd sends it for ENOSPC, EDQUOT and EFBIG. */
+const NBD_ENOSPC = 28
+
+/**
+ * An NBD server answered a request with an errno (NBD `proto.md` §"Error values"). Its code is
+ * `NO_SPACE` for NBD_ENOSPC (the image's file system is full), else `NBD_SERVER`.
+ */
 export class NbdServerError extends BackupError {
   override name = 'NbdServerError'
   /** The errno the server sent (EIO=5, EPERM=1, ENOSPC=28, …). */
   readonly errno: number
   constructor(errno: number, message: string, options?: BackupErrorOptions) {
-    super('NBD_SERVER', message, options)
+    super(errno === NBD_ENOSPC ? 'NO_SPACE' : 'NBD_SERVER', message, options)
     this.errno = errno
   }
 }
@@ -119,6 +125,78 @@ export const toBackupError = (e: unknown, fallback: ErrorCode = 'IO'): BackupErr
     return new BackupError(fallback, e.message, { cause: e })
   }
   return new BackupError(fallback, String(e))
+}
+
+/** The errno codes of a full file system, quota or file size limit. */
+const NO_SPACE_ERRNOS: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT', 'EFBIG'])
+
+/** How tools (tar, mksquashfs, qemu-img, unsquashfs) print those errnos (strerror). */
+const NO_SPACE_TEXT = /No space left on device|Disk quota exceeded|File too large/
+
+/**
+ * True if `e`, or an error in its `cause` chain, says a write found no space: an errno of
+ * {@link NO_SPACE_ERRNOS}, a `NO_SPACE` error (NBD_ENOSPC included), or a tool's error whose
+ * message or kept stderr has the strerror text.
+ */
+export const isNoSpace = (e: unknown): boolean => {
+  for (let c: unknown = e, depth = 0; c instanceof Error && depth < 8; c = c.cause, depth++) {
+    if (c instanceof BackupError) {
+      if (c.code === 'NO_SPACE') return true
+      const stderr = c.details?.['stderr']
+      if (typeof stderr === 'string' && NO_SPACE_TEXT.test(stderr)) return true
+    }
+    const code = (c as NodeJS.ErrnoException).code
+    if (typeof code === 'string' && NO_SPACE_ERRNOS.has(code)) return true
+    if (NO_SPACE_TEXT.test(c.message)) return true
+  }
+  return false
+}
+
+/** Where guestbackup writes, in the words the error line uses. */
+export type SpacePlace = 'store' | 'fleecing dir' | 'temp dir' | 'restore target'
+
+/**
+ * The one error line of a full place: `no space left in the store /srv/backup (writing
+ * 100/qemu-…/drive-scsi0.qcow2)`, where `what` is the text in parentheses (what was being
+ * done). Code `NO_SPACE`; `cause` keeps the low-level error; `details` has `place` and `path`.
+ */
+export const noSpaceIn = (
+  place: SpacePlace,
+  path: string,
+  cause: unknown,
+  what?: string,
+): BackupError => {
+  const prep = place === 'restore target' ? 'on' : 'in'
+  return new BackupError(
+    'NO_SPACE',
+    `no space left ${prep} the ${place} ${path}${what === undefined ? '' : ` (${what})`}`,
+    { cause, details: { place, path } },
+  )
+}
+
+/** True if `e` is already a {@link noSpaceIn} error (the innermost layer named the place). */
+const isPlaced = (e: unknown): boolean =>
+  isBackupError(e, 'NO_SPACE') && typeof e.details?.['place'] === 'string'
+
+/**
+ * Run `fn`, which writes `writing` (a path below `path`, if given); an error that
+ * {@link isNoSpace} becomes {@link noSpaceIn}, unless an inner layer already named its place.
+ * Other errors pass unchanged.
+ */
+export const withSpaceIn = async <T>(
+  place: SpacePlace,
+  path: string,
+  fn: () => Promise<T>,
+  writing?: string,
+): Promise<T> => {
+  try {
+    return await fn()
+  } catch (e) {
+    if (isNoSpace(e) && !isPlaced(e)) {
+      throw noSpaceIn(place, path, e, writing === undefined ? undefined : `writing ${writing}`)
+    }
+    throw e
+  }
 }
 
 /** Throw `ABORTED` if the signal fired; keeps the signal's reason as `cause`. */

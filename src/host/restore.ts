@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path'
 import { DEVICE_NAME_RE } from '../api/names.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
-import { BackupError, toBackupError } from '../errors.ts'
+import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { writeFileDurably } from '../io/fs.ts'
 import { convertImage } from '../qemu/img.ts'
 import type { TaskLog } from './task-log.ts'
@@ -41,10 +41,13 @@ const prepareTarget = async (dir: string): Promise<boolean> => {
   return created
 }
 
-/** Restore a backup into a directory. */
+/**
+ * Restore a backup into a directory. A full target fails with one line naming it and the file
+ * being written (`NO_SPACE`), and what was restored so far is removed.
+ */
 export const restoreBackup = async (opts: RestoreOptions): Promise<RestoreResult> => {
   const target = resolve(opts.target)
-  const created = await prepareTarget(target)
+  const created = await withSpaceIn('restore target', target, () => prepareTarget(target))
   try {
     return await restoreInto(opts, target)
   } catch (e) {
@@ -69,10 +72,13 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
     throw new BackupError('ARCHIVE_INVALID', 'the backup has an empty guest config')
   const firewall = await provider.archiveGetFirewallConfig(volname)
   const files: string[] = []
-  await writeFileDurably(join(target, 'guest.conf'), config)
+  /** Write `file` of the target through `fn`; a full target names it. */
+  const into = <T>(file: string, fn: () => Promise<T>): Promise<T> =>
+    withSpaceIn('restore target', target, fn, file)
+  await into('guest.conf', () => writeFileDurably(join(target, 'guest.conf'), config))
   files.push('guest.conf')
   if (firewall !== undefined) {
-    await writeFileDurably(join(target, 'firewall.conf'), firewall)
+    await into('firewall.conf', () => writeFileDurably(join(target, 'firewall.conf'), firewall))
     files.push('firewall.conf')
   }
   if (mech.vmtype === 'qemu') {
@@ -88,12 +94,14 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
           log.info(`${device}: restoring ${devices[device]?.size ?? 0} bytes`)
           // The source is untrusted: read it as raw (never probed, never a chain) and copy it
           // verbatim, skipping zeroes so the result stays sparse.
-          await convertImage(qemuImgPath, out, {
-            sourceFormat: 'raw',
-            targetFormat: 'raw',
-            rateLimit: opts.bandwidthLimit,
-            signal,
-          })
+          await into(`${device}.raw`, () =>
+            convertImage(qemuImgPath, out, {
+              sourceFormat: 'raw',
+              targetFormat: 'raw',
+              rateLimit: opts.bandwidthLimit,
+              signal,
+            }),
+          )
           files.push(`${device}.raw`)
         } finally {
           await provider.restoreVmVolumeCleanup(volname, device)
@@ -109,14 +117,16 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
     return { type: 'qemu', files }
   }
   const rootfs = join(target, 'rootfs')
-  await mkdir(rootfs, { mode: 0o755 })
+  await into('rootfs/', () => mkdir(rootfs, { mode: 0o755 }))
   try {
     const src = await provider.restoreContainerInit(volname, { signal })
-    if ('tarPath' in src) {
-      await extractTarArchive({ archive: src.tarPath, target: rootfs, signal })
-    } else {
-      await extractDirectory({ source: src.archiveDirectory, target: rootfs, signal })
-    }
+    await into('rootfs/', async () => {
+      if ('tarPath' in src) {
+        await extractTarArchive({ archive: src.tarPath, target: rootfs, signal })
+      } else {
+        await extractDirectory({ source: src.archiveDirectory, target: rootfs, signal })
+      }
+    })
     files.push('rootfs/')
   } finally {
     await provider.restoreContainerCleanup(volname)

@@ -4,19 +4,31 @@
  * too (pve-backup-provider-api.md §2.2 notes vzdump leaves them out).
  */
 import { appendFileSync, writeFileSync } from 'node:fs'
+import { basename, dirname } from 'node:path'
 import type { ProviderLogLevel } from '../api/provider.ts'
+import { isNoSpace, noSpaceIn } from '../errors.ts'
 import type { Logger } from '../log.ts'
 
-/** A task log file plus the structured logger it mirrors to. */
+/**
+ * A task log file (in a temp dir) plus the structured logger it mirrors to. Creating it on a full
+ * temp dir fails with `NO_SPACE` naming the temp dir; once the temp dir fills later, lines still
+ * reach the logger, and the file keeps what it had (a log line never fails the task).
+ */
 export class TaskLog {
   readonly path: string
   readonly #logger: Logger
   #warnings = 0
+  #full = false
 
   constructor(path: string, logger: Logger) {
     this.path = path
     this.#logger = logger
-    writeFileSync(path, '', { mode: 0o600 })
+    try {
+      writeFileSync(path, '', { mode: 0o600 })
+    } catch (e) {
+      if (isNoSpace(e)) throw noSpaceIn('temp dir', dirname(path), e, `writing ${basename(path)}`)
+      throw e
+    }
   }
 
   /** Number of warnings logged so far. */
@@ -36,7 +48,13 @@ export class TaskLog {
   /** Write a line to the task log file only (the caller reports it another way). */
   record(level: ProviderLogLevel, message: string): void {
     const tag = level === 'err' ? 'ERROR' : level.toUpperCase()
-    appendFileSync(this.path, `${new Date().toISOString()} ${tag}: ${message}\n`)
+    if (this.#full) return
+    try {
+      appendFileSync(this.path, `${new Date().toISOString()} ${tag}: ${message}\n`)
+    } catch (e) {
+      if (!isNoSpace(e)) throw e
+      this.#full = true
+    }
   }
 
   info(message: string): void {

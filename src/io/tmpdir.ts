@@ -1,6 +1,8 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { withSpaceIn } from '../errors.ts'
+import type { SpacePlace } from '../errors.ts'
 import { processAlive } from './daemon.ts'
 
 /** A private (0700) temporary directory removed on dispose. */
@@ -11,10 +13,17 @@ export interface TempDir extends AsyncDisposable {
 
 /**
  * Create a 0700 temporary directory (mkdtemp creates it with mode 0700), named
- * `<prefix><pid>-XXXXXX` so {@link sweepStaleTempDirs} can tell when its owner is gone.
+ * `<prefix><pid>-XXXXXX` so {@link sweepStaleTempDirs} can tell when its owner is gone. A full
+ * `parent` fails with `NO_SPACE` naming it as `place` (default: the temp dir).
  */
-export const makeTempDir = async (prefix = 'guestbackup-', parent = tmpdir()): Promise<TempDir> => {
-  const path = await mkdtemp(join(parent, `${prefix}${process.pid}-`))
+export const makeTempDir = async (
+  prefix = 'guestbackup-',
+  parent = tmpdir(),
+  place: SpacePlace = 'temp dir',
+): Promise<TempDir> => {
+  const path = await withSpaceIn(place, parent, () =>
+    mkdtemp(join(parent, `${prefix}${process.pid}-`)),
+  )
   const remove = (): Promise<void> => rm(path, { recursive: true, force: true })
   return { path, remove, [Symbol.asyncDispose]: remove }
 }

@@ -45,6 +45,8 @@ export interface LiveBackupOptions {
   config?: string
   /** Back up only `devices` (default: every disk of the VM). */
   onlyDevices?: boolean
+  /** Parent of the fleecing dir (default: the temp dir). */
+  fleeceDir?: string
   /** Runs at the instant, after the copies, before the provider reads (e.g. guest writes). */
   during?: (() => Promise<void>) | undefined
 }
@@ -63,6 +65,7 @@ export const liveBackup = async (
     config: opts.config ?? 'x\n',
     qmp: opts.qmp,
     devices: opts.onlyDevices === true ? opts.devices : undefined,
+    fleeceDir: opts.fleeceDir,
     onInstant: async (socket) => {
       for (const dev of opts.devices) {
         const ref = join(opts.refDir, `ref-${opts.tag}-${dev}.raw`)

@@ -4,20 +4,21 @@
  * writes anything when that space is short (a half-done merge on a full disk would wedge the
  * store).
  *
- * The file system is a real ext4 of 64 MiB served from an image file by fuse2fs (e2fsprogs'
- * FUSE driver, https://manpages.debian.org/bookworm/fuse2fs/fuse2fs.1.en.html), so statfs, ENOSPC
- * and the space qemu-img's commit allocates are the kernel's, with no loop device and no
- * mount(8).
+ * The file system is a real ext4 of 64 MiB served from an image file by fuse2fs (see
+ * test/helpers/small-fs.ts), so statfs, ENOSPC and the space qemu-img's commit allocates are the
+ * kernel's, with no loop device and no mount(8).
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { run } from '../../src/io/spawn.ts'
 import { parseVolname } from '../../src/provider/directory/layout.ts'
 import { backupArgs, cli, cliOk } from '../helpers/cli.ts'
+import { smallFs } from '../helpers/small-fs.ts'
+import type { SmallFs } from '../helpers/small-fs.ts'
 
 const MiB = 1024 * 1024
 
@@ -28,22 +29,10 @@ interface Row {
 
 describe('security: prune on a store with little free space', () => {
   let dir: string
-  let mnt: string
+  let fs: SmallFs
   let store: string
   const refs = new Map<string, string>()
-
-  const freeBytes = async (): Promise<number> => {
-    const s = await statfs(mnt)
-    return s.bavail * s.bsize
-  }
-
-  /** Fill the file system until `bytes` stay free (within one 4 KiB block). */
-  const leaveFree = async (bytes: number): Promise<void> => {
-    await rm(join(mnt, 'filler'), { force: true })
-    const fill = (await freeBytes()) - bytes
-    assert.ok(fill > 0, `only ${await freeBytes()} bytes free, wanted to leave ${bytes}`)
-    await run('fallocate', ['-l', String(fill - (fill % 4096)), join(mnt, 'filler')])
-  }
+  const leaveFree = (bytes: number): Promise<void> => fs.leaveFree(bytes)
 
   const list = async (): Promise<Row[]> =>
     JSON.parse((await cliOk(['list', '--store', store, '--json'])).stdout) as Row[]
@@ -71,13 +60,8 @@ describe('security: prune on a store with little free space', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gb-small-'))
-    mnt = join(dir, 'mnt')
-    await mkdir(mnt)
-    const image = join(dir, 'fs.img')
-    await run('truncate', ['-s', '64M', image])
-    await run('mkfs.ext4', ['-q', '-F', '-m', '0', image])
-    await run('fuse2fs', [image, mnt])
-    store = join(mnt, 'store')
+    fs = await smallFs(dir, 'mnt')
+    store = join(fs.mnt, 'store')
     await cliOk(['init', store, '--vm-backup-mode', 'incremental', '--id', 'small'])
 
     // A chain of four: a full backup, then three incrementals that each rewrite part of it.
@@ -110,7 +94,7 @@ describe('security: prune on a store with little free space', () => {
   })
 
   after(async () => {
-    await run('fusermount3', ['-u', mnt]).catch(() => undefined)
+    await fs.unmount()
     await rm(dir, { recursive: true, force: true })
   })
 
@@ -136,11 +120,19 @@ describe('security: prune on a store with little free space', () => {
     need = Number(m?.[1])
     assert.ok(need > MiB && need <= (await childAllocated()), `${need} bytes`)
     const lines = r.stderr.trim().split('\n')
-    assert.match(
-      lines[0] ?? '',
-      /^error: cannot remove small:\S+: removing \S+ merges \d+ bytes into its dependants, but only \d+ bytes are free$/,
-    )
+    const refusal = (what: string): RegExp =>
+      new RegExp(
+        `^${what}no space left in the store ${store} \\(removing \\S+ merges \\d+ bytes into its dependants, but only \\d+ bytes are free\\)$`,
+      )
+    assert.match(lines[0] ?? '', refusal('error: cannot remove small:\\S+: '))
     assert.equal(lines.length, 2, r.stderr) // and the summary line
+    assert.deepEqual(await storeFiles(), before)
+    // `remove` of the base, which has a dependant, is refused the same way: one line.
+    const oldest = (await list()).at(-1)?.volid ?? ''
+    const rm = await cli(['remove', '--store', store, oldest])
+    assert.equal(rm.code, 1, rm.stderr)
+    assert.match(rm.stderr.trim(), refusal('guestbackup: '), rm.stderr)
+    assert.equal(rm.stderr.trim().split('\n').length, 1, rm.stderr)
     assert.deepEqual(await storeFiles(), before)
     assert.equal((await list()).length, 4)
     await assertRestorable()

@@ -13,11 +13,29 @@
  * guest ──> [disk node] <── backing ── [gb-fleece-<dev> qcow2] <── NBD export <dev>
  *                └─ job gb-fleece-<dev> (sync=none): old data copied into the overlay
  * ```
+ *
+ * A full fleecing dir must never fail a guest write. On QEMU 7.2 the backup job's
+ * copy-before-write filter cannot be told `on-cbw-error: break-snapshot` (qapi/block-core.json
+ * BlockdevOptionsCbw has it since 7.1, but `blockdev-backup` inserts its filter with the default
+ * `break-guest-write`), so an overlay that cannot grow fails the guest's write (or pauses the VM,
+ * `werror=enospc`). Hence every overlay gets its worst case reserved up front, the disk's size
+ * plus qcow2 metadata, as blocks beyond the end of the file (`fallocate --keep-size`): QEMU's
+ * appends land in blocks the file system already gave the file, and a fleecing dir without room
+ * refuses the backup before the instant, naming the fleecing dir.
  */
 import { readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { BackupError, QmpCommandError, toBackupError } from '../../errors.ts'
+import {
+  BackupError,
+  isBackupError,
+  isNoSpace,
+  noSpaceIn,
+  QmpCommandError,
+  toBackupError,
+  withSpaceIn,
+} from '../../errors.ts'
+import { run } from '../../io/spawn.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import type { TempDir } from '../../io/tmpdir.ts'
 import type { QmpClient } from '../../qmp/client.ts'
@@ -57,7 +75,43 @@ export interface FleeceOptions {
   vmid: number
   /** Called right after the instant's transaction succeeded (bitmaps changed from then on). */
   onApplied?: () => void
+  /** Receives a warning (a file system that cannot reserve the overlays' space). */
+  warn?: (msg: string) => void
   signal: AbortSignal
+}
+
+/**
+ * Bytes an overlay of a `size`-byte disk can reach: every cluster once (64 KiB clusters) plus
+ * an L2 entry (8 bytes) and a refcount (2 bytes) per cluster, and 1 MiB for the header, L1 and
+ * refcount tables.
+ */
+export const overlayWorstCase = (size: number): number =>
+  size + Math.ceil(size / 65536) * 10 + 1024 * 1024
+
+/**
+ * Reserve `bytes` for the overlay `file` beyond its end (`fallocate --keep-size`). `NO_SPACE`
+ * naming the fleecing dir `parent` when they are not free; a file system without fallocate
+ * only warns (the overlay then grows as it goes).
+ */
+const reserveOverlay = async (
+  file: string,
+  bytes: number,
+  parent: string,
+  device: string,
+  o: FleeceOptions,
+): Promise<void> => {
+  try {
+    await run('fallocate', ['--keep-size', '--length', String(bytes), file], { signal: o.signal })
+  } catch (e) {
+    if (isNoSpace(e)) {
+      throw noSpaceIn('fleecing dir', parent, e, `reserving ${bytes} bytes for ${device}'s overlay`)
+    }
+    if (isBackupError(e, 'ABORTED')) throw e
+    o.warn?.(
+      `cannot reserve ${bytes} bytes in the fleecing dir ${parent} (${toBackupError(e).message}): ` +
+        "if it fills up during the backup, the guest's writes fail",
+    )
+  }
 }
 
 /**
@@ -70,7 +124,7 @@ export interface FleeceOptions {
 export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> => {
   const { qmp, disks, signal } = o
   const parent = o.fleeceParent ?? tmpdir()
-  const dir: TempDir = await makeTempDir(`${FLEECE_DIR_PREFIX}${o.vmid}-`, parent)
+  const dir: TempDir = await makeTempDir(`${FLEECE_DIR_PREFIX}${o.vmid}-`, parent, 'fleecing dir')
   let server = false
   let torn = false
   const teardown = async (monitor?: () => Promise<QmpClient>): Promise<BackupError[]> => {
@@ -90,7 +144,10 @@ export const setupFleecing = async (o: FleeceOptions): Promise<FleeceSession> =>
       signal.throwIfAborted()
       const file = join(dir.path, `${d.device}.qcow2`)
       // No backing in the header: QEMU gets the live node as backing through blockdev-add.
-      await createImage(file, { format: 'qcow2', size: d.size, signal })
+      await withSpaceIn('fleecing dir', parent, () =>
+        createImage(file, { format: 'qcow2', size: d.size, signal }),
+      )
+      await reserveOverlay(file, overlayWorstCase(d.size), parent, d.device, o)
       await qmp.execute('blockdev-add', {
         driver: 'qcow2',
         'node-name': `${FLEECE_PREFIX}${d.device}`,

@@ -152,6 +152,9 @@ export const backupLiveVm = async (
       exportBitmaps: Object.fromEntries(plans.map((p) => [p.device, p.read])),
       vmid: guest.vmid,
       fleeceParent: guest.fleeceDir,
+      warn: (msg) => {
+        log.warn(msg)
+      },
       onApplied: () => {
         state.applied = true
       },

@@ -39,6 +39,8 @@ export interface VmDisksInput {
   /** When to read stored images back (store option `verify-after-backup`). */
   verifyAfter: 'first' | 'always' | 'never'
   log: ProviderLogFunction
+  /** Runs the writing of one file of the backup (names the store when it is full). */
+  inStore?: <T>(file: string, fn: () => Promise<T>) => Promise<T>
 }
 
 /** What the disks of a VM backup became. */
@@ -80,25 +82,28 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
     log('info', `${device}: ${base ? `incremental on ${base.volname}` : 'full'} backup`)
     let stats
     let digests
+    const inStore = o.inStore ?? ((_file, fn) => fn())
     try {
       const parentDigests =
         base === undefined ? undefined : await baseDigests(o.guest, base.volname, device)
-      ;({ stats, digests } = await backupDisk({
-        dir: o.partial,
-        device,
-        volume: vol,
-        base: base === undefined ? undefined : { guest: o.guest, ...base },
-        bucket,
-        onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
-        sampleBlocks: o.sampleBlocks,
-        log: (msg) => {
-          log('info', msg)
-        },
-        digests: WITHOUT_DIGESTS ? undefined : (parentDigests ?? BlockDigests.empty(volume.size)),
-        verifyAfter:
-          o.verifyAfter === 'always' || (o.verifyAfter === 'first' && base === undefined),
-        signal: info.signal,
-      }))
+      ;({ stats, digests } = await inStore(`${device}.qcow2`, () =>
+        backupDisk({
+          dir: o.partial,
+          device,
+          volume: vol,
+          base: base === undefined ? undefined : { guest: o.guest, ...base },
+          bucket,
+          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+          sampleBlocks: o.sampleBlocks,
+          log: (msg) => {
+            log('info', msg)
+          },
+          digests: WITHOUT_DIGESTS ? undefined : (parentDigests ?? BlockDigests.empty(volume.size)),
+          verifyAfter:
+            o.verifyAfter === 'always' || (o.verifyAfter === 'first' && base === undefined),
+          signal: info.signal,
+        }),
+      ))
     } catch (e) {
       if (isBackupError(e, 'VERIFY_FAILED')) await forceFull(o.guest, e.message)
       throw e
@@ -121,7 +126,11 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
       zeroBytes: stats.zeroBytes,
       ...(digests === undefined
         ? {}
-        : { digest: await writeDiskDigests(o.partial, device, digests) }),
+        : {
+            digest: await inStore(`${device}.blocks`, () =>
+              writeDiskDigests(o.partial, device, digests),
+            ),
+          }),
     }
     parent ??= base?.volname
     // QEMU commits a `new` or reused bitmap when backupVm returns (pve-qemu backup-access

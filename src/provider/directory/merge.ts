@@ -24,7 +24,7 @@ import { open } from 'node:fs/promises'
 import { z } from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'
-import { BackupError } from '../../errors.ts'
+import { BackupError, noSpaceIn, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { openChain } from '../../qemu/chain.ts'
 import { chainJson } from '../../qemu/chain.ts'
@@ -145,7 +145,7 @@ export const resumeRemoval = async (
     )
   }
   opts.log?.('info', `completing the interrupted removal of ${journal.volname}`)
-  await runJournal(layout, guest, journal, opts)
+  await withSpaceIn('store', layout.root, () => runJournal(layout, guest, journal, opts))
   return journal.volname
 }
 
@@ -230,16 +230,22 @@ export const freeBackup = async (
   if (planned.length > 0) {
     const free = await (opts.freeBytes ?? ((g: Dir) => g.freeBytes()))(guest)
     if (free < need + SPACE_MARGIN) {
-      throw new BackupError(
-        'NO_SPACE',
+      throw noSpaceIn(
+        'store',
+        layout.root,
+        undefined,
         `removing ${ref.volname} merges ${need} bytes into its dependants, but only ${free} bytes are free`,
       )
     }
   }
   const merges = planned.map(({ child, device, parent }) => ({ child, device, parent }))
   const journal: Journal = { version: 1, volname: ref.volname, merges }
-  await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
-  await runJournal(layout, guest, journal, opts)
+  // The check above leaves a margin; should the file system still fill (another writer), the
+  // journal stays and the next command completes the removal once there is room.
+  await withSpaceIn('store', layout.root, async () => {
+    await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
+    await runJournal(layout, guest, journal, opts)
+  })
 }
 
 /**

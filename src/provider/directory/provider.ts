@@ -30,11 +30,11 @@ import type {
   VolumeSize,
 } from '../../api/provider.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
-import { BackupError, toBackupError } from '../../errors.ts'
+import { BackupError, toBackupError, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock } from '../../io/lock.ts'
-import { volumeRef } from './layout.ts'
+import { MANIFEST, volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { freeBackup, resumeRemoval } from './merge.ts'
 import { grantSearch } from '../../io/acl.ts'
@@ -129,7 +129,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
 
   /** Checks the store is usable. No kernel module, no NBD slots: nothing else to prepare. */
   async jobInit(startTime: number): Promise<void> {
-    await mkdir(this.#layout.root, { recursive: true, mode: 0o700 })
+    await withSpaceIn('store', this.#layout.root, () =>
+      mkdir(this.#layout.root, { recursive: true, mode: 0o700 }),
+    )
     this.#log('info', `job started at ${new Date(startTime * 1000).toISOString()}`)
   }
 
@@ -153,7 +155,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     let lock: GuestLock | undefined
     let partial: Dir | undefined
     try {
-      lock = await lockGuest(guest)
+      lock = await withSpaceIn('store', this.#layout.root, () => lockGuest(guest), String(vmid))
       // We hold the guest lock: a removal journal or a partial backup left is a killed run's.
       await resumeRemoval(this.#layout, guest, { log: this.#log })
       await sweepLeftovers(this.#log, guest, vmid)
@@ -163,7 +165,13 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         ref = volumeRef(vmid, vmtype, t + 1)
       }
       const name = this.#layout.partialName(ref)
-      if (!(await guest.mkdir(name, 0o700))) {
+      const made = await withSpaceIn(
+        'store',
+        this.#layout.root,
+        () => guest.mkdir(name, 0o700),
+        `${vmid}/${ref.dirName}`,
+      )
+      if (!made) {
         throw new BackupError('IO', `${guest.labelOf(name)} appeared while starting the backup`)
       }
       partial = await guest.openDir(name)
@@ -223,6 +231,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       sampleBlocks: this.#options['incremental-sample'],
       verifyAfter: this.#options['verify-after-backup'],
       log: this.#log,
+      inStore: (file, fn) => this.#inStore(g, file, fn),
     })
     await this.#finalise(
       g,
@@ -234,7 +243,16 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     )
     // After the rename: until this is written the record names an older backup, which is no
     // longer the newest, so a crash in between means a full backup next time, never a gap.
-    await writeBitmapRecord(guest, g.ref.volname, bitmaps)
+    await this.#inStore(g, undefined, () => writeBitmapRecord(guest, g.ref.volname, bitmaps))
+  }
+
+  /**
+   * Run `fn`, which writes `file` of the backup of `g` (undefined: the guest dir); a full file
+   * system becomes one line naming the store and what was being written.
+   */
+  #inStore<T>(g: GuestState, file: string | undefined, fn: () => Promise<T>): Promise<T> {
+    const where = `${g.ref.vmid}${file === undefined ? '' : `/${g.ref.dirName}/${file}`}`
+    return withSpaceIn('store', this.#layout.root, fn, where)
   }
 
   /**
@@ -271,7 +289,9 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     await this.#writeConfigs(g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
-    const warnings = await writeContainerArchive(g.partial, mode, excludePatterns, info)
+    const warnings = await this.#inStore(g, ARCHIVE_FILES[mode], () =>
+      writeContainerArchive(g.partial, mode, excludePatterns, info),
+    )
     for (const w of warnings) this.#log('warn', w)
     await this.#finalise(
       g,
@@ -301,18 +321,20 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const files = await fileSizes(g.partial)
     const legacy = Object.values(manifest.disks ?? {}).some((d) => d.digest === undefined)
     const completed = new Date().toISOString()
-    await writeManifest(
-      g.partial,
-      legacy
-        ? { ...manifest, version: 1, files, completed }
-        : {
-            ...manifest,
-            files,
-            digests: await fileDigests(g.partial, Object.keys(files)),
-            completed,
-          },
-    )
-    await g.partial.sync()
+    await this.#inStore(g, MANIFEST, async () => {
+      await writeManifest(
+        g.partial,
+        legacy
+          ? { ...manifest, version: 1, files, completed }
+          : {
+              ...manifest,
+              files,
+              digests: await fileDigests(g.partial, Object.keys(files)),
+              completed,
+            },
+      )
+      await g.partial.sync()
+    })
     if (g.inPlaceUid !== undefined) {
       g.committed = true
       return
@@ -395,8 +417,15 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         ? await guest.openDir(g.ref.dirName)
         : await guest.openDir(failed, { create: 0o700 })
       await dir.unlink('backup.log')
-      if (await exists(filename)) await dir.copyIn(filename, 'backup.log')
-      else this.#log('warn', `the task log ${filename} does not exist: none kept`)
+      if (await exists(filename)) {
+        const where = `${vmid}/${g.committed ? g.ref.dirName : failed}/backup.log`
+        await withSpaceIn(
+          'store',
+          this.#layout.root,
+          () => dir.copyIn(filename, 'backup.log'),
+          where,
+        )
+      } else this.#log('warn', `the task log ${filename} does not exist: none kept`)
     } finally {
       await this.#release(vmid, g)
     }
@@ -418,9 +447,12 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   }
 
   async #writeConfigs(g: GuestState, guestConfig: string, info: BackupInfo): Promise<void> {
-    await g.partial.writeFileAtomic('guest.conf', guestConfig)
-    if (info.firewallConfig !== undefined) {
-      await g.partial.writeFileAtomic('firewall.conf', info.firewallConfig)
+    await this.#inStore(g, 'guest.conf', () => g.partial.writeFileAtomic('guest.conf', guestConfig))
+    const firewall = info.firewallConfig
+    if (firewall !== undefined) {
+      await this.#inStore(g, 'firewall.conf', () =>
+        g.partial.writeFileAtomic('firewall.conf', firewall),
+      )
     }
   }
 
