@@ -5,8 +5,9 @@
  * Protocol (state per lock: free → held → released | broken):
  * - Acquire is `mkdir <guest>/.lock`: atomic on every file system we support, NFS included
  *   (one MKDIR call the server performs or refuses). `O_CREAT | O_EXCL` is not safe there:
- *   open(2) "O_EXCL is supported on NFSv3 or later on kernel 2.6 or later"; older NFS
- *   emulates it with a race, and nfs(5) offers no exclusive-create guarantee for the rest.
+ *   open(2), O_EXCL: "On NFS, O_EXCL is supported only when using NFSv3 or later on kernel
+ *   2.6 or later. In NFS environments where O_EXCL support is not provided, programs that
+ *   rely on it for performing locking tasks will contain a race condition."
  * - The holder then writes `.lock/holder.json` (lock-record.ts: host, boot id, pid namespace,
  *   pid and its start time, operation, since, a random nonce and a heartbeat counter) by temp
  *   file + rename inside the lock directory, and rewrites it every `heartbeatMs` with the
