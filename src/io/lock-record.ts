@@ -74,7 +74,7 @@ const readOr = (read: () => string, fallback: string): string => {
 
 /**
  * The start time of process `pid` (proc(5) `/proc/<pid>/stat` field 22, clock ticks since
- * boot), or undefined when there is no such process. The command name (field 2) may hold
+ * boot), or undefined when there is no such process or it is a zombie. The command name (field 2) may hold
  * spaces and parentheses: the fields after it start at the last `)`.
  */
 export const processStart = (pid: number): string | undefined => {
@@ -84,11 +84,10 @@ export const processStart = (pid: number): string | undefined => {
   } catch {
     return undefined
   }
-  // Fields 3… after the ')'; field 22 is the 20th of them.
-  return stat
-    .slice(stat.lastIndexOf(')') + 2)
-    .split(' ')
-    .at(19)
+  // Fields 3… after the ')': field 3 is the state, field 22 the 20th of them. A zombie (or a
+  // dead task) has released everything: it holds no lock, whether reaped yet or not.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19]
 }
 
 /**
