@@ -56,3 +56,31 @@ export const collectDisk = (v: string, prev: DiskArg[] = []): DiskArg[] => {
 
 /** Repeatable string option. */
 export const collect = (v: string, prev: string[] = []): string[] => [...prev, v]
+
+/**
+ * Default `--lock-wait`, ms. `backup`: vzdump's `lockwait` default, 180 minutes (a backup
+ * started by cron waits for the one before it). `prune` and `remove`: 10 minutes, longer than
+ * a stale lock of a dead holder on another host lasts (io/lock.ts `STALE_MS`) and than a
+ * merge of another prune usually takes, short enough that a command run by hand while a
+ * backup of hours holds the guest reports that backup rather than seeming to hang.
+ */
+export const LOCK_WAIT_DEFAULTS = { backup: 180 * 60_000, other: 10 * 60_000 } as const
+
+const TIME_UNITS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000 }
+
+/**
+ * `--lock-wait`, in ms: a bare number is minutes, as vzdump's `lockwait` (vzdump.conf(5));
+ * `s`, `m` and `h` suffixes give seconds, minutes and hours (`30s`, `5m`, `2h`); `0` does not
+ * wait. At most 7 days.
+ */
+export const parseLockWait = (v: string): number => {
+  const m = /^(\d{1,6})([smh]?)$/.exec(v.trim())
+  const unit = m?.[2] === '' ? 'm' : (m?.[2] ?? '')
+  const ms = Number(m?.[1]) * (TIME_UNITS[unit] ?? NaN)
+  if (!Number.isSafeInteger(ms) || ms > 7 * 24 * 3_600_000) {
+    throw new InvalidArgumentError(
+      "expected a time: minutes as vzdump's lockwait (180), or with a unit (30s, 5m, 2h)",
+    )
+  }
+  return ms
+}

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander'
 import { BackupError } from '../errors.ts'
 import { createLogger } from '../log.ts'
 import type { Logger, LogLevel } from '../log.ts'
+import type { LockPolicy } from '../io/lock.ts'
 import { parsePruneBackups } from '../storage/prune-options.ts'
 import { initStore, openStore } from '../provider/directory/store.ts'
 import { parseVolname } from '../provider/directory/layout.ts'
@@ -20,7 +21,15 @@ import { verifyCommand } from './commands/verify.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import { writeLine } from './io.ts'
 import type { CliIO, CliStream } from './io.ts'
-import { collect, collectDisk, parseCount, parseRate, parseVmid } from './parse.ts'
+import {
+  collect,
+  collectDisk,
+  LOCK_WAIT_DEFAULTS,
+  parseCount,
+  parseLockWait,
+  parseRate,
+  parseVmid,
+} from './parse.ts'
 import { fmtBytes } from './progress.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
@@ -30,6 +39,9 @@ const VERSION =
       version?: string
     }
   ).version ?? 'unknown'
+
+const LOCK_WAIT_HELP = (dflt: string): string =>
+  `wait this long for the guest's lock: minutes (vzdump's lockwait) or 30s, 5m, 2h; 0: fail at once (default: ${dflt})`
 
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {
@@ -74,6 +86,15 @@ export const createProgram = (io: CliIO): CliProgram => {
   }
 
   let result = 0
+
+  // Wait messages are shown by default (warn level): a command that waits says why.
+  const lockPolicy = (waitMs: number | undefined, log: Logger): LockPolicy => ({
+    waitMs: waitMs ?? LOCK_WAIT_DEFAULTS.other,
+    signal: io.signal,
+    log: (m) => {
+      log.warn(m)
+    },
+  })
 
   program
     .command('init')
@@ -155,6 +176,7 @@ export const createProgram = (io: CliIO): CliProgram => {
     )
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', 'print the result as JSON')
     .action(async (o: BackupCommandOptions) => {
       result = await backupCommand(o, logger(), io)
@@ -246,9 +268,11 @@ export const createProgram = (io: CliIO): CliProgram => {
       '--restored <dir>',
       'prove a restore of one backup in <dir> (as restore --target wrote it)',
     )
+    .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .option('--json', 'print JSON')
     .action(async (volumes: string[], o: VerifyCommandOptions) => {
-      result = await verifyCommand(volumes, o, logger(), io)
+      const log = logger()
+      result = await verifyCommand(volumes, o, log, io, lockPolicy(o.lockWait, log))
     })
 
   program
@@ -280,6 +304,7 @@ export const createProgram = (io: CliIO): CliProgram => {
     .addOption(new Option('--type <type>', 'only this guest type').choices(['qemu', 'lxc']))
     .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
     .option('--dry-run', 'only show what would be removed')
+    .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(
       async (o: {
         store: string
@@ -287,9 +312,10 @@ export const createProgram = (io: CliIO): CliProgram => {
         type?: 'qemu' | 'lxc'
         keep?: string
         dryRun?: boolean
+        lockWait?: number
       }) => {
-        const storage = await openStore(o.store)
         const log = logger()
+        const storage = await openStore(o.store, lockPolicy(o.lockWait, log))
         const marks = await storage.pruneBackups({
           dryRun: o.dryRun === true,
           ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
@@ -314,8 +340,9 @@ export const createProgram = (io: CliIO): CliProgram => {
     .description('remove one backup (refused when protected; dependants are merged first)')
     .argument('<volume>', 'volume name')
     .requiredOption('--store <dir>', 'store directory')
-    .action(async (volume: string, o: { store: string }) => {
-      const storage = await openStore(o.store)
+    .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
+    .action(async (volume: string, o: { store: string; lockWait?: number }) => {
+      const storage = await openStore(o.store, lockPolicy(o.lockWait, logger()))
       await storage.freeImage(stripStoreId(volume, storage.storeId))
     })
 

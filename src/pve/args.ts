@@ -7,6 +7,7 @@
 import { resolve } from 'node:path'
 import { z } from 'zod'
 import { BackupError } from '../errors.ts'
+import type { LockPolicy } from '../io/lock.ts'
 import { StoreLayout } from '../provider/directory/layout.ts'
 import { parseStoreOptions } from '../provider/directory/options.ts'
 import { DirectoryStorage } from '../provider/directory/storage.ts'
@@ -77,10 +78,15 @@ const ScfgSchema = z.object({
 /**
  * The directory store of a Proxmox storage: `scfg.path` is the store directory and storage.cfg
  * is the store's configuration (the store file `init` writes is not read). VM disks are always
- * read over NBD: Proxmox cannot forward a `file-handle` mechanism's callbacks.
+ * read over NBD: Proxmox cannot forward a `file-handle` mechanism's callbacks. `lock`: how
+ * its calls wait for guest locks (service.ts `PVE_LOCK_WAIT_MS`).
  * @throws BackupError `CONFIG_INVALID`
  */
-export const storageFromScfg = (storeid: string, scfg: unknown): DirectoryStorage => {
+export const storageFromScfg = (
+  storeid: string,
+  scfg: unknown,
+  lock: LockPolicy = {},
+): DirectoryStorage => {
   const r = ScfgSchema.safeParse(scfg)
   if (!r.success) {
     const i = r.error.issues[0]
@@ -104,7 +110,7 @@ export const storageFromScfg = (storeid: string, scfg: unknown): DirectoryStorag
   const options = parseStoreOptions(
     Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)),
   )
-  return new DirectoryStorage(new StoreLayout(root), options, storeid)
+  return new DirectoryStorage(new StoreLayout(root), options, storeid, storeid, lock)
 }
 
 /**

@@ -20,6 +20,17 @@ export interface ReplySink {
   log(level: ProviderLogLevel, message: string): void
 }
 
+/**
+ * How long a call waits for a guest lock another process holds, ms. vzdump already holds its
+ * own per-guest lock (`/var/lock/qemu-server/lock-<vmid>.conf`, on this node) around a
+ * backup, so what a call can meet here is a prune, remove or backup from another node (or a
+ * CLI run) on the same shared store: a provider call (no overall timeout) waits 10 min, long
+ * enough for a merge of another node's prune; a storage call waits 60 s, half the plugin's
+ * 120 s timeout for storage methods (docs/pve-protocol.md), so it answers `LOCKED` naming the
+ * holder instead of being cut off, with time left for its own work.
+ */
+export const PVE_LOCK_WAIT_MS = { provider: 10 * 60_000, storage: 60_000 } as const
+
 /** Prefix of an internal error's message, as the CLI prints it. */
 export const INTERNAL_PREFIX = 'internal error (a bug in guestbackup): '
 
@@ -70,7 +81,13 @@ export const serveCall = async (
     let built: DirectoryStorage | undefined
     const storage = (): DirectoryStorage => {
       if (storeid === null) throw new BackupError('PVE_ARGS', `${method} needs a storage id`)
-      built ??= storageFromScfg(storeid, request.scfg)
+      built ??= storageFromScfg(storeid, request.scfg, {
+        waitMs: PVE_LOCK_WAIT_MS[storageMethod === undefined ? 'provider' : 'storage'],
+        signal,
+        log: (m) => {
+          log('info', m)
+        },
+      })
       return built
     }
     if (storageMethod !== undefined) {

@@ -80,7 +80,7 @@ describe('cli: in-process runs keep nothing of each other', () => {
     assert.equal(list.stdout.trim().split('\n').length, 2)
   })
 
-  it('leaves no process listener behind, after the first lock loaded its library', async () => {
+  it('leaves no process listener behind, after a prune took and released guest locks', async () => {
     const counts = listenerCounts()
     await runCliInProcessOk(['prune', '--store', store, '--keep', 'keep-last=1'])
     await runCliInProcess(['list', '--bogus'])

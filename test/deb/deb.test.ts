@@ -85,7 +85,6 @@ describe('deb: scripts/build-deb.sh', { skip: hasDpkgDeb ? false : 'no dpkg-deb'
       '/usr/lib/guestbackup/dist/cli/bin.js',
       '/usr/lib/guestbackup/node_modules/commander/package.json',
       '/usr/lib/guestbackup/node_modules/pino/package.json',
-      '/usr/lib/guestbackup/node_modules/proper-lockfile/package.json',
       '/usr/lib/guestbackup/node_modules/zod/package.json',
       '/usr/share/doc/guestbackup/copyright',
       '/usr/share/doc/guestbackup/changelog.gz',

@@ -14,6 +14,7 @@ import type { DiskArg } from '../parse.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
+import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -30,6 +31,8 @@ export interface BackupCommandOptions {
   fleecingDir?: string
   allowHostRoot?: boolean
   bwlimit?: number
+  /** How long to wait for the guest's lock, ms (default {@link LOCK_WAIT_DEFAULTS} `backup`). */
+  lockWait?: number
   json?: boolean
 }
 
@@ -109,7 +112,13 @@ export const backupCommand = async (
       throw new BackupError('USAGE', `${flag} ${path} is not a unix socket`)
     }
   }
-  const storage = await openStore(o.store)
+  const storage = await openStore(o.store, {
+    waitMs: o.lockWait ?? LOCK_WAIT_DEFAULTS.backup,
+    signal,
+    log: (m) => {
+      logger.warn(m)
+    },
+  })
   const config = await readText(o.config, 'guest config')
   const firewall =
     o.firewallConfig === undefined ? undefined : await readText(o.firewallConfig, 'firewall config')

@@ -1,4 +1,5 @@
 /** `guestbackup verify`: check backups against the digests recorded when they were taken. */
+import type { LockPolicy } from '../../io/lock.ts'
 import type { Logger } from '../../log.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import type { VerifyReport } from '../../provider/directory/verify-store.ts'
@@ -11,6 +12,8 @@ import { stripStoreId } from './restore.ts'
 /** Options of the verify command. */
 export interface VerifyCommandOptions {
   store: string
+  /** How long to wait for a guest's lock, ms (`--lock-wait`). */
+  lockWait?: number
   restored?: string
   json?: boolean
 }
@@ -24,8 +27,9 @@ export const verifyCommand = async (
   o: VerifyCommandOptions,
   logger: Logger,
   io: CliIO,
+  lock: LockPolicy,
 ): Promise<number> => {
-  const storage = await openStore(o.store)
+  const storage = await openStore(o.store, lock)
   const volnames = volumes.map((v) => stripStoreId(v, storage.storeId))
   if (o.restored !== undefined) {
     const [volname, ...more] = volnames

@@ -33,7 +33,7 @@ import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
-import type { GuestLock } from '../../io/lock.ts'
+import type { GuestLock, LockOptions, LockPolicy } from '../../io/lock.ts'
 import { MANIFEST, volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { freeBackup, resumeRemoval } from './merge.ts'
@@ -75,6 +75,21 @@ export interface GuestState {
   bases: Record<string, Extract<IncrementalBase, { kind: 'base' }>>
 }
 
+/**
+ * Lock options of a backup of guest `vmid`: wait messages go to the task log unless the policy
+ * has its own log.
+ */
+const backupLock = (lock: LockPolicy, vmid: number, log: ProviderLogFunction): LockOptions => ({
+  ...lock,
+  log:
+    lock.log ??
+    ((m) => {
+      log('info', m)
+    }),
+  operation: 'backup',
+  what: `guest ${vmid}`,
+})
+
 /** The directory provider. One instance per job or restore. */
 export class DirectoryProvider extends DirectoryRestore implements BackupProvider {
   readonly name = 'guestbackup directory provider'
@@ -82,12 +97,20 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   readonly #options: StoreOptions
   readonly #log: ProviderLogFunction
   readonly #guests = new Map<number, GuestState>()
+  readonly #lock: LockPolicy
 
-  constructor(layout: StoreLayout, options: StoreOptions, log: ProviderLogFunction) {
+  /** `lock`: how guest locks are waited for (default: not at all, `LOCKED` at once). */
+  constructor(
+    layout: StoreLayout,
+    options: StoreOptions,
+    log: ProviderLogFunction,
+    lock: LockPolicy = {},
+  ) {
     super(layout, log)
     this.#layout = layout
     this.#options = options
     this.#log = log
+    this.#lock = lock
   }
 
   /**
@@ -101,12 +124,13 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     options: StoreOptions,
     log: ProviderLogFunction,
     session: unknown,
+    lock: LockPolicy = {},
   ): Promise<DirectoryProvider> {
-    const p = new DirectoryProvider(layout, options, log)
+    const p = new DirectoryProvider(layout, options, log, lock)
     if (session === null || session === undefined) return p
     try {
       for (const g of parseProviderSession(session).guests) {
-        const state = await openGuestState(layout, g, log)
+        const state = await openGuestState(layout, g, log, backupLock(lock, g.vmid, log))
         if (state !== undefined) p.#guests.set(g.vmid, state)
       }
     } catch (e) {
@@ -155,7 +179,12 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     let lock: GuestLock | undefined
     let partial: Dir | undefined
     try {
-      lock = await withSpaceIn('store', this.#layout.root, () => lockGuest(guest), String(vmid))
+      lock = await withSpaceIn(
+        'store',
+        this.#layout.root,
+        () => lockGuest(guest, backupLock(this.#lock, vmid, this.#log)),
+        String(vmid),
+      )
       // We hold the guest lock: a removal journal or a partial backup left is a killed run's.
       await resumeRemoval(this.#layout, guest, { log: this.#log })
       await sweepLeftovers(this.#log, guest, vmid)

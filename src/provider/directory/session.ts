@@ -14,6 +14,7 @@ import { BackupError } from '../../errors.ts'
 import { Dir } from '../../io/beneath.ts'
 import { isMappedUser } from '../../io/acl.ts'
 import { lockGuest } from '../../io/lock.ts'
+import type { LockOptions } from '../../io/lock.ts'
 import { MAX_CHAIN_DEPTH } from '../../qemu/chain.ts'
 import { BACKUP_DIR_RE, MANIFEST, volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
@@ -118,6 +119,7 @@ export const openGuestState = async (
   layout: StoreLayout,
   g: SessionGuest,
   log: ProviderLogFunction,
+  lockOptions: LockOptions,
 ): Promise<GuestState | undefined> => {
   const ref = volumeRef(g.vmid, g.type, g.ctime)
   if (g.inPlaceUid !== undefined && (await isMappedUser())) {
@@ -134,7 +136,7 @@ export const openGuestState = async (
   }
   let lock
   try {
-    lock = await lockGuest(guest)
+    lock = await lockGuest(guest, lockOptions)
     const inPlace = g.inPlaceUid !== undefined
     // The partial directory, while the session says the backup is not committed yet.
     let partial =

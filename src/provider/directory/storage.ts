@@ -17,6 +17,7 @@ import type {
 import { BackupError, isBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
+import type { LockOperation, LockOptions, LockPolicy } from '../../io/lock.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { planPrune } from '../../storage/prune.ts'
 import { allocatedBytes } from './fsutil.ts'
@@ -55,17 +56,38 @@ export class DirectoryStorage implements BackupStorage {
   readonly #storeId: string
 
   readonly #bitmapKey: string
+  readonly #lock: LockPolicy
 
+  /**
+   * `lock`: how this process waits for guest locks (prune, remove, and the providers it makes);
+   * default: it does not wait (`LOCKED` at once).
+   */
   constructor(
     layout: StoreLayout,
     options: StoreOptions,
     storeId = STORE_ID_DEFAULT,
     bitmapKey = storeId,
+    lock: LockPolicy = {},
   ) {
     this.#layout = layout
     this.#options = options
     this.#storeId = storeId
     this.#bitmapKey = bitmapKey
+    this.#lock = lock
+  }
+
+  /** How guest locks are waited for by this store's commands. */
+  get lockPolicy(): LockPolicy {
+    return this.#lock
+  }
+
+  #lockOptions(vmid: number, operation: LockOperation, log?: ProviderLogFunction): LockOptions {
+    return {
+      ...this.#lock,
+      log: this.#lock.log ?? ((m) => log?.('info', m)),
+      operation,
+      what: `guest ${vmid}`,
+    }
   }
 
   /** The store's immutable key in dirty-bitmap names (its UUID). */
@@ -98,8 +120,11 @@ export class DirectoryStorage implements BackupStorage {
   }
 
   /** Verify backups against their digests and record the outcomes (`verify-store.ts`). */
-  verify(opts: VerifyStoreOptions): Promise<VerifyReport[]> {
-    return verifyStore(this.#layout, opts)
+  verify(opts: Omit<VerifyStoreOptions, 'lock'>): Promise<VerifyReport[]> {
+    return verifyStore(this.#layout, {
+      ...opts,
+      lock: (vmid) => this.#lockOptions(vmid, 'verify', opts.log),
+    })
   }
 
   /**
@@ -226,7 +251,7 @@ export class DirectoryStorage implements BackupStorage {
     await using root = await this.#layout.openRoot()
     await using guest = await root.tryOpenDir(String(ref.vmid))
     if (guest === undefined) throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
-    await using _lock = await lockGuest(guest)
+    await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'remove'))
     await freeBackup(this.#layout, guest, ref)
   }
 
@@ -282,7 +307,7 @@ export class DirectoryStorage implements BackupStorage {
         const ref = parseVolname(volname)
         await using guest = await root.tryOpenDir(String(ref.vmid))
         if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
-        await using _lock = await lockGuest(guest)
+        await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'prune', opts.log))
         await freeBackup(this.#layout, guest, ref, { log: opts.log })
         opts.log?.('info', `removed ${r.volid}`)
       } catch (e) {
@@ -298,7 +323,7 @@ export class DirectoryStorage implements BackupStorage {
     for (const vmid of new Set(result.map((r) => r.vmid))) {
       await using guest = await root.tryOpenDir(String(vmid))
       if (guest === undefined) continue
-      await using _lock = await lockGuest(guest)
+      await using _lock = await lockGuest(guest, this.#lockOptions(vmid, 'prune', opts.log))
       await this.#pruneFailed(guest, vmid, opts.log)
     }
     if (errors > 0) throw new BackupError('IO', 'error pruning backups - check log')
@@ -353,7 +378,7 @@ export class DirectoryStorage implements BackupStorage {
 
   /** Create the provider writing to this store. */
   newBackupProvider(log: ProviderLogFunction): DirectoryProvider {
-    return new DirectoryProvider(this.#layout, this.#options, log)
+    return new DirectoryProvider(this.#layout, this.#options, log, this.#lock)
   }
 
   /**
@@ -362,7 +387,7 @@ export class DirectoryStorage implements BackupStorage {
    * have made.
    */
   resumeBackupProvider(log: ProviderLogFunction, session: unknown): Promise<DirectoryProvider> {
-    return DirectoryProvider.resume(this.#layout, this.#options, log, session)
+    return DirectoryProvider.resume(this.#layout, this.#options, log, session, this.#lock)
   }
 
   #volid(volname: string): string {

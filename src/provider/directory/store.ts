@@ -8,6 +8,7 @@ import { basename, resolve } from 'node:path'
 import type { z } from 'zod'
 import { BackupError } from '../../errors.ts'
 import { Dir } from '../../io/beneath.ts'
+import type { LockPolicy } from '../../io/lock.ts'
 import { StoreLayout } from './layout.ts'
 import {
   parseStoreOptions,
@@ -120,11 +121,14 @@ const readStoreFile = async (root: string): Promise<z.infer<typeof StoreFileSche
   return r.data
 }
 
-/** Open an initialised store; `STORE_INVALID` if `path` is not one. */
-export const openStore = async (path: string): Promise<DirectoryStorage> => {
+/**
+ * Open an initialised store; `STORE_INVALID` if `path` is not one. `lock`: how its commands
+ * wait for guest locks (default: not at all).
+ */
+export const openStore = async (path: string, lock: LockPolicy = {}): Promise<DirectoryStorage> => {
   const root = resolve(path)
   const file = await readStoreFile(root)
   // The store may have been moved: its location is where it was opened, not where it was made.
   const options = { ...file.options, path: root }
-  return new DirectoryStorage(new StoreLayout(root), options, file.id, file.uuid ?? file.id)
+  return new DirectoryStorage(new StoreLayout(root), options, file.id, file.uuid ?? file.id, lock)
 }

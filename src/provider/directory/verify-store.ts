@@ -9,6 +9,7 @@ import type { Verification } from '../../api/storage.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
+import type { LockOptions } from '../../io/lock.ts'
 import { forceFull } from './incremental.ts'
 import { parseVolname } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
@@ -29,6 +30,8 @@ export interface VerifyStoreOptions extends VerifyOptions {
   /** Only these backups (volume names); default every backup of the store. */
   volnames?: readonly string[] | undefined
   log?: ProviderLogFunction | undefined
+  /** How to take each guest's lock (waiting, messages). */
+  lock: (vmid: number) => LockOptions
 }
 
 /** Verify backups of the store and record the outcomes; see the module comment. */
@@ -44,7 +47,7 @@ export const verifyStore = async (
   for (const vmid of await listGuestIds(root)) {
     if (vmids !== undefined && !vmids.has(vmid)) continue
     await using guest = await layout.openGuest(root, vmid)
-    await using _lock = await lockGuest(guest)
+    await using _lock = await lockGuest(guest, opts.lock(vmid))
     const backups = (await listGuestBackups(guest, vmid)).reverse()
     const chosen = backups.filter((b) => wanted === undefined || wanted.has(b.ref.volname))
     for (const b of chosen) {

@@ -1,0 +1,50 @@
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { InvalidArgumentError } from 'commander'
+import { LOCK_WAIT_DEFAULTS, parseLockWait } from '../../src/cli/parse.ts'
+
+describe('cli/parse: --lock-wait', () => {
+  it("reads a bare number as minutes, as vzdump's lockwait", () => {
+    assert.equal(parseLockWait('180'), 180 * 60_000)
+    assert.equal(parseLockWait('1'), 60_000)
+    assert.equal(parseLockWait('0'), 0)
+  })
+
+  it('reads s, m and h suffixes', () => {
+    assert.equal(parseLockWait('30s'), 30_000)
+    assert.equal(parseLockWait('5m'), 5 * 60_000)
+    assert.equal(parseLockWait('2h'), 2 * 3_600_000)
+    assert.equal(parseLockWait('0s'), 0)
+    assert.equal(parseLockWait(' 10s '), 10_000)
+  })
+
+  it('refuses anything else with one usage message', () => {
+    for (const bad of [
+      '',
+      '-1',
+      '1.5',
+      '10 s',
+      '10sec',
+      '5d',
+      'm',
+      '1e3',
+      '0x10',
+      '168h1',
+      '169h',
+    ]) {
+      assert.throws(
+        () => parseLockWait(bad),
+        (e: unknown) =>
+          e instanceof InvalidArgumentError &&
+          e.message ===
+            "expected a time: minutes as vzdump's lockwait (180), or with a unit (30s, 5m, 2h)",
+        `accepted '${bad}'`,
+      )
+    }
+    assert.equal(parseLockWait('168h'), 7 * 24 * 3_600_000)
+  })
+
+  it("defaults: vzdump's 180 minutes for backup, 10 minutes for prune and remove", () => {
+    assert.deepEqual(LOCK_WAIT_DEFAULTS, { backup: 180 * 60_000, other: 10 * 60_000 })
+  })
+})
