@@ -37,6 +37,11 @@ export interface BackupVolume {
   protected: boolean
   /** First line of the notes, if any. */
   notes?: string
+  /**
+   * Why the backup cannot be restored as listed (its manifest is unreadable, or a backup it
+   * builds on is gone or unusable), if so; `check --repair` sets such backups aside.
+   */
+  broken?: string
   /** Always `backup`. */
   content: 'backup'
 }

@@ -175,6 +175,7 @@ export const createProgram = (io: CliIO): CliProgram => {
           protected: v.protected,
           notes: v.notes ?? null,
           status: 'ok',
+          ...(v.broken === undefined ? {} : { status: 'broken', broken: v.broken }),
         }))
         for (const f of failed) {
           rows.push({
@@ -192,6 +193,7 @@ export const createProgram = (io: CliIO): CliProgram => {
       }
       for (const v of vols) {
         const flags = [v.protected ? 'protected' : '', v.parent ? `parent=${v.parent}` : '']
+        if (v.broken !== undefined) flags.push(`BROKEN: ${v.broken}`)
         writeLine(
           io.stdout,
           [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
