@@ -12,6 +12,8 @@ import { initStore, openStore } from '../provider/directory/store.ts'
 import { parseVolname } from '../provider/directory/layout.ts'
 import { backupCommand } from './commands/backup.ts'
 import { bitmapsCommand } from './commands/bitmaps.ts'
+import { checkCommand, defineCheck } from './commands/check.ts'
+import type { CheckCommandOptions } from './commands/check.ts'
 import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
@@ -333,6 +335,10 @@ export const createProgram = (io: CliIO): CliProgram => {
       }
       result = await bitmapsCommand(o, io)
     })
+
+  defineCheck(program.command('check')).action(async (o: CheckCommandOptions) => {
+    result = await checkCommand(o, logger(), io)
+  })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.
   program
