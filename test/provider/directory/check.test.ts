@@ -178,6 +178,21 @@ describe('provider/directory/check: the store fsck', () => {
     assert.deepEqual(volumes, [`k:${chain[0]}`])
   })
 
+  it('finds a chain whose parent image was deleted by hand, and what builds on it', async () => {
+    const store = await copy()
+    const [d1, d2] = [chain[1], chain[2]].map((v) => parseVolname(v ?? '').dirName)
+    await rm(join(store, '100', d1 ?? '', 'drive-scsi0.qcow2'))
+    const found = await check(store)
+    assert.deepEqual(view(store, found), [
+      `broken-chain 100/${d1}: drive-scsi0: image ${store}/100/${d1}/drive-scsi0.qcow2 is missing`,
+      `broken-chain 100/${d2}: drive-scsi0: it builds on ${chain[1]}, which is unusable`,
+      `manifest-mismatch 100/${d1}: drive-scsi0.qcow2 is listed by the manifest but missing`,
+      `stale-bitmap-record 100/bitmaps.json: the bitmaps of drive-scsi0 are recorded for ${chain[2]}, which is unusable`,
+    ])
+    assert.ok((await check(store, true)).every((f) => f.repaired))
+    assert.deepEqual(await check(store), [])
+  })
+
   it('reports what guestbackup never writes and never touches it', async () => {
     const store = await copy()
     await writeFile(join(store, 'README'), 'mine')
