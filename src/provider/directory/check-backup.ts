@@ -60,7 +60,7 @@ export const checkBackup = async (
         out.mismatch.push(toBackupError(e).message)
       }
     }
-    out.chain.push(...(await chainProblems(guest, ref, device, disk.parent, disk.file, usable)))
+    out.chain.push(...(await chainProblems(guest, ref, device, disk, usable, signal)))
     if (signal?.aborted === true) signal.throwIfAborted()
   }
   if (m.parent !== undefined && usable.get(m.parent) !== true && out.chain.length === 0) {
@@ -118,16 +118,19 @@ const chainProblems = async (
   guest: Dir,
   ref: VolumeRef,
   device: string,
-  parent: string | undefined,
-  file: string,
+  { parent, file }: { parent?: string | undefined; file: string },
   usable: ReadonlyMap<string, boolean>,
+  signal: AbortSignal | undefined,
 ): Promise<string[]> => {
   if (parent !== undefined && usable.get(parent) !== true) {
     return [`${device}: ${parentGone(parent, usable)}`]
   }
   const expected = parent === undefined ? undefined : `../${parseVolname(parent).dirName}/${file}`
   try {
-    await using chain = await openChain(guest, ref.dirName, file, { dirName: BACKUP_DIR_RE })
+    await using chain = await openChain(guest, ref.dirName, file, {
+      dirName: BACKUP_DIR_RE,
+      signal,
+    })
     const backing = chain.links[0]?.backing
     if (backing !== expected) {
       return [
