@@ -39,6 +39,11 @@ export interface BackupVolume {
   notes?: string
   /** The last verification of the backup's data, if it was verified (PBS's `verification`). */
   verification?: Verification
+  /**
+   * Why the backup cannot be restored as listed (its manifest is unreadable, or a backup it
+   * builds on is gone or unusable), if so; `check --repair` sets such backups aside.
+   */
+  broken?: string
   /** Always `backup`. */
   content: 'backup'
 }

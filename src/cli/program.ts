@@ -13,6 +13,8 @@ import { initStore, openStore } from '../provider/directory/store.ts'
 import { parseVolname } from '../provider/directory/layout.ts'
 import { backupCommand } from './commands/backup.ts'
 import { bitmapsCommand } from './commands/bitmaps.ts'
+import { checkCommand, defineCheck } from './commands/check.ts'
+import type { CheckCommandOptions } from './commands/check.ts'
 import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
@@ -211,6 +213,7 @@ export const createProgram = (io: CliIO): CliProgram => {
             ? {}
             : { 'verify-detail': v.verification.detail }),
           status: 'ok',
+          ...(v.broken === undefined ? {} : { status: 'broken', broken: v.broken }),
         }))
         for (const f of failed) {
           rows.push({
@@ -233,6 +236,7 @@ export const createProgram = (io: CliIO): CliProgram => {
           v.parent ? `parent=${v.parent}` : '',
           verified === undefined ? '' : verified.state === 'ok' ? 'verified' : 'VERIFY-FAILED',
         ]
+        if (v.broken !== undefined) flags.push(`BROKEN: ${v.broken}`)
         writeLine(
           io.stdout,
           [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
@@ -391,6 +395,10 @@ export const createProgram = (io: CliIO): CliProgram => {
       }
       result = await bitmapsCommand(o, io)
     })
+
+  defineCheck(program.command('check')).action(async (o: CheckCommandOptions) => {
+    result = await checkCommand(o, logger(), io)
+  })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.
   program

@@ -10,6 +10,7 @@
  * <path>/<vmid>/.partial-<type>-<time>/           a backup in progress (never listed)
  * <path>/<vmid>/<type>-<time>.failed/backup.log   the log of a failed backup
  * <path>/<vmid>/bitmaps.json                      which backup each disk's bitmap continues
+ * <path>/<vmid>/<type>-<time>.broken/             a backup `check --repair` set aside (never listed)
  * ```
  */
 import type { GuestType } from '../../api/provider.ts'

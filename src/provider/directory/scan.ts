@@ -72,6 +72,40 @@ export const readBackup = async (guest: Dir, ref: VolumeRef): Promise<FoundBacku
   return { ref, manifest }
 }
 
+/** Every backup a backup builds on: its own parent and each disk's (older backups, same guest). */
+export const parentsOf = (b: FoundBackup): string[] => [
+  ...new Set(
+    [b.manifest?.parent, ...Object.values(b.manifest?.disks ?? {}).map((d) => d.parent)].filter(
+      (p): p is string => p !== undefined,
+    ),
+  ),
+]
+
+/**
+ * The backups of one guest that cannot be restored as listed, each with the reason: its
+ * manifest is unreadable, or a backup it builds on (`parents`, default {@link parentsOf}) is not
+ * among `backups` (deleted by hand) or is itself unusable. Manifest-level only, cheap enough for
+ * `list`; `check` also validates the images' chains.
+ */
+export const unusableBackups = (
+  backups: readonly FoundBackup[],
+  parents: (b: FoundBackup) => readonly string[] = parentsOf,
+): Map<string, string> => {
+  const names = new Set(backups.map((b) => b.ref.volname))
+  const out = new Map<string, string>()
+  for (const b of [...backups].sort((x, y) => x.ref.ctime - y.ref.ctime)) {
+    if (b.manifest === undefined) {
+      out.set(b.ref.volname, 'its manifest is unreadable')
+      continue
+    }
+    const missing = parents(b).find((p) => !names.has(p) || out.has(p))
+    if (missing === undefined) continue
+    const why = names.has(missing) ? 'is unusable' : 'no longer exists'
+    out.set(b.ref.volname, `it builds on ${missing}, which ${why}`)
+  }
+  return out
+}
+
 /** A failed backup run: its `<type>-<time>.failed/backup.log`. */
 export interface FailedRun {
   ref: VolumeRef

@@ -26,7 +26,8 @@ import type { StoreLayout, VolumeRef } from './layout.ts'
 import { freeBackup, parentAfter, pendingRemoval, planRemoval, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
-import { listFailedRuns, listGuestBackups, listGuestIds, readBackup } from './scan.ts'
+import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
+import { readBackup, unusableBackups } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
 import { readVerification } from './verify-state.ts'
 import { proveRestored } from './verify.ts'
@@ -159,10 +160,16 @@ export class DirectoryStorage implements BackupStorage {
     for await (const [vmid, guest] of this.#guests(root, opts.vmid)) {
       // A removal a killed run left is shown as done: the next command completes it.
       const pending = await pendingRemoval(guest).catch(() => undefined)
-      for (const b of await listGuestBackups(guest, vmid, opts.subtype)) {
-        if (b.ref.volname === pending?.volname) continue
-        const parent = b.manifest && parentAfter(pending, b.ref.volname, b.manifest)
-        out.push(await this.#describe(guest, b, parent))
+      const backups = (await listGuestBackups(guest, vmid, opts.subtype)).filter(
+        (b) => b.ref.volname !== pending?.volname,
+      )
+      const parentOf = (b: FoundBackup) =>
+        b.manifest && parentAfter(pending, b.ref.volname, b.manifest)
+      const unusable = unusableBackups(backups, (b) =>
+        pending === undefined ? parentsOf(b) : [parentOf(b)].filter((p) => p !== undefined),
+      )
+      for (const b of backups) {
+        out.push(await this.#describe(guest, b, parentOf(b), unusable.get(b.ref.volname)))
       }
     }
     return out
@@ -437,7 +444,12 @@ export class DirectoryStorage implements BackupStorage {
     }
   }
 
-  async #describe(guest: Dir, b: FoundBackup, parent: string | undefined): Promise<BackupVolume> {
+  async #describe(
+    guest: Dir,
+    b: FoundBackup,
+    parent: string | undefined,
+    broken: string | undefined,
+  ): Promise<BackupVolume> {
     const notes = (await this.#readNotes(guest, b.ref))?.split('\n')[0]
     const verification = await readVerification(this.#layout, guest, b.ref)
     return {
@@ -451,6 +463,7 @@ export class DirectoryStorage implements BackupStorage {
       protected: await this.#isProtected(guest, b.ref),
       ...(notes === undefined || notes === '' ? {} : { notes }),
       ...(verification === undefined ? {} : { verification }),
+      ...(broken === undefined ? {} : { broken }),
       content: 'backup',
     }
   }

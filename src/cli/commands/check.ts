@@ -1,0 +1,66 @@
+/**
+ * `guestbackup check`: find (and with `--repair`, repair) what is inconsistent in a store. Exit
+ * code 0 when nothing is found or everything found was repaired, 1 when findings remain.
+ */
+import { resolve } from 'node:path'
+import type { Command } from 'commander'
+import { checkStore } from '../../provider/directory/check.ts'
+import { StoreLayout } from '../../provider/directory/layout.ts'
+import { openStore } from '../../provider/directory/store.ts'
+import type { Logger } from '../../log.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
+import { parseVmid } from '../parse.ts'
+
+/** Options of the check command as commander parses them. */
+export interface CheckCommandOptions {
+  store: string
+  vmid?: number
+  repair?: boolean
+  json?: boolean
+}
+
+/** Declare the command's options on `cmd` (program.ts adds the action). */
+export const defineCheck = (cmd: Command): Command =>
+  cmd
+    .description('check a store for what killed runs, hand edits or tampering left (--repair: fix)')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--vmid <id>', 'only this guest', parseVmid)
+    .option('--repair', 'repair what is found (each guest locked while it is repaired)')
+    .option('--json', 'print {findings, repaired} as JSON')
+
+/** Run the check command; returns the exit code (1 when findings remain unrepaired). */
+export const checkCommand = async (
+  o: CheckCommandOptions,
+  logger: Logger,
+  io: CliIO,
+): Promise<number> => {
+  // openStore refuses what is not a store (exit code 2) before anything is looked at.
+  await openStore(o.store)
+  const findings = await checkStore(new StoreLayout(resolve(o.store)), {
+    repair: o.repair === true,
+    vmid: o.vmid,
+    signal: io.signal,
+    log: (level, msg) => {
+      if (level === 'err') logger.error(msg)
+      else if (level === 'warn') logger.warn(msg)
+      else logger.info(msg)
+    },
+  })
+  const repaired = findings.filter((f) => f.repaired).length
+  if (o.json === true) {
+    writeLine(io.stdout, JSON.stringify({ findings, repaired }, null, 2))
+  } else {
+    for (const f of findings) {
+      const what = f.repaired ? `repaired: ${f.repair}` : `repair: ${f.repair}`
+      writeLine(io.stdout, `${f.path}: ${f.detail} (${what})`)
+    }
+    writeLine(
+      io.stdout,
+      findings.length === 0
+        ? 'store is consistent'
+        : `${findings.length} finding${findings.length === 1 ? '' : 's'}, ${repaired} repaired`,
+    )
+  }
+  return findings.length === repaired ? 0 : 1
+}
