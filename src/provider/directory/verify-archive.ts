@@ -185,14 +185,20 @@ export const verifyArchive = async (
     group.addTool(tool)
     unpack = toolStage(tool, group)
   }
-  const consume =
-    members === undefined || list === undefined
-      ? async (source: AsyncIterable<Buffer>): Promise<void> => {
-          for await (const _ of source) throwIfAborted(opts.signal)
-        }
-      : (source: AsyncIterable<Buffer>): Promise<void> =>
-          compareMembers(source, readMembers(list.path, members.name))
   let found: string | undefined
+  const consume = async (source: AsyncIterable<Buffer>): Promise<void> => {
+    if (members === undefined || list === undefined) {
+      for await (const _ of source) throwIfAborted(opts.signal)
+      return
+    }
+    try {
+      await compareMembers(source, readMembers(list.path, members.name))
+    } catch (e) {
+      // Stopping at the first difference: the pipeline may report that as an abort.
+      if (e instanceof Found) found = e.message
+      throw e
+    }
+  }
   const input = createReadStream(pin.path, { highWaterMark: READ })
   const signal = group.signal
   const piped =
@@ -201,8 +207,7 @@ export const verifyArchive = async (
       : pipeline(input, tap, unpack, consume, { signal })
   group.add(
     piped.catch((e: unknown) => {
-      if (!(e instanceof Found)) throw e
-      found = e.message
+      if (found === undefined) throw e
     }),
   )
   try {
