@@ -3,8 +3,9 @@
  * backup providers (pve-container `VZDump/LXC.pm`, `LXC/Create.pm`). Everything streams through
  * `pipeline()`; an archive is never held in memory.
  */
+import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
-import { stat } from 'node:fs/promises'
+import { rm, stat } from 'node:fs/promises'
 import { Transform } from 'node:stream'
 import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -15,6 +16,8 @@ import { writeAtomically } from '../io/fs.ts'
 import { tarExcludeArgs } from './excludes.ts'
 import { Group, assertEmptyDirectory, stderrLines, stdioOf, toolStage } from './internal.ts'
 import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
+import { hashStage, membersStage } from './tar-digest.ts'
+import type { MembersResult } from './tar-digest.ts'
 
 /**
  * Proxmox's `COMMON_TAR_FLAGS`: stay on one file system, keep permissions, sparse files, numeric
@@ -70,6 +73,13 @@ export interface CreateTarOptions {
   bandwidth?: TokenBucket | undefined
   /** `'zstd'` pipes the stream through `zstd -T0 -3`; name the output `*.tar.zst`. Default none. */
   compress?: 'zstd' | undefined
+  /**
+   * Path of the members file to write beside the archive: one JSON line per member
+   * (`TarMember`, see `tar-members.ts`), parsed from the uncompressed tar stream in the same
+   * pass. Written like `output` (as `members + '.partial'`, fsynced, renamed); must not exist.
+   * Default: none.
+   */
+  members?: string | undefined
   /** Kills tar (and zstd) and removes the partial file. */
   signal?: AbortSignal | undefined
 }
@@ -80,6 +90,10 @@ export interface CreateTarResult {
   bytes: number
   /** Size of the uncompressed tar stream in bytes. */
   tarBytes: number
+  /** SHA-256 (hex) of the archive file's bytes (with `compress`, of the compressed file). */
+  digest: string
+  /** The members file's SHA-256 and its number of members, when `members` was given. */
+  members?: MembersResult | undefined
   /**
    * tar's diagnostics, including "file changed as we read it" (tar exit code 1, which is a
    * warning, not a failure: the archive is complete but that file may be inconsistent) and
@@ -119,8 +133,11 @@ const counter = (onBytes: (n: number) => void): Transform =>
  * `tar cpf - --totals COMMON_TAR_FLAGS --directory=DIR <excludes> -- <sources>`, through the
  * bandwidth limit and optionally `zstd -T0 -3`, into `output + '.partial'`, which is fsynced and
  * renamed to `output` on success. Called once per container volume set during a backup.
+ * In the same pass the relay hashes the bytes written to the file (the result's `digest`) and,
+ * with `members`, parses the uncompressed tar stream into the members file (`tar-digest.ts`).
  *
- * @throws BackupError `USAGE` for invalid sources/excludes or an existing output,
+ * @throws BackupError `USAGE` for invalid sources/excludes or an existing output or members
+ *   file, `ARCHIVE_INVALID` when the members parser cannot read tar's output,
  *   `ARCHIVE_TOOL_FAILED` with tar's stderr when tar fails (exit code ≥ 2, e.g. a missing
  *   directory), `ABORTED`, `NO_SPACE`, `IO`. No output or partial file is left behind.
  */
@@ -140,7 +157,8 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     ...sources,
   ]
   let tarBytes = 0
-  const { exitCode, stderr } = await writeAtomically(opts.output, async (partial) => {
+  const hash = createHash('sha256')
+  const relay = async (partial: string, membersPartial: string | undefined) => {
     const group = new Group(opts.signal)
     const tar = spawnTool('tar', args, {
       stdin: 'ignore',
@@ -153,20 +171,40 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
         : undefined
     group.addTool(tar)
     if (zstd) group.addTool(zstd)
-    const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
-    if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
-    if (zstd) stages.push(toolStage(zstd, group))
-    const out = createWriteStream(partial, { flags: 'w', mode: 0o600 })
-    group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
-    await group.settle()
-    return { exitCode: await tar.done, stderr: tar.stderr() }
+    const parsed = membersPartial === undefined ? undefined : await membersStage(membersPartial)
+    try {
+      const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
+      if (parsed) stages.push(parsed.stage)
+      if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
+      if (zstd) stages.push(toolStage(zstd, group))
+      stages.push(hashStage(hash))
+      const out = createWriteStream(partial, { flags: 'w', mode: 0o600 })
+      group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
+      await group.settle()
+    } finally {
+      await parsed?.close()
+    }
+    return { exitCode: await tar.done, stderr: tar.stderr(), members: parsed?.result() }
+  }
+  const membersPath = opts.members
+  let membersNamed = false
+  const { exitCode, stderr, members } = await writeAtomically(opts.output, async (partial) => {
+    if (membersPath === undefined) return await relay(partial, undefined)
+    const r = await writeAtomically(membersPath, (m) => relay(partial, m))
+    membersNamed = true
+    return r
+  }).catch(async (e: unknown) => {
+    // The members file got its name, then the archive failed to get its own.
+    if (membersNamed && membersPath !== undefined) await rm(membersPath, { force: true })
+    throw e
   })
   const warnings = [...excl.warnings, ...stderrLines(stderr)]
   if (exitCode === 1) {
     warnings.push('tar exit code 1: some files changed while they were archived')
   }
   const { size } = await stat(opts.output)
-  return { bytes: size, tarBytes, warnings }
+  const digest = hash.digest('hex')
+  return { bytes: size, tarBytes, digest, ...(members ? { members } : {}), warnings }
 }
 
 /** Options of {@link extractTarArchive}. */

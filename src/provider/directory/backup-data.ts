@@ -21,7 +21,7 @@ import type { IncrementalBase } from './incremental.ts'
 import type { ManifestDisk } from './manifest.ts'
 import { backupDisk } from './vm-disk.ts'
 import { BlockDigests } from '../../digest/blocks.ts'
-import { readDiskDigests, writeDiskDigests } from './digests.ts'
+import { digestOf, readDiskDigests, writeDiskDigests } from './digests.ts'
 import { parseVolname } from './layout.ts'
 import { readManifest } from './manifest.ts'
 
@@ -162,24 +162,56 @@ const WITHOUT_DIGESTS = process.env['GUESTBACKUP_BENCH_WITHOUT_DIGESTS'] === '1'
 /** The archive file of each container backup mode. */
 export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as const
 
-/** Write the container's archive into `dir`; returns the archiver's warnings. */
+/** The members file beside a tar archive (one JSON line per member, see `tar-members.ts`). */
+export const MEMBERS_FILE = 'archive.members'
+
+/** What {@link writeContainerArchive} wrote. */
+export interface ContainerArchive {
+  /** The archiver's warnings. */
+  warnings: string[]
+  /**
+   * SHA-256 of the files written, by name: the archive (tar: hashed in the relay's pass;
+   * squashfs: read back once, mksquashfs writes the file itself) and, for tar, the members file.
+   */
+  digests: Record<string, string>
+  /** tar: the members file's name. */
+  members?: string
+}
+
+/** Write the container's archive into `dir`, with its digests (see {@link ContainerArchive}). */
 export const writeContainerArchive = async (
   dir: Dir,
   mode: keyof typeof ARCHIVE_FILES,
   excludes: readonly string[],
   info: ContainerBackupInfo,
-): Promise<string[]> => {
-  const output = dir.at(ARCHIVE_FILES[mode])
-  const r =
-    mode === 'tar'
-      ? await createTarArchive({
-          directory: info.directory,
-          sources: info.sources,
-          excludes,
-          output,
-          bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
-          signal: info.signal,
-        })
-      : await createSquashfs({ directory: info.directory, excludes, output, signal: info.signal })
-  return [...r.warnings]
+): Promise<ContainerArchive> => {
+  const file = ARCHIVE_FILES[mode]
+  const output = dir.at(file)
+  if (mode === 'squashfs') {
+    const r = await createSquashfs({
+      directory: info.directory,
+      excludes,
+      output,
+      signal: info.signal,
+    })
+    return {
+      warnings: [...r.warnings],
+      digests: { [file]: await digestOf(dir, file, info.signal) },
+    }
+  }
+  const r = await createTarArchive({
+    directory: info.directory,
+    sources: info.sources,
+    excludes,
+    output,
+    members: dir.at(MEMBERS_FILE),
+    bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
+    signal: info.signal,
+  })
+  if (r.members === undefined) throw new BackupError('INTERNAL', 'the tar relay wrote no members')
+  return {
+    warnings: [...r.warnings],
+    digests: { [file]: r.digest, [MEMBERS_FILE]: r.members.digest },
+    members: MEMBERS_FILE,
+  }
 }

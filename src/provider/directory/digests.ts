@@ -100,14 +100,20 @@ export const isDigested = (name: string): boolean =>
   name !== 'backup.log' &&
   !name.startsWith('.')
 
-/** SHA-256 of each file of `names` in `dir` that {@link isDigested}. */
+/**
+ * SHA-256 of each file of `names` in `dir` that {@link isDigested}. `known`: digests already
+ * taken from the bytes as they were written (a container archive hashed in the relay's pass),
+ * used instead of reading those files again.
+ */
 export const fileDigests = async (
   dir: Dir,
   names: readonly string[],
   signal?: AbortSignal,
+  known: Readonly<Record<string, string>> = {},
 ): Promise<Record<string, string>> => {
   const out: Record<string, string> = {}
-  for (const name of [...names].sort())
-    if (isDigested(name)) out[name] = await digestOf(dir, name, signal)
+  for (const name of [...names].sort()) {
+    if (isDigested(name)) out[name] = known[name] ?? (await digestOf(dir, name, signal))
+  }
   return out
 }

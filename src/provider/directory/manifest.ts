@@ -197,6 +197,8 @@ const missingDigest = (m: Manifest): string | undefined => {
   if (m.container !== undefined && m.container.digest === undefined) {
     return 'records no digest of the archive'
   }
+  const members = m.container?.digest?.members
+  if (members !== undefined && members !== 'archive.members') return `names member list ${members}`
   return undefined
 }
 

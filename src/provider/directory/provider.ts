@@ -318,9 +318,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const g = this.#guest(vmid)
     await this.#writeConfigs(g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
-    const warnings = await this.#inStore(g, ARCHIVE_FILES[mode], () =>
+    const archive = await this.#inStore(g, ARCHIVE_FILES[mode], () =>
       writeContainerArchive(g.partial, mode, excludePatterns, info),
     )
+    const { warnings, members } = archive
     for (const w of warnings) this.#log('warn', w)
     await this.#finalise(
       g,
@@ -329,10 +330,11 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           file: ARCHIVE_FILES[mode],
           format: mode,
           excludes: [...excludePatterns],
-          digest: { algorithm: 'sha256' },
+          digest: { algorithm: 'sha256', ...(members === undefined ? {} : { members }) },
         },
         warnings,
       }),
+      archive.digests,
     )
   }
 
@@ -341,11 +343,13 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
    * sizes, fsync of the dir, rename of the partial dir to its final name, fsync of the guest
    * dir. A failure before the rename leaves only the partial dir (never listed); after it, the
    * backup is committed and `backupCleanup(false)` removes it. Written in place, the manifest
-   * (atomic and fsynced) is the commit, and the guest dir is not touched.
+   * (atomic and fsynced) is the commit, and the guest dir is not touched. `known`: digests of
+   * files hashed as they were written (the container archive), not read again.
    */
   async #finalise(
     g: GuestState,
     manifest: Omit<Manifest, 'files' | 'completed' | 'digests'>,
+    known: Readonly<Record<string, string>> = {},
   ): Promise<void> {
     const files = await fileSizes(g.partial)
     const legacy = Object.values(manifest.disks ?? {}).some((d) => d.digest === undefined)
@@ -358,7 +362,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           : {
               ...manifest,
               files,
-              digests: await fileDigests(g.partial, Object.keys(files)),
+              digests: await fileDigests(g.partial, Object.keys(files), undefined, known),
               completed,
             },
       )

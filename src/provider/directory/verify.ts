@@ -26,6 +26,7 @@ import {
   readDiskDigests,
 } from './digests.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
+import { proveRestoredTree, verifyArchive } from './verify-archive.ts'
 import type { VolumeRef } from './layout.ts'
 import { readManifest } from './manifest.ts'
 import type { Manifest, ManifestDisk } from './manifest.ts'
@@ -87,7 +88,13 @@ export const verifyBackup = async (
       if (st?.isFile() !== true) return failed(`${name} is missing`)
       if (st.size !== size) return failed(`${name} has ${st.size} bytes, not ${size}`)
     }
+    // The container's archive and member list are checked by verifyArchive, in one read that
+    // names the first damaged member.
+    const archiveFiles = new Set(
+      m.container === undefined ? [] : [m.container.file, m.container.digest?.members],
+    )
     for (const [name, want] of Object.entries(m.digests ?? {})) {
+      if (archiveFiles.has(name)) continue
       if ((await digestOf(dir, name, opts.signal)) !== want) {
         return failed(`${name} differs from its digest`)
       }
@@ -97,6 +104,15 @@ export const verifyBackup = async (
       const r = await verifyDisk(guest, dir, ref, device, disk, opts)
       bytes += r.bytes
       if (r.detail !== undefined) return failed(r.detail)
+    }
+    if (m.container !== undefined) {
+      const file = m.container.file
+      const why = await verifyArchive(dir, m, {
+        signal: opts.signal,
+        onProgress: (done, total) => opts.onProgress?.(file, done, total),
+      })
+      if (why !== undefined) return failed(why)
+      for (const f of archiveFiles) if (f !== undefined) bytes += m.files[f] ?? 0
     }
   } catch (e) {
     const err = toBackupError(e)
@@ -209,7 +225,8 @@ export const proveRestoredDisk = async (
 
 /**
  * Prove a restore of the backup `ref` at `restored` (as the CLI's `restore` writes it: VM disks
- * as `<device>.raw`) against its digests: undefined when proven, else the first difference.
+ * as `<device>.raw`, a container's tree as `rootfs`) against its digests: undefined when
+ * proven, else the first difference.
  */
 export const proveRestored = async (
   guest: Dir,
@@ -227,7 +244,11 @@ export const proveRestored = async (
     if (why !== undefined) return why
   }
   if (m.container !== undefined) {
-    throw new BackupError('UNSUPPORTED', 'proving a restored container is not supported yet')
+    // The tree is proven against the member list (tar) or the archive itself (squashfs): both
+    // must be intact first.
+    const why = await verifyArchive(dir, m, { signal })
+    if (why !== undefined) return `the backup itself failed verification: ${why}`
+    return await proveRestoredTree(dir, m, join(restored, 'rootfs'), { signal })
   }
   return undefined
 }

@@ -1,0 +1,558 @@
+/**
+ * A streaming parser of the tar stream GNU tar 1.34 writes with our flags (`COMMON_TAR_FLAGS`:
+ * with `--acls`/`--xattrs` that is the POSIX pax format, PAX sparse 1.0; without them the GNU
+ * format, old GNU sparse `S` members, `L`/`K` long names), fed Buffers in any chunking. For each
+ * member it yields a {@link TarMember} record: where its first header block starts in the
+ * uncompressed stream, its name, type, size, the SHA-256 of its content as it will be on disk
+ * (sparse members expanded, holes as zeroes) and the SHA-256 of its header blocks. Pure: no I/O.
+ * Memory: one member's metadata (bounded by {@link MAX_META}) and a sparse map.
+ *
+ * State machine (`#state`), one 512-byte block at a time except for content:
+ *
+ *     header ──zero block──▶ header (second zero block) ──▶ end (the rest must be zero)
+ *       │ x / g / L / K ──▶ meta (size bytes, padded) ──▶ header
+ *       │ S with isextended ──▶ ext (21 map entries per block) ──▶ content
+ *       └ member ──▶ content (PAX sparse 1.0: the decimal map first) ──▶ pad ──▶ header
+ *
+ * Field offsets: POSIX.1-2001 ustar and GNU tar's `tar.h` (`oldgnu_header`, `sparse_header`).
+ */
+import { createHash } from 'node:crypto'
+import type { Hash } from 'node:crypto'
+import { BackupError } from '../errors.ts'
+
+/** Block size of the tar format. */
+export const TAR_BLOCK = 512
+/** Largest pax header or GNU long name accepted (xattrs and ACLs make pax headers grow). */
+export const MAX_META = 16 * 1024 * 1024
+/** Most sparse map entries of one member (offset and size pairs, 16 bytes each). */
+export const MAX_SPARSE_ENTRIES = 4 * 1024 * 1024
+
+/** Kinds of members. `other`: GNU volume labels, multi-volume continuations, … */
+export type TarMemberType =
+  'file' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo' | 'other'
+
+/** One member of a tar stream, as written (one JSON line each) to `archive.members`. */
+export interface TarMember {
+  /** Offset of the member's first header block (pax or long-name headers included). */
+  offset: number
+  /** Its name as stored (`./etc/passwd`, `./etc/`), decoded as UTF-8. */
+  path: string
+  /** The name's bytes, base64, when they are not valid UTF-8. */
+  pathRaw?: string
+  type: TarMemberType
+  /** Content size in bytes: a sparse file's real size; 0 for links and directories. */
+  size: number
+  /** Target of a symbolic or hard link. */
+  link?: string
+  /** The target's bytes, base64, when they are not valid UTF-8. */
+  linkRaw?: string
+  /** SHA-256 (hex) of the content as restored, for `file` only. */
+  sha256?: string
+  /** SHA-256 (hex) of every header block of the member, from `offset` to its content. */
+  header: string
+}
+
+/** The stream is not a tar stream we can read; `offset` is where it went wrong. */
+export class TarParseError extends BackupError {
+  override name = 'TarParseError'
+  /** Byte offset in the uncompressed stream. */
+  readonly offset: number
+  constructor(offset: number, message: string) {
+    super('ARCHIVE_INVALID', message, { details: { offset } })
+    this.offset = offset
+  }
+}
+
+const TYPES: Readonly<Record<string, TarMemberType>> = {
+  '0': 'file',
+  '\0': 'file',
+  '7': 'file',
+  S: 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  D: 'dir',
+  '6': 'fifo',
+}
+
+const ZEROES = Buffer.alloc(1024 * 1024)
+
+const isZero = (b: Buffer): boolean => {
+  for (let at = 0; at < b.length; at += ZEROES.length) {
+    const part = b.subarray(at, at + ZEROES.length)
+    if (!part.equals(ZEROES.subarray(0, part.length))) return false
+  }
+  return true
+}
+
+const hashZeroes = (h: Hash, n: number): void => {
+  for (let left = n; left > 0; left -= ZEROES.length) h.update(ZEROES.subarray(0, left))
+}
+
+/** An octal or base-256 (GNU) number field; undefined when malformed or not safe. */
+const readNumber = (b: Buffer, off: number, len: number): number | undefined => {
+  const first = b[off] ?? 0
+  if (first & 0x80) {
+    if (first !== 0x80) return undefined // negative
+    let v = 0
+    for (let i = 1; i < len; i++) v = v * 256 + (b[off + i] ?? 0)
+    return Number.isSafeInteger(v) ? v : undefined
+  }
+  let i = off
+  const end = off + len
+  while (i < end && b[i] === 0x20) i++
+  let v = 0
+  for (; i < end; i++) {
+    const c = b[i] ?? 0
+    if (c === 0 || c === 0x20) break
+    if (c < 0x30 || c > 0x37) return undefined
+    v = v * 8 + (c - 0x30)
+  }
+  return Number.isSafeInteger(v) ? v : undefined
+}
+
+/** A NUL-terminated field. */
+const field = (b: Buffer, off: number, len: number): Buffer => {
+  const f = b.subarray(off, off + len)
+  const nul = f.indexOf(0)
+  return nul < 0 ? f : f.subarray(0, nul)
+}
+
+/** A name as text, with its bytes when they are no valid UTF-8. */
+const text = (b: Buffer): { s: string; raw?: string } => {
+  const s = b.toString('utf8')
+  return Buffer.from(s, 'utf8').equals(b) ? { s } : { s, raw: b.toString('base64') }
+}
+
+const checksumOk = (h: Buffer): boolean => {
+  const want = readNumber(h, 148, 8)
+  let unsigned = 0
+  let signed = 0
+  for (let i = 0; i < TAR_BLOCK; i++) {
+    const c = i >= 148 && i < 156 ? 0x20 : (h[i] ?? 0)
+    unsigned += c
+    signed += c > 127 ? c - 256 : c
+  }
+  return want === unsigned || want === signed
+}
+
+/** Pax records (`<len> <key>=<value>\n`) in order; values as bytes. */
+const parsePax = (data: Buffer, at: number): [string, Buffer][] => {
+  const out: [string, Buffer][] = []
+  let pos = 0
+  while (pos < data.length) {
+    const sp = data.indexOf(0x20, pos)
+    const len = Number(data.subarray(pos, sp).toString('latin1'))
+    const end = pos + len
+    const eq = data.indexOf(0x3d, sp)
+    if (sp < 0 || !Number.isSafeInteger(len) || len <= 0 || end > data.length || eq < 0) {
+      throw new TarParseError(at, `the pax header at byte ${at} is damaged`)
+    }
+    if (data[end - 1] !== 0x0a || eq >= end) {
+      throw new TarParseError(at, `the pax header at byte ${at} is damaged`)
+    }
+    out.push([data.subarray(sp + 1, eq).toString('utf8'), data.subarray(eq + 1, end - 1)])
+    pos = end
+  }
+  return out
+}
+
+interface Sparse {
+  /** Flattened (offset, size) pairs. */
+  map: number[]
+  real: number
+  /** PAX sparse 1.0: the map is the start of the content. */
+  inContent: boolean
+  idx: number
+  written: number
+  entryLeft: number
+}
+
+/** The member whose header blocks are being read. */
+interface Pending {
+  offset: number
+  hash: Hash
+  path?: Buffer
+  link?: Buffer
+  size?: number
+  sparse?: Sparse
+  /** `GNU.sparse.*` pax values but offsets and sizes. */
+  pax: Map<string, string>
+  /** PAX sparse 0.0: `GNU.sparse.offset` and `GNU.sparse.numbytes` in order. */
+  paxSparse0: number[]
+}
+
+/** A pax header or GNU long name being read. */
+interface Meta {
+  type: string
+  buf: Buffer
+  have: number
+  size: number
+  at: number
+}
+
+/** A PAX sparse 1.0 map being read: its numbers, how many are wanted, the current digits. */
+interface MapText {
+  nums: number[]
+  want: number
+  digits: string
+  used: number
+}
+
+type State = 'header' | 'meta' | 'ext' | 'map' | 'content' | 'pad' | 'end'
+
+/** Index of the first non-zero byte of `b`, or -1. */
+const firstNonZero = (b: Buffer): number => {
+  if (isZero(b)) return -1
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return i
+  return -1
+}
+
+/** See the module comment. One instance per tar stream. */
+export class TarMemberParser {
+  #state: State = 'header'
+  #pos = 0
+  readonly #block = Buffer.alloc(TAR_BLOCK)
+  #have = 0
+  #zeroBlocks = 0
+  #meta: Meta | undefined
+  #member: Pending | undefined
+  #record: TarMember | undefined
+  #content: Hash | undefined
+  /** Content bytes (as stored) still to come, and their total. */
+  #left = 0
+  #stored = 0
+  #padLeft = 0
+  #map: MapText | undefined
+  #stray: number | undefined
+
+  /** Bytes consumed so far (the offset of the next byte). */
+  get offset(): number {
+    return this.#pos
+  }
+
+  /** Offset of the first non-zero byte in a member's padding or after the end blocks. */
+  get strayByte(): number | undefined {
+    return this.#stray
+  }
+
+  /** True once the two end-of-archive blocks were read. */
+  get ended(): boolean {
+    return this.#state === 'end'
+  }
+
+  /** Feed the next bytes; returns the members they complete, in order. */
+  push(chunk: Buffer): TarMember[] {
+    const out: TarMember[] = []
+    let i = 0
+    while (i < chunk.length) {
+      const n = this.#step(chunk.subarray(i), out)
+      i += n
+      this.#pos += n
+    }
+    return out
+  }
+
+  /** The stream ended: `TarParseError` unless it ended after its end-of-archive blocks. */
+  end(): void {
+    if (this.#state !== 'end') {
+      throw new TarParseError(this.#pos, `the tar stream ends at byte ${this.#pos}, unfinished`)
+    }
+  }
+
+  /** Consume a non-empty prefix of `data` (which starts at `#pos`); returns its length. */
+  #step(data: Buffer, out: TarMember[]): number {
+    switch (this.#state) {
+      case 'header':
+      case 'ext': {
+        const n = Math.min(TAR_BLOCK - this.#have, data.length)
+        data.copy(this.#block, this.#have, 0, n)
+        this.#have += n
+        if (this.#have === TAR_BLOCK) {
+          this.#have = 0
+          const at = this.#pos + n - TAR_BLOCK
+          if (this.#state === 'header') this.#onHeader(at, out)
+          else this.#onExt(at, out)
+        }
+        return n
+      }
+      case 'meta': {
+        const m = must(this.#meta)
+        const n = Math.min(m.buf.length - m.have, data.length)
+        data.copy(m.buf, m.have, 0, n)
+        m.have += n
+        if (m.have === m.buf.length) this.#onMeta(m)
+        return n
+      }
+      case 'map':
+        return this.#mapBytes(data, out)
+      case 'content': {
+        const n = Math.min(this.#left, data.length)
+        this.#contentBytes(data.subarray(0, n))
+        this.#left -= n
+        if (this.#left === 0) this.#finishContent(out)
+        return n
+      }
+      case 'pad': {
+        const n = Math.min(this.#padLeft, data.length)
+        this.#checkZero(data.subarray(0, n))
+        this.#padLeft -= n
+        if (this.#padLeft === 0) this.#state = 'header'
+        return n
+      }
+      case 'end':
+        this.#checkZero(data)
+        return data.length
+    }
+  }
+
+  #checkZero(data: Buffer): void {
+    if (this.#stray !== undefined) return
+    const i = firstNonZero(data)
+    if (i >= 0) this.#stray = this.#pos + i
+  }
+
+  #onHeader(at: number, out: TarMember[]): void {
+    const h = this.#block
+    if (isZero(h)) {
+      if (this.#member !== undefined) {
+        throw new TarParseError(at, `the archive's header at byte ${at} is damaged (zero block)`)
+      }
+      this.#zeroBlocks++
+      if (this.#zeroBlocks === 2) this.#state = 'end'
+      return
+    }
+    if (this.#zeroBlocks > 0 || !checksumOk(h)) {
+      throw new TarParseError(at, `the archive's header at byte ${at} is damaged`)
+    }
+    this.#member ??= { offset: at, hash: createHash('sha256'), pax: new Map(), paxSparse0: [] }
+    const p = this.#member
+    p.hash.update(h)
+    const flag = String.fromCharCode(h[156] ?? 0)
+    const size = readNumber(h, 124, 12)
+    if (size === undefined) {
+      throw new TarParseError(at, `the archive's header at byte ${at} is damaged (size)`)
+    }
+    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      if (size > MAX_META) throw new TarParseError(at, `the header at byte ${at} is too large`)
+      const buf = Buffer.alloc(Math.ceil(size / TAR_BLOCK) * TAR_BLOCK)
+      this.#meta = { type: flag, buf, have: 0, size, at }
+      if (buf.length === 0) this.#onMeta(this.#meta)
+      else this.#state = 'meta'
+      return
+    }
+    const posix = h.subarray(257, 263).toString('latin1') === 'ustar\0'
+    let name = p.path ?? field(h, 0, 100)
+    if (p.path === undefined && posix && h[345] !== 0) {
+      name = Buffer.concat([field(h, 345, 155), Buffer.from('/'), field(h, 0, 100)])
+    }
+    const type = TYPES[flag] ?? 'other'
+    const pname = text(name)
+    this.#stored = p.size ?? size
+    const rec: TarMember = { offset: p.offset, path: pname.s, type, size: this.#stored, header: '' }
+    if (pname.raw !== undefined) rec.pathRaw = pname.raw
+    if (type === 'symlink' || type === 'hardlink') {
+      const l = text(p.link ?? field(h, 157, 100))
+      rec.link = l.s
+      if (l.raw !== undefined) rec.linkRaw = l.raw
+    }
+    if (type !== 'file') rec.size = type === 'other' ? this.#stored : 0
+    this.#record = rec
+    this.#left = this.#stored
+    const damaged = (): TarParseError =>
+      new TarParseError(at, `the sparse header at byte ${at} is damaged`)
+    if (flag === 'S') {
+      const real = readNumber(h, 483, 12)
+      if (real === undefined) throw damaged()
+      p.sparse = { map: [], real, inContent: false, idx: 0, written: 0, entryLeft: 0 }
+      this.#addEntries(h, 386, 4, at)
+      if (h[482] !== 0) {
+        this.#state = 'ext'
+        return
+      }
+    } else if (p.pax.get('GNU.sparse.major') === '1') {
+      const real = Number(p.pax.get('GNU.sparse.realsize'))
+      if (!Number.isSafeInteger(real) || real < 0) throw damaged()
+      p.sparse = { map: [], real, inContent: true, idx: 0, written: 0, entryLeft: 0 }
+    } else if (p.pax.has('GNU.sparse.size')) {
+      // PAX sparse 0.0 (GNU.sparse.offset / numbytes pairs) and 0.1 (GNU.sparse.map).
+      const real = Number(p.pax.get('GNU.sparse.size'))
+      const list = p.pax.get('GNU.sparse.map')
+      const map = list === undefined ? p.paxSparse0 : list.split(',').map(Number)
+      const bad = map.length % 2 !== 0 || map.some((v) => !Number.isSafeInteger(v) || v < 0)
+      if (!Number.isSafeInteger(real) || real < 0 || bad) throw damaged()
+      p.sparse = { map, real, inContent: false, idx: 0, written: 0, entryLeft: 0 }
+    }
+    this.#startContent(at, out)
+  }
+
+  #onMeta(m: Meta): void {
+    const p = must(this.#member)
+    p.hash.update(m.buf)
+    const data = m.buf.subarray(0, m.size)
+    this.#meta = undefined
+    this.#state = 'header'
+    if (m.type === 'L' || m.type === 'K') {
+      const nul = data.indexOf(0)
+      const v = Buffer.from(nul < 0 ? data : data.subarray(0, nul))
+      if (m.type === 'L') p.path = v
+      else p.link = v
+      return
+    }
+    if (m.type === 'g') return // global defaults: GNU tar writes none that we use
+    for (const [key, value] of parsePax(data, m.at)) {
+      if (key === 'path' || key === 'GNU.sparse.name') p.path = Buffer.from(value)
+      else if (key === 'linkpath') p.link = Buffer.from(value)
+      else if (key === 'size') p.size = paxNumber(value, m.at)
+      else if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
+        p.paxSparse0.push(paxNumber(value, m.at))
+      } else if (key.startsWith('GNU.sparse.')) p.pax.set(key, value.toString('latin1'))
+    }
+  }
+
+  /** Old GNU sparse entries (12-byte offset, 12-byte size) of a header or extension block. */
+  #addEntries(b: Buffer, off: number, count: number, at: number): void {
+    const map = must(must(this.#member).sparse).map
+    for (let i = 0; i < count && b[off + i * 24] !== 0; i++) {
+      const o = readNumber(b, off + i * 24, 12)
+      const s = readNumber(b, off + i * 24 + 12, 12)
+      if (o === undefined || s === undefined || map.length >= 2 * MAX_SPARSE_ENTRIES) {
+        throw new TarParseError(at, `the sparse map at byte ${at} is damaged`)
+      }
+      map.push(o, s)
+    }
+  }
+
+  #onExt(at: number, out: TarMember[]): void {
+    this.#member?.hash.update(this.#block)
+    this.#addEntries(this.#block, 0, 21, at)
+    if (this.#block[504] === 0) this.#startContent(at, out)
+  }
+
+  #startContent(at: number, out: TarMember[]): void {
+    const p = must(this.#member)
+    const rec = must(this.#record)
+    rec.header = p.hash.digest('hex')
+    if (rec.type === 'file') this.#content = createHash('sha256')
+    this.#state = 'content'
+    if (p.sparse !== undefined) {
+      rec.size = p.sparse.real
+      if (p.sparse.inContent) {
+        if (this.#left === 0) throw new TarParseError(at, `the sparse member at ${at} is empty`)
+        this.#map = { nums: [], want: -1, digits: '', used: 0 }
+        this.#state = 'map'
+        return
+      }
+      this.#checkMap(at)
+    }
+    if (this.#left === 0) this.#finishContent(out)
+  }
+
+  /** The map must be ordered, inside the real size, and add up to the stored bytes. */
+  #checkMap(at: number): void {
+    const s = must(must(this.#member).sparse)
+    let end = 0
+    let sum = 0
+    for (let i = 0; i < s.map.length; i += 2) {
+      const o = s.map[i] ?? 0
+      const n = s.map[i + 1] ?? 0
+      if (o < end || o + n > s.real) throw new TarParseError(at, `bad sparse map at byte ${at}`)
+      end = o + n
+      sum += n
+    }
+    if (sum !== this.#left) throw new TarParseError(at, `bad sparse map at byte ${at}`)
+  }
+
+  /** PAX sparse 1.0: decimal lines (count, then offset and size pairs), padded to a block. */
+  #mapBytes(data: Buffer, out: TarMember[]): number {
+    const m = must(this.#map)
+    const max = Math.min(data.length, this.#left)
+    const damaged = (i: number): TarParseError =>
+      new TarParseError(this.#pos + i, `the sparse map at byte ${this.#pos + i} is damaged`)
+    let i = 0
+    for (; i < max && m.want !== m.nums.length; i++) {
+      const c = data[i] ?? 0
+      if (c === 0x0a) {
+        const v = Number(m.digits)
+        if (m.digits === '' || !Number.isSafeInteger(v)) throw damaged(i)
+        if (m.want >= 0) m.nums.push(v)
+        else if (v > MAX_SPARSE_ENTRIES) throw damaged(i)
+        else m.want = 2 * v
+        m.digits = ''
+      } else if (c >= 0x30 && c <= 0x39 && m.digits.length < 20) {
+        m.digits += String.fromCharCode(c)
+      } else throw damaged(i)
+    }
+    if (m.want === m.nums.length) {
+      i += Math.min((TAR_BLOCK - ((m.used + i) % TAR_BLOCK)) % TAR_BLOCK, max - i)
+    }
+    m.used += i
+    this.#left -= i
+    if (m.want === m.nums.length && m.used % TAR_BLOCK === 0) {
+      must(must(this.#member).sparse).map = m.nums
+      this.#map = undefined
+      this.#checkMap(this.#pos)
+      this.#state = 'content'
+      if (this.#left === 0) this.#finishContent(out)
+    } else if (this.#left === 0) throw damaged(i)
+    return i
+  }
+
+  #contentBytes(data: Buffer): void {
+    const h = this.#content
+    if (h === undefined) return
+    const s = this.#member?.sparse
+    if (s === undefined) {
+      h.update(data)
+      return
+    }
+    for (let i = 0; i < data.length;) {
+      if (s.entryLeft === 0) {
+        const o = s.map[s.idx] ?? 0
+        s.entryLeft = s.map[s.idx + 1] ?? 0
+        s.idx += 2
+        hashZeroes(h, o - s.written)
+        s.written = o
+        continue
+      }
+      const n = Math.min(s.entryLeft, data.length - i)
+      h.update(data.subarray(i, i + n))
+      i += n
+      s.entryLeft -= n
+      s.written += n
+    }
+  }
+
+  #finishContent(out: TarMember[]): void {
+    const rec = must(this.#record)
+    const s = this.#member?.sparse
+    if (this.#content !== undefined) {
+      if (s !== undefined) hashZeroes(this.#content, s.real - s.written)
+      rec.sha256 = this.#content.digest('hex')
+    }
+    this.#content = undefined
+    this.#member = undefined
+    this.#record = undefined
+    out.push(rec)
+    this.#padLeft = (TAR_BLOCK - (this.#stored % TAR_BLOCK)) % TAR_BLOCK
+    this.#state = this.#padLeft === 0 ? 'header' : 'pad'
+  }
+}
+
+/** The parser's state invariants: a value its state guarantees. */
+const must = <T>(v: T | undefined): T => {
+  if (v === undefined) throw new BackupError('INTERNAL', 'tar parser state lost')
+  return v
+}
+
+/** A decimal pax value. */
+const paxNumber = (value: Buffer, at: number): number => {
+  const s = value.toString('latin1')
+  const v = Number(s)
+  if (!/^\d{1,20}$/.test(s) || !Number.isSafeInteger(v)) {
+    throw new TarParseError(at, `the pax header at byte ${at} is damaged`)
+  }
+  return v
+}
