@@ -19,14 +19,31 @@ const NOWHERE: CopyTarget = {
 /** Options of {@link hashDisk}. */
 export interface HashDiskOptions {
   blockSize?: number
+  /**
+   * Digests to start from: only the blocks the source's regions touch are hashed, the others
+   * keep these (a disk whose regions are what its top image holds, over a verified parent).
+   */
+  base?: BlockDigests | undefined
   bucket?: TokenBucket | undefined
   onProgress?: ((position: number, size: number) => void) | undefined
   signal: AbortSignal
 }
 
-/** The block digests of every byte of `src` (its regions must cover the whole disk). */
+/**
+ * The block digests of `src`: of every byte when its regions cover the whole disk, else of the
+ * blocks they touch over `opts.base`.
+ */
 export const hashDisk = async (src: CopySource, opts: HashDiskOptions): Promise<BlockDigests> => {
-  const hasher = new DiskHasher(BlockDigests.empty(src.size, opts.blockSize ?? DIGEST_BLOCK_SIZE))
+  const start =
+    opts.base === undefined
+      ? BlockDigests.empty(src.size, opts.blockSize ?? DIGEST_BLOCK_SIZE)
+      : BlockDigests.from(
+          opts.base.size,
+          opts.base.blockSize,
+          opts.base.bytes(),
+          'the base digests',
+        )
+  const hasher = new DiskHasher(start)
   await copyBlocks(src, NOWHERE, {
     targetIsZero: true,
     hasher,

@@ -15,6 +15,7 @@ import { parseVolname } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
 import { listGuestBackups, listGuestIds } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+import type { BlockDigests } from '../../digest/blocks.ts'
 import { verifyBackup } from './verify.ts'
 import type { VerifyOptions, VerifyOutcome } from './verify.ts'
 import { writeVerification } from './verify-state.ts'
@@ -50,12 +51,14 @@ export const verifyStore = async (
     await using _lock = await lockGuest(guest, opts.lock(vmid))
     const backups = (await listGuestBackups(guest, vmid)).reverse()
     const chosen = backups.filter((b) => wanted === undefined || wanted.has(b.ref.volname))
+    // Oldest first: each image of a chain is read once, its dependants only where they differ.
+    const verified = new Map<string, BlockDigests>()
     for (const b of chosen) {
       opts.signal.throwIfAborted()
       // Marked in this run already: it builds on a backup that failed.
       if (reports.some((r) => r.volname === b.ref.volname)) continue
       opts.log?.('info', `verifying ${b.ref.volname}`)
-      const outcome = await verifyBackup(guest, b.ref, opts)
+      const outcome = await verifyBackup(guest, b.ref, { ...opts, verified })
       reports.push({ volname: b.ref.volname, outcome })
       if (outcome.state === 'none') continue
       await writeVerification(layout, guest, b.ref, strip(outcome))

@@ -17,6 +17,7 @@ import type { BlockDigests } from '../../digest/blocks.ts'
 import { BackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { NbdClient } from '../../nbd/client.ts'
+import { walkExtents } from '../../nbd/extents.ts'
 import { chainJson, openChain } from '../../qemu/chain.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
 import {
@@ -25,7 +26,7 @@ import {
   manifestDigestMismatch,
   readDiskDigests,
 } from './digests.ts'
-import { BACKUP_DIR_RE } from './layout.ts'
+import { BACKUP_DIR_RE, parseVolname } from './layout.ts'
 import { proveRestoredTree, verifyArchive } from './verify-archive.ts'
 import type { VolumeRef } from './layout.ts'
 import { readManifest } from './manifest.ts'
@@ -37,13 +38,19 @@ export interface VerifyOptions {
   log?: ProviderLogFunction | undefined
   /** Progress of the disk being read: its name, the position and its size. */
   onProgress?: ((item: string, done: number, total: number) => void) | undefined
+  /**
+   * Digests of disks verified in this run, by `<volname> <device>`: a disk whose parent is
+   * among them is read only where its own image holds data (`qemu:allocation-depth` 1), the
+   * rest is its parent's verified content. Disks verified here are added.
+   */
+  verified?: Map<string, BlockDigests> | undefined
 }
 
-/** What {@link verifyBackup} found. */
+/** What {@link verifyBackup} found, and how many bytes it read to find it. */
 export type VerifyOutcome =
   (Verification & { bytes: number }) | { state: 'none'; time: string; detail: string; bytes: 0 }
 
-/** Reads at most this many bytes per request in flight (as a backup). */
+/** Connections reading a disk (as a backup's). */
 const READERS = 4
 
 /**
@@ -143,18 +150,35 @@ const verifyDisk = async (
     return { bytes: 0, detail: `${disk.file}: its qcow2 metadata differs from the backup's` }
   }
   const expected = await readDiskDigests(dir, disk)
+  const base =
+    disk.parent === undefined ? undefined : opts.verified?.get(`${disk.parent} ${device}`)
   let stored: BlockDigests
+  let read: number
   try {
-    stored = await hashChain(guest, ref, disk, expected.blockSize, opts, device)
+    ;({ digests: stored, read } = await hashChain(
+      guest,
+      ref,
+      disk,
+      expected.blockSize,
+      opts,
+      device,
+      base,
+    ))
   } catch (e) {
     const err = toBackupError(e)
     if (err.code === 'ABORTED') throw err
     return { bytes: 0, detail: `${device}: the image cannot be read: ${err.message}` }
   }
   const bad = firstDifference(expected, stored)
-  if (bad === undefined) return { bytes: disk.size }
-  return { bytes: disk.size, detail: blockDetail(device, bad, expected.blockSize) }
+  if (bad === undefined) {
+    opts.verified?.set(`${ref.volname} ${device}`, expected)
+    return { bytes: read }
+  }
+  return { bytes: read, detail: blockDetail(device, bad, expected.blockSize) }
 }
+
+/** Meta context of QEMU's allocation depth: 1 where the top image holds the data. */
+const ALLOCATION_DEPTH = 'qemu:allocation-depth'
 
 const blockDetail = (device: string, block: number, blockSize: number): string =>
   `${device}: the block at offset ${block * blockSize} (${blockSize / (1024 * 1024)} MiB) differs from the backup`
@@ -167,22 +191,28 @@ const hashChain = async (
   blockSize: number,
   opts: VerifyOptions,
   device: string,
-): Promise<BlockDigests> => {
+  verifiedParent: BlockDigests | undefined,
+): Promise<{ digests: BlockDigests; read: number }> => {
   await using chain = await openChain(guest, ref.dirName, disk.file, {
     dirName: BACKUP_DIR_RE,
     signal: opts.signal,
   })
+  // The parent's verified content stands for what this image does not hold only when the
+  // chain below it is the parent's own.
+  const parentDir = disk.parent === undefined ? undefined : parseVolname(disk.parent).dirName
+  const base = chain.links[1]?.dirName === parentDir ? verifiedParent : undefined
   await using server = await startQemuNbd({
     image: chainJson(chain.links),
     readOnly: true,
     shared: READERS + 1,
+    allocationDepth: base !== undefined,
     signal: opts.signal,
   })
   const open: NbdClient[] = []
   try {
     const first = await NbdClient.connect({
       path: server.socketPath,
-      metaContexts: [BASE_ALLOCATION],
+      metaContexts: base === undefined ? [BASE_ALLOCATION] : [BASE_ALLOCATION, ALLOCATION_DEPTH],
       signal: opts.signal,
     })
     open.push(first)
@@ -192,11 +222,27 @@ const hashChain = async (
     if (first.size !== disk.size) {
       throw new Error(`the image has ${first.size} bytes, the backup ${disk.size}`)
     }
-    return await hashDisk(nbdSource(first, { readers: open }), {
+    const source = nbdSource(first, { readers: open })
+    let read = 0
+    const readData = source.read
+    source.read = (offset, length, signal, into) => {
+      read += length
+      return readData(offset, length, signal, into)
+    }
+    if (base !== undefined) {
+      source.regions = async function* (signal) {
+        for await (const e of walkExtents(first, ALLOCATION_DEPTH, { signal })) {
+          if (e.flags === 1) yield [e.offset, e.length] as const
+        }
+      }
+    }
+    const digests = await hashDisk(source, {
       blockSize,
+      base,
       onProgress: (done, total) => opts.onProgress?.(device, done, total),
       signal: opts.signal,
     })
+    return { digests, read }
   } finally {
     for (const c of open) await c.close()
   }

@@ -67,7 +67,7 @@ describe('verify: a VM backup and its chain', () => {
   it('passes intact backups and records it for list', async () => {
     const r = await verify()
     assert.equal(r.code, 0, r.stderr)
-    const rows = JSON.parse(r.stdout) as { volid: string; state: string }[]
+    const rows = JSON.parse(r.stdout) as { volid: string; state: string; bytes: number }[]
     assert.deepEqual(
       rows.map((x) => [x.volid, x.state]),
       [
@@ -75,6 +75,14 @@ describe('verify: a VM backup and its chain', () => {
         [incr, 'ok'],
       ],
     )
+    // One run reads each image of the chain once: the incremental over its verified parent
+    // only where its own image holds data (its two dirty 4 MiB blocks, holes not read), alone
+    // it reads through the whole chain.
+    const [fullRow, incrRow] = rows
+    const alone = JSON.parse((await verify(incr)).stdout) as { bytes: number }[]
+    assert.ok(fullRow && incrRow && alone[0])
+    assert.ok(incrRow.bytes < fullRow.bytes, `${incrRow.bytes} < ${fullRow.bytes}`)
+    assert.ok(alone[0].bytes > fullRow.bytes, `${alone[0].bytes} > ${fullRow.bytes}`)
     assert.deepEqual(
       (await list()).map((x) => x['verify-state']),
       ['ok', 'ok'],
