@@ -130,8 +130,13 @@ export const toBackupError = (e: unknown, fallback: ErrorCode = 'IO'): BackupErr
 /** The errno codes of a full file system, quota or file size limit. */
 const NO_SPACE_ERRNOS: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT', 'EFBIG'])
 
-/** How tools (tar, mksquashfs, qemu-img, unsquashfs) print those errnos (strerror). */
-const NO_SPACE_TEXT = /No space left on device|Disk quota exceeded|File too large/
+/**
+ * How tools (tar, mksquashfs, qemu-img, unsquashfs) print those errnos (strerror), and GNU
+ * tar's short write: a write(2) that stops part-way, which a filling file system does before
+ * ENOSPC (tar's `src/system.c` / paxlib's `write_error_details`: "Wrote only %lu of %lu bytes").
+ */
+const NO_SPACE_TEXT =
+  /No space left on device|Disk quota exceeded|File too large|Wrote only \d+ of \d+ bytes/
 
 /**
  * True if `e`, or an error in its `cause` chain, says a write found no space: an errno of

@@ -73,6 +73,7 @@ const ScfgSchema = z.object({
   'gb-vm-backup-mode': z.enum(['full', 'incremental']).optional(),
   'gb-lxc-backup-mode': z.enum(['tar', 'squashfs']).optional(),
   'gb-incremental-sample': PerlInt.optional(),
+  'gb-verify-after-backup': z.enum(['first', 'always', 'never']).optional(),
 })
 
 /**
@@ -106,6 +107,7 @@ export const storageFromScfg = (
     'vm-backup-mode': c['gb-vm-backup-mode'],
     'lxc-backup-mode': c['gb-lxc-backup-mode'],
     'incremental-sample': c['gb-incremental-sample'],
+    'verify-after-backup': c['gb-verify-after-backup'],
   }
   const options = parseStoreOptions(
     Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)),

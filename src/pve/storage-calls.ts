@@ -70,6 +70,8 @@ export const STORAGE_METHODS: Readonly<Record<string, StorageMethod>> = {
       content: v.content,
       ...(v.notes === undefined ? {} : { notes: v.notes }),
       ...(v.protected ? { protected: 1 } : {}),
+      // What PBSPlugin.pm list_volumes hands the GUI's backup view: the last verify's state.
+      ...(v.verification === undefined ? {} : { verification: { state: v.verification.state } }),
     }))
   },
 

@@ -34,7 +34,7 @@ export const smallFs = async (dir: string, name = 'small', mib = 64): Promise<Sm
     const s = await statfs(mnt)
     return s.bavail * s.bsize
   }
-  const unfill = (): Promise<void> => rm(filler, { force: true })
+  const unfill = (): Promise<void> => rm(filler, { force: true, recursive: true })
   const unmount = async (): Promise<void> => {
     await run('fusermount3', ['-u', mnt]).catch(() => undefined)
   }
@@ -45,9 +45,20 @@ export const smallFs = async (dir: string, name = 'small', mib = 64): Promise<Sm
     unmount,
     leaveFree: async (bytes) => {
       await unfill()
-      const fill = (await freeBytes()) - bytes
-      assert.ok(fill > 0, `only ${await freeBytes()} bytes free, wanted to leave ${bytes}`)
-      await run('fallocate', ['-l', String(fill - (fill % 4096)), filler])
+      assert.ok((await freeBytes()) > bytes, `only ${await freeBytes()} bytes free`)
+      await mkdir(filler)
+      // ext4 needs blocks of its own (extent tree) for a large file: fill in pieces, halving a
+      // piece that does not fit, until no more than `bytes` (give or take a block) are free.
+      let piece = (await freeBytes()) - bytes
+      for (let n = 0; piece >= 4096; n++) {
+        const len = piece - (piece % 4096)
+        const ok = await run('fallocate', ['-l', String(len), join(filler, String(n))]).then(
+          () => true,
+          () => false,
+        )
+        const left = (await freeBytes()) - bytes
+        piece = ok ? Math.min(left, len) : Math.floor(len / 2)
+      }
     },
     [Symbol.asyncDispose]: unmount,
   }

@@ -34,22 +34,21 @@ import { BackupError, toBackupError, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { GuestLock, LockOptions, LockPolicy } from '../../io/lock.ts'
-import { MANIFEST, volumeRef } from './layout.ts'
+import { volumeRef } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
-import { freeBackup, resumeRemoval } from './merge.ts'
+import { resumeRemoval } from './merge.ts'
 import { grantSearch } from '../../io/acl.ts'
-import { MANIFEST_VERSION, writeManifest } from './manifest.ts'
-import { fileDigests } from './digests.ts'
-import type { Manifest } from './manifest.ts'
+import { digestOf } from './digests.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryRestore } from './restore.ts'
-import { clearForceFull, findIncrementalBase } from './incremental.ts'
+import { findIncrementalBase } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
-import { allocatedBytes, fileSizes } from './fsutil.ts'
+import { allocatedBytes } from './fsutil.ts'
 import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
 import { ARCHIVE_FILES, backupVmDisks, writeContainerArchive } from './backup-data.ts'
+import { baseManifest, commitBackup, inStore, writeConfigs } from './commit.ts'
+import { discardCommitted, discardUncommitted, keepTaskLog } from './discard.ts'
 import { guestDir, reclaimInPlace, sweepLeftovers } from './in-place.ts'
-import { exists } from '../../io/fs.ts'
 import { exportGuest, openGuestState, parseProviderSession, SESSION_VERSION } from './session.ts'
 import type { ProviderSession } from './session.ts'
 
@@ -162,7 +161,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   async jobCleanup(): Promise<void> {
     // Release what a failed guest may have left behind; idempotent (may run twice).
     for (const [vmid, g] of this.#guests) {
-      if (!g.committed) await this.#discardUncommitted(g)
+      if (!g.committed) await discardUncommitted(this.#layout, g, this.#log)
       await this.#release(vmid, g)
     }
   }
@@ -250,7 +249,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   ): Promise<void> {
     const g = this.#guest(vmid)
     const guest = guestDir(g)
-    await this.#writeConfigs(g, guestConfig, info)
+    await writeConfigs(this.#layout, g, guestConfig, info)
     const { disks, parent, bitmaps } = await backupVmDisks({
       guest,
       partial: g.partial,
@@ -260,11 +259,12 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       sampleBlocks: this.#options['incremental-sample'],
       verifyAfter: this.#options['verify-after-backup'],
       log: this.#log,
-      inStore: (file, fn) => this.#inStore(g, file, fn),
+      inStore: (file, fn) => inStore(this.#layout, g, file, fn),
     })
-    await this.#finalise(
+    await commitBackup(
+      this.#layout,
       g,
-      this.#baseManifest(g, info, {
+      baseManifest(g, info, {
         disks,
         ...(parent ? { parent } : {}),
         consistency: info.consistency ?? 'offline',
@@ -272,18 +272,15 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     )
     // After the rename: until this is written the record names an older backup, which is no
     // longer the newest, so a crash in between means a full backup next time, never a gap.
-    await this.#inStore(g, undefined, () => writeBitmapRecord(guest, g.ref.volname, bitmaps))
+    await inStore(this.#layout, g, undefined, () =>
+      writeBitmapRecord(guest, g.ref.volname, bitmaps),
+    )
   }
 
   /**
    * Run `fn`, which writes `file` of the backup of `g` (undefined: the guest dir); a full file
    * system becomes one line naming the store and what was being written.
    */
-  #inStore<T>(g: GuestState, file: string | undefined, fn: () => Promise<T>): Promise<T> {
-    const where = `${g.ref.vmid}${file === undefined ? '' : `/${g.ref.dirName}/${file}`}`
-    return withSpaceIn('store', this.#layout.root, fn, where)
-  }
-
   /**
    * Runs as root. A privileged container (`backupUserId` 0) is backed up like a VM. For an
    * unprivileged one the archive is written as its mapped root (pve-container
@@ -316,18 +313,28 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     info: ContainerBackupInfo & ProgressInfo,
   ): Promise<void> {
     const g = this.#guest(vmid)
-    await this.#writeConfigs(g, guestConfig, info)
+    await writeConfigs(this.#layout, g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
-    const archive = await this.#inStore(g, ARCHIVE_FILES[mode], () =>
+    const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>
       writeContainerArchive(g.partial, mode, excludePatterns, info),
     )
     const { warnings, members } = archive
     for (const w of warnings) this.#log('warn', w)
-    await this.#finalise(
+    // A container archive stands alone (no chain): verify-after-backup `first` reads it back
+    // too. A squashfs archive's digest was taken by reading it back already.
+    const file = ARCHIVE_FILES[mode]
+    if (this.#options['verify-after-backup'] !== 'never' && mode === 'tar') {
+      if ((await digestOf(g.partial, file, info.signal)) !== archive.digests[file]) {
+        throw new BackupError('VERIFY_FAILED', `${file} reads back differently than it was written`)
+      }
+      this.#log('info', `${file} reads back to its digest`)
+    }
+    await commitBackup(
+      this.#layout,
       g,
-      this.#baseManifest(g, info, {
+      baseManifest(g, info, {
         container: {
-          file: ARCHIVE_FILES[mode],
+          file,
           format: mode,
           excludes: [...excludePatterns],
           digest: { algorithm: 'sha256', ...(members === undefined ? {} : { members }) },
@@ -336,47 +343,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       }),
       archive.digests,
     )
-  }
-
-  /**
-   * Publish the backup once all its data is written and synced: `manifest.json` with the file
-   * sizes, fsync of the dir, rename of the partial dir to its final name, fsync of the guest
-   * dir. A failure before the rename leaves only the partial dir (never listed); after it, the
-   * backup is committed and `backupCleanup(false)` removes it. Written in place, the manifest
-   * (atomic and fsynced) is the commit, and the guest dir is not touched. `known`: digests of
-   * files hashed as they were written (the container archive), not read again.
-   */
-  async #finalise(
-    g: GuestState,
-    manifest: Omit<Manifest, 'files' | 'completed' | 'digests'>,
-    known: Readonly<Record<string, string>> = {},
-  ): Promise<void> {
-    const files = await fileSizes(g.partial)
-    const legacy = Object.values(manifest.disks ?? {}).some((d) => d.digest === undefined)
-    const completed = new Date().toISOString()
-    await this.#inStore(g, MANIFEST, async () => {
-      await writeManifest(
-        g.partial,
-        legacy
-          ? { ...manifest, version: 1, files, completed }
-          : {
-              ...manifest,
-              files,
-              digests: await fileDigests(g.partial, Object.keys(files), undefined, known),
-              completed,
-            },
-      )
-      await g.partial.sync()
-    })
-    if (g.inPlaceUid !== undefined) {
-      g.committed = true
-      return
-    }
-    const guest = guestDir(g)
-    await guest.rename(this.#layout.partialName(g.ref), g.ref.dirName)
-    g.committed = true
-    await guest.sync()
-    if (g.ref.subtype === 'qemu' && manifest.parent === undefined) await clearForceFull(guest)
   }
 
   async backupCleanup(
@@ -395,70 +361,25 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       const why = info.error ?? 'no data was backed up'
       if (!g.committed) {
         this.#log('info', `discarding the partial backup (${why})`)
-        await this.#discardUncommitted(g)
+        await discardUncommitted(this.#layout, g, this.#log)
         return undefined
       }
       // The task failed after the backup was complete (notes, protection or prune): vzdump
       // counts the task as failed, so the backup goes too.
       this.#log('info', `removing the backup ${g.ref.volname} of the failed task (${why})`)
-      await this.#discardCommitted(g)
+      await discardCommitted(this.#layout, g, this.#log)
       return undefined
     } catch (e) {
-      if (!g.committed) await this.#discardUncommitted(g)
+      if (!g.committed) await discardUncommitted(this.#layout, g, this.#log)
       throw toBackupError(e)
     }
-  }
-
-  /** Remove the backup of `g`, not committed: its partial dir, or written in place, its dir. */
-  async #discardUncommitted(g: GuestState): Promise<void> {
-    const guest = guestDir(g)
-    if (g.inPlaceUid === undefined) {
-      await guest.removeTree(this.#layout.partialName(g.ref))
-      return
-    }
-    await reclaimInPlace(this.#layout, g, this.#log)
-    // An empty dir made by session.ts removedDir may sit at the partial name.
-    await guest.removeTree(this.#layout.partialName(g.ref))
-    await guest.removeTree(g.ref.dirName)
-  }
-
-  /**
-   * Remove the committed backup of this task. It is the guest's newest, so nothing builds on
-   * it yet; the removal still goes through the journal of `merge.ts` (manifest first, so it is
-   * unlisted at once, and completed by the next run if this one dies). Protection set by this
-   * very task does not keep it.
-   */
-  async #discardCommitted(g: GuestState): Promise<void> {
-    const guest = guestDir(g)
-    await guest.unlink(this.#layout.protectedName(g.ref))
-    await freeBackup(this.#layout, guest, g.ref, { log: this.#log })
-    g.committed = false
   }
 
   async backupHandleLogFile(vmid: number, filename: string): Promise<void> {
     const g = this.#guests.get(vmid)
     if (g === undefined) return
     try {
-      const guest = guestDir(g)
-      const failed = this.#layout.failedName(g.ref)
-      if (!g.committed) {
-        // The name is ours: an entry there that is no directory (a planted link) is replaced.
-        const st = await guest.lstat(failed)
-        if (st !== undefined && !st.isDirectory()) await guest.unlink(failed)
-      }
-      await using dir = g.committed
-        ? await guest.openDir(g.ref.dirName)
-        : await guest.openDir(failed, { create: 0o700 })
-      await dir.unlink('backup.log')
-      if (await exists(filename)) {
-        const where = `${vmid}/${g.committed ? g.ref.dirName : failed}/backup.log`
-        await withSpaceIn(
-          'store',
-          this.#layout.root,
-          () => dir.copyIn(filename, 'backup.log'),
-          where,
-        )
-      } else this.#log('warn', `the task log ${filename} does not exist: none kept`)
+      await keepTaskLog(this.#layout, g, filename, this.#log)
     } finally {
       await this.#release(vmid, g)
     }
@@ -477,32 +398,5 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       throw new BackupError('PROVIDER_FAILED', `backupInit was not called for guest ${vmid}`)
     }
     return g
-  }
-
-  async #writeConfigs(g: GuestState, guestConfig: string, info: BackupInfo): Promise<void> {
-    await this.#inStore(g, 'guest.conf', () => g.partial.writeFileAtomic('guest.conf', guestConfig))
-    const firewall = info.firewallConfig
-    if (firewall !== undefined) {
-      await this.#inStore(g, 'firewall.conf', () =>
-        g.partial.writeFileAtomic('firewall.conf', firewall),
-      )
-    }
-  }
-
-  #baseManifest(
-    g: GuestState,
-    info: BackupInfo,
-    extra: Partial<Omit<Manifest, 'files' | 'completed' | 'digests'>>,
-  ): Omit<Manifest, 'files' | 'completed' | 'digests'> {
-    return {
-      version: MANIFEST_VERSION,
-      vmid: g.ref.vmid,
-      type: g.ref.subtype,
-      ctime: g.ref.ctime,
-      archiveName: g.ref.archiveName,
-      firewall: info.firewallConfig !== undefined,
-      warnings: [],
-      ...extra,
-    }
   }
 }

@@ -20,16 +20,15 @@ import { lockGuest } from '../../io/lock.ts'
 import type { LockOperation, LockOptions, LockPolicy } from '../../io/lock.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { planPrune } from '../../storage/prune.ts'
-import { allocatedBytes } from './fsutil.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
-import type { StoreLayout, VolumeRef } from './layout.ts'
+import type { StoreLayout } from './layout.ts'
 import { freeBackup, parentAfter, pendingRemoval, planRemoval, resumeRemoval } from './merge.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
 import { readBackup, unusableBackups } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
-import { readVerification } from './verify-state.ts'
+import { describeBackup, isProtected, NOTES_MAX_BYTES, readNotes, usedBytes } from './describe.ts'
 import { proveRestored } from './verify.ts'
 import { verifyStore } from './verify-store.ts'
 import type { VerifyReport, VerifyStoreOptions } from './verify-store.ts'
@@ -46,9 +45,6 @@ export interface FailedVolume {
   /** Path of its task log. */
   log: string
 }
-
-/** Notes are a few lines of text (Proxmox keeps them in a `.notes` file too). */
-export const NOTES_MAX_BYTES = 64 * 1024
 
 /** The directory store. */
 export class DirectoryStorage implements BackupStorage {
@@ -169,7 +165,13 @@ export class DirectoryStorage implements BackupStorage {
         pending === undefined ? parentsOf(b) : [parentOf(b)].filter((p) => p !== undefined),
       )
       for (const b of backups) {
-        out.push(await this.#describe(guest, b, parentOf(b), unusable.get(b.ref.volname)))
+        out.push(
+          await describeBackup(this.#layout, guest, b, {
+            volid: (v) => this.#volid(v),
+            parent: parentOf(b),
+            broken: unusable.get(b.ref.volname),
+          }),
+        )
       }
     }
     return out
@@ -190,7 +192,7 @@ export class DirectoryStorage implements BackupStorage {
     return {
       size,
       format: 'directory',
-      used: await this.#used(guest, b.ref),
+      used: await usedBytes(guest, b.ref),
       ...(m.parent ? { parent: this.#volid(m.parent) } : {}),
       ctime: b.ref.ctime,
     }
@@ -205,8 +207,8 @@ export class DirectoryStorage implements BackupStorage {
     await using root = await this.#layout.openRoot()
     const { guest, b } = await this.#find(root, volname)
     await using _guest = guest
-    if (attribute === 'protected') return await this.#isProtected(guest, b.ref)
-    return await this.#readNotes(guest, b.ref)
+    if (attribute === 'protected') return await isProtected(this.#layout, guest, b.ref)
+    return await readNotes(this.#layout, guest, b.ref)
   }
 
   async updateVolumeAttribute(volname: string, attribute: 'notes', value: string): Promise<void>
@@ -238,7 +240,7 @@ export class DirectoryStorage implements BackupStorage {
       await guest.unlink(name)
       return
     }
-    if (await this.#isProtected(guest, b.ref)) return
+    if (await isProtected(this.#layout, guest, b.ref)) return
     const max = this.#options['max-protected-backups']
     if (max >= 0) {
       const same = await this.listVolumes({ vmid: b.ref.vmid, subtype: b.ref.subtype })
@@ -423,48 +425,5 @@ export class DirectoryStorage implements BackupStorage {
       throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
     }
     return { guest, b }
-  }
-
-  async #used(guest: Dir, ref: VolumeRef): Promise<number> {
-    await using dir = await guest.openDir(ref.dirName)
-    return await allocatedBytes(dir)
-  }
-
-  async #isProtected(guest: Dir, ref: VolumeRef): Promise<boolean> {
-    return (await guest.lstat(this.#layout.protectedName(ref))) !== undefined
-  }
-
-  async #readNotes(guest: Dir, ref: VolumeRef): Promise<string | undefined> {
-    try {
-      return await guest.tryReadFile(this.#layout.notesName(ref), NOTES_MAX_BYTES)
-    } catch (e) {
-      // A notes entry that is a link or a special file is not the store's: no notes.
-      if (isBackupError(e, 'UNSAFE_PATH')) return undefined
-      throw e
-    }
-  }
-
-  async #describe(
-    guest: Dir,
-    b: FoundBackup,
-    parent: string | undefined,
-    broken: string | undefined,
-  ): Promise<BackupVolume> {
-    const notes = (await this.#readNotes(guest, b.ref))?.split('\n')[0]
-    const verification = await readVerification(this.#layout, guest, b.ref)
-    return {
-      volid: this.#volid(b.ref.volname),
-      vmid: b.ref.vmid,
-      subtype: b.ref.subtype,
-      ctime: b.ref.ctime,
-      size: await this.#used(guest, b.ref),
-      format: 'directory',
-      ...(parent === undefined ? {} : { parent: this.#volid(parent) }),
-      protected: await this.#isProtected(guest, b.ref),
-      ...(notes === undefined || notes === '' ? {} : { notes }),
-      ...(verification === undefined ? {} : { verification }),
-      ...(broken === undefined ? {} : { broken }),
-      content: 'backup',
-    }
   }
 }

@@ -224,7 +224,7 @@ const hashChain = async (
     }
     const source = nbdSource(first, { readers: open })
     let read = 0
-    const readData = source.read
+    const readData = source.read.bind(source)
     source.read = (offset, length, signal, into) => {
       read += length
       return readData(offset, length, signal, into)

@@ -68,6 +68,14 @@ sub properties {
             maximum => 100000,
             default => 64,
         },
+        'gb-verify-after-backup' => {
+            description => "guestbackup: read stored VM images back and compare them with the"
+                . " digests taken from the source before a backup is committed: 'first' for"
+                . " the full backup starting a chain, 'always' or 'never'.",
+            type => 'string',
+            enum => ['first', 'always', 'never'],
+            default => 'first',
+        },
     };
 }
 
@@ -81,6 +89,7 @@ sub options {
         'gb-vm-backup-mode' => { optional => 1 },
         'gb-lxc-backup-mode' => { optional => 1 },
         'gb-incremental-sample' => { optional => 1 },
+        'gb-verify-after-backup' => { optional => 1 },
     };
 }
 
