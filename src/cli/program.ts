@@ -316,7 +316,14 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .action(async (volume: string, o: { store: string }) => {
       const storage = await openStore(o.store)
-      await storage.freeImage(stripStoreId(volume, storage.storeId))
+      const log = logger()
+      await storage.freeImage(stripStoreId(volume, storage.storeId), {
+        log: (level, msg) => {
+          if (level === 'err') log.error(msg)
+          else if (level === 'warn') log.warn(msg)
+          else log.info(msg)
+        },
+      })
     })
 
   program
