@@ -147,8 +147,11 @@ export interface BackupStorage {
    */
   pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]>
 
-  /** Delete one backup. Refuses protected backups (`PROTECTED`). */
-  freeImage(volname: string): Promise<void>
+  /**
+   * Delete one backup. Refuses protected backups (`PROTECTED`). `opts.log` receives what is
+   * done besides (merges, and the cleanup of what a killed run left in the guest).
+   */
+  freeImage(volname: string, opts?: { log?: ProviderLogFunction }): Promise<void>
 
   /** Read an attribute; `notes` is the full text, `protected` a boolean. */
   getVolumeAttribute(volname: string, attribute: 'notes'): Promise<string | undefined>

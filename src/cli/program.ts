@@ -346,8 +346,15 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
-      const storage = await openStore(o.store, lockPolicy(o.lockWait, logger()))
-      await storage.freeImage(stripStoreId(volume, storage.storeId))
+      const log = logger()
+      const storage = await openStore(o.store, lockPolicy(o.lockWait, log))
+      await storage.freeImage(stripStoreId(volume, storage.storeId), {
+        log: (level, msg) => {
+          if (level === 'err') log.error(msg)
+          else if (level === 'warn') log.warn(msg)
+          else log.info(msg)
+        },
+      })
     })
 
   program

@@ -9,7 +9,7 @@ import { BackupError } from '../../errors.ts'
 import { hasUserEntry, revokeAll, revokeUser } from '../../io/acl.ts'
 import type { Dir } from '../../io/beneath.ts'
 import type { StoreLayout } from './layout.ts'
-import { pendingRemoval } from './merge.ts'
+import { pendingRemoval, resumeRemoval } from './merge.ts'
 import type { GuestState } from './provider.ts'
 import { listGuestIds, readBackup, refOf } from './scan.ts'
 
@@ -22,10 +22,23 @@ export const guestDir = (g: GuestState): Dir => {
 }
 
 /**
+ * A temporary file of `Dir.writeFileAtomic` (`.<name>.<12 hex>.tmp`) whose write holds the
+ * guest lock: everything but notes and protection, which are set without it, so that a
+ * concurrent `notes --set` or `protect` is never swept from under its rename.
+ */
+const LOCKED_TMP = /^\.(.+)\.[0-9a-f]{12}\.tmp$/
+const lockedTmp = (name: string): boolean => {
+  const of = LOCKED_TMP.exec(name)?.[1]
+  return of !== undefined && !of.endsWith('.notes') && !of.endsWith('.protected')
+}
+
+/**
  * Remove what killed runs left in `guest` (under its lock, after resumeRemoval): partial
- * dirs, and container backups written in place that never got their manifest, with the
- * ACL entries given for them. A removal journal's own backup also lacks its manifest and is
- * left to the journal.
+ * dirs, temporary files of atomic writes (in the guest dir and in backup dirs, where a merge
+ * rewrites a dependant's manifest), and container backups written in place that never got
+ * their manifest, with the ACL entries given for them. A removal journal's own backup also
+ * lacks its manifest and is left to the journal. Each removal is logged: the operator sees what
+ * a crash cost.
  */
 export const sweepLeftovers = async (
   log: ProviderLogFunction,
@@ -36,17 +49,56 @@ export const sweepLeftovers = async (
   let inPlaceLeft = false
   for (const e of await guest.list()) {
     if (e.name.startsWith('.partial-')) {
+      const name = e.name.slice('.partial-'.length)
+      const what = refOf(vmid, name)
+      log(
+        'info',
+        `removing the partial backup ${what?.volname ?? guest.labelOf(e.name)} left by a killed run`,
+      )
       await guest.removeTree(e.name)
+    } else if (e.isFile() && lockedTmp(e.name)) {
+      log('info', `removing the temporary file ${guest.labelOf(e.name)} left by a killed run`)
+      await guest.unlink(e.name)
     } else if (e.isDirectory()) {
-      const ref = refOf(vmid, e.name, 'lxc')
+      const ref = refOf(vmid, e.name)
       if (ref === undefined || ref.volname === doomed) continue
-      if ((await readBackup(guest, ref)) !== undefined) continue
+      if ((await readBackup(guest, ref)) !== undefined) {
+        await sweepTmp(log, guest, e.name)
+        continue
+      }
+      if (ref.subtype !== 'lxc') continue
       log('info', `removing ${ref.volname}, left incomplete by a killed run`)
       await guest.removeTree(e.name)
       inPlaceLeft = true
     }
   }
   if (inPlaceLeft) await revokeAll(guest.path)
+}
+
+/** Remove the temporary files a killed atomic write left in the backup dir `name`. */
+const sweepTmp = async (log: ProviderLogFunction, guest: Dir, name: string): Promise<void> => {
+  await using dir = await guest.tryOpenDir(name)
+  if (dir === undefined) return
+  for (const f of await dir.list()) {
+    if (!f.isFile() || !lockedTmp(f.name)) continue
+    log('info', `removing the temporary file ${dir.labelOf(f.name)} left by a killed run`)
+    await dir.unlink(f.name)
+  }
+}
+
+/**
+ * Everything a command holding the guest lock does first: complete a removal a killed run left
+ * (its journal), then sweep the rest ({@link sweepLeftovers}). Every command that takes the lock
+ * (backup, prune, remove, verify) calls it, so nothing a crash left outlives the next of them.
+ */
+export const recoverGuest = async (
+  layout: StoreLayout,
+  guest: Dir,
+  vmid: number,
+  log: ProviderLogFunction,
+): Promise<void> => {
+  await resumeRemoval(layout, guest, { log })
+  await sweepLeftovers(log, guest, vmid)
 }
 
 /**

@@ -300,6 +300,7 @@ const runJournal = async (
     await using dir = await guest.openDir(cref.dirName)
     const cm = await readManifest(dir, cref)
     const disks = { ...cm.disks }
+    const files = { ...cm.files }
     for (const m of journal.merges.filter((x) => x.child === child)) {
       const disk = disks[m.device]
       if (disk === undefined) throw inconsistent(`${child} lost ${m.device}`)
@@ -313,12 +314,22 @@ const runJournal = async (
               digest: { ...rest.digest, metadata: await imageMetadataDigest(dir, disk.file) },
             }
       disks[m.device] = m.parent === null ? merged : { ...merged, parent: m.parent }
+      // The merged image is larger than the child's was (it holds the removed backup's
+      // clusters too): the manifest's size must follow, or verify fails every merged backup.
+      const st = await dir.lstat(disk.file)
+      if (st?.isFile() !== true) throw inconsistent(`${child} lost ${disk.file}`)
+      files[disk.file] = st.size
     }
     const parents = Object.values(disks)
       .map((d) => d.parent)
       .filter((p): p is string => p !== undefined)
     const { parent: _p, ...rest } = cm
-    await writeManifest(dir, { ...rest, disks, ...(parents[0] ? { parent: parents[0] } : {}) })
+    await writeManifest(dir, {
+      ...rest,
+      disks,
+      files,
+      ...(parents[0] ? { parent: parents[0] } : {}),
+    })
   }
   await guest.removeTree(ref.dirName)
   await guest.unlink(layout.notesName(ref))

@@ -23,6 +23,7 @@ import { planPrune } from '../../storage/prune.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
 import { freeBackup, parentAfter, pendingRemoval, planRemoval, resumeRemoval } from './merge.ts'
+import { recoverGuest, sweepLeftovers } from './in-place.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
@@ -255,13 +256,18 @@ export class DirectoryStorage implements BackupStorage {
     await guest.writeFileAtomic(name, '')
   }
 
-  async freeImage(volname: string): Promise<void> {
+  async freeImage(volname: string, opts: { log?: ProviderLogFunction } = {}): Promise<void> {
     const ref = parseVolname(volname)
+    const log = opts.log ?? (() => undefined)
     await using root = await this.#layout.openRoot()
     await using guest = await root.tryOpenDir(String(ref.vmid))
     if (guest === undefined) throw new BackupError('NOT_FOUND', `backup ${volname} does not exist`)
-    await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'remove'))
-    await freeBackup(this.#layout, guest, ref)
+    await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'remove', log))
+    // The journal first: a killed `remove` of this very backup, run again, finishes it.
+    const resumed = await resumeRemoval(this.#layout, guest, { log })
+    await sweepLeftovers(log, guest, ref.vmid)
+    if (resumed === ref.volname) return
+    await freeBackup(this.#layout, guest, ref, { log })
   }
 
   async pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]> {
@@ -317,6 +323,7 @@ export class DirectoryStorage implements BackupStorage {
         await using guest = await root.tryOpenDir(String(ref.vmid))
         if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
         await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'prune', opts.log))
+        await recoverGuest(this.#layout, guest, ref.vmid, opts.log ?? (() => undefined))
         await freeBackup(this.#layout, guest, ref, { log: opts.log })
         opts.log?.('info', `removed ${r.volid}`)
       } catch (e) {
@@ -333,6 +340,7 @@ export class DirectoryStorage implements BackupStorage {
       await using guest = await root.tryOpenDir(String(vmid))
       if (guest === undefined) continue
       await using _lock = await lockGuest(guest, this.#lockOptions(vmid, 'prune', opts.log))
+      await recoverGuest(this.#layout, guest, vmid, opts.log ?? (() => undefined))
       await this.#pruneFailed(guest, vmid, opts.log)
     }
     if (errors > 0) throw new BackupError('IO', 'error pruning backups - check log')

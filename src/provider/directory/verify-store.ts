@@ -10,6 +10,7 @@ import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { LockOptions } from '../../io/lock.ts'
+import { recoverGuest } from './in-place.ts'
 import { forceFull } from './incremental.ts'
 import { parseVolname } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
@@ -49,6 +50,8 @@ export const verifyStore = async (
     if (vmids !== undefined && !vmids.has(vmid)) continue
     await using guest = await layout.openGuest(root, vmid)
     await using _lock = await lockGuest(guest, opts.lock(vmid))
+    // What a killed run left goes first: a pending removal's victim must not be verified.
+    await recoverGuest(layout, guest, vmid, opts.log ?? (() => undefined))
     const backups = (await listGuestBackups(guest, vmid)).reverse()
     const chosen = backups.filter((b) => wanted === undefined || wanted.has(b.ref.volname))
     // Oldest first: each image of a chain is read once, its dependants only where they differ.
