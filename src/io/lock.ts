@@ -3,15 +3,21 @@
  * or remove per guest at a time, across processes and hosts.
  *
  * Protocol (state per lock: free → held → released | broken):
- * - Acquire is `mkdir <guest>/.lock`: atomic on every file system we support, NFS included
- *   (one MKDIR call the server performs or refuses). `O_CREAT | O_EXCL` is not safe there:
- *   open(2), O_EXCL: "On NFS, O_EXCL is supported only when using NFSv3 or later on kernel
- *   2.6 or later. In NFS environments where O_EXCL support is not provided, programs that
- *   rely on it for performing locking tasks will contain a race condition."
- * - The holder then writes `.lock/holder.json` (lock-record.ts: host, boot id, pid namespace,
- *   pid and its start time, operation, since, a random nonce and a heartbeat counter) by temp
- *   file + rename inside the lock directory, and rewrites it every `heartbeatMs` with the
- *   counter incremented. Everything goes through the lock directory's open fd (beneath.ts).
+ * - Acquire builds the lock aside, `mkdir <guest>/.lock.new-<nonce>` with its record
+ *   `holder.json` in it (lock-record.ts: host, boot id, pid namespace, pid and its start time,
+ *   operation, since, a random nonce and a heartbeat counter), then renames that directory to
+ *   `.lock`: the lock appears with its record, so a holder killed at any moment leaves a lock
+ *   its waiters can judge (on this host: at once), never a bare one. rename(2) of a directory
+ *   fails on an existing non-empty one (ENOTEMPTY, EEXIST), atomically, on every file system
+ *   we support, NFS included (one RENAME call the server performs or refuses; the same holds
+ *   for MKDIR). `O_CREAT | O_EXCL` is not safe there: open(2), O_EXCL: "On NFS, O_EXCL is
+ *   supported only when using NFSv3 or later on kernel 2.6 or later. In NFS environments
+ *   where O_EXCL support is not provided, programs that rely on it for performing locking
+ *   tasks will contain a race condition." An empty `.lock` (no record: no lock of ours) is
+ *   replaced by the rename.
+ * - The holder rewrites `.lock/holder.json` every `heartbeatMs` with the counter incremented,
+ *   by temp file + rename inside the lock directory. Everything goes through the lock
+ *   directory's open fd (beneath.ts).
  * - A waiter never compares clocks, its own or another host's. It breaks a lock when (a) the
  *   record names a process of this very host (host name, boot id and pid namespace) that is
  *   gone (no such pid, or a pid started at another time): at once; or (b) what it reads of the
@@ -26,8 +32,8 @@
  *   `.lock.stale-<instance>` and removes it. A waiter that finds a break directory left for
  *   `staleMs` (its breaker died) removes it. Release renames `.lock` away (then removes it)
  *   only while its record carries our nonce, so a lock broken and taken by another is never
- *   released by us. Leftover `.lock.stale-*`, `.lock.released-*` and `.lock.break-*` entries
- *   are removed by the next holder.
+ *   released by us. Leftover `.lock.new-*`, `.lock.stale-*`, `.lock.released-*` and
+ *   `.lock.break-*` entries are removed by the next holder.
  *
  * The bound this rests on: a live holder must not go `staleMs` (default 90 s) without its
  * heartbeat reaching the store (process paused, host suspended, NFS server unreachable that
@@ -63,7 +69,7 @@ export const POLL_MS = 1_000
 const LOG_EVERY_MS = 60_000
 
 const LOCK = '.lock'
-const LEFTOVER = /^\.lock\.(?:stale|released|break)-/
+const LEFTOVER = /^\.lock\.(?:new|stale|released|break)-/
 
 /** How long to wait for a lock and how to judge it; shared by every lock of a command. */
 export interface LockPolicy {
@@ -177,7 +183,8 @@ export const lockGuest = async (dir: Dir, opts: LockOptions): Promise<GuestLock>
   try {
     for (;;) {
       opts.signal?.throwIfAborted()
-      if (await dir.mkdir(LOCK)) return await hold(dir, opts)
+      const held = await tryAcquire(dir, opts)
+      if (held !== undefined) return held
       const seen = await observe(dir)
       const now = performance.now()
       // Gone between our mkdir and our look: try again, but do not spin on a file system
@@ -259,19 +266,38 @@ const breakLock = async (dir: Dir, instance: string): Promise<void> => {
   await removeQuietly(dir, tomb)
 }
 
-/** We made `.lock`: record ourselves, keep the heartbeat going, sweep what others left. */
-const hold = async (dir: Dir, opts: LockOptions): Promise<GuestLock> => {
+/**
+ * Build the lock with our record aside and rename it to `.lock`; undefined when `.lock` is
+ * there (or our work dir was swept by the holder that got it first).
+ */
+const tryAcquire = async (dir: Dir, opts: LockOptions): Promise<GuestLock | undefined> => {
   const nonce = randomBytes(16).toString('hex')
   const record = newHolder(opts.operation, nonce)
+  const work = `.lock.new-${nonce}`
+  if (!(await dir.mkdir(work))) return undefined
+  try {
+    {
+      await using w = await dir.openDir(work)
+      await w.writeFileAtomic(HOLDER_FILE, JSON.stringify(record))
+    }
+    await dir.rename(work, LOCK)
+  } catch (e) {
+    await removeQuietly(dir, work)
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOENT' || code === 'ENOTDIR') {
+      return undefined
+    }
+    throw e
+  }
+  return await hold(dir, record, opts.heartbeatMs ?? HEARTBEAT_MS)
+}
+
+/** We made `.lock`: keep the heartbeat going, sweep what others left. */
+const hold = async (dir: Dir, record: HolderRecord, heartbeatMs: number): Promise<GuestLock> => {
+  const { nonce } = record
   let lockDir: Dir
   try {
     lockDir = await dir.openDir(LOCK)
-    try {
-      await lockDir.writeFileAtomic(HOLDER_FILE, JSON.stringify(record))
-    } catch (e) {
-      await lockDir.close()
-      throw e
-    }
   } catch (e) {
     await removeQuietly(dir, LOCK)
     throw e
@@ -289,7 +315,7 @@ const hold = async (dir: Dir, opts: LockOptions): Promise<GuestLock> => {
       .finally(() => {
         beating = undefined
       })
-  }, opts.heartbeatMs ?? HEARTBEAT_MS)
+  }, heartbeatMs)
   timer.unref()
   let released: Promise<void> | undefined
   const release = (): Promise<void> => {

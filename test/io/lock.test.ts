@@ -126,10 +126,21 @@ describe('io/lock: one host', () => {
     }
   })
 
-  it('treats a lock without a record by how long it stays unchanged', async () => {
+  it('takes an empty .lock at once: a lock of ours always has its record', async () => {
     const g = await guest()
     await using _d = g.dir
     await mkdir(join(g.path, '.lock'))
+    const t0 = performance.now()
+    await using _l = await lockGuest(g.dir, { operation: 'backup', waitMs: 0, ...FAST })
+    assert.ok(performance.now() - t0 < FAST.staleMs, 'waited for an empty lock')
+    assert.ok((await readFile(join(g.path, '.lock', 'holder.json'), 'utf8')).includes('"backup"'))
+  })
+
+  it('treats a lock without a readable record by how long it stays unchanged', async () => {
+    const g = await guest()
+    await using _d = g.dir
+    await mkdir(join(g.path, '.lock'))
+    await writeFile(join(g.path, '.lock', 'holder.json'), '{ not json')
     await assert.rejects(
       lockGuest(g.dir, { operation: 'backup', what: 'guest 1', waitMs: 0, ...FAST }),
       isCode('LOCKED', /^guest 1 is locked by an unknown holder \(.*\/\.lock has no readable/),

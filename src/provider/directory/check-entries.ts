@@ -23,6 +23,9 @@ import { BACKUP_DIR_RE, JOURNAL, MANIFEST } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
 import { refOf } from './scan.ts'
 
+/** Work directories of the guest lock protocol (src/io/lock.ts `LEFTOVER`). */
+const LOCK_WORK_RE = /^\.lock\.(?:new|stale|released|break)-[0-9a-z.-]+$/
+
 /** Everything in a guest directory but its lock and journal. */
 export const checkEntries = async (
   ctx: Ctx,
@@ -43,7 +46,20 @@ export const checkEntries = async (
     if (name === BITMAP_RECORD && !e.isDirectory()) continue
     if (ref !== undefined) backups.push(ref)
     else if (e.isDirectory() && QUARANTINE_RE.test(name)) continue
-    else if (
+    else if (e.isDirectory() && LOCK_WORK_RE.test(name)) {
+      // A lock being built, broken or released (src/io/lock.ts); the next holder removes it.
+      await found(
+        ctx,
+        {
+          kind: 'stale-lock',
+          path: guest.labelOf(name),
+          vmid,
+          detail: 'a lock being taken, broken or released, or left so by a killed run',
+          repair: 'remove it when nobody holds the guest lock',
+        },
+        () => guest.removeTree(name),
+      )
+    } else if (
       e.isDirectory() &&
       name.startsWith(PARTIAL_PREFIX) &&
       refOf(vmid, name.slice(PARTIAL_PREFIX.length))
