@@ -52,4 +52,10 @@ getfattr -n user.demo "$D/restore-ct/rootfs/etc/hostname" 2>/dev/null | grep use
 getfacl -p "$D/restore-ct/rootfs/home/alice/notes.txt" 2>/dev/null | grep 'user:1234'
 stat -c 'owner %u:%g %n' "$D/restore-ct/rootfs/home/alice/notes.txt"
 echo "sparse file: $(du -k "$D/restore-ct/rootfs/var/log/sparse.img" | cut -f1) KiB allocated of 100 MiB"
+
+step "7. Prove every backup against the digests taken at backup time, and the restores against their backups"
+show $GB verify --store "$D/store"
+show $GB verify --store "$D/store" "$CT" --restored "$D/restore-ct"
+show $GB verify --store "$D/store" "$VM" --restored "$D/restore-vm"
+show $GB list --store "$D/store"
 step "Demo OK"

@@ -143,6 +143,10 @@ export const nbdcopyServersRunning = async (
     },
     cleanup: async () => {
       await stopTarget()
+      // The read-only source server holds the image's write-exclusion lock: the other rows,
+      // ours among them, refuse a disk a running QEMU holds, so it is stopped between runs.
+      await source?.stop()
+      source = undefined
       await rm(out, { force: true })
     },
     dispose: async () => {

@@ -72,10 +72,13 @@ export const createSquashfs = async (
     const args = [resolve(opts.directory), resolve(partial), '-noappend', '-quiet', '-no-progress']
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
+    // It writes into the store itself: it must not outlive a killed run (tar, writing into our
+    // pipe, dies of SIGPIPE with us).
     const tool = spawnTool('mksquashfs', args, {
       stdin: 'ignore',
       stdout: 'ignore',
       signal: opts.signal,
+      dieWithParent: true,
     })
     await tool.done
     await chmod(partial, 0o600) // like the tar archive: a whole container file system

@@ -26,6 +26,12 @@ export interface SpawnOptions {
   label?: string
   /** Exit codes that count as success. Default [0]. */
   okExitCodes?: readonly number[]
+  /**
+   * Run through `setpriv --pdeathsig SIGKILL` (util-linux): the kernel kills the tool when
+   * guestbackup dies, even by SIGKILL, so a tool writing into the store (mksquashfs) never
+   * outlives the run that the next one cleans up after. Default false.
+   */
+  dieWithParent?: boolean
 }
 
 /** A running child process with its streams and a promise of its end. */
@@ -45,7 +51,11 @@ export interface Tool {
  */
 export const spawnTool = (cmd: string, args: readonly string[], opts: SpawnOptions = {}): Tool => {
   const stdio: StdioOptions = [opts.stdin ?? 'pipe', opts.stdout ?? 'pipe', 'pipe']
-  const child = spawn(cmd, args, {
+  const [file, argv] =
+    opts.dieWithParent === true
+      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', cmd, ...args]]
+      : [cmd, args]
+  const child = spawn(file, argv, {
     stdio,
     cwd: opts.cwd,
     env: opts.env ? { ...process.env, ...opts.env } : process.env,

@@ -198,4 +198,16 @@ describe('verify: a VM backup and its chain', () => {
     assert.equal(newest?.parent, null)
     assert.ok(!(await readdir(join(store, '100'))).includes('force-full'))
   })
+
+  it('verifies a dependant after its base was merged into it', async () => {
+    // The merge writes the base's image (now holding the dependant's view) in place of the
+    // dependant's: its size and metadata change, its content does not.
+    await runCliInProcessOk(['remove', '--store', store, full])
+    const r = await verify(incr)
+    assert.equal(r.code, 0, r.stdout)
+    assert.deepEqual(
+      (JSON.parse(r.stdout) as { state: string }[]).map((x) => x.state),
+      ['ok'],
+    )
+  })
 })
