@@ -33,6 +33,9 @@ const TARGETS: Record<string, readonly string[]> = {
   'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],
   'src/provider/directory/manifest.ts': ['test/provider/directory/manifest.test.ts'],
   'src/provider/directory/session.ts': ['test/pve/errors.test.ts'],
+  'src/qemu/qcow2-meta.ts': ['test/qemu/qcow2-meta.test.ts'],
+  'src/digest/hasher.ts': ['test/digest/hasher.test.ts'],
+  'src/provider/directory/digests.ts': ['test/provider/directory/verify.test.ts'],
 }
 
 /** Per test run; a mutant that hangs the tests counts as killed (a test noticed). */

@@ -5,10 +5,11 @@
  * show through: the qcow2 spec's "zero" cluster flag, QEMU docs/interop/qcow2.txt), with a bounded number of requests in flight, a shared
  * bandwidth limit and progress reports. Memory use is `inFlight × chunk` at most.
  */
-import { alignRegions } from '../digest/align.ts'
 import type { DiskHasher } from '../digest/hasher.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
+import { blockJobs, chunkJobs } from './jobs.ts'
+import type { Job } from './jobs.ts'
 
 /** A region `[offset, offset + length)` in bytes, with whether it reads as zero. */
 export interface Piece {
@@ -95,69 +96,16 @@ const ZEROES = Buffer.alloc(ZERO_BLOCK)
 /** True if `b` (at most {@link ZERO_BLOCK} bytes) is all zero. */
 const isZero = (b: Buffer): boolean => b.equals(ZEROES.subarray(0, b.length))
 
-interface Job {
-  kind: 'data' | 'zero'
-  offset: number
-  length: number
-  /** False for bytes read only to be hashed. */
-  write: boolean
-}
-
-/** Largest single WRITE_ZEROES (NBD lengths are 32-bit). */
-const MAX_ZERO_REQ = 1024 * 1024 * 1024
-
-async function* jobs(
-  src: CopySource,
-  chunk: number,
-  stats: CopyStats,
-  hashBlock: number | undefined,
-  hashOnly: boolean,
-  signal: AbortSignal,
-): AsyncGenerator<Job> {
-  const regions = src.regions(signal)
-  const segments =
-    hashBlock === undefined
-      ? (async function* () {
-          for await (const [offset, length] of regions) yield { offset, length, write: true }
-        })()
-      : alignRegions(regions, hashBlock, src.size)
-  for await (const segment of segments) {
-    const { offset: rOff, length: rLen } = segment
-    const write = segment.write && !hashOnly
-    if (write) stats.totalBytes += rLen
-    const pieces: AsyncIterable<Piece> = src.allocation
-      ? src.allocation(rOff, rLen, signal)
-      : (async function* () {
-          await Promise.resolve()
-          yield { offset: rOff, length: rLen, zero: false }
-        })()
-    for await (const p of pieces) {
-      const end = p.offset + p.length
-      const kind = p.zero ? 'zero' : 'data'
-      const step = p.zero ? MAX_ZERO_REQ : chunk
-      for (let o = p.offset; o < end;) {
-        // A data request never crosses a digest block: its bytes are hashed into one block.
-        const limit =
-          hashBlock === undefined || p.zero
-            ? end
-            : Math.min(end, (Math.floor(o / hashBlock) + 1) * hashBlock)
-        const length = Math.min(step, limit - o)
-        yield { kind, offset: o, length, write }
-        o += length
-      }
-    }
-  }
-}
-
 /** Copy the source's regions into the target; flushes the target at the end. */
 export const copyBlocks = async (
   src: CopySource,
   dst: CopyTarget,
   opts: CopyOptions,
 ): Promise<CopyStats> => {
-  const { signal } = opts
-  const chunk = opts.chunk ?? 1024 * 1024
-  const inFlight = opts.inFlight ?? 16
+  const { signal, hasher } = opts
+  // With digests every data request is one whole block (hasher.ts): fewer of them in flight.
+  const chunk = hasher?.blockSize ?? opts.chunk ?? 1024 * 1024
+  const inFlight = opts.inFlight ?? (hasher === undefined ? 16 : 8)
   const stats: CopyStats = { totalBytes: 0, dataBytes: 0, zeroBytes: 0 }
   // Jobs are handed out in increasing order but finish in any order: the position reported is
   // the end of the lowest job still running, or of the last one handed out when none runs.
@@ -172,9 +120,14 @@ export const copyBlocks = async (
       opts.onProgress?.(position, src.size)
     }
   }
-  const { hasher } = opts
   const hashOnly = opts.hashOnly === true
-  const gen = jobs(src, chunk, stats, hasher?.blockSize, hashOnly, signal)
+  const onRegion = (bytes: number): void => {
+    if (!hashOnly) stats.totalBytes += bytes
+  }
+  const gen =
+    hasher === undefined
+      ? chunkJobs(src, chunk, onRegion, signal)
+      : blockJobs(src, hasher.blockSize, !hashOnly, onRegion, signal)
   const zero = async (job: Pick<Job, 'offset' | 'length'>): Promise<void> => {
     stats.zeroBytes += job.length
     if (!opts.targetIsZero) await dst.writeZeroes(job.offset, job.length, signal)
@@ -210,7 +163,6 @@ export const copyBlocks = async (
       await work()
     } catch (e) {
       stop = true
-      hasher?.fail(e)
       throw e
     }
   }
@@ -226,16 +178,23 @@ export const copyBlocks = async (
       running.add(job.offset)
       handedOut = job.offset + job.length
       if (job.kind === 'zero') {
-        await hasher?.zero(job.offset, job.length)
-        if (job.write) await zero(job)
+        if (job.block !== undefined) hasher?.zeroBlock(job.block)
+        for (const [a, b] of job.writes) await zero({ offset: a, length: b - a })
       } else {
         await opts.bucket?.take(job.length, signal)
         const buf = await src.read(job.offset, job.length, signal, own.subarray(0, job.length))
         if (buf.length !== job.length) {
           throw new BackupError('IO', `short read at ${job.offset}: ${buf.length}/${job.length}`)
         }
-        await hasher?.data(job.offset, buf)
-        if (job.write) await writeSparse(job.offset, buf)
+        // The hash has its own copy of the bytes: it runs while they are written.
+        const hashed = job.block === undefined ? undefined : hasher?.block(job.block, buf)
+        try {
+          for (const [a, b] of job.writes) {
+            await writeSparse(a, buf.subarray(a - job.offset, b - job.offset))
+          }
+        } finally {
+          await hashed
+        }
       }
       await src.done?.(job.offset, job.length)
       running.delete(job.offset)

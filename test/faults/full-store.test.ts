@@ -123,6 +123,14 @@ describe('faults: full disks', () => {
     assert.deepEqual(await list(100), [vmBackup.volid])
     await assertNoPartial(100)
     await restoreVm(vmBackup.volid, vmBackup.ref)
+    // The earlier backup is proven intact against its digests (verify writes only its small
+    // record: it fits).
+    await fs.unfill()
+    const v = await runCliInProcessOk(['verify', '--store', store, vmBackup.volid, '--json'])
+    assert.deepEqual(
+      (JSON.parse(v.stdout) as { state: string }[]).map((x) => x.state),
+      ['ok'],
+    )
 
     // The space returns: the next backup succeeds, no manual step.
     await fs.unfill()

@@ -54,7 +54,15 @@ describe('verify: a VM backup and its chain', () => {
     store = join(dir, 'store')
     await writeFile(join(dir, 'c'), 'name: vm\n')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk(), '64M'])
-    await run('qemu-io', ['-c', 'write -P 0xab 1M 3M', '-c', 'write -P 0x11 20M 1M', disk()])
+    await run('qemu-io', [
+      '-c',
+      'write -P 0xab 1M 3M',
+      '-c',
+      'write -P 0x11 20M 1M',
+      '-c',
+      'write -P 0x22 30M 2M',
+      disk(),
+    ])
     await runCliInProcessOk(['init', store, '--vm-backup-mode', 'incremental'])
     full = await backup()
     await run('qemu-io', ['-c', 'write -P 0x33 2M 64k', '-c', 'write -P 0x44 40M 8k', disk()])
@@ -76,7 +84,8 @@ describe('verify: a VM backup and its chain', () => {
       ],
     )
     // One run reads each image of the chain once: the incremental over its verified parent
-    // only where its own image holds data (its two dirty 4 MiB blocks, holes not read), alone
+    // only where its own image holds data (its two dirty 4 MiB blocks of the full one's three,
+    // holes not read), alone
     // it reads through the whole chain.
     const [fullRow, incrRow] = rows
     const alone = JSON.parse((await verify(incr)).stdout) as { bytes: number }[]
