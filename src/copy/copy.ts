@@ -6,6 +6,7 @@
  * bandwidth limit and progress reports. Memory use is `inFlight × chunk` at most.
  */
 import type { DiskHasher } from '../digest/hasher.ts'
+import { HashPool, sharedBuffer } from '../digest/pool.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { blockJobs, chunkJobs } from './jobs.ts'
@@ -90,6 +91,9 @@ export interface CopyStats {
   zeroBytes: number
 }
 
+/** Threads hashing blocks (`src/digest/pool.ts`). */
+const HASH_THREADS = 2
+
 /** Granularity of zero detection in data reads (the qcow2 cluster size). */
 const ZERO_BLOCK = 64 * 1024
 const ZEROES = Buffer.alloc(ZERO_BLOCK)
@@ -157,6 +161,7 @@ export const copyBlocks = async (
     }
     await flushRun(buf.length)
   }
+  const pool = hasher === undefined ? undefined : new HashPool(HASH_THREADS)
   let stop = false
   const worker = async (): Promise<void> => {
     try {
@@ -168,7 +173,7 @@ export const copyBlocks = async (
   }
   const work = async (): Promise<void> => {
     // One buffer per worker, reused for every chunk: the write completes before the next read.
-    const own = Buffer.allocUnsafe(chunk)
+    const own = pool === undefined ? Buffer.allocUnsafe(chunk) : sharedBuffer(chunk)
     for (;;) {
       throwIfAborted(signal)
       if (stop) return
@@ -186,13 +191,15 @@ export const copyBlocks = async (
         if (buf.length !== job.length) {
           throw new BackupError('IO', `short read at ${job.offset}: ${buf.length}/${job.length}`)
         }
-        // The hash has its own copy of the bytes: it runs while they are written.
-        const hashed = job.block === undefined ? undefined : hasher?.block(job.block, buf)
+        // The hash has its own copy of the bytes: it runs on while they are written and the
+        // next block is read; at most MAX_HASHING copies wait for the thread pool.
+        const hashed = job.block === undefined ? undefined : hasher?.block(job.block, buf, pool)
         try {
           for (const [a, b] of job.writes) {
             await writeSparse(a, buf.subarray(a - job.offset, b - job.offset))
           }
         } finally {
+          // The pool hashes the buffer in place: it is reused only once the digest is in.
           await hashed
         }
       }
@@ -203,6 +210,7 @@ export const copyBlocks = async (
   }
   const workers = Array.from({ length: inFlight }, () => worker())
   const results = await Promise.allSettled(workers)
+  await pool?.close()
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) {
     await gen.return(undefined)

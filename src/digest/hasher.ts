@@ -8,6 +8,7 @@
 import { webcrypto } from 'node:crypto'
 import { BackupError } from '../errors.ts'
 import { zeroDigest } from './blocks.ts'
+import { HashPool } from './pool.ts'
 import type { BlockDigests } from './blocks.ts'
 
 /** Hashes the blocks of one disk from the jobs of a copy; see the module comment. */
@@ -26,16 +27,19 @@ export class DiskHasher {
    * Hash `data`, all of block `index`. The bytes are copied before this returns, so the caller
    * may reuse its buffer at once; the promise resolves once the digest is set.
    */
-  block(index: number, data: Buffer): Promise<void> {
+  block(index: number, data: Buffer, pool?: HashPool): Promise<void> {
     if (data.length !== this.digests.lengthOf(index)) {
       throw new BackupError(
         'INTERNAL',
         `block ${index} hashed with ${data.length} bytes, not ${this.digests.lengthOf(index)}`,
       )
     }
-    const digest = webcrypto.subtle.digest('SHA-256', data)
+    const digest =
+      pool !== undefined && HashPool.shares(data)
+        ? pool.sha256(data)
+        : webcrypto.subtle.digest('SHA-256', data).then((d) => Buffer.from(d))
     return digest.then((d) => {
-      this.digests.set(index, Buffer.from(d))
+      this.digests.set(index, d)
     })
   }
 
