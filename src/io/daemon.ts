@@ -50,13 +50,19 @@ export interface Daemon {
 }
 
 /**
- * Start `command args…` through `setpriv --pdeathsig SIGTERM` (util-linux): the kernel sends
+ * Start `command args…` (with `env` added to ours) through `setpriv --pdeathsig SIGTERM`
+ * (util-linux): the kernel sends
  * it SIGTERM when guestbackup dies, even by SIGKILL, so no server or mount outlives us. Its PID
  * stays the one we manage (setpriv execs the command).
  */
-export const startDaemon = (command: string, args: readonly string[]): Daemon => {
+export const startDaemon = (
+  command: string,
+  args: readonly string[],
+  env: Readonly<Record<string, string>> = {},
+): Daemon => {
   const child = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', command, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
   })
   let stderr = ''
   child.stderr.setEncoding('utf8')

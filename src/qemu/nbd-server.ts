@@ -63,6 +63,18 @@ export interface QemuNbd extends AsyncDisposable {
   stop(): Promise<void>
 }
 
+/**
+ * qemu-nbd allocates a bounce buffer per request (`qemu_blockalign`), which glibc serves with a
+ * fresh mmap above its 128 KiB threshold (mallopt(3) M_MMAP_THRESHOLD): every request of a copy
+ * then faults in and zeroes its pages. With the threshold above the largest NBD request (32 MiB)
+ * and trimming above the buffers in flight, they come from the heap and are reused: measured
+ * here, ~0.6 CPU-s of kernel time less per GiB copied (bench/). Tunables: glibc's manual,
+ * "Memory Allocation Tunables".
+ */
+const MALLOC_TUNABLES = {
+  GLIBC_TUNABLES: 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728',
+}
+
 const canConnect = (path: string): Promise<boolean> =>
   new Promise((resolve) => {
     const s = connect({ path })
@@ -132,7 +144,7 @@ const startOnce = async (opts: QemuNbdOptions, cache: QemuNbdCache): Promise<Qem
 
   // qemu-nbd gets SIGTERM if we die (../io/daemon.ts): no server keeps a disk or a partial
   // backup locked.
-  const daemon = startDaemon('qemu-nbd', args)
+  const daemon = startDaemon('qemu-nbd', args, MALLOC_TUNABLES)
   const { child } = daemon
   let stopped = false
   const stop = async (): Promise<void> => {
