@@ -19,6 +19,8 @@ import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
 import { restoreCommand, stripStoreId } from './commands/restore.ts'
+import { listCommand } from './commands/list.ts'
+import type { ListCommandOptions } from './commands/list.ts'
 import { verifyCommand } from './commands/verify.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import { writeLine } from './io.ts'
@@ -191,63 +193,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--failed', 'also list failed backup runs, with their error and task log')
     .option('--json', 'print a JSON array')
-    .action(async (o: { store: string; vmid?: number; failed?: boolean; json?: boolean }) => {
-      const storage = await openStore(o.store)
-      const filter = o.vmid === undefined ? {} : { vmid: o.vmid }
-      const vols = await storage.listVolumes(filter)
-      const failed = o.failed === true ? await storage.listFailed(filter) : []
-      if (o.json === true) {
-        const rows: Record<string, unknown>[] = vols.map((v) => ({
-          volid: v.volid,
-          vmid: v.vmid,
-          subtype: v.subtype,
-          ctime: v.ctime,
-          size: v.size,
-          format: v.format,
-          parent: v.parent ?? null,
-          protected: v.protected,
-          notes: v.notes ?? null,
-          'verify-state': v.verification?.state ?? 'none',
-          verified: v.verification?.time ?? null,
-          ...(v.verification?.detail === undefined
-            ? {}
-            : { 'verify-detail': v.verification.detail }),
-          status: 'ok',
-          ...(v.broken === undefined ? {} : { status: 'broken', broken: v.broken }),
-        }))
-        for (const f of failed) {
-          rows.push({
-            volid: f.volid,
-            vmid: f.vmid,
-            subtype: f.subtype,
-            ctime: f.ctime,
-            status: 'failed',
-            error: f.error ?? null,
-            log: f.log,
-          })
-        }
-        writeLine(io.stdout, JSON.stringify(rows, null, 2))
-        return
-      }
-      for (const v of vols) {
-        const verified = v.verification
-        const flags = [
-          v.protected ? 'protected' : '',
-          v.parent ? `parent=${v.parent}` : '',
-          verified === undefined ? '' : verified.state === 'ok' ? 'verified' : 'VERIFY-FAILED',
-        ]
-        if (v.broken !== undefined) flags.push(`BROKEN: ${v.broken}`)
-        writeLine(
-          io.stdout,
-          [v.volid, v.subtype, fmtBytes(v.size).padStart(10), ...flags.filter(Boolean)].join('  '),
-        )
-      }
-      for (const f of failed) {
-        writeLine(
-          io.stdout,
-          [f.volid, f.subtype, 'FAILED'.padStart(10), f.error ?? '', f.log].join('  '),
-        )
-      }
+    .action(async (o: ListCommandOptions) => {
+      await listCommand(o, io)
     })
 
   program

@@ -29,23 +29,14 @@ import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
 import { readBackup, unusableBackups } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+import { pruneFailedRuns } from './failed-runs.ts'
+import type { FailedVolume } from './failed-runs.ts'
+
+export type { FailedVolume }
 import { describeBackup, isProtected, NOTES_MAX_BYTES, readNotes, usedBytes } from './describe.ts'
 import { proveRestored } from './verify.ts'
 import { verifyStore } from './verify-store.ts'
 import type { VerifyReport, VerifyStoreOptions } from './verify-store.ts'
-
-/** A failed backup run as {@link DirectoryStorage.listFailed} shows it. */
-export interface FailedVolume {
-  /** The volume id the backup would have had. */
-  volid: string
-  vmid: number
-  subtype: GuestType
-  ctime: number
-  /** The error line of its task log, if found. */
-  error: string | undefined
-  /** Path of its task log. */
-  log: string
-}
 
 /** The directory store. */
 export class DirectoryStorage implements BackupStorage {
@@ -341,7 +332,7 @@ export class DirectoryStorage implements BackupStorage {
       if (guest === undefined) continue
       await using _lock = await lockGuest(guest, this.#lockOptions(vmid, 'prune', opts.log))
       await recoverGuest(this.#layout, guest, vmid, opts.log ?? (() => undefined))
-      await this.#pruneFailed(guest, vmid, opts.log)
+      await pruneFailedRuns(this.#layout, guest, vmid, opts.log, (v) => this.#volid(v))
     }
     if (errors > 0) throw new BackupError('IO', 'error pruning backups - check log')
     return result
@@ -374,23 +365,6 @@ export class DirectoryStorage implements BackupStorage {
     const ref = parseVolname(volid.slice(volid.indexOf(':') + 1))
     const runs = await this.listFailed({ vmid: ref.vmid, subtype: ref.subtype })
     return runs.find((r) => r.ctime === ref.ctime)?.log
-  }
-
-  /**
-   * Remove the failed runs of a guest older than its newest backup of the same type: once a
-   * backup succeeded, the logs of the failures before it are history (the caller holds the lock).
-   */
-  async #pruneFailed(guest: Dir, vmid: number, log?: ProviderLogFunction): Promise<void> {
-    const newest = new Map<GuestType, number>()
-    for (const b of await listGuestBackups(guest, vmid)) {
-      newest.set(b.ref.subtype, Math.max(newest.get(b.ref.subtype) ?? 0, b.ref.ctime))
-    }
-    for (const f of await listFailedRuns(guest, vmid)) {
-      if (f.ref.ctime < (newest.get(f.ref.subtype) ?? 0)) {
-        await guest.removeTree(this.#layout.failedName(f.ref))
-        log?.('info', `removed the log of failed run ${this.#volid(f.ref.volname)}`)
-      }
-    }
   }
 
   /** Create the provider writing to this store. */
