@@ -159,6 +159,10 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
   let tarBytes = 0
   const hash = createHash('sha256')
   const relay = async (partial: string, membersPartial: string | undefined) => {
+    // Nothing is awaited between tar's start and its pipeline: when a child exits, Node drains
+    // any of its stdio streams nobody reads yet and drops their data (lib/internal/
+    // child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
+    const parsed = membersPartial === undefined ? undefined : await membersStage(membersPartial)
     const group = new Group(opts.signal)
     const tar = spawnTool('tar', args, {
       stdin: 'ignore',
@@ -171,7 +175,6 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
         : undefined
     group.addTool(tar)
     if (zstd) group.addTool(zstd)
-    const parsed = membersPartial === undefined ? undefined : await membersStage(membersPartial)
     try {
       const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
       if (parsed) stages.push(parsed.stage)

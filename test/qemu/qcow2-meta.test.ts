@@ -50,12 +50,12 @@ describe('qemu: qcow2 metadata digest', () => {
     const l2 = (await u64At(image, l1)) & 0xffff_ffff_fe00
     const rt = await u64At(image, 48)
     const rb = (await u64At(image, rt)) & 0xffff_ffff_fe00
-    // A header byte, a padding byte of the header cluster, the L1 table, an L2 entry's reserved
+    // A header byte, a padding byte of the header cluster, an L1 and an L2 entry's reserved
     // bit (QEMU ignores it), the refcount table's padding, a refcount block.
     for (const [what, offset, byte] of [
       ['header', 64, 0x01],
       ['header cluster padding', 4000, 0x01],
-      ['L1 table padding', l1 + 8 * 5, 0x00],
+      ['L1 entry reserved bit', l1 + 6, 0x01],
       ['L2 reserved bit', l2 + 6, 0x01],
       ['refcount table padding', rt + 8 * 9, 0x00],
       ['refcount block', rb + 1, 0x02],
