@@ -72,6 +72,22 @@ describe('tar archives', () => {
     await tmp.remove()
   })
 
+  it('archives a tree tar finishes at once, every time, with its member list', async () => {
+    // tar may exit before its output is read: nothing of it may be lost (tar.ts relay).
+    const tiny = await fresh('tiny')
+    await writeFile(join(tiny, 'hostname'), 'ct\n')
+    for (let i = 0; i < 20; i++) {
+      const dir = await fresh('tiny-out')
+      const r = await createTarArchive({
+        directory: tiny,
+        output: join(dir, 'a.tar'),
+        members: join(dir, 'a.members'),
+      })
+      assert.equal(r.members?.count, 2, `round ${i}`)
+      assert.equal((await stat(join(dir, 'a.tar'))).size, r.bytes)
+    }
+  })
+
   it('round-trips the tree: metadata, xattrs, ACLs, hardlinks, sparse files; excludes', async () => {
     const dir = await fresh('roundtrip')
     const output = join(dir, 'archive.tar')
