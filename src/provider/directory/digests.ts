@@ -4,7 +4,7 @@
  * backup's other files, recorded in the manifest; the manifest's own digest beside it in
  * `manifest.sha256` (`sha256sum` format, so `sha256sum -c manifest.sha256` checks it by hand).
  */
-import { BlockDigests, DIGEST_BYTES, sha256Hex } from '../../digest/blocks.ts'
+import { BlockDigests, sha256Hex } from '../../digest/blocks.ts'
 import { hashFile } from '../../digest/file.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
@@ -60,11 +60,7 @@ export const readDiskDigests = async (dir: Dir, disk: ManifestDisk): Promise<Blo
   if (sha256Hex(data) !== d.content) {
     throw new BackupError('VERIFY_FAILED', `${what} does not match the manifest's digest`)
   }
-  const digests = BlockDigests.from(disk.size, d.blockSize, data, what)
-  if (digests.count * DIGEST_BYTES !== data.length) {
-    throw new BackupError('ARCHIVE_INVALID', `${what} does not fit the disk`)
-  }
-  return digests
+  return BlockDigests.from(disk.size, d.blockSize, data, what)
 }
 
 /** SHA-256 of the regular file `name` in `dir` (streamed; archives may be large). */

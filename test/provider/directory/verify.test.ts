@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { copyFile, mkdtemp, open, readdir, rm, writeFile } from 'node:fs/promises'
+import { copyFile, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../../src/io/spawn.ts'
@@ -168,6 +168,22 @@ describe('verify: a VM backup and its chain', () => {
     )
   })
 
+  it('finds a manifest digest file that is no digest line', async () => {
+    const file = join(backupDir(full), 'manifest.sha256')
+    const saved = await readFile(file, 'utf8')
+    try {
+      for (const text of ['not a digest\n', `junk ${saved}`]) {
+        await writeFile(file, text)
+        const r = await verify(full)
+        assert.equal(r.code, 1)
+        const [row] = JSON.parse(r.stdout) as { detail: string }[]
+        assert.equal(row?.detail, 'manifest.sha256 is not a digest line', text)
+      }
+    } finally {
+      await writeFile(file, saved)
+    }
+  })
+
   it('proves a restore and finds a changed byte in it', async () => {
     const target = join(dir, 'restored')
     await runCliInProcessOk(['restore', '--store', store, incr, '--target', target])
@@ -218,5 +234,27 @@ describe('verify: a VM backup and its chain', () => {
       (JSON.parse(r.stdout) as { state: string }[]).map((x) => x.state),
       ['ok'],
     )
+  })
+
+  it('builds no incremental on block digests that do not match their manifest', async () => {
+    // The newest backup's digests are carried forward by the next incremental: damaged, they
+    // fail that backup and force the one after it full.
+    const newest = (await list())[0]?.volid ?? ''
+    const blocks = join(backupDir(newest), 'drive-scsi0.blocks')
+    const saved = await readFile(blocks)
+    const bad = Buffer.from(saved)
+    bad[0] = (bad[0] ?? 0) ^ 1
+    await writeFile(blocks, bad)
+    try {
+      await run('qemu-io', ['-c', 'write -P 0x55 8M 64k', disk()])
+      const r = await runCliInProcess(
+        backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk()}`),
+      )
+      assert.equal(r.code, 1)
+      assert.match(r.stderr, /drive-scsi0\.blocks does not match the manifest's digest/)
+      assert.ok((await readdir(join(store, '100'))).includes('force-full'))
+    } finally {
+      await writeFile(blocks, saved)
+    }
   })
 })
