@@ -194,6 +194,8 @@ export const copyBlocks = async (
         // The hash has its own copy of the bytes: it runs on while they are written and the
         // next block is read; at most MAX_HASHING copies wait for the thread pool.
         const hashed = job.block === undefined ? undefined : hasher?.block(job.block, buf, pool)
+        // Observed at once: a hash failing while the writes run must not go unhandled.
+        hashed?.catch(() => undefined)
         try {
           for (const [a, b] of job.writes) {
             await writeSparse(a, buf.subarray(a - job.offset, b - job.offset))
@@ -203,7 +205,9 @@ export const copyBlocks = async (
           await hashed
         }
       }
-      await src.done?.(job.offset, job.length)
+      // Only what was copied: bytes read for a digest alone may still be read again (the
+      // clean-block sample of an incremental), and `done` may discard them at the source.
+      for (const [a, b] of job.writes) await src.done?.(a, b - a)
       running.delete(job.offset)
       report()
     }

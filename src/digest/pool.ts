@@ -22,13 +22,15 @@ interface Answer {
 
 /** A pool of hashing threads; `close` (or dispose) ends them. */
 export class HashPool implements AsyncDisposable {
-  readonly #workers: Worker[]
+  #workers: Worker[]
+  /** Requests waiting for their digest, by id, with the worker that has them. */
   readonly #pending = new Map<
     number,
-    { resolve: (d: Buffer) => void; reject: (e: Error) => void }
+    { worker: Worker; resolve: (d: Buffer) => void; reject: (e: Error) => void }
   >()
   #next = 0
   #id = 0
+  #failure: Error | undefined
 
   constructor(threads: number) {
     this.#workers = Array.from({ length: threads }, () => {
@@ -38,9 +40,20 @@ export class HashPool implements AsyncDisposable {
         this.#pending.delete(a.id)
         p?.resolve(Buffer.from(a.digest))
       })
-      w.on('error', (e) => {
-        for (const p of this.#pending.values()) p.reject(e)
-        this.#pending.clear()
+      // A worker that fails or ends takes its requests with it: they are rejected (never left
+      // waiting: the copy awaits every hash), and it gets no more.
+      const lost = (e: Error): void => {
+        this.#workers = this.#workers.filter((x) => x !== w)
+        this.#failure ??= e
+        for (const [id, p] of this.#pending) {
+          if (p.worker !== w) continue
+          this.#pending.delete(id)
+          p.reject(e)
+        }
+      }
+      w.on('error', lost)
+      w.on('exit', (code) => {
+        lost(new Error(`a hashing thread ended (exit code ${code})`))
       })
       return w
     })
@@ -53,17 +66,20 @@ export class HashPool implements AsyncDisposable {
 
   /** SHA-256 of `buf`, which must live in shared memory and stay unchanged until this settles. */
   sha256(buf: Buffer): Promise<Buffer> {
-    const worker = this.#workers[this.#next++ % this.#workers.length]
-    if (worker === undefined) return Promise.reject(new Error('hash pool is closed'))
+    const worker = this.#workers[this.#next++ % Math.max(this.#workers.length, 1)]
+    if (worker === undefined) {
+      return Promise.reject(this.#failure ?? new Error('the hash pool is closed'))
+    }
     const id = this.#id++
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject })
+      this.#pending.set(id, { worker, resolve, reject })
       worker.postMessage({ id, sab: buf.buffer, offset: buf.byteOffset, length: buf.length })
     })
   }
 
   async close(): Promise<void> {
-    const all = this.#workers.splice(0)
+    const all = this.#workers
+    this.#workers = []
     await Promise.all(all.map((w) => w.terminate()))
   }
 

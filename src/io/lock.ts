@@ -13,8 +13,8 @@
  *   for MKDIR). `O_CREAT | O_EXCL` is not safe there: open(2), O_EXCL: "On NFS, O_EXCL is
  *   supported only when using NFSv3 or later on kernel 2.6 or later. In NFS environments
  *   where O_EXCL support is not provided, programs that rely on it for performing locking
- *   tasks will contain a race condition." An empty `.lock` (no record: no lock of ours) is
- *   replaced by the rename.
+ *   tasks will contain a race condition." An existing `.lock` is never renamed over (checked
+ *   first; rename(2) would replace an empty one).
  * - The holder rewrites `.lock/holder.json` every `heartbeatMs` with the counter incremented,
  *   by temp file + rename inside the lock directory. Everything goes through the lock
  *   directory's open fd (beneath.ts).
@@ -274,6 +274,9 @@ const tryAcquire = async (dir: Dir, opts: LockOptions): Promise<GuestLock | unde
   const nonce = randomBytes(16).toString('hex')
   const record = newHolder(opts.operation, nonce)
   const work = `.lock.new-${nonce}`
+  // rename(2) replaces an empty directory: a bare `.lock` (no lock of ours, but maybe being
+  // judged by a breaker) is never renamed over, it is waited out like a lock without record.
+  if ((await dir.lstat(LOCK)) !== undefined) return undefined
   if (!(await dir.mkdir(work))) return undefined
   try {
     {

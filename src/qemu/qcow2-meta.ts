@@ -51,10 +51,10 @@ export const qcow2MetadataDigest = async (path: string, label = path): Promise<s
   h.update(await read(0, Math.min(cluster, fileSize), 'the header cluster'))
   const l1 = await read(u64(head, 40), head.readUInt32BE(36) * 8, 'the L1 table')
   h.update(l1)
-  await hashTables(l1, cluster, read, h, 'an L2 table')
+  await hashTables(l1, cluster, read, h, 'an L2 table', label)
   const rt = await read(u64(head, 48), head.readUInt32BE(56) * cluster, 'the refcount table')
   h.update(rt)
-  await hashTables(rt, cluster, read, h, 'a refcount block')
+  await hashTables(rt, cluster, read, h, 'a refcount block', label)
   return h.digest('hex')
 }
 
@@ -65,10 +65,17 @@ const hashTables = async (
   read: (offset: number, length: number, what: string) => Promise<Buffer>,
   h: ReturnType<typeof createHash>,
   what: string,
+  label: string,
 ): Promise<void> => {
+  // Each table is a cluster of its own (qcow2.txt): an offset named twice is a crafted image
+  // that would have us hash one cluster millions of times.
+  const seen = new Set<number>()
   for (let i = 0; i + 8 <= table.length; i += 8) {
     const offset = Number(table.readBigUInt64BE(i) & OFFSET_MASK)
-    if (offset !== 0) h.update(await read(offset, cluster, what))
+    if (offset === 0) continue
+    if (seen.has(offset)) throw invalid(label, `${what} at ${offset} is named twice`)
+    seen.add(offset)
+    h.update(await read(offset, cluster, what))
   }
 }
 

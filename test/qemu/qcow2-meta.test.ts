@@ -91,6 +91,16 @@ describe('qemu: qcow2 metadata digest', () => {
       code: 'IMAGE_INVALID',
       message: /^w\.qcow2: an L2 table .* lies outside the image$/,
     })
+    // Two L1 entries naming one L2 table (a 2 GiB image has four L1 entries).
+    const big = join(dir, 'big.qcow2')
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', big, '2G'])
+    await run('qemu-io', ['-c', 'write -P 1 0 64k', big])
+    const bl1 = await u64At(big, 40)
+    await patch(big, bl1 + 8, be64(await u64At(big, bl1)))
+    await assert.rejects(qcow2MetadataDigest(big, 'big.qcow2'), {
+      code: 'IMAGE_INVALID',
+      message: /^big\.qcow2: an L2 table at \d+ is named twice$/,
+    })
     p = await fresh()
     await patch(p, 20, Buffer.from([0, 0, 0, 30]))
     await assert.rejects(qcow2MetadataDigest(p, 'w.qcow2'), {

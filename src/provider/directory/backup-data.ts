@@ -13,7 +13,7 @@ import type {
 import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
-import { BackupError, isBackupError } from '../../errors.ts'
+import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { TokenBucket } from '../../io/throttle.ts'
 import { forceFull } from './incremental.ts'
@@ -146,11 +146,22 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
  * match (the next backup is then full).
  */
 const baseDigests = async (guest: Dir, volname: string, device: string): Promise<BlockDigests> => {
-  const ref = parseVolname(volname)
-  await using dir = await guest.openDir(ref.dirName)
-  const disk = (await readManifest(dir, ref)).disks?.[device]
-  if (disk === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no ${device}`)
-  return await readDiskDigests(dir, disk)
+  try {
+    const ref = parseVolname(volname)
+    await using dir = await guest.openDir(ref.dirName)
+    const disk = (await readManifest(dir, ref)).disks?.[device]
+    if (disk === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} has no ${device}`)
+    return await readDiskDigests(dir, disk)
+  } catch (e) {
+    // Missing, unreadable or damaged, the base's digests cannot be carried: like a mismatch,
+    // this fails the backup and forces the next one full (else every run would fail alike).
+    if (isBackupError(e, 'VERIFY_FAILED') || isBackupError(e, 'ABORTED')) throw e
+    throw new BackupError(
+      'VERIFY_FAILED',
+      `the block digests of ${volname} ${device} cannot be read: ${toBackupError(e).message}`,
+      { cause: e },
+    )
+  }
 }
 
 /**

@@ -304,6 +304,9 @@ const runJournal = async (
     for (const m of journal.merges.filter((x) => x.child === child)) {
       const disk = disks[m.device]
       if (disk === undefined) throw inconsistent(`${child} lost ${m.device}`)
+      // Rewritten by an earlier run of this journal: what it recorded of the merged image
+      // stands (recomputing it now would record any damage since as the truth).
+      if (disk.parent !== ref.volname) continue
       const { parent: _old, ...rest } = disk
       // The image is the removed backup's, merged: same content, other metadata.
       const merged =

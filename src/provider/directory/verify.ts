@@ -85,6 +85,12 @@ export const verifyBackup = async (
     return failed(toBackupError(e).message)
   }
   if (m.version === 1) {
+    // A manifest digest beside a version 1 manifest means it was written since: a version
+    // changed by damage must not pass for an old backup.
+    const why = await manifestDigestMismatch(dir, true).catch(
+      (e: unknown) => toBackupError(e).message,
+    )
+    if (why !== undefined) return failed(why)
     return { state: 'none', time: time(), detail: 'made before digests were recorded', bytes: 0 }
   }
   try {

@@ -162,6 +162,20 @@ describe('verify: a VM backup and its chain', () => {
       await damaged('drive-scsi0.blocks', () => Promise.resolve(5)),
       'drive-scsi0.blocks differs from its digest',
     )
+    // A version changed to 1 does not pass for a backup made before digests.
+    const mf = join(backupDir(full), 'manifest.json')
+    const text = await readFile(mf, 'utf8')
+    await writeFile(mf, text.replace('"version": 2', '"version": 1'))
+    try {
+      const r = await verify(full)
+      assert.equal(r.code, 1)
+      assert.equal(
+        (JSON.parse(r.stdout) as { detail: string }[])[0]?.detail,
+        'manifest.json does not match manifest.sha256',
+      )
+    } finally {
+      await writeFile(mf, text)
+    }
     assert.match(
       await damaged('manifest.json', () => Promise.resolve(3)),
       /manifest\.json does not match manifest\.sha256|manifest of .* is (not JSON|invalid)/,
@@ -244,17 +258,23 @@ describe('verify: a VM backup and its chain', () => {
     const saved = await readFile(blocks)
     const bad = Buffer.from(saved)
     bad[0] = (bad[0] ?? 0) ^ 1
-    await writeFile(blocks, bad)
-    try {
-      await run('qemu-io', ['-c', 'write -P 0x55 8M 64k', disk()])
-      const r = await runCliInProcess(
-        backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk()}`),
-      )
-      assert.equal(r.code, 1)
-      assert.match(r.stderr, /drive-scsi0\.blocks does not match the manifest's digest/)
-      assert.ok((await readdir(join(store, '100'))).includes('force-full'))
-    } finally {
-      await writeFile(blocks, saved)
+    for (const [damage, why] of [
+      [() => writeFile(blocks, bad), /drive-scsi0\.blocks does not match the manifest's digest/],
+      [() => rm(blocks), /the block digests of \S+ drive-scsi0 cannot be read: .*does not exist/],
+    ] as const) {
+      await damage()
+      try {
+        await run('qemu-io', ['-c', 'write -P 0x55 8M 64k', disk()])
+        const r = await runCliInProcess(
+          backupArgs(store, 100, join(dir, 'c'), '--disk', `scsi0=${disk()}`),
+        )
+        assert.equal(r.code, 1)
+        assert.match(r.stderr, why)
+        assert.ok((await readdir(join(store, '100'))).includes('force-full'))
+        await rm(join(store, '100', 'force-full'))
+      } finally {
+        await writeFile(blocks, saved)
+      }
     }
   })
 })
