@@ -292,11 +292,16 @@ const tryAcquire = async (dir: Dir, opts: LockOptions): Promise<GuestLock | unde
     }
     throw e
   }
-  return await hold(dir, record, opts.heartbeatMs ?? HEARTBEAT_MS)
+  return await hold(dir, record, opts.heartbeatMs ?? HEARTBEAT_MS, opts.log)
 }
 
 /** We made `.lock`: keep the heartbeat going, sweep what others left. */
-const hold = async (dir: Dir, record: HolderRecord, heartbeatMs: number): Promise<GuestLock> => {
+const hold = async (
+  dir: Dir,
+  record: HolderRecord,
+  heartbeatMs: number,
+  log: ((message: string) => void) | undefined,
+): Promise<GuestLock> => {
   const { nonce } = record
   let lockDir: Dir
   try {
@@ -306,7 +311,9 @@ const hold = async (dir: Dir, record: HolderRecord, heartbeatMs: number): Promis
     throw e
   }
   for (const e of await dir.list()) {
-    if (LEFTOVER.test(e.name)) await removeQuietly(dir, e.name)
+    if (!LEFTOVER.test(e.name)) continue
+    await removeQuietly(dir, e.name)
+    log?.(`removed ${dir.labelOf(e.name)}: a lock left half taken, broken or released`)
   }
   let beating: Promise<void> | undefined
   const timer = setInterval(() => {
