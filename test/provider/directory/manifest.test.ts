@@ -132,6 +132,81 @@ describe('provider/directory/manifest: what a manifest may name', () => {
     )
   })
 
+  it('refuses a version 2 manifest without the digests it must record', async () => {
+    const hex = 'a'.repeat(64)
+    const v2 = (m: Record<string, unknown> & Manifest): void => {
+      m.version = 2
+      m.digests = { 'guest.conf': hex, 'drive-scsi0.blocks': hex }
+      disk0(m).digest = {
+        algorithm: 'sha256',
+        blockSize: 4194304,
+        blocks: 'drive-scsi0.blocks',
+        content: hex,
+        metadata: hex,
+      }
+    }
+    assert.equal((await read(edited(v2))).version, 2)
+    await refused(
+      edited((m) => {
+        v2(m)
+        delete m.digests
+      }),
+      /records no digests$/,
+    )
+    await refused(
+      edited((m) => {
+        v2(m)
+        delete disk0(m).digest
+      }),
+      /records no digest of drive-scsi0$/,
+    )
+    await refused(
+      edited((m) => {
+        v2(m)
+        const d = disk0(m).digest
+        if (d !== undefined) d.blocks = 'drive-scsi1.blocks'
+      }),
+      /names digest file drive-scsi1\.blocks$/,
+    )
+    // A digest is exactly 64 lower-case hex digits.
+    await refused(
+      edited((m) => {
+        v2(m)
+        m.digests = { 'guest.conf': `x${hex}` }
+      }),
+      /is invalid/,
+    )
+    const ct = (m: Record<string, unknown> & Manifest): void => {
+      v2(m)
+      m.type = 'lxc'
+      m.archiveName = REF.archiveName.replace('qemu', 'lxc')
+      delete m.disks
+      delete m.parent
+      m.container = { file: 'archive.tar', format: 'tar', excludes: [] }
+    }
+    const ctRef = parseVolname(REF.volname.replace('qemu', 'lxc'))
+    const ctRefused = async (text: string, why: RegExp): Promise<void> => {
+      await assert.rejects(read(text, ctRef), (e: unknown) => {
+        assert.ok(isBackupError(e, 'ARCHIVE_INVALID'), String(e))
+        assert.match(e.message, why)
+        return true
+      })
+    }
+    await ctRefused(edited(ct), /records no digest of the archive$/)
+    await ctRefused(
+      edited((m) => {
+        ct(m)
+        if (m.container) m.container.digest = { algorithm: 'sha256', members: 'other.members' }
+      }),
+      /names member list other\.members$/,
+    )
+    const ok = edited((m) => {
+      ct(m)
+      if (m.container) m.container.digest = { algorithm: 'sha256', members: 'archive.members' }
+    })
+    assert.equal((await read(ok, ctRef)).container?.digest?.members, 'archive.members')
+  })
+
   it('refuses a manifest that describes another backup', async () => {
     await refused(
       edited((m) => (m.vmid = 101)),
