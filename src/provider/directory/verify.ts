@@ -266,7 +266,14 @@ export const proveRestoredDisk = async (
   signal: AbortSignal,
 ): Promise<string | undefined> => {
   const expected = await readDiskDigests(dir, disk)
-  await using fh = await open(path, 'r')
+  await using fh = await open(path, 'r').catch((e: unknown) => {
+    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read'
+    throw new BackupError(
+      'USAGE',
+      `the restored disk ${path} ${why} (--restored names the directory restore --target wrote)`,
+      { cause: e },
+    )
+  })
   const st = await fh.stat()
   const size = st.isBlockDevice() ? disk.size : st.size
   if (size !== disk.size) return `${path} has ${size} bytes, the backup's ${device} ${disk.size}`

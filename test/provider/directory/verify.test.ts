@@ -204,6 +204,13 @@ describe('verify: a VM backup and its chain', () => {
     const ok = await verify(incr, '--restored', target)
     assert.equal(ok.code, 0, ok.stdout)
     assert.equal((JSON.parse(ok.stdout) as { state: string }).state, 'ok')
+    const none = join(dir, 'never-restored')
+    const missing = await verify(incr, '--restored', none)
+    assert.equal(missing.code, 2)
+    assert.equal(
+      missing.stderr.trim(),
+      `guestbackup: the restored disk ${none}/drive-scsi0.raw does not exist (--restored names the directory restore --target wrote)`,
+    )
     await flip(join(target, 'drive-scsi0.raw'), 40 * 1024 * 1024 + 5)
     const bad = await verify(incr, '--restored', target)
     assert.equal(bad.code, 1)
