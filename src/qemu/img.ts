@@ -59,22 +59,19 @@ export type ImageInfo = z.infer<typeof ImageInfoSchema>
  */
 const PRLIMIT_ARGS = ['--as=1073741824', '--cpu=30', '--'] as const
 
-/**
- * `setpriv` (util-linux) arguments that make the kernel kill the tool when guestbackup dies,
- * even by SIGKILL, so no orphan keeps writing (a merge) or holding image locks a retry needs.
- */
-const DIE_WITH_US = ['--pdeathsig', 'SIGKILL', '--'] as const
-
 const qemuImg = async (
   args: readonly string[],
   signal?: AbortSignal,
   limited = false,
 ): Promise<string> => {
-  const tool = limited ? ['prlimit', ...PRLIMIT_ARGS, 'qemu-img'] : ['qemu-img']
-  const { stdout } = await run('setpriv', [...DIE_WITH_US, ...tool, ...args], {
+  const [cmd, ...pre] = limited ? ['prlimit', ...PRLIMIT_ARGS, 'qemu-img'] : ['qemu-img']
+  // Killed with guestbackup (even by SIGKILL): no orphan keeps writing (a merge) or holding
+  // image locks a retry needs.
+  const { stdout } = await run(cmd, [...pre, ...args], {
     label: 'qemu-img',
     signal,
     errorCode: 'QEMU_TOOL_FAILED',
+    dieWithParent: true,
   })
   return stdout
 }
@@ -225,10 +222,10 @@ export const commitImage = async (spec: string, signal?: AbortSignal): Promise<v
  */
 export const imageInUse = async (path: string, signal?: AbortSignal): Promise<boolean> => {
   try {
-    await run('setpriv', [...DIE_WITH_US, 'qemu-io', '-f', 'raw', '-c', 'quit', abs(path)], {
-      label: 'qemu-io',
+    await run('qemu-io', ['-f', 'raw', '-c', 'quit', abs(path)], {
       signal,
       errorCode: 'QEMU_TOOL_FAILED',
+      dieWithParent: true,
     })
     return false
   } catch (e) {

@@ -2,9 +2,9 @@
  * `manifest.json`: the last file written into a backup. It describes every file of the backup
  * and is what `list`, restore and incrementals trust (after checking it against the files).
  */
-import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
+import { sha256Hex } from '../../digest/blocks.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { MANIFEST, VOLNAME_RE } from './layout.ts'
@@ -213,6 +213,5 @@ export const MANIFEST_DIGEST = 'manifest.sha256'
 export const writeManifest = async (dir: Dir, m: Manifest): Promise<void> => {
   const text = `${JSON.stringify(m, null, 2)}\n`
   await dir.writeFileAtomic(MANIFEST, text)
-  const digest = createHash('sha256').update(text).digest('hex')
-  await dir.writeFileAtomic(MANIFEST_DIGEST, `${digest}  ${MANIFEST}\n`)
+  await dir.writeFileAtomic(MANIFEST_DIGEST, `${sha256Hex(text)}  ${MANIFEST}\n`)
 }
