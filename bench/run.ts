@@ -7,7 +7,9 @@
  * writes it to bench/results/latest.md. Scratch lives in a temp dir under /var/tmp (or
  * $BENCH_TMPDIR) that is removed at the end, also on error and SIGINT.
  *
- * Environment: BENCH_RUNS (default 3), BENCH_TMPDIR (default /var/tmp).
+ * Environment: BENCH_RUNS (default 3), BENCH_TMPDIR (default /var/tmp), BENCH_ONLY (run only the
+ * scenarios whose exported name in scenarios.ts contains this text, case-insensitive, e.g.
+ * `fullBackup`; bench/results/latest.md is then left as it was).
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { rmSync } from 'node:fs'
@@ -94,7 +96,9 @@ const main = async (): Promise<number> => {
   }
   try {
     const machine = await machineInfo(root, REPO)
+    const only = process.env['BENCH_ONLY']?.toLowerCase() ?? ''
     for (const [i, scenario] of scenarios.entries()) {
+      if (only !== '' && !scenario.name.toLowerCase().includes(only)) continue
       const dir = join(root, `s${i}`)
       await mkdir(dir)
       const prepared = await scenario({
@@ -119,6 +123,10 @@ const main = async (): Promise<number> => {
       RESULTS,
     )
     console.log(report)
+    if (only !== '') {
+      log(`BENCH_ONLY=${only}: ${RESULTS} left as it was`)
+      return 0
+    }
     await mkdir(dirname(RESULTS), { recursive: true })
     await writeFile(RESULTS, report)
     log(`wrote ${RESULTS} (${((performance.now() - t0) / 1000).toFixed(0)} s in all)`)
