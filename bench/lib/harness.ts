@@ -1,6 +1,9 @@
 /** Runs the variants of a scenario, interleaved round by round, and collects the timings. */
+import { loadavg } from 'node:os'
 import { run } from './procs.ts'
+import type { Measured } from './procs.ts'
 import { warmRead } from './source.ts'
+import { cpuSince, markCpu, RssSampler } from './usage.ts'
 import type { PreparedScenario, Role } from './types.ts'
 
 /** The timings of one variant. */
@@ -13,6 +16,12 @@ export interface VariantResult {
   seconds: number[]
   /** Peak RSS in KiB of each run, when measured. */
   rssKiB: number[]
+  /** CPU seconds of each run: the timed tool, every process it waited for, running servers. */
+  cpuSec: number[]
+  /** Peak RSS in KiB per process name over all runs (sampled from /proc). */
+  rssByName: Map<string, number>
+  /** Who flushes and who fsyncs, as the variant states it. */
+  durability?: string
 }
 
 /** The timings of one scenario. */
@@ -23,6 +32,8 @@ export interface ScenarioResult {
   variants: VariantResult[]
   /** Extra Markdown lines of the scenario ({@link PreparedScenario.details}). */
   details?: readonly string[]
+  /** 1-minute load average after each timed run. */
+  load: number[]
 }
 
 /**
@@ -39,9 +50,13 @@ export const runScenario = async (
     label: v.label,
     role: v.role,
     ...(v.dataBytes === undefined ? {} : { dataBytes: v.dataBytes }),
+    ...(v.durability === undefined ? {} : { durability: v.durability }),
     seconds: [],
     rssKiB: [],
+    cpuSec: [],
+    rssByName: new Map<string, number>(),
   }))
+  const load: number[] = []
   try {
     for (let round = 1; round <= runs; round++) {
       for (const [i, v] of s.variants.entries()) {
@@ -52,13 +67,25 @@ export const runScenario = async (
         for (const f of s.warmFiles) await warmRead(f)
         await run('sync', [])
         signal.throwIfAborted()
+        const sampler = new RssSampler()
+        const cpu = markCpu()
         const t0 = performance.now()
-        const m = await v.run()
-        await run('sync', [])
+        let m: Measured = {}
+        try {
+          m = await v.run()
+          await run('sync', [])
+        } finally {
+          for (const [name, kib] of sampler.stop()) {
+            r.rssByName.set(name, Math.max(r.rssByName.get(name) ?? 0, kib))
+          }
+        }
         const sec = (performance.now() - t0) / 1000
+        const cpuSec = cpuSince(cpu)
         r.seconds.push(sec)
+        r.cpuSec.push(cpuSec)
+        load.push(loadavg()[0] ?? 0)
         if (m.rssKiB !== undefined) r.rssKiB.push(m.rssKiB)
-        log(`  [${round}/${runs}] ${v.label}: ${sec.toFixed(2)} s`)
+        log(`  [${round}/${runs}] ${v.label}: ${sec.toFixed(2)} s, ${cpuSec.toFixed(2)} CPU-s`)
         if (round === runs && v.verify !== undefined) {
           await v.verify()
           log(`  verified: ${v.label} output equals the source`)
@@ -75,6 +102,7 @@ export const runScenario = async (
     description: s.description,
     dataBytes: s.dataBytes,
     variants: results,
+    load,
     ...(details === undefined ? {} : { details }),
   }
 }

@@ -35,6 +35,9 @@ const stoppers = new Set<() => Promise<void>>()
 /** PIDs of the servers and VMs stopped by {@link stoppers}, for {@link killAllNow}. */
 const trackedPids = new Set<number>()
 
+/** PIDs of the servers and VMs the benchmark keeps running (started untimed or inside a run). */
+export const trackedServerPids = (): number[] => [...trackedPids]
+
 /** PIDs of all descendants of `pid` (children first), from /proc. */
 export const descendants = (pid: number): number[] => {
   const out: number[] = []

@@ -33,6 +33,11 @@ export interface Variant {
   role: Role
   /** Bytes of guest data this variant copies, for MB/s, if not the scenario's `dataBytes`. */
   dataBytes?: number
+  /**
+   * Who flushes and who fsyncs what, e.g. "flush of the target qemu-nbd (fdatasync), then sync";
+   * shown under the table so that every comparison states its durability.
+   */
+  durability?: string
   prepare?: () => Promise<void>
   run: () => Promise<Measured>
   /** Check the output equals the source; throws if not. */

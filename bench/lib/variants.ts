@@ -53,6 +53,15 @@ const createQcow2 = (path: string, size: number): Promise<unknown> =>
  * `bin/guestbackup backup` of the source as disk scsi0 of VM 100 into a fresh store (created
  * untimed with `guestbackup init` before every run). The whole CLI call is timed.
  */
+/**
+ * What our backup does before it reports success, the same for every row that runs it: every
+ * target connection sends NBD_CMD_FLUSH (qemu-nbd, cache=none: O_DIRECT data, fdatasync), the
+ * image, manifest and directories are fsynced, then the harness's `sync`.
+ */
+export const OURS_DURABILITY =
+  'NBD flush of every target connection (qemu-nbd cache=none: O_DIRECT writes, fdatasync), ' +
+  'fsync of the image, the manifest and the directories; then `sync`'
+
 export const guestbackupBackup = async (ctx: ScenarioContext, src: Source): Promise<Variant> => {
   const dir = await subdir(ctx, 'ours')
   const cli = join(ctx.repo, 'bin', 'guestbackup')
@@ -65,6 +74,7 @@ export const guestbackupBackup = async (ctx: ScenarioContext, src: Source): Prom
   return {
     label: '**guestbackup backup** (whole CLI call, digests, no read-back)',
     role: 'ours',
+    durability: OURS_DURABILITY,
     prepare: async () => {
       await rm(store, { recursive: true, force: true })
       // The copy as nbdcopy does it; the read-back a store does by default for the first
@@ -120,6 +130,10 @@ export const nbdcopyServersRunning = async (
   return {
     label: 'nbdcopy qemu-nbd → qemu-nbd (servers already running)',
     role: 'reference',
+    durability:
+      'nbdcopy sends no flush (its default); the target qemu-nbd (cache=writeback) is stopped ' +
+      'untimed after the run, so the timed `sync` writes its data but the qcow2 metadata it ' +
+      'still caches is written untimed: this row favours the tool',
     prepare: async () => {
       source ??= await serve({
         image: src.path,
@@ -171,6 +185,9 @@ export const nbdcopyEndToEnd = async (ctx: ScenarioContext, src: Source): Promis
   return {
     label: 'nbdcopy end to end (start 2 × qemu-nbd, copy, stop)',
     role: 'reference',
+    durability:
+      'the target qemu-nbd (cache=writeback) flushes (fdatasync) and closes the image on ' +
+      'SIGTERM, inside the timed run; then `sync`',
     prepare: () => rm(out, { force: true }),
     run: async (): Promise<Measured> => {
       const source = await serve({
@@ -207,6 +224,7 @@ export const qemuImgConvert = async (ctx: ScenarioContext, src: Source): Promise
   return {
     label: '`qemu-img convert -f qcow2 -O qcow2`',
     role: 'reference',
+    durability: 'qemu-img closes the image (flushing its caches to the page cache); then `sync`',
     prepare: () => rm(out, { force: true }),
     run: () =>
       runMeasured(
