@@ -58,6 +58,13 @@ const createQcow2 = (path: string, size: number): Promise<unknown> =>
  * target connection sends NBD_CMD_FLUSH (qemu-nbd, cache=none: O_DIRECT data, fdatasync), the
  * image, manifest and directories are fsynced, then the harness's `sync`.
  */
+/**
+ * The reference's target server: the same qemu-nbd flags as our backup's target (cache=none,
+ * O_DIRECT, which costs less CPU than writeback here: bench/copy-sweep.ts --cache), so the
+ * rows differ only in the client.
+ */
+const TARGET = { format: 'qcow2', cache: 'none', cacheFallback: 'writeback' } as const
+
 export const OURS_DURABILITY =
   'NBD flush of every target connection (qemu-nbd cache=none: O_DIRECT writes, fdatasync), ' +
   'fsync of the image, the manifest and the directories; then `sync`'
@@ -131,9 +138,8 @@ export const nbdcopyServersRunning = async (
     label: 'nbdcopy qemu-nbd → qemu-nbd (servers already running)',
     role: 'reference',
     durability:
-      'nbdcopy sends no flush (its default); the target qemu-nbd (cache=writeback) is stopped ' +
-      'untimed after the run, so the timed `sync` writes its data but the qcow2 metadata it ' +
-      'still caches is written untimed: this row favours the tool',
+      'nbdcopy `--flush` (NBD_CMD_FLUSH: the target qemu-nbd, cache=none as ours, fdatasyncs); ' +
+      'the target is stopped untimed; then `sync`',
     prepare: async () => {
       source ??= await serve({
         image: src.path,
@@ -143,13 +149,13 @@ export const nbdcopyServersRunning = async (
       })
       await rm(out, { force: true })
       await createQcow2(out, src.virtualSize)
-      target = await serve({ image: out, format: 'qcow2', signal: ctx.signal })
+      target = await serve({ ...TARGET, image: out, signal: ctx.signal })
     },
     run: async (): Promise<Measured> => {
       if (source === undefined || target === undefined) throw new Error('servers not started')
       return runMeasured(
         'nbdcopy',
-        ['--destination-is-zero', source.uri, target.uri],
+        ['--destination-is-zero', '--flush', source.uri, target.uri],
         join(dir, 'rss'),
       )
     },
@@ -186,7 +192,7 @@ export const nbdcopyEndToEnd = async (ctx: ScenarioContext, src: Source): Promis
     label: 'nbdcopy end to end (start 2 × qemu-nbd, copy, stop)',
     role: 'reference',
     durability:
-      'the target qemu-nbd (cache=writeback) flushes (fdatasync) and closes the image on ' +
+      'the target qemu-nbd (cache=none as ours) flushes (fdatasync) and closes the image on ' +
       'SIGTERM, inside the timed run; then `sync`',
     prepare: () => rm(out, { force: true }),
     run: async (): Promise<Measured> => {
@@ -198,7 +204,7 @@ export const nbdcopyEndToEnd = async (ctx: ScenarioContext, src: Source): Promis
       })
       try {
         await createQcow2(out, src.virtualSize)
-        const target = await serve({ image: out, format: 'qcow2', signal: ctx.signal })
+        const target = await serve({ ...TARGET, image: out, signal: ctx.signal })
         try {
           return await runMeasured(
             'nbdcopy',

@@ -26,12 +26,14 @@ export interface NbdSourceOptions {
 }
 
 /**
- * Largest NBD read: 256 KiB, nbdcopy's request size. qemu-nbd 7.2 serves one from a bounce
- * buffer it allocates per request, which glibc takes from mmap above its threshold: measured
- * here (bench/), a 1 GiB copy in 1 MiB requests costs ~0.5 CPU-s more kernel time than in
- * 256 KiB ones, and takes ~15 % longer.
+ * Largest NBD read: 4 MiB, one digest block. Every request costs the client, the source and the
+ * target server a fixed amount of work, so fewer, larger ones cost less CPU in all three:
+ * measured here with bench/copy-sweep.ts (1 GiB of data, client + both servers), 4 MiB reads
+ * cost ~0.8 CPU-s where 256 KiB ones cost ~1.4, with digests ~2.0 against ~2.7. qemu-nbd takes
+ * each request's bounce buffer from its heap because it runs with a raised malloc mmap
+ * threshold (src/qemu/nbd-server.ts); without that, large requests were the slow ones.
  */
-export const MAX_REQUEST = 256 * 1024
+export const MAX_REQUEST = 4 * 1024 * 1024
 
 /** An NBD export as a copy source. */
 export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopySource => {
