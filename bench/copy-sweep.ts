@@ -11,7 +11,8 @@
  * (the job size, which is also the largest write, defaults to the read size); with
  * `--digests` every request is one 4 MiB digest block (read as NBD requests of the first size)
  * hashed on the worker pool, as a backup does. CPU = this process (its worker threads included)
- * plus both servers' utime + stime over the run (proc(5)); servers are started before the clock.
+ * plus both servers' utime + stime over the run (bench/lib/usage.ts); servers are started before
+ * the clock.
  */
 import { existsSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
@@ -25,6 +26,7 @@ import { NbdClient } from '../src/nbd/index.ts'
 import { createImage } from '../src/qemu/img.ts'
 import type { QemuNbdCache } from '../src/qemu/nbd-server.ts'
 import { run, serve, stopAll } from './lib/procs.ts'
+import { ownCpu } from './lib/usage.ts'
 import type { Server } from './lib/procs.ts'
 import { dataBytes, LAB_LAYOUT, makeRandomQcow2, warmRead } from './lib/source.ts'
 import { summarize } from './lib/stats.ts'
@@ -71,11 +73,15 @@ const configs: Config[] = values.configs.split(',').map((c) => {
   return { name: c, request, chunk, inFlight: Number(d), connections: Number(n) }
 })
 
-/** utime + stime of a running process in seconds (proc(5), clock ticks of 1/100 s). */
-const cpuOf = async (pid: number): Promise<number> => {
-  const { stdout } = await run('cat', [`/proc/${pid}/stat`])
-  const f = stdout.slice(stdout.lastIndexOf(')') + 2).split(' ')
-  return (Number(f[11]) + Number(f[12])) / 100
+/** CPU seconds of both servers so far. */
+const serversCpu = (a: Server, b: Server): number => ownCpu(a.pid) + ownCpu(b.pid)
+
+/** A fresh qcow2 at `out`, served as the copy's target. */
+const freshTarget = async (out: string, discard: boolean): Promise<Server> => {
+  await rm(out, { force: true })
+  await createImage(out, { format: 'qcow2', size: LAB_LAYOUT.virtualSize })
+  const cache = values.cache as QemuNbdCache
+  return serve({ image: out, format: 'qcow2', cache, ...(discard ? { discard: true } : {}) })
 }
 
 const connectAll = async (
@@ -90,17 +96,14 @@ const connectAll = async (
 }
 
 const copyOnce = async (src: Server, out: string, c: Config): Promise<Sample> => {
-  await rm(out, { force: true })
-  await createImage(out, { format: 'qcow2', size: LAB_LAYOUT.virtualSize })
-  const cache = values.cache as QemuNbdCache
-  const dst = await serve({ image: out, format: 'qcow2', cache, discard: true })
+  const dst = await freshTarget(out, true)
   const signal = new AbortController().signal
   try {
     const readers = await connectAll(c.connections, src, [BASE_ALLOCATION])
     const writers = await connectAll(c.connections, dst, [])
     const first = readers[0]
     if (first === undefined) throw new Error('no connection')
-    const servers0 = (await cpuOf(src.pid)) + (await cpuOf(dst.pid))
+    const servers0 = serversCpu(src, dst)
     const cpu0 = process.cpuUsage()
     const t0 = performance.now()
     const hasher = values.digests
@@ -113,7 +116,7 @@ const copyOnce = async (src: Server, out: string, c: Config): Promise<Sample> =>
     )
     const seconds = (performance.now() - t0) / 1000
     const cpu = process.cpuUsage(cpu0)
-    const servers = (await cpuOf(src.pid)) + (await cpuOf(dst.pid)) - servers0
+    const servers = serversCpu(src, dst) - servers0
     for (const x of [...readers, ...writers]) await x.close()
     if (stats.dataBytes !== dataBytes(LAB_LAYOUT)) throw new Error(`copied ${stats.dataBytes}`)
     return { seconds, cpu: (cpu.user + cpu.system) / 1e6 + servers }
@@ -123,11 +126,9 @@ const copyOnce = async (src: Server, out: string, c: Config): Promise<Sample> =>
 }
 
 const nbdcopyOnce = async (src: Server, out: string): Promise<Sample> => {
-  await rm(out, { force: true })
-  await createImage(out, { format: 'qcow2', size: LAB_LAYOUT.virtualSize })
-  const dst = await serve({ image: out, format: 'qcow2', cache: values.cache as QemuNbdCache })
+  const dst = await freshTarget(out, false)
   try {
-    const servers0 = (await cpuOf(src.pid)) + (await cpuOf(dst.pid))
+    const servers0 = serversCpu(src, dst)
     const t0 = performance.now()
     const { stderr } = await run('/usr/bin/time', [
       '-f',
@@ -140,7 +141,7 @@ const nbdcopyOnce = async (src: Server, out: string): Promise<Sample> => {
     ])
     const seconds = (performance.now() - t0) / 1000
     const [u, s] = (stderr.trim().split('\n').pop() ?? '').split(' ').map(Number)
-    const servers = (await cpuOf(src.pid)) + (await cpuOf(dst.pid)) - servers0
+    const servers = serversCpu(src, dst) - servers0
     return { seconds, cpu: (u ?? NaN) + (s ?? NaN) + servers }
   } finally {
     await dst.stop()

@@ -20,7 +20,7 @@ const statFields = (pid: number | 'self'): string[] | undefined => {
 }
 
 /** utime + stime of `pid` (own threads), in seconds; 0 once it is gone. */
-const ownCpu = (pid: number): number => {
+export const ownCpu = (pid: number): number => {
   const f = statFields(pid)
   return f === undefined ? 0 : (Number(f[11]) + Number(f[12])) / CLOCK_TICKS
 }
