@@ -22,9 +22,12 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+# dist/: the library (tsc, what package.json exports) and dist/bundle/, the CLI as one esbuild
+# bundle with a chunk per command (scripts/bundle.ts), which bin/guestbackup runs.
 build: npm
 	rm -rf dist
 	npx tsc -p tsconfig.build.json
+	node --import tsx scripts/bundle.ts
 
 typecheck: npm
 	npx tsc -p tsconfig.json --noEmit

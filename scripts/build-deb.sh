@@ -29,7 +29,7 @@ die() { echo "build-deb: $*" >&2; exit 1; }
 for tool in dpkg-deb node npm gzip md5sum; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
-[ -x "$root/node_modules/.bin/tsc" ] || die "node_modules/.bin/tsc missing: run 'make npm' first"
+[ -x "$root/node_modules/.bin/esbuild" ] || die "node_modules/.bin/esbuild missing: run 'make npm' first"
 
 pkg_field() { node -e 'const p = require(process.argv[1]); process.stdout.write(String(p[process.argv[2]] ?? ""))' "$root/package.json" "$1"; }
 version=$(pkg_field version)
@@ -54,18 +54,19 @@ lib=$stage/usr/lib/guestbackup
 doc=$stage/usr/share/doc/guestbackup
 mkdir -p "$lib" "$doc" "$stage/usr/bin" "$stage/usr/share/man/man1" "$stage/DEBIAN"
 
-# --- compiled code: the CLI only, so no declarations or source maps ---
-echo "build-deb: compiling into the package"
-"$root/node_modules/.bin/tsc" -p "$root/tsconfig.build.json" --outDir "$lib/dist" \
-  --declaration false --declarationMap false --sourceMap false
-entry=
-for candidate in dist/cli/bin.js dist/cli/main.js; do
-  if [ -f "$lib/$candidate" ]; then entry=$candidate; break; fi
-done
-[ -n "$entry" ] || die "no CLI entry (dist/cli/bin.js or dist/cli/main.js) after the build"
+# --- compiled code: the CLI only, as the esbuild bundle bin/guestbackup runs in a checkout
+# (scripts/bundle.ts: an entry and a chunk per command, the dependencies inside; its output
+# depends only on the sources and the locked esbuild, so the package stays reproducible) ---
+echo "build-deb: bundling the CLI into the package"
+node --import "$root/node_modules/tsx/dist/esm/index.mjs" "$root/scripts/bundle.ts" \
+  --outdir "$lib/dist/bundle"
+entry=dist/bundle/bin.js
+[ -f "$lib/$entry" ] || die "no CLI entry ($entry) after the build"
 cp "$root/package.json" "$lib/package.json"
 
-# --- production dependencies, no network ---
+# --- production dependencies, no network. The bundle carries their code and loads nothing from
+# here: they are kept as the packages whose code it holds, named with their licenses in the
+# copyright file below ---
 mkdir -p "$work/npm"
 cp "$root/package.json" "$root/package-lock.json" "$work/npm/"
 if (cd "$work/npm" && npm ci --omit=dev --ignore-scripts --offline --no-audit --no-fund \

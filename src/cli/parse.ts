@@ -1,7 +1,7 @@
 /** Argument parsers of the CLI: each throws commander's InvalidArgumentError (exit code 2). */
 import { InvalidArgumentError } from 'commander'
-import { IMAGE_FORMATS } from '../qemu/img.ts'
-import type { ImageFormat } from '../qemu/img.ts'
+import { IMAGE_FORMATS } from '../qemu/formats.ts'
+import type { ImageFormat } from '../qemu/formats.ts'
 
 /** A guest id: 1 to 999999999, as Proxmox allows (100+ by convention). */
 export const parseVmid = (v: string): number => {

@@ -1,29 +1,22 @@
 /**
  * The commands of the guestbackup CLI as a commander program, built afresh for each run so that
  * no parsed option or result outlives it. Results go to `io.stdout`, logs to `io.stderr`.
+ *
+ * Only commander and the option parsers are loaded up front: each action imports its command's
+ * module (and so the store, QEMU and NBD code) when it runs, so `--help`, `--version` and a
+ * usage error start without them and every command loads only what it needs.
  */
 import { readFileSync } from 'node:fs'
 import { Command, Option } from 'commander'
 import { BackupError } from '../errors.ts'
-import { createLogger } from '../log.ts'
 import type { Logger, LogLevel } from '../log.ts'
 import type { LockPolicy } from '../io/lock.ts'
-import { parsePruneBackups } from '../storage/prune-options.ts'
-import { initStore, openStore } from '../provider/directory/store.ts'
-import { parseVolname } from '../provider/directory/layout.ts'
-import { backupCommand } from './commands/backup.ts'
-import { bitmapsCommand } from './commands/bitmaps.ts'
-import { checkCommand, defineCheck } from './commands/check.ts'
-import type { CheckCommandOptions } from './commands/check.ts'
-import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
-import { pveCallCommand, pveHoldCommand } from './commands/pve.ts'
-import { restoreCommand, stripStoreId } from './commands/restore.ts'
-import { listCommand } from './commands/list.ts'
+import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
+import type { CheckCommandOptions } from './commands/check.ts'
 import type { ListCommandOptions } from './commands/list.ts'
-import { verifyCommand } from './commands/verify.ts'
+import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
-import { writeLine } from './io.ts'
 import type { CliIO, CliStream } from './io.ts'
 import {
   collect,
@@ -34,7 +27,6 @@ import {
   parseRate,
   parseVmid,
 } from './parse.ts'
-import { fmtBytes } from './progress.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
 const VERSION =
@@ -83,7 +75,8 @@ export const createProgram = (io: CliIO): CliProgram => {
 
   // A new logger per command, on this run's stderr: a logger kept from an earlier run would
   // still write to that run's stream.
-  const logger = (): Logger => {
+  const logger = async (): Promise<Logger> => {
+    const { createLogger } = await import('../log.ts')
     const o = program.opts<{ verbose?: boolean; logJson?: boolean }>()
     const level: LogLevel = o.verbose === true ? 'info' : 'warn'
     return createLogger(level, o.logJson === true, io.stderr)
@@ -140,20 +133,9 @@ export const createProgram = (io: CliIO): CliProgram => {
         'read stored VM images back before committing: first (full backups), always, never',
       ).choices(['first', 'always', 'never']),
     )
-    .action(async (store: string, o: Record<string, string | number | undefined>) => {
-      const input = Object.fromEntries(
-        Object.entries({
-          'vm-backup-mode': o['vmBackupMode'],
-          'vm-backup-mechanism': o['vmBackupMechanism'],
-          'lxc-backup-mode': o['lxcBackupMode'],
-          'prune-backups': o['pruneBackups'],
-          'max-protected-backups': o['maxProtectedBackups'],
-          'incremental-sample': o['incrementalSample'],
-          'verify-after-backup': o['verifyAfterBackup'],
-        }).filter(([, v]) => v !== undefined),
-      )
-      const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
-      writeLine(io.stdout, JSON.stringify(r, null, 2))
+    .action(async (store: string, o: InitCommandOptions) => {
+      const { initCommand } = await import('./commands/store.ts')
+      await initCommand(store, o, io)
     })
 
   program
@@ -183,7 +165,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', 'print the result as JSON')
     .action(async (o: BackupCommandOptions) => {
-      result = await backupCommand(o, logger(), io)
+      const { backupCommand } = await import('./commands/backup.ts')
+      result = await backupCommand(o, await logger(), io)
     })
 
   program
@@ -194,6 +177,7 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--failed', 'also list failed backup runs, with their error and task log')
     .option('--json', 'print a JSON array')
     .action(async (o: ListCommandOptions) => {
+      const { listCommand } = await import('./commands/list.ts')
       await listCommand(o, io)
     })
 
@@ -207,7 +191,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--target <dir>', 'target directory (created; must be empty)')
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
     .action(async (volume: string, o: { store: string; target: string; bwlimit?: number }) => {
-      result = await restoreCommand(o, volume, logger(), io)
+      const { restoreCommand } = await import('./commands/restore.ts')
+      result = await restoreCommand(o, volume, await logger(), io)
     })
 
   program
@@ -222,7 +207,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .option('--json', 'print JSON')
     .action(async (volumes: string[], o: VerifyCommandOptions) => {
-      const log = logger()
+      const { verifyCommand } = await import('./commands/verify.ts')
+      const log = await logger()
       result = await verifyCommand(volumes, o, log, io, lockPolicy(o.lockWait, log))
     })
 
@@ -233,18 +219,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--firewall', 'print the firewall configuration instead')
     .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
-      const storage = await openStore(o.store)
-      const volname = stripStoreId(volume, storage.storeId)
-      parseVolname(volname)
-      const provider = storage.newBackupProvider(() => undefined)
-      if (o.firewall === true) {
-        const fw = await provider.archiveGetFirewallConfig(volname)
-        if (fw === undefined)
-          throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
-        io.stdout.write(fw)
-      } else {
-        io.stdout.write(await provider.archiveGetGuestConfig(volname))
-      }
+      const { showConfigCommand } = await import('./commands/store.ts')
+      await showConfigCommand(volume, o, io)
     })
 
   program
@@ -256,35 +232,11 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
     .option('--dry-run', 'only show what would be removed')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
-    .action(
-      async (o: {
-        store: string
-        vmid?: number
-        type?: 'qemu' | 'lxc'
-        keep?: string
-        dryRun?: boolean
-        lockWait?: number
-      }) => {
-        const log = logger()
-        const storage = await openStore(o.store, lockPolicy(o.lockWait, log))
-        const marks = await storage.pruneBackups({
-          dryRun: o.dryRun === true,
-          ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
-          ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
-          ...(o.type === undefined ? {} : { type: o.type }),
-          log: (level, msg) => {
-            if (level === 'err') log.error(msg)
-            else log.info(msg)
-          },
-        })
-        for (const m of marks) {
-          const merges = (m.merges ?? []).map(
-            (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
-          )
-          writeLine(io.stdout, `${m.volid}  ${m.mark}${merges.join('')}`)
-        }
-      },
-    )
+    .action(async (o: PruneCommandOptions) => {
+      const { pruneCommand } = await import('./commands/store.ts')
+      const log = await logger()
+      await pruneCommand(o, log, io, lockPolicy(o.lockWait, log))
+    })
 
   program
     .command('remove')
@@ -293,15 +245,9 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
-      const log = logger()
-      const storage = await openStore(o.store, lockPolicy(o.lockWait, log))
-      await storage.freeImage(stripStoreId(volume, storage.storeId), {
-        log: (level, msg) => {
-          if (level === 'err') log.error(msg)
-          else if (level === 'warn') log.warn(msg)
-          else log.info(msg)
-        },
-      })
+      const { removeCommand } = await import('./commands/store.ts')
+      const log = await logger()
+      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log))
     })
 
   program
@@ -311,12 +257,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--off', 'remove the protection')
     .action(async (volume: string, o: { store: string; off?: boolean }) => {
-      const storage = await openStore(o.store)
-      await storage.updateVolumeAttribute(
-        stripStoreId(volume, storage.storeId),
-        'protected',
-        o.off !== true,
-      )
+      const { protectCommand } = await import('./commands/store.ts')
+      await protectCommand(volume, o)
     })
 
   program
@@ -326,10 +268,8 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--set <text>', 'new notes ("" removes them)')
     .action(async (volume: string, o: { store: string; set?: string }) => {
-      const storage = await openStore(o.store)
-      const volname = stripStoreId(volume, storage.storeId)
-      if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
-      else io.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+      const { notesCommand } = await import('./commands/store.ts')
+      await notesCommand(volume, o, io)
     })
 
   program
@@ -347,24 +287,35 @@ export const createProgram = (io: CliIO): CliProgram => {
       if (o.drop !== undefined && o.dropAll === true) {
         throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
       }
+      const { bitmapsCommand } = await import('./commands/bitmaps.ts')
       result = await bitmapsCommand(o, io)
     })
 
-  defineCheck(program.command('check')).action(async (o: CheckCommandOptions) => {
-    result = await checkCommand(o, logger(), io)
-  })
+  program
+    .command('check')
+    .description('check a store for what killed runs, hand edits or tampering left (--repair: fix)')
+    .requiredOption('--store <dir>', 'store directory')
+    .option('--vmid <id>', 'only this guest', parseVmid)
+    .option('--repair', 'repair what is found (each guest locked while it is repaired)')
+    .option('--json', 'print {findings, repaired} as JSON')
+    .action(async (o: CheckCommandOptions) => {
+      const { checkCommand } = await import('./commands/check.ts')
+      result = await checkCommand(o, await logger(), io)
+    })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.
   program
     .command('pve-call', { hidden: true })
     .description('serve one call of the Proxmox VE plugin (request on stdin, replies on stdout)')
     .action(async () => {
+      const { pveCallCommand } = await import('./commands/pve.ts')
       result = await pveCallCommand(io, program.version() ?? 'unknown')
     })
   program
     .command('pve-hold', { hidden: true })
     .description('keep a restore source of the Proxmox VE plugin alive (started by pve-call)')
     .action(async () => {
+      const { pveHoldCommand } = await import('./commands/pve.ts')
       result = await pveHoldCommand(io)
     })
 

@@ -106,10 +106,17 @@ export const runHolder = async (
   }
 }
 
-/** The command line that runs this very program (compiled, or the sources through tsx). */
+/**
+ * The command line that runs this very program: the sources through tsx, tsc's output, or the
+ * esbuild bundle (scripts/bundle.ts), where this module is a chunk named `chunk-<hash>.js` beside
+ * the bundle's entry `bin.js`.
+ */
 const selfCommand = (): string[] => {
   const fromSource = import.meta.url.endsWith('.ts')
-  const entry = fileURLToPath(new URL(`../cli/bin.${fromSource ? 'ts' : 'js'}`, import.meta.url))
+  const bundled = !fromSource && !import.meta.url.endsWith('/pve/holder.js')
+  const entry = fileURLToPath(
+    new URL(bundled ? './bin.js' : `../cli/bin.${fromSource ? 'ts' : 'js'}`, import.meta.url),
+  )
   return fromSource
     ? [process.execPath, '--import', import.meta.resolve('tsx'), entry, 'pve-hold']
     : [process.execPath, entry, 'pve-hold']

@@ -8,12 +8,10 @@ import { isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
+import type { ImageFormat } from './formats.ts'
 
-/** Image formats guestbackup writes (qcow2, raw) or reads as backup sources (all). */
-export type ImageFormat = 'qcow2' | 'raw' | 'vmdk' | 'vdi' | 'vhdx' | 'qed'
-
-/** Every {@link ImageFormat}, for option parsing. */
-export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx', 'qed']
+export type { ImageFormat } from './formats.ts'
+export { IMAGE_FORMATS } from './formats.ts'
 
 /** The subset of `qemu-img info --output=json` we rely on. */
 const ImageInfoSchema = z.looseObject({

@@ -77,12 +77,12 @@ describe('deb: scripts/build-deb.sh', { skip: hasDpkgDeb ? false : 'no dpkg-deb'
     await rm(dir, { recursive: true, force: true })
   })
 
-  it('holds the launcher, the compiled CLI, the production dependencies and the Perl modules', () => {
+  it('holds the launcher, the bundled CLI, the production dependencies and the Perl modules', () => {
     const paths = new Set(entries.map((e) => e.path))
     for (const p of [
       '/usr/bin/guestbackup',
       '/usr/lib/guestbackup/package.json',
-      '/usr/lib/guestbackup/dist/cli/bin.js',
+      '/usr/lib/guestbackup/dist/bundle/bin.js',
       '/usr/lib/guestbackup/node_modules/commander/package.json',
       '/usr/lib/guestbackup/node_modules/pino/package.json',
       '/usr/lib/guestbackup/node_modules/zod/package.json',
@@ -143,7 +143,7 @@ describe('deb: scripts/build-deb.sh', { skip: hasDpkgDeb ? false : 'no dpkg-deb'
     ])
     assert.match(
       stdout,
-      /^exec \/usr\/bin\/node \/usr\/lib\/guestbackup\/dist\/cli\/bin\.js "\$@"$/m,
+      /^exec \/usr\/bin\/node \/usr\/lib\/guestbackup\/dist\/bundle\/bin\.js "\$@"$/m,
     )
   })
 })

@@ -3,14 +3,12 @@
  * code 0 when nothing is found or everything found was repaired, 1 when findings remain.
  */
 import { resolve } from 'node:path'
-import type { Command } from 'commander'
 import { checkStore } from '../../provider/directory/check.ts'
 import { StoreLayout } from '../../provider/directory/layout.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import type { Logger } from '../../log.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
-import { parseVmid } from '../parse.ts'
 
 /** Options of the check command as commander parses them. */
 export interface CheckCommandOptions {
@@ -19,15 +17,6 @@ export interface CheckCommandOptions {
   repair?: boolean
   json?: boolean
 }
-
-/** Declare the command's options on `cmd` (program.ts adds the action). */
-export const defineCheck = (cmd: Command): Command =>
-  cmd
-    .description('check a store for what killed runs, hand edits or tampering left (--repair: fix)')
-    .requiredOption('--store <dir>', 'store directory')
-    .option('--vmid <id>', 'only this guest', parseVmid)
-    .option('--repair', 'repair what is found (each guest locked while it is repaired)')
-    .option('--json', 'print {findings, repaired} as JSON')
 
 /** Run the check command; returns the exit code (1 when findings remain unrepaired). */
 export const checkCommand = async (

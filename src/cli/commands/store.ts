@@ -1,0 +1,136 @@
+/**
+ * The store commands without a module of their own: `init`, `show-config`, `prune`, `remove`,
+ * `protect` and `notes`. program.ts declares their options and loads this module only when one
+ * of them runs.
+ */
+import { BackupError } from '../../errors.ts'
+import type { LockPolicy } from '../../io/lock.ts'
+import type { Logger } from '../../log.ts'
+import { parseVolname } from '../../provider/directory/layout.ts'
+import { initStore, openStore } from '../../provider/directory/store.ts'
+import { parsePruneBackups } from '../../storage/prune-options.ts'
+import { writeLine } from '../io.ts'
+import type { CliIO } from '../io.ts'
+import { fmtBytes } from '../progress.ts'
+import { stripStoreId } from './restore.ts'
+
+/** Options of `init` as commander parses them (camelCase). */
+export type InitCommandOptions = Record<string, string | number | undefined>
+
+/** `init STORE`: create a store, or change the given options of an existing one. */
+export const initCommand = async (
+  store: string,
+  o: InitCommandOptions,
+  io: CliIO,
+): Promise<void> => {
+  const input = Object.fromEntries(
+    Object.entries({
+      'vm-backup-mode': o['vmBackupMode'],
+      'vm-backup-mechanism': o['vmBackupMechanism'],
+      'lxc-backup-mode': o['lxcBackupMode'],
+      'prune-backups': o['pruneBackups'],
+      'max-protected-backups': o['maxProtectedBackups'],
+      'incremental-sample': o['incrementalSample'],
+      'verify-after-backup': o['verifyAfterBackup'],
+    }).filter(([, v]) => v !== undefined),
+  )
+  const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
+  writeLine(io.stdout, JSON.stringify(r, null, 2))
+}
+
+/** `show-config VOLUME`: print the guest (or firewall) configuration kept in a backup. */
+export const showConfigCommand = async (
+  volume: string,
+  o: { store: string; firewall?: boolean },
+  io: CliIO,
+): Promise<void> => {
+  const storage = await openStore(o.store)
+  const volname = stripStoreId(volume, storage.storeId)
+  parseVolname(volname)
+  const provider = storage.newBackupProvider(() => undefined)
+  if (o.firewall === true) {
+    const fw = await provider.archiveGetFirewallConfig(volname)
+    if (fw === undefined) throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
+    io.stdout.write(fw)
+  } else {
+    io.stdout.write(await provider.archiveGetGuestConfig(volname))
+  }
+}
+
+/** Options of `prune` as commander parses them. */
+export interface PruneCommandOptions {
+  store: string
+  vmid?: number
+  type?: 'qemu' | 'lxc'
+  keep?: string
+  dryRun?: boolean
+  lockWait?: number
+}
+
+/** `prune`: apply retention; prints each backup's mark and the merges it takes. */
+export const pruneCommand = async (
+  o: PruneCommandOptions,
+  log: Logger,
+  io: CliIO,
+  lock: LockPolicy,
+): Promise<void> => {
+  const storage = await openStore(o.store, lock)
+  const marks = await storage.pruneBackups({
+    dryRun: o.dryRun === true,
+    ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
+    ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
+    ...(o.type === undefined ? {} : { type: o.type }),
+    log: (level, msg) => {
+      if (level === 'err') log.error(msg)
+      else log.info(msg)
+    },
+  })
+  for (const m of marks) {
+    const merges = (m.merges ?? []).map(
+      (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
+    )
+    writeLine(io.stdout, `${m.volid}  ${m.mark}${merges.join('')}`)
+  }
+}
+
+/** `remove VOLUME`: remove one backup, merging its dependants first. */
+export const removeCommand = async (
+  volume: string,
+  o: { store: string },
+  log: Logger,
+  lock: LockPolicy,
+): Promise<void> => {
+  const storage = await openStore(o.store, lock)
+  await storage.freeImage(stripStoreId(volume, storage.storeId), {
+    log: (level, msg) => {
+      if (level === 'err') log.error(msg)
+      else if (level === 'warn') log.warn(msg)
+      else log.info(msg)
+    },
+  })
+}
+
+/** `protect VOLUME [--off]`. */
+export const protectCommand = async (
+  volume: string,
+  o: { store: string; off?: boolean },
+): Promise<void> => {
+  const storage = await openStore(o.store)
+  await storage.updateVolumeAttribute(
+    stripStoreId(volume, storage.storeId),
+    'protected',
+    o.off !== true,
+  )
+}
+
+/** `notes VOLUME [--set TEXT]`: print or replace the notes of a backup. */
+export const notesCommand = async (
+  volume: string,
+  o: { store: string; set?: string },
+  io: CliIO,
+): Promise<void> => {
+  const storage = await openStore(o.store)
+  const volname = stripStoreId(volume, storage.storeId)
+  if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
+  else io.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+}
