@@ -94,14 +94,37 @@ export const inspectDisk = async (
   return { device, path: abs, format: fmt }
 }
 
-/** Virtual size of a disk in bytes. */
-export const diskSize = async (disk: DiskSpec, signal?: AbortSignal): Promise<number> => {
+/** A persistent dirty bitmap of a qcow2 image, as `qemu-img info` lists it. */
+export interface QcowBitmap {
+  name: string
+  flags: string[]
+}
+
+/** What {@link diskState} reads. */
+export interface DiskState {
+  /** Virtual size in bytes. */
+  size: number
+  /** The image's persistent dirty bitmaps (qcow2 only; none for other formats). */
+  bitmaps: QcowBitmap[]
+}
+
+/**
+ * Virtual size and dirty bitmaps of a disk, from one `qemu-img info` (none for a raw file: its
+ * size is its length). qemu-img opens the image without sharing write access, so a disk a
+ * running QEMU writes is refused here too (QEMU's docs/system/qemu-block-drivers.rst, "Disk
+ * image file locking").
+ */
+export const diskState = async (disk: DiskSpec, signal?: AbortSignal): Promise<DiskState> => {
   if (disk.format === 'raw') {
     const st = await stat(disk.path)
-    if (st.isFile()) return st.size
+    if (st.isFile()) return { size: st.size, bitmaps: [] }
   }
   const info = await imageInfo(disk.path, disk.format, { signal })
-  return info['virtual-size']
+  const bitmaps = disk.format === 'qcow2' ? (info['format-specific']?.data?.bitmaps ?? []) : []
+  return {
+    size: info['virtual-size'],
+    bitmaps: bitmaps.map((b) => ({ name: b.name, flags: b.flags })),
+  }
 }
 
 /** Serve a disk read-only over NBD; export name = device name. */

@@ -6,7 +6,7 @@ import type { BackupInfo, BackupProvider, VmVolume, VolumeSize } from '../api/pr
 import { BackupError, toBackupError } from '../errors.ts'
 import type { ProgressInfo } from '../api/progress.ts'
 import { CleanupStack } from '../io/cleanup.ts'
-import { diskSize, openDiskReader, serveDisk } from './disks.ts'
+import { diskState, openDiskReader, serveDisk } from './disks.ts'
 import type { DiskSpec } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
 import type { BitmapFinalizer } from './live/guest-live.ts'
@@ -56,9 +56,11 @@ export const backupVmGuest = async (
   preflightVm(guest)
   const sizes: Record<string, VolumeSize> = {}
   for (const d of guest.disks) {
-    const gen = await currentOfflineGeneration(d, storeId, log)
+    // One qemu-img info per disk answers both its size and its bitmaps.
+    const state = await diskState(d, info.signal)
+    const gen = await currentOfflineGeneration(d, storeId, log, state.bitmaps)
     sizes[d.device] = {
-      size: await diskSize(d, info.signal),
+      size: state.size,
       ...(gen === undefined ? {} : { bitmapGeneration: gen }),
     }
   }

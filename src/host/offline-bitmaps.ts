@@ -8,10 +8,10 @@
 import type { BitmapMode, IncrementalQuery } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
-import { imageInfo } from '../qemu/img.ts'
 import { BITMAP_GRANULARITY } from './live/bitmaps.ts'
 import { nextBitmapName, planBitmapRepair, storeBitmaps } from './live/bitmap-names.ts'
-import type { DiskSpec } from './disks.ts'
+import { diskState } from './disks.ts'
+import type { DiskSpec, QcowBitmap } from './disks.ts'
 import type { TaskLog } from './task-log.ts'
 
 /** Bitmap decisions of one offline disk. */
@@ -21,10 +21,7 @@ export interface OfflineBitmapPlan {
   next?: string
 }
 
-export interface QcowBitmap {
-  name: string
-  flags: string[]
-}
+export type { QcowBitmap } from './disks.ts'
 
 const bitmapOp = async (disk: DiskSpec, bitmap: string, ops: string[]): Promise<void> => {
   try {
@@ -45,26 +42,20 @@ const bitmapOp = async (disk: DiskSpec, bitmap: string, ops: string[]): Promise<
   }
 }
 
-const listBitmaps = async (disk: DiskSpec): Promise<QcowBitmap[]> => {
-  const info = await imageInfo(disk.path, 'qcow2')
-  return (info['format-specific']?.data?.bitmaps ?? []).map((b) => ({
-    name: b.name,
-    flags: b.flags,
-  }))
-}
-
 /**
  * Repair leftovers (several of our bitmaps: merge into the oldest and enable it; a lone disabled
- * or inconsistent one: remove it) and return the current tracking bitmap, if any.
+ * or inconsistent one: remove it) and return the current tracking bitmap, if any. `listed` are
+ * the disk's bitmaps as {@link diskState} just read them.
  */
 export const currentOfflineGeneration = async (
   disk: DiskSpec,
   storeId: string,
   log: TaskLog,
+  listed: readonly QcowBitmap[],
 ): Promise<string | undefined> => {
   if (disk.format !== 'qcow2') return undefined
   const bitmaps: { name: string; enabled: boolean }[] = []
-  for (const b of await listBitmaps(disk)) {
+  for (const b of listed) {
     if (b.flags.includes('in-use') && storeBitmaps(storeId, [b.name]).length > 0) {
       // QEMU died with the image open: the bitmap may have missed writes.
       await bitmapOp(disk, b.name, ['--remove'])
@@ -133,7 +124,9 @@ export const rollbackOfflineBitmaps = async (
 
 /** guestbackup's bitmaps (`gb-*`) in a stopped VM's qcow2 disk, with their flags. */
 export const guestbackupBitmaps = async (disk: DiskSpec): Promise<QcowBitmap[]> =>
-  disk.format === 'qcow2' ? (await listBitmaps(disk)).filter((b) => b.name.startsWith('gb-')) : []
+  disk.format === 'qcow2'
+    ? (await diskState(disk)).bitmaps.filter((b) => b.name.startsWith('gb-'))
+    : []
 
 /** Remove one guestbackup bitmap from a stopped VM's qcow2 disk (the next backup is full). */
 export const dropBitmap = async (disk: DiskSpec, name: string): Promise<void> => {

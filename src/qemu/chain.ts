@@ -9,10 +9,12 @@
  * then only ever opened through an explicit `json:` spec that names each pinned file by its fd
  * and ends in `"backing": null`, so neither header names nor later renames in the store matter.
  */
-import { BackupError } from '../errors.ts'
+import { stat } from 'node:fs/promises'
+import { BackupError, throwIfAborted } from '../errors.ts'
 import { isPlainName } from '../io/beneath.ts'
 import type { Dir, PinnedFile } from '../io/beneath.ts'
 import { imageInfo } from './img.ts'
+import type { ImageInfo } from './img.ts'
 
 /** Longest chain accepted. */
 export const MAX_CHAIN_DEPTH = 64
@@ -36,6 +38,39 @@ export interface ChainLink {
 export interface Chain extends AsyncDisposable {
   readonly links: readonly ChainLink[]
   close(): Promise<void>
+}
+
+/**
+ * `qemu-img info` answers for pinned images of this process, by file identity (device and
+ * inode), kept with the file's size and times in nanoseconds: an incremental validates
+ * its base chain when choosing the base and again when it opens it for the backup, and the
+ * second walk reuses the answer for every image that has not been written since (any write
+ * moves the ctime, see inode(7) "Last status change timestamp"). Every rule is still applied to
+ * the answer on each walk; only the qemu-img process is saved.
+ */
+const infoCache = new Map<string, { stamp: string; info: ImageInfo }>()
+/** Entries kept; the oldest go first. Chains are at most {@link MAX_CHAIN_DEPTH} deep. */
+const INFO_CACHE_SIZE = 256
+
+/** `qemu-img info -f qcow2` of a pinned image under prlimit, or its cached answer. */
+const pinnedInfo = async (pin: PinnedFile, signal: AbortSignal | undefined): Promise<ImageInfo> => {
+  throwIfAborted(signal)
+  // The magic link is followed: it names exactly the pinned file.
+  const st = await stat(pin.path, { bigint: true })
+  const id = `${st.dev}:${st.ino}`
+  // The birth time tells a new file that reuses the inode number of a removed one.
+  const stamp = `${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.birthtimeNs}`
+  const hit = infoCache.get(id)
+  if (hit?.stamp === stamp) return hit.info
+  // With the driver forced (`-f qcow2`) the image is read as qcow2 or not at all.
+  const info = await imageInfo(pin.path, 'qcow2', { signal, untrusted: true })
+  infoCache.delete(id)
+  infoCache.set(id, { stamp, info })
+  for (const old of infoCache.keys()) {
+    if (infoCache.size <= INFO_CACHE_SIZE) break
+    infoCache.delete(old)
+  }
+  return info
 }
 
 const unsafe = (msg: string, rule: string, details: Record<string, unknown>): BackupError =>
@@ -103,8 +138,7 @@ export const openChain = async (
       seen.add(id)
       let info
       try {
-        // With the driver forced (`-f qcow2`) the image is read as qcow2 or not at all.
-        info = await imageInfo(pin.path, 'qcow2', { signal: opts.signal, untrusted: true })
+        info = await pinnedInfo(pin, opts.signal)
       } catch (e) {
         if (opts.signal?.aborted === true) throw e
         throw unsafe(`image ${where} is not a readable qcow2 image`, 'unreadable', {

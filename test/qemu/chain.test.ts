@@ -227,4 +227,45 @@ describe('qemu/chain: untrusted qcow2 chains', () => {
     const d = await hostile('missing', (dir) => overlay(dir, 'd.qcow2', '../b-gone/d.qcow2'))
     await refused(d, 'IMAGE_INVALID')
   })
+
+  it('asks qemu-img once per unchanged image, again after a write', async () => {
+    const base = await hostile('cache-base', (dir) =>
+      img(['create', '-q', '-f', 'qcow2', 'd.qcow2', '1M'], dir),
+    )
+    const inc = await hostile('cache-inc', (dir) => overlay(dir, 'd.qcow2', `../${base}/d.qcow2`))
+    // qemu-img is found through PATH (also by prlimit): a wrapper first in PATH logs each call.
+    const bin = join(root, 'bin')
+    const calls = join(root, 'qemu-img.calls')
+    await mkdir(bin)
+    await writeFile(
+      join(bin, 'qemu-img'),
+      `#!/bin/sh\necho "$*" >>'${calls}'\nexec /usr/bin/qemu-img "$@"\n`,
+      { mode: 0o755 },
+    )
+    await writeFile(calls, '')
+    const path = process.env['PATH']
+    process.env['PATH'] = `${bin}:${path ?? ''}`
+    const infos = async (): Promise<number> =>
+      (await readFile(calls, 'utf8')).split('\n').filter((l) => l.startsWith('info ')).length
+    try {
+      const walk = async (): Promise<number> => {
+        await using chain = await openChain(top, inc, 'd.qcow2', { dirName: DIRS })
+        return chain.links.length
+      }
+      assert.equal(await walk(), 2)
+      assert.equal(await infos(), 2)
+      assert.equal(await walk(), 2)
+      assert.equal(await infos(), 2, 'the second walk of an unchanged chain asked qemu-img again')
+      // Set the base's corrupt bit (incompatible_features bit 1, the u64 at byte 72:
+      // docs/interop/qcow2.txt): the changed file is asked again and refused.
+      const f = join(root, base, 'd.qcow2')
+      const head = await readFile(f)
+      head[79] = (head[79] ?? 0) | 2
+      await writeFile(f, head)
+      await refused(inc, 'UNSAFE_IMAGE', 'corrupt')
+      assert.equal(await infos(), 3)
+    } finally {
+      process.env['PATH'] = path
+    }
+  })
 })
