@@ -2,7 +2,12 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import type { CopySource } from '../../src/copy/copy.ts'
-import { assertSampleClean, CleanBlockSampler, compareBlocks } from '../../src/copy/sample.ts'
+import {
+  assertSampleClean,
+  BlockChecker,
+  CleanBlockSampler,
+  compareBlocks,
+} from '../../src/copy/sample.ts'
 import { isBackupError } from '../../src/errors.ts'
 
 const K = 64 * 1024
@@ -115,5 +120,70 @@ describe('copy/sample', () => {
       (e: unknown) =>
         isBackupError(e, 'VERIFY_FAILED') && e.message.includes('1 of 3 blocks the dirty bitmap'),
     )
+  })
+
+  it('announces the picks known clean while the walk goes on, each once, all among the picks', async () => {
+    // 64 blocks, dirty: block 1 and blocks 40-41. Draws land on clean blocks 3 and 10 (twice)
+    // before the first region ends the stretch they are in, on dirty block 40, and on 50.
+    const draws = [10, 3, 40, 10, 50]
+    const random = (max: number): number => (draws.length > 0 ? (draws.shift() ?? 0) : max - 1)
+    const announced: number[] = []
+    const sampler = new CleanBlockSampler({
+      size: 64 * K,
+      count: 5,
+      random,
+      onPick: (off) => announced.push(off),
+    })
+    const seen: number[][] = []
+    for await (const [o] of sampler
+      .tap(
+        sourceOf(64 * K, [
+          [K, K],
+          [12 * K, K],
+          [40 * K, 2 * K],
+        ]),
+      )
+      .regions(signal)) {
+      seen.push([o, announced.length])
+    }
+    // When the region after block 10 arrives, blocks 3 and 10 are known clean (announced);
+    // when the region at block 40 arrives, nothing more; 50 only once the walk ended.
+    assert.deepEqual(seen, [
+      [K, 0],
+      [12 * K, 2],
+      [40 * K, 2],
+    ])
+    assert.deepEqual(announced, [3 * K, 10 * K, 50 * K])
+    const picks = sampler.picks()
+    for (const a of announced) assert.ok(picks.includes(a), `${a} not among ${picks.join(' ')}`)
+    // The draw on dirty block 40 was made up for by one reservoir draw among the clean blocks.
+    assert.equal(picks.length, 4)
+  })
+
+  it('compares each named block once, a bounded number at a time', async () => {
+    let active = 0
+    let most = 0
+    const reads: number[] = []
+    const read = async (off: number, len: number): Promise<Buffer> => {
+      active++
+      most = Math.max(most, active)
+      reads.push(off)
+      await new Promise((r) => setTimeout(r, 2))
+      active--
+      return Buffer.alloc(len, off === 5 * K ? 1 : 0)
+    }
+    const checker = new BlockChecker({
+      inFlight: 2,
+      readSource: read,
+      readTarget: (off, len) => Promise.resolve(Buffer.alloc(len)),
+    })
+    for (const off of [0, K, 2 * K, K]) checker.add(off)
+    const r = await checker.finish([0, K, 5 * K])
+    assert.deepEqual(r, { checked: 3, mismatches: [5 * K] })
+    assert.deepEqual(
+      reads.sort((a, b) => a - b),
+      [0, K, 2 * K, 5 * K],
+    )
+    assert.equal(most, 2)
   })
 })

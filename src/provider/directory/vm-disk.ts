@@ -18,7 +18,7 @@ import type { Dir } from '../../io/beneath.ts'
 import { chainSpec, openChain, specJson } from '../../qemu/chain.ts'
 import { createImage } from '../../qemu/img.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
-import { assertSampleClean, CleanBlockSampler, compareBlocks } from '../../copy/sample.ts'
+import { assertSampleClean, BlockChecker, CleanBlockSampler } from '../../copy/sample.ts'
 import { startQemuNbd } from '../../qemu/nbd-server.ts'
 
 /** Options of {@link backupDisk}. */
@@ -144,10 +144,26 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
     } else {
       throw new BackupError('PROVIDER_FAILED', `volume ${device} has neither NBD path nor handle`)
     }
-    // An incremental's clean blocks are sampled as the copy walks the dirty map.
+    // An incremental's clean blocks are sampled as the copy walks the dirty map, and compared
+    // while the copy goes on.
     const count = opts.sampleBlocks ?? 0
+    const checker =
+      incremental && count > 0
+        ? new BlockChecker({
+            readSource: (off, len) => source.read(off, len, signal),
+            readTarget: (off, len) => targetClient.read(off, len, { signal }),
+          })
+        : undefined
     const sampler =
-      incremental && count > 0 ? new CleanBlockSampler({ size: volume.size, count }) : undefined
+      checker === undefined
+        ? undefined
+        : new CleanBlockSampler({
+            size: volume.size,
+            count,
+            onPick: (off) => {
+              checker.add(off)
+            },
+          })
     const hasher = opts.digests === undefined ? undefined : new DiskHasher(opts.digests)
     const stats = await copyBlocks(sampler?.tap(source) ?? source, nbdTarget(targets), {
       targetIsZero: !incremental,
@@ -157,12 +173,8 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       signal,
     })
     const digests = hasher?.finish()
-    if (sampler !== undefined) {
-      const r = await compareBlocks({
-        offsets: sampler.picks(),
-        readSource: (off, len) => source.read(off, len, signal),
-        readTarget: (off, len) => targetClient.read(off, len, { signal }),
-      })
+    if (sampler !== undefined && checker !== undefined) {
+      const r = await checker.finish(sampler.picks())
       opts.log?.(`${device}: ${r.checked} clean blocks compared with the previous backup`)
       assertSampleClean(device, r)
     }
