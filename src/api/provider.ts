@@ -188,6 +188,31 @@ export interface RestoreVmVolume {
   qemuImgPath: string
 }
 
+/**
+ * guestbackup extension: one node of an explicit QEMU blockdev spec (`BlockdevOptions` of
+ * QEMU's `qapi/block-core.json`) for a qcow2 image over a file. `backing` is always given,
+ * `null` at the bottom, so QEMU follows no backing name, format or data file from the image's
+ * header and probes nothing. Extra keys are not allowed: a consumer refuses them.
+ */
+export interface BlockdevSpec {
+  driver: 'qcow2'
+  /** The image file; `filename` is an absolute path (e.g. a pinned `/proc/<pid>/fd/<n>`). */
+  file: { driver: 'file'; filename: string }
+  /** The node below, or `null` for the base of the chain. */
+  backing: BlockdevSpec | null
+}
+
+/** Result of {@link BackupProvider.restoreVmVolumeSpec}. */
+export interface RestoreVmVolumeSpec {
+  /**
+   * The disk's validated image chain, top node first: what the guest sees is the top node's
+   * content. Every file it names stays valid (pinned) until `restoreVmVolumeCleanup`.
+   */
+  blockdev: BlockdevSpec
+  /** Virtual size in bytes. */
+  size: number
+}
+
 /** Result of {@link BackupProvider.restoreContainerInit}. */
 export type RestoreContainer =
   | {
@@ -207,7 +232,7 @@ export interface CallOptions {
 /**
  * A backup provider. One instance serves a whole job (all guests) or one restore; providers
  * should keep little state, since the host may create fresh instances for config extraction.
- * Methods are never called concurrently for the same guest.
+ * Methods are never called concurrently for the same guest, except where a method says so.
  */
 export interface BackupProvider {
   /** Human-readable name, printed in logs ("starting external backup via <name>"). */
@@ -317,6 +342,20 @@ export interface BackupProvider {
     deviceName: string,
     opts: CallOptions,
   ): Promise<RestoreVmVolume>
+
+  /**
+   * guestbackup extension, optional: prepare one disk like {@link restoreVmVolumeInit}, but
+   * hand over its image chain as an explicit blockdev spec, which guestbackup's own host copies
+   * with `qemu-img convert` straight from the images (Proxmox's qemu-server needs the raw file
+   * of `restoreVmVolumeInit` and never calls this). The same validation as for
+   * `restoreVmVolumeInit` must have passed. `restoreVmVolumeCleanup` follows on every path.
+   * May be called for several devices of one restore at once (never twice for one device).
+   */
+  restoreVmVolumeSpec?(
+    volname: string,
+    deviceName: string,
+    opts: CallOptions,
+  ): Promise<RestoreVmVolumeSpec>
 
   /** Called after each disk, on success and failure. */
   restoreVmVolumeCleanup(volname: string, deviceName: string): Promise<void>

@@ -54,6 +54,33 @@ export const collectDisk = (v: string, prev: DiskArg[] = []): DiskArg[] => {
   return [...prev, { name, path, format: format as ImageFormat }]
 }
 
+/** One `--disk-target`: the device (`drive-<key>`) and the path. */
+export interface DiskTargetArg {
+  device: string
+  path: string
+}
+
+/**
+ * `DEVICE=PATH` of `restore --disk-target`, DEVICE as `restore` names the disk (`drive-scsi0`)
+ * or its drive key (`scsi0`); collects into an array.
+ */
+export const collectDiskTarget = (v: string, prev: DiskTargetArg[] = []): DiskTargetArg[] => {
+  const i = v.indexOf('=')
+  const name = v.slice(0, i)
+  const path = v.slice(i + 1)
+  const m = /^(?:drive-)?([a-z][a-z0-9]{0,31})$/.exec(name)
+  if (i <= 0 || path === '' || m === null) {
+    throw new InvalidArgumentError(
+      `expected DEVICE=PATH with a device like drive-scsi0 or scsi0 (got '${v}')`,
+    )
+  }
+  const device = `drive-${m[1] ?? ''}`
+  if (prev.some((t) => t.device === device)) {
+    throw new InvalidArgumentError(`${device} is given twice`)
+  }
+  return [...prev, { device, path }]
+}
+
 /** Repeatable string option. */
 export const collect = (v: string, prev: string[] = []): string[] => [...prev, v]
 

@@ -14,6 +14,7 @@ import type { LockPolicy } from '../io/lock.ts'
 import type { BackupCommandOptions } from './commands/backup.ts'
 import type { BitmapsCommandOptions } from './commands/bitmaps.ts'
 import type { CheckCommandOptions } from './commands/check.ts'
+import type { RestoreCommandOptions } from './commands/restore.ts'
 import type { ListCommandOptions } from './commands/list.ts'
 import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
@@ -21,6 +22,7 @@ import type { CliIO, CliStream } from './io.ts'
 import {
   collect,
   collectDisk,
+  collectDiskTarget,
   LOCK_WAIT_DEFAULTS,
   parseCount,
   parseLockWait,
@@ -189,8 +191,13 @@ export const createProgram = (io: CliIO): CliProgram => {
     .argument('<volume>', 'volume name, backup/<vmid>/<type>-<time>')
     .requiredOption('--store <dir>', 'store directory')
     .requiredOption('--target <dir>', 'target directory (created; must be empty)')
+    .option(
+      '--disk-target <device=path>',
+      'restore this disk onto an existing regular file or block device (repeatable)',
+      collectDiskTarget,
+    )
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
-    .action(async (volume: string, o: { store: string; target: string; bwlimit?: number }) => {
+    .action(async (volume: string, o: RestoreCommandOptions) => {
       const { restoreCommand } = await import('./commands/restore.ts')
       result = await restoreCommand(o, volume, await logger(), io)
     })

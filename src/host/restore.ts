@@ -1,17 +1,16 @@
 /**
- * Restore on the host side (qemu-server's `restore_external_archive` and pve-container's): the
- * provider names a raw source per VM disk, which `qemu-img convert -f raw` copies verbatim into
- * `<target>/<device>.raw` (sparse); containers are unpacked into `<target>/rootfs`.
+ * Restore on the host side (qemu-server's `restore_external_archive` and pve-container's): VM
+ * disks are copied by `qemu-img convert` into `<target>/<device>.raw` (sparse) or onto a disk
+ * target (./restore-vm.ts); containers are unpacked into `<target>/rootfs`.
  */
 import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { DEVICE_NAME_RE } from '../api/names.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { writeFileDurably } from '../io/fs.ts'
-import { convertImage } from '../qemu/img.ts'
+import { restoreVmDisks } from './restore-vm.ts'
 import type { TaskLog } from './task-log.ts'
 
 /** Options of {@link restoreBackup}. */
@@ -20,6 +19,11 @@ export interface RestoreOptions {
   volname: string
   /** Target directory: created if missing, must be empty. */
   target: string
+  /**
+   * VM disks to restore onto an existing regular file or block device instead of
+   * `<target>/<device>.raw`: device name -> path (the last component not a symbolic link).
+   */
+  diskTargets?: Readonly<Record<string, string>> | undefined
   /** Bytes per second; 0 or undefined: unlimited. */
   bandwidthLimit?: number | undefined
   log: TaskLog
@@ -29,6 +33,7 @@ export interface RestoreOptions {
 /** What a restore wrote. */
 export interface RestoreResult {
   type: 'qemu' | 'lxc'
+  /** Names relative to the target directory, and the absolute paths of disk targets. */
   files: string[]
 }
 
@@ -83,30 +88,17 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
   }
   if (mech.vmtype === 'qemu') {
     try {
-      const devices = await provider.restoreVmInit(volname, { signal })
-      for (const device of Object.keys(devices).sort()) {
-        if (!DEVICE_NAME_RE.test(device)) {
-          throw new BackupError('ARCHIVE_INVALID', `invalid device name '${device}'`)
-        }
-        const out = join(target, `${device}.raw`)
-        try {
-          const { qemuImgPath } = await provider.restoreVmVolumeInit(volname, device, { signal })
-          log.info(`${device}: restoring ${devices[device]?.size ?? 0} bytes`)
-          // The source is untrusted: read it as raw (never probed, never a chain) and copy it
-          // verbatim, skipping zeroes so the result stays sparse.
-          await into(`${device}.raw`, () =>
-            convertImage(qemuImgPath, out, {
-              sourceFormat: 'raw',
-              targetFormat: 'raw',
-              rateLimit: opts.bandwidthLimit,
-              signal,
-            }),
-          )
-          files.push(`${device}.raw`)
-        } finally {
-          await provider.restoreVmVolumeCleanup(volname, device)
-        }
-      }
+      files.push(
+        ...(await restoreVmDisks({
+          provider,
+          volname,
+          target,
+          diskTargets: opts.diskTargets,
+          bandwidthLimit: opts.bandwidthLimit,
+          log,
+          signal,
+        })),
+      )
     } finally {
       try {
         await provider.restoreVmCleanup(volname)

@@ -10,6 +10,7 @@
  * and ends in `"backing": null`, so neither header names nor later renames in the store matter.
  */
 import { stat } from 'node:fs/promises'
+import type { BlockdevSpec } from '../api/provider.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { isPlainName } from '../io/beneath.ts'
 import type { Dir, PinnedFile } from '../io/beneath.ts'
@@ -201,12 +202,8 @@ export const openChain = async (
   }
 }
 
-/** A blockdev spec node: qcow2 over a file, with an explicit backing. */
-export interface Qcow2Spec {
-  driver: 'qcow2'
-  file: { driver: 'file'; filename: string }
-  backing: Qcow2Spec | null
-}
+/** A blockdev spec node: qcow2 over a file, with an explicit backing (the provider API's type). */
+export type Qcow2Spec = BlockdevSpec
 
 /** The explicit spec of a validated chain (optionally only its top `depth` links). */
 export const chainSpec = (links: readonly ChainLink[], depth = links.length): Qcow2Spec => {
@@ -225,3 +222,57 @@ export const specJson = (spec: Qcow2Spec): string => `json:${JSON.stringify(spec
 
 /** `json:{…}` filename of {@link chainSpec}. */
 export const chainJson = (links: readonly ChainLink[]): string => specJson(chainSpec(links))
+
+const isRecord = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v)
+
+const sameKeys = (o: Record<string, unknown>, keys: readonly string[]): boolean => {
+  const own = Object.keys(o)
+  return own.length === keys.length && keys.every((k) => Object.hasOwn(o, k))
+}
+
+/**
+ * Check a spec handed over by a provider (`restoreVmVolumeSpec`) before QEMU sees it: exactly
+ * the shape of {@link Qcow2Spec} at every node (driver `qcow2` over driver `file` with an
+ * absolute filename, `backing` given, `null` at the bottom), no other key (no `data-file`,
+ * no protocol driver, no option that changes what is read), at most {@link MAX_CHAIN_DEPTH}
+ * deep. Returns the spec with every node and file opened read-only.
+ *
+ * @throws BackupError `UNSAFE_IMAGE` (`details.rule` `spec`) for anything else.
+ */
+export const readOnlyChainSpec = (spec: unknown): Record<string, unknown> => {
+  const bad = (why: string): BackupError =>
+    new BackupError('UNSAFE_IMAGE', `refusing the restore source: ${why}`, {
+      details: { rule: 'spec' },
+    })
+  const node = (s: unknown, depth: number): Record<string, unknown> => {
+    if (depth > MAX_CHAIN_DEPTH) throw bad(`chain deeper than ${MAX_CHAIN_DEPTH}`)
+    if (!isRecord(s) || !sameKeys(s, ['driver', 'file', 'backing']) || s['driver'] !== 'qcow2') {
+      throw bad('a node is not a qcow2 image with file and backing given')
+    }
+    const f = s['file']
+    if (!isRecord(f) || !sameKeys(f, ['driver', 'filename']) || f['driver'] !== 'file') {
+      throw bad('an image is not a plain file')
+    }
+    const name = f['filename']
+    if (typeof name !== 'string' || !name.startsWith('/') || name.includes('\0')) {
+      throw bad('an image file name is not an absolute path')
+    }
+    const b = s['backing']
+    return {
+      driver: 'qcow2',
+      'read-only': true,
+      file: { driver: 'file', filename: name, 'read-only': true },
+      backing: b === null ? null : node(b, depth + 1),
+    }
+  }
+  return node(spec, 1)
+}
+
+/**
+ * The `json:{…}` source of a provider's restore spec for `qemu-img convert` (checked by
+ * {@link readOnlyChainSpec}; the driver is named in it, so qemu-img gets no `-f` and probes
+ * nothing).
+ */
+export const restoreSourceJson = (spec: unknown): string =>
+  `json:${JSON.stringify(readOnlyChainSpec(spec))}`

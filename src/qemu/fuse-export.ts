@@ -16,6 +16,7 @@ import { awaitReady, startDaemon } from '../io/daemon.ts'
 import { BackupError } from '../errors.ts'
 import { run } from '../io/spawn.ts'
 import { makeTempDir } from '../io/tmpdir.ts'
+import { readOnlyChainSpec } from './chain.ts'
 import type { Qcow2Spec } from './chain.ts'
 
 /** Options of {@link startFuseExport}. */
@@ -47,15 +48,10 @@ const NODE = 'gb-top'
 const POLL_MS = 20
 
 /** The spec with every node read-only, the top one named for the export. */
-const readOnlySpec = (spec: Qcow2Spec): Record<string, unknown> => {
-  const node = (s: Qcow2Spec): Record<string, unknown> => ({
-    driver: s.driver,
-    'read-only': true,
-    file: { ...s.file, 'read-only': true },
-    backing: s.backing === null ? null : node(s.backing),
-  })
-  return { ...node(spec), 'node-name': NODE }
-}
+const readOnlySpec = (spec: Qcow2Spec): Record<string, unknown> => ({
+  ...readOnlyChainSpec(spec),
+  'node-name': NODE,
+})
 
 /**
  * Start qemu-storage-daemon exporting `opts.spec` onto a regular file and wait until the mount

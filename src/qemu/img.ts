@@ -149,6 +149,18 @@ export interface ConvertOptions {
   targetFormat: ImageFormat
   /** The target exists already (`-n`): write into it. */
   targetExists?: boolean
+  /**
+   * The existing target is all zeroes (`--target-is-zero`, with `targetExists`): zero regions
+   * are skipped, so a fresh sparse file stays sparse.
+   */
+  targetIsZero?: boolean
+  /**
+   * Target cache mode (`-t`): qemu-img's default for convert is `unsafe` (page cache, no
+   * flush); `none` writes with `O_DIRECT`, past the page cache (qemu-img(1), "cache").
+   */
+  targetCache?: 'none' | 'writeback' | 'unsafe'
+  /** Allow out-of-order writes to the target (`-W`; not for compressed or backed targets). */
+  outOfOrder?: boolean
   /** Rate limit in bytes per second (`-r`, qemu-img takes bytes with a suffix-less number). */
   rateLimit?: number | undefined
   signal?: AbortSignal | undefined
@@ -174,6 +186,9 @@ export const convertImage = async (
     opts.targetFormat,
   ]
   if (opts.targetExists === true) args.push('-n')
+  if (opts.targetIsZero === true) args.push('--target-is-zero')
+  if (opts.targetCache !== undefined) args.push('-t', opts.targetCache)
+  if (opts.outOfOrder === true) args.push('-W')
   if (opts.rateLimit !== undefined && opts.rateLimit > 0) args.push('-r', String(opts.rateLimit))
   args.push(src, abs(target))
   await qemuImg(args, opts.signal)

@@ -1,5 +1,5 @@
-/** `guestbackup restore`: restore a backup into a directory. */
-import { join } from 'node:path'
+/** `guestbackup restore`: restore a backup into a directory (and VM disks onto disk targets). */
+import { isAbsolute, join, resolve } from 'node:path'
 import { BackupError } from '../../errors.ts'
 import { restoreBackup } from '../../host/restore.ts'
 import { TaskLog } from '../../host/task-log.ts'
@@ -9,11 +9,20 @@ import { parseVolname } from '../../provider/directory/layout.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
+import type { DiskTargetArg } from '../parse.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
+
+/** Options of the restore command. */
+export interface RestoreCommandOptions {
+  store: string
+  target: string
+  bwlimit?: number
+  diskTarget?: DiskTargetArg[]
+}
 
 /** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
 export const restoreCommand = async (
-  o: { store: string; target: string; bwlimit?: number },
+  o: RestoreCommandOptions,
   volume: string,
   logger: Logger,
   io: CliIO,
@@ -25,6 +34,14 @@ export const restoreCommand = async (
   if (insideOrSame(target, store) || insideOrSame(store, target)) {
     throw new BackupError('USAGE', `restore target ${o.target} overlaps the store ${o.store}`)
   }
+  const diskTargets: Record<string, string> = {}
+  for (const t of o.diskTarget ?? []) {
+    const real = await realPathOf(t.path)
+    if (insideOrSame(real, store) || insideOrSame(real, target)) {
+      throw new BackupError('USAGE', `disk target ${t.path} lies in the store or the target`)
+    }
+    diskTargets[t.device] = resolve(t.path)
+  }
   await using tmp = await makeTempDir('guestbackup-restore-')
   const log = new TaskLog(join(tmp.path, 'restore.log'), logger)
   const provider = storage.newBackupProvider((level, msg) => {
@@ -34,11 +51,12 @@ export const restoreCommand = async (
     provider,
     volname,
     target: o.target,
+    diskTargets,
     bandwidthLimit: o.bwlimit,
     log,
     signal: io.signal,
   })
-  for (const f of r.files) writeLine(io.stdout, join(o.target, f))
+  for (const f of r.files) writeLine(io.stdout, isAbsolute(f) ? f : join(o.target, f))
   return 0
 }
 

@@ -6,8 +6,11 @@
  * FUSE *regular file* of raw data in a private 0700 dir: qemu-server `stat`s the
  * `qemu-img-path` and runs its untrusted-image check on it (`restore_external_archive` in
  * qemu-server `PVE/QemuServer.pm`, `file_size_info` in pve-storage `PVE/Storage/Plugin.pm`),
- * which an NBD URI fails. Proxmox's example used a kernel NBD device; we never use one. Containers: the tar archive as is, or the squashfs image mounted
- * with squashfuse (no loop device, no mount), both pinned until the restore's cleanup.
+ * which an NBD URI fails. Proxmox's example used a kernel NBD device; we never use one.
+ * guestbackup's own host asks instead for the same pinned chain as an explicit spec
+ * (`restoreVmVolumeSpec`) and lets `qemu-img convert` read the images directly. Containers:
+ * the tar archive as is, or the squashfs image mounted with squashfuse (no loop device, no
+ * mount), both pinned until the restore's cleanup.
  */
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -17,6 +20,7 @@ import type {
   RestoreContainer,
   RestoreMechanism,
   RestoreVmVolume,
+  RestoreVmVolumeSpec,
   VolumeSize,
 } from '../../api/provider.ts'
 import { mountSquashfs } from '../../archive/squashfs.ts'
@@ -24,6 +28,7 @@ import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import { chainSpec, openChain } from '../../qemu/chain.ts'
+import type { Qcow2Spec } from '../../qemu/chain.ts'
 import { startFuseExport } from '../../qemu/fuse-export.ts'
 import { BACKUP_DIR_RE, parseVolname } from './layout.ts'
 import type { StoreLayout, VolumeRef } from './layout.ts'
@@ -39,6 +44,13 @@ interface OpenBackup extends AsyncDisposable {
   guest: Dir
   dir: Dir
   m: Manifest
+}
+
+/** A disk's chain, pinned and held under `key` until the volume's cleanup. */
+interface PinnedDisk {
+  key: string
+  spec: Qcow2Spec
+  size: number
 }
 
 /** Restore calls and archive config access of the directory provider. */
@@ -142,38 +154,57 @@ export class DirectoryRestore {
     return out
   }
 
-  async restoreVmVolumeInit(
-    volname: string,
-    deviceName: string,
-    opts: CallOptions,
-  ): Promise<RestoreVmVolume> {
+  /**
+   * Validate and pin the chain of `deviceName` (held until the volume's cleanup) and check its
+   * size against the manifest; on failure nothing stays held.
+   */
+  async #pinDisk(volname: string, deviceName: string, opts: CallOptions): Promise<PinnedDisk> {
     await using b = await this.#open(volname)
     const disk = b.m.disks?.[deviceName]
     if (disk === undefined) {
       throw new BackupError('NOT_FOUND', `${volname} has no disk ${deviceName}`)
     }
+    const key = `${volname}\0${deviceName}`
     const chain = await openChain(b.guest, b.ref.dirName, disk.file, {
       dirName: BACKUP_DIR_RE,
       signal: opts.signal,
     })
-    const key = `${volname}\0${deviceName}`
     this.#hold(key, chain)
+    if (chain.links[0]?.virtualSize !== disk.size) {
+      await this.#release(key)
+      throw new BackupError('ARCHIVE_INVALID', `${deviceName} size differs from the manifest`)
+    }
+    this.#log('info', `${deviceName}: chain of ${chain.links.length} image(s) verified`)
+    return { key, spec: chainSpec(chain.links), size: disk.size }
+  }
+
+  async restoreVmVolumeInit(
+    volname: string,
+    deviceName: string,
+    opts: CallOptions,
+  ): Promise<RestoreVmVolume> {
+    const { key, spec, size } = await this.#pinDisk(volname, deviceName, opts)
     try {
-      if (chain.links[0]?.virtualSize !== disk.size) {
-        throw new BackupError('ARCHIVE_INVALID', `${deviceName} size differs from the manifest`)
-      }
-      this.#log('info', `${deviceName}: chain of ${chain.links.length} image(s) verified`)
-      const exported = await startFuseExport({
-        spec: chainSpec(chain.links),
-        size: disk.size,
-        signal: opts.signal,
-      })
+      const exported = await startFuseExport({ spec, size, signal: opts.signal })
       this.#hold(key, exported)
       return { qemuImgPath: exported.path }
     } catch (e) {
       await this.#release(key)
       throw e
     }
+  }
+
+  /**
+   * The extension guestbackup's own restore uses: the same validated, pinned chain as
+   * {@link restoreVmVolumeInit}, as an explicit spec instead of a FUSE export of it.
+   */
+  async restoreVmVolumeSpec(
+    volname: string,
+    deviceName: string,
+    opts: CallOptions,
+  ): Promise<RestoreVmVolumeSpec> {
+    const { spec, size } = await this.#pinDisk(volname, deviceName, opts)
+    return { blockdev: spec, size }
   }
 
   async restoreVmVolumeCleanup(volname: string, deviceName: string): Promise<void> {
