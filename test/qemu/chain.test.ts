@@ -6,7 +6,14 @@ import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { Dir } from '../../src/io/beneath.ts'
-import { chainJson, MAX_CHAIN_DEPTH, openChain } from '../../src/qemu/chain.ts'
+import {
+  chainJson,
+  chainSpec,
+  MAX_CHAIN_DEPTH,
+  openChain,
+  readOnlyChainSpec,
+  restoreSourceJson,
+} from '../../src/qemu/chain.ts'
 import { convertImage } from '../../src/qemu/img.ts'
 import { isBackupError } from '../../src/errors.ts'
 
@@ -266,6 +273,65 @@ describe('qemu/chain: untrusted qcow2 chains', () => {
       assert.equal(await infos(), 3)
     } finally {
       process.env['PATH'] = path
+    }
+  })
+
+  it('a restore spec follows nothing from the headers: the base ends the chain, even over a header naming a backing', async () => {
+    await using chain = await openChain(top, 'b-inc', 'd.qcow2', { dirName: DIRS })
+    const [inc, base] = chain.links
+    assert.ok(inc !== undefined && base !== undefined)
+    // Only the top image, given as a base (backing null): its header's ../b-base is not opened.
+    const alone = { driver: 'qcow2', file: { driver: 'file', filename: inc.path }, backing: null }
+    const out = join(root, 'alone.raw')
+    await convertImage(restoreSourceJson(alone), out, { sourceFormat: 'raw', targetFormat: 'raw' })
+    const { stdout } = await sh('qemu-io', [
+      ...['-f', 'raw', '-c', 'read -P 0 0 64k', '-c', 'read -P 0x22 64k 64k', out],
+    ])
+    assert.doesNotMatch(stdout, /Pattern verification failed/)
+    // The whole chain, as the provider gives it.
+    const whole = join(root, 'whole.raw')
+    await convertImage(restoreSourceJson(chainSpec(chain.links)), whole, {
+      sourceFormat: 'raw',
+      targetFormat: 'raw',
+    })
+    const r = await sh('qemu-io', ['-f', 'raw', '-c', 'read -P 0x11 0 64k', whole])
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/)
+  })
+
+  it('a restore spec is refused unless every node is qcow2 over a file with backing given', () => {
+    const file = { driver: 'file', filename: '/proc/1/fd/3' }
+    const ok = { driver: 'qcow2', file, backing: { driver: 'qcow2', file, backing: null } }
+    assert.deepEqual(readOnlyChainSpec(ok), {
+      driver: 'qcow2',
+      'read-only': true,
+      file: { ...file, 'read-only': true },
+      backing: {
+        driver: 'qcow2',
+        'read-only': true,
+        file: { ...file, 'read-only': true },
+        backing: null,
+      },
+    })
+    const deep = (n: number): unknown =>
+      n === 0 ? null : { driver: 'qcow2', file, backing: deep(n - 1) }
+    assert.doesNotThrow(() => readOnlyChainSpec(deep(MAX_CHAIN_DEPTH)))
+    const bad: [string, unknown, RegExp][] = [
+      ['a data file', { ...ok, 'data-file': file }, /not a qcow2 image with file and backing/],
+      ['backing left out', { driver: 'qcow2', file }, /not a qcow2 image with file and backing/],
+      ['a raw node', { ...ok, driver: 'raw' }, /not a qcow2 image with file and backing/],
+      ['a bad backing', { ...ok, backing: 'x.qcow2' }, /not a qcow2 image with file and backing/],
+      ['an NBD file', { ...ok, file: { driver: 'nbd', path: '/s' } }, /not a plain file/],
+      ['file options', { ...ok, file: { ...file, locking: 'off' } }, /not a plain file/],
+      ['a relative name', { ...ok, file: { driver: 'file', filename: 'x' } }, /absolute path/],
+      ['too deep', deep(MAX_CHAIN_DEPTH + 1), /deeper than/],
+    ]
+    for (const [what, spec, why] of bad) {
+      assert.throws(
+        () => readOnlyChainSpec(spec),
+        (e: unknown) =>
+          isBackupError(e, 'UNSAFE_IMAGE') && e.details?.['rule'] === 'spec' && why.test(e.message),
+        what,
+      )
     }
   })
 })

@@ -806,6 +806,36 @@ describe('security: a tampered store never reaches outside it', { concurrency: 2
       await assertNothingHolds(target, CANARY_PATTERN, 'the restore target')
     })
 
+    // guestbackup's own restore reads the chain with qemu-img straight from its spec (no FUSE
+    // export between): the same rules refuse, for the same reason, before qemu-img opens it.
+    for (const [what, make, why] of [
+      [
+        'a backing file outside',
+        (img: string, drive: string) => ['-b', img, '-F', 'qcow2', drive, '4M'],
+        /names a backing file outside the store layout/,
+      ],
+      [
+        'an external data file outside',
+        (img: string, drive: string) => ['-o', `data_file=${img},data_file_raw=on`, drive, '4M'],
+        /has an external data file/,
+      ],
+    ] as const) {
+      it(`restore (direct from the chain) refuses a drive image with ${what}, naming why`, async () => {
+        const c = await fresh(tplFull)
+        const raw = join(c.canary.dir, 'data.raw')
+        await writeFile(raw, Buffer.alloc(4 * MiB, CANARY_FILL))
+        const img = what.includes('data') ? raw : await canaryImage(c)
+        await ageTree(c.canary.dir)
+        const drive = join(dirOf(c, V1), 'drive-scsi0.qcow2')
+        await rm(drive)
+        await tool('qemu-img', ['create', '-q', '-f', 'qcow2', ...make(img, drive)])
+        const target = join(c.w, 'target')
+        const r = await guarded(c, restoreArgs(c, V1, target), { refuse: 1 })
+        assert.match(r.stderr, why)
+        await assertNothingHolds(target, CANARY_PATTERN, 'the restore target')
+      })
+    }
+
     it('an archive.tar that is a symlink to a tar outside is not restored', async () => {
       const c = await fresh(tplFull)
       const tar = await canaryTar(c)
