@@ -19,6 +19,7 @@ import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
 import { digestCost, verifySpeed } from './integrity.ts'
+import { mergeMiddle, restoreChain, restoreFull } from './restore.ts'
 import {
   assertSameContent,
   guestbackupBackup,
@@ -335,4 +336,7 @@ export const scenarios: readonly Scenario[] = [
   incrementalBackup,
   digestCost,
   verifySpeed,
+  restoreFull,
+  restoreChain,
+  mergeMiddle,
 ]
