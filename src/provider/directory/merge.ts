@@ -18,6 +18,16 @@
  * step 4 is repeatable while P's image exists, and once it is gone C's header must already name
  * G, or the store is inconsistent and nothing is deleted. Only C's clusters are written, so the
  * merge needs at most C's size in free space (checked first).
+ *
+ * Why C goes into P and never P into C, even when P holds less than C: copying P's clusters not
+ * masked by C into C writes C's file while C is listed. Its guest view would not change, but its
+ * bytes would (its size and qcow2 metadata digest in its manifest, what `check` and `verify`
+ * compare, and its header's backing name, rewritten in place without a rename), and a restore
+ * that holds C open meanwhile would meet a writer on a listed image. Building that result in a
+ * new file beside C instead (then rename over C) must copy C's clusters as well, so it writes
+ * more than committing C into P, never less (no reflinks on ext4). And the common removal, prune
+ * dropping the oldest backup (a full one) under its first incremental, is already the case where
+ * C is the smaller side.
  */
 import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
