@@ -135,6 +135,12 @@ export const createProgram = (io: CliIO): CliProgram => {
         'read stored VM images back before committing: first (full backups), always, never',
       ).choices(['first', 'always', 'never']),
     )
+    .addOption(
+      new Option(
+        '--vm-compress <type>',
+        'store VM disk images with zstd-compressed qcow2 clusters, or not (new stores: zstd)',
+      ).choices(['zstd', 'none']),
+    )
     .action(async (store: string, o: InitCommandOptions) => {
       const { initCommand } = await import('./commands/store.ts')
       await initCommand(store, o, io)

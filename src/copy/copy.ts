@@ -9,6 +9,7 @@ import type { DiskHasher } from '../digest/hasher.ts'
 import { HashPool, sharedBuffer } from '../digest/pool.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
+import { alignWrites } from './align-writes.ts'
 import { blockJobs, chunkJobs } from './jobs.ts'
 import type { Job } from './jobs.ts'
 
@@ -81,6 +82,13 @@ export interface CopyOptions {
   hasher?: DiskHasher | undefined
   /** Only hash (with `hasher`): nothing is written, the target is not used. */
   hashOnly?: boolean | undefined
+  /**
+   * The target takes only whole, aligned units of this many bytes, each written once (a
+   * compressed qcow2 image, `src/qemu/compress.ts`: its cluster size). Every write and zero
+   * write is widened to whole units inside its job, with the bytes the job read; the disk size
+   * must be a multiple. A power of two dividing 64 KiB. Default: any write.
+   */
+  writeAlign?: number | undefined
   signal: AbortSignal
 }
 
@@ -127,6 +135,8 @@ export const copyBlocks = async (
   const chunk = hasher?.blockSize ?? opts.chunk ?? COPY_CHUNK
   const inFlight = opts.inFlight ?? COPY_IN_FLIGHT
   const stats: CopyStats = { totalBytes: 0, dataBytes: 0, zeroBytes: 0 }
+  const align = opts.writeAlign
+  if (align !== undefined) checkAlign(align, chunk, src.size)
   // Jobs are handed out in increasing order but finish in any order: the position reported is
   // the end of the lowest job still running, or of the last one handed out when none runs.
   const running = new Set<number>()
@@ -144,10 +154,15 @@ export const copyBlocks = async (
   const onRegion = (bytes: number): void => {
     if (!hashOnly) stats.totalBytes += bytes
   }
+  // Aligned writes need jobs on aligned boundaries that read whole units: block jobs do.
   const gen =
-    hasher === undefined
+    hasher === undefined && align === undefined
       ? chunkJobs(src, chunk, onRegion, signal)
-      : blockJobs(src, hasher.blockSize, !hashOnly, onRegion, signal)
+      : blockJobs(src, hasher?.blockSize ?? chunk, !hashOnly, onRegion, signal)
+  const writesOf = (job: Job): readonly (readonly [number, number])[] =>
+    align === undefined
+      ? job.writes
+      : alignWrites(job.writes, align, job.offset, job.offset + job.length)
   const zero = async (job: Pick<Job, 'offset' | 'length'>): Promise<void> => {
     stats.zeroBytes += job.length
     if (!opts.targetIsZero) await dst.writeZeroes(job.offset, job.length, signal)
@@ -200,7 +215,7 @@ export const copyBlocks = async (
       handedOut = job.offset + job.length
       if (job.kind === 'zero') {
         if (job.block !== undefined) hasher?.zeroBlock(job.block)
-        for (const [a, b] of job.writes) await zero({ offset: a, length: b - a })
+        for (const [a, b] of writesOf(job)) await zero({ offset: a, length: b - a })
       } else {
         await opts.bucket?.take(job.length, signal)
         const buf = await src.read(job.offset, job.length, signal, own.subarray(0, job.length))
@@ -213,7 +228,7 @@ export const copyBlocks = async (
         // Observed at once: a hash failing while the writes run must not go unhandled.
         hashed?.catch(() => undefined)
         try {
-          for (const [a, b] of job.writes) {
+          for (const [a, b] of writesOf(job)) {
             await writeSparse(a, buf.subarray(a - job.offset, b - job.offset))
           }
         } finally {
@@ -240,4 +255,15 @@ export const copyBlocks = async (
   handedOut = src.size
   report()
   return stats
+}
+
+/** An aligned target's unit must fit the engine's jobs and zero detection, and the disk. */
+const checkAlign = (align: number, chunk: number, size: number): void => {
+  const pow2 = Number.isSafeInteger(align) && align > 0 && (align & (align - 1)) === 0
+  if (!pow2 || ZERO_BLOCK % align !== 0 || chunk % align !== 0 || size % align !== 0) {
+    throw new BackupError(
+      'INTERNAL',
+      `write alignment ${align} does not fit chunk ${chunk}, ${ZERO_BLOCK} and disk size ${size}`,
+    )
+  }
 }

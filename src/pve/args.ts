@@ -74,6 +74,7 @@ const ScfgSchema = z.object({
   'gb-lxc-backup-mode': z.enum(['tar', 'squashfs']).optional(),
   'gb-incremental-sample': PerlInt.optional(),
   'gb-verify-after-backup': z.enum(['first', 'always', 'never']).optional(),
+  'gb-vm-compress': z.enum(['zstd', 'none']).optional(),
 })
 
 /**
@@ -108,6 +109,7 @@ export const storageFromScfg = (
     'lxc-backup-mode': c['gb-lxc-backup-mode'],
     'incremental-sample': c['gb-incremental-sample'],
     'verify-after-backup': c['gb-verify-after-backup'],
+    'vm-compress': c['gb-vm-compress'],
   }
   const options = parseStoreOptions(
     Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)),

@@ -14,6 +14,7 @@ import type { BlockdevSpec } from '../api/provider.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { isPlainName } from '../io/beneath.ts'
 import type { Dir, PinnedFile } from '../io/beneath.ts'
+import type { CompressSpec } from './compress.ts'
 import { imageInfo } from './img.ts'
 import type { ImageInfo } from './img.ts'
 
@@ -218,7 +219,7 @@ export const chainSpec = (links: readonly ChainLink[], depth = links.length): Qc
 }
 
 /** `json:{…}` filename of a spec, for qemu-img and qemu-nbd. */
-export const specJson = (spec: Qcow2Spec): string => `json:${JSON.stringify(spec)}`
+export const specJson = (spec: Qcow2Spec | CompressSpec): string => `json:${JSON.stringify(spec)}`
 
 /** `json:{…}` filename of {@link chainSpec}. */
 export const chainJson = (links: readonly ChainLink[]): string => specJson(chainSpec(links))

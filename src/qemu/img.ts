@@ -32,6 +32,8 @@ const ImageInfoSchema = z.looseObject({
         .looseObject({
           'data-file': z.string().optional(),
           corrupt: z.boolean().optional(),
+          /** `zlib` or `zstd`: how compressed clusters are (or would be) compressed. */
+          'compression-type': z.string().optional(),
           bitmaps: z
             .array(
               z.looseObject({
@@ -86,7 +88,12 @@ export interface CreateImageOptions {
   /** Format of the backing file; required with `backingFile` (never probed). */
   backingFormat?: ImageFormat
   /** qcow2 cluster size in bytes. Default 64 KiB. */
-  clusterSize?: number
+  clusterSize?: number | undefined
+  /**
+   * qcow2 compression type of the clusters written compressed (`compression_type`, QEMU ≥ 5.1).
+   * Default: QEMU's, `zlib`.
+   */
+  compressionType?: 'zstd' | undefined
   signal?: AbortSignal | undefined
   /** Run in this directory, so a relative backing name resolves next to the image. */
   cwd?: string
@@ -98,6 +105,7 @@ export const createImage = async (path: string, opts: CreateImageOptions): Promi
   const o: string[] = []
   if (opts.format === 'qcow2') {
     if (opts.clusterSize !== undefined) o.push(`cluster_size=${opts.clusterSize}`)
+    if (opts.compressionType !== undefined) o.push(`compression_type=${opts.compressionType}`)
   }
   if (o.length > 0) args.push('-o', o.join(','))
   if (opts.backingFile !== undefined) {

@@ -32,6 +32,7 @@ export const initCommand = async (
       'max-protected-backups': o['maxProtectedBackups'],
       'incremental-sample': o['incrementalSample'],
       'verify-after-backup': o['verifyAfterBackup'],
+      'vm-compress': o['vmCompress'],
     }).filter(([, v]) => v !== undefined),
   )
   const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)

@@ -38,6 +38,8 @@ export interface VmDisksInput {
   sampleBlocks: number
   /** When to read stored images back (store option `verify-after-backup`). */
   verifyAfter: 'first' | 'always' | 'never'
+  /** How the images are stored (store option `vm-compress`). Default `none`. */
+  compress?: 'zstd' | 'none' | undefined
   log: ProviderLogFunction
   /** Runs the writing of one file of the backup (names the store when it is full). */
   inStore?: <T>(file: string, fn: () => Promise<T>) => Promise<T>
@@ -101,6 +103,7 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
           digests: WITHOUT_DIGESTS ? undefined : (parentDigests ?? BlockDigests.empty(volume.size)),
           verifyAfter:
             o.verifyAfter === 'always' || (o.verifyAfter === 'first' && base === undefined),
+          compress: o.compress === 'zstd' ? 'zstd' : undefined,
           signal: info.signal,
         }),
       ))

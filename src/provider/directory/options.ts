@@ -49,9 +49,24 @@ export const StoreOptionsSchema = z.strictObject({
    * image every later backup depends on), `always`, or `never`.
    */
   'verify-after-backup': z.enum(['first', 'always', 'never']).default('first'),
+  /**
+   * How VM disk images are stored: `zstd`, their clusters compressed by QEMU (qcow2
+   * `compression_type=zstd`, readable by any qemu-img ≥ 5.1), or `none`. Absent (a store made
+   * before the option existed, a Proxmox storage without `gb-vm-compress`): `none`; `init`
+   * makes new stores with {@link NEW_STORE_OPTIONS}.
+   */
+  'vm-compress': z.enum(['zstd', 'none']).default('none'),
   /** Protected backups allowed per guest and type; -1 unlimited. */
   'max-protected-backups': z.number().int().min(-1).default(-1),
 })
+
+/**
+ * Options a store made by `init` starts with where they differ from the schema's defaults
+ * (which are what a store file without them means, so older stores keep their behaviour).
+ */
+export const NEW_STORE_OPTIONS = { 'vm-compress': 'zstd' } as const satisfies Partial<
+  z.input<typeof StoreOptionsSchema>
+>
 
 /** Validated store options. */
 export type StoreOptions = z.infer<typeof StoreOptionsSchema>

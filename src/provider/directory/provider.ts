@@ -258,6 +258,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       info,
       sampleBlocks: this.#options['incremental-sample'],
       verifyAfter: this.#options['verify-after-backup'],
+      compress: this.#options['vm-compress'],
       log: this.#log,
       inStore: (file, fn) => inStore(this.#layout, g, file, fn),
     })

@@ -11,6 +11,7 @@ import { Dir } from '../../io/beneath.ts'
 import type { LockPolicy } from '../../io/lock.ts'
 import { StoreLayout } from './layout.ts'
 import {
+  NEW_STORE_OPTIONS,
   parseStoreOptions,
   STORE_FILE,
   STORE_ID_RE,
@@ -30,7 +31,8 @@ export const initStore = async (
   id?: string,
 ): Promise<{ id: string; uuid: string; options: StoreOptions }> => {
   const root = resolve(path)
-  let previous: Partial<StoreOptionsInput> = {}
+  // A new store starts from NEW_STORE_OPTIONS; an existing one keeps what its file says.
+  let previous: Partial<StoreOptionsInput> = NEW_STORE_OPTIONS
   let previousId: string | undefined
   let uuid: string = randomUUID()
   try {

@@ -16,6 +16,9 @@ import type { TokenBucket } from '../../io/throttle.ts'
 import { NbdClient } from '../../nbd/client.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { chainSpec, openChain, specJson } from '../../qemu/chain.ts'
+import type { Chain, Qcow2Spec } from '../../qemu/chain.ts'
+import { compressedClusterSize, compressSpec } from '../../qemu/compress.ts'
+import type { CompressSpec } from '../../qemu/compress.ts'
 import { createImage } from '../../qemu/img.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
 import { assertSampleClean, BlockChecker, CleanBlockSampler } from '../../copy/sample.ts'
@@ -48,6 +51,12 @@ export interface BackupDiskOptions {
   digests: BlockDigests | undefined
   /** Read the stored image back before returning and compare it with the digests. */
   verifyAfter?: boolean | undefined
+  /**
+   * Store the image's clusters zstd-compressed (store option `vm-compress`), see
+   * `src/qemu/compress.ts`. A disk whose size is no multiple of 4 KiB is stored uncompressed.
+   * Default: uncompressed.
+   */
+  compress?: 'zstd' | undefined
   signal: AbortSignal
 }
 
@@ -70,20 +79,25 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
     base === undefined
       ? undefined
       : await openChain(base.guest, base.dirName, base.file, { dirName: BACKUP_DIR_RE, signal })
+  const cluster = opts.compress === 'zstd' ? compressedClusterSize(volume.size) : undefined
+  if (opts.compress === 'zstd' && cluster === undefined) {
+    opts.log?.(`${device}: stored uncompressed (its size is not a multiple of 4 KiB)`)
+  }
   await createImage(image.path, {
     format: 'qcow2',
     size: volume.size,
+    clusterSize: cluster,
+    compressionType: cluster === undefined ? undefined : 'zstd',
     ...(base === undefined
       ? {}
       : { backingFile: base.relativePath, backingFormat: 'qcow2' as const }),
     signal,
   })
-  const spec = {
-    driver: 'qcow2' as const,
-    file: { driver: 'file' as const, filename: image.path },
-    backing: chain === undefined ? null : chainSpec(chain.links),
+  const target = {
+    image: specJson(targetSpec(image.path, chain, cluster !== undefined)),
+    discard: true,
+    signal,
   }
-  const target = { image: specJson(spec), discard: true, signal }
   // O_DIRECT (cache=none) writes the backup ~30 % faster than through the page cache (measured
   // in bench/); file systems without O_DIRECT get the page cache instead.
   const server = await startQemuNbd({
@@ -170,6 +184,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       bucket: opts.bucket,
       onProgress: opts.onProgress,
       hasher,
+      writeAlign: cluster,
       signal,
     })
     const digests = hasher?.finish()
@@ -204,6 +219,23 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
     // SIGTERM: qemu-nbd flushes and closes the qcow2 before exiting.
     await server.stop()
   }
+}
+
+/**
+ * The explicit spec qemu-nbd serves as the target: the new image over the pinned base chain (an
+ * incremental) or nothing (`backing: null`), behind the compress filter when `compress`.
+ */
+export const targetSpec = (
+  image: string,
+  chain: Chain | undefined,
+  compress: boolean,
+): Qcow2Spec | CompressSpec => {
+  const spec: Qcow2Spec = {
+    driver: 'qcow2',
+    file: { driver: 'file', filename: image },
+    backing: chain === undefined ? null : chainSpec(chain.links),
+  }
+  return compress ? compressSpec(spec) : spec
 }
 
 /** NBD connections per export for data (reads on the source, writes on the target). */

@@ -76,6 +76,13 @@ sub properties {
             enum => ['first', 'always', 'never'],
             default => 'first',
         },
+        'gb-vm-compress' => {
+            description => "guestbackup: store VM disk images with zstd-compressed qcow2"
+                . " clusters (readable by any qemu-img), or 'none'.",
+            type => 'string',
+            enum => ['zstd', 'none'],
+            default => 'none',
+        },
     };
 }
 
@@ -90,6 +97,7 @@ sub options {
         'gb-lxc-backup-mode' => { optional => 1 },
         'gb-incremental-sample' => { optional => 1 },
         'gb-verify-after-backup' => { optional => 1 },
+        'gb-vm-compress' => { optional => 1 },
     };
 }
 
