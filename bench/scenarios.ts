@@ -18,6 +18,7 @@ import type { Measured } from './lib/procs.ts'
 import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
+import { compressedBackup } from './compress.ts'
 import { digestCost, verifySpeed } from './integrity.ts'
 import { mergeMiddle, restoreChain, restoreFull } from './restore.ts'
 import {
@@ -339,4 +340,5 @@ export const scenarios: readonly Scenario[] = [
   restoreFull,
   restoreChain,
   mergeMiddle,
+  compressedBackup,
 ]
