@@ -34,6 +34,8 @@ export interface ChainLink {
   allocated: number
   /** The backing name recorded in the header, verbatim (undefined for the base). */
   backing: string | undefined
+  /** The header's compression type (`zlib`, `zstd`; undefined for a v2 image). */
+  compressionType?: string | undefined
 }
 
 /** A validated chain whose images stay pinned until it is disposed. */
@@ -168,6 +170,7 @@ export const openChain = async (
         virtualSize: info['virtual-size'],
         allocated: pin.stat.blocks * 512,
         backing,
+        compressionType: data?.['compression-type'],
       })
       if (backing === undefined) break
       // A protocol prefix (json:, nbd:, http: …) before any slash would be parsed by QEMU.

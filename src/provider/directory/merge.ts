@@ -159,7 +159,10 @@ export const resumeRemoval = async (
   return journal.volname
 }
 
-/** One merge a removal would do, with the bytes it writes (the dependant's allocated size). */
+/**
+ * One merge a removal would do, with the bytes it writes at most: the dependant's allocated
+ * size, plus its data bytes when its clusters are compressed (they are written out whole).
+ */
 export interface PlannedMerge {
   child: string
   device: string
@@ -184,6 +187,8 @@ export const planRemoval = async (
     throw new BackupError('PROTECTED', `cannot remove protected backup ${ref.volname}`)
   }
   const merges: Merge[] = []
+  /** Guest data bytes each dependant's image holds, by `child device`. */
+  const dataBytes = new Map<string, number>()
   const seen = new Set<string>()
   for (const b of await listGuestBackups(guest, ref.vmid, ref.subtype)) {
     if (b.manifest === undefined && b.ref.ctime > ref.ctime) {
@@ -201,6 +206,7 @@ export const planRemoval = async (
       }
       seen.add(device)
       merges.push({ child: b.ref.volname, device, parent: own.parent ?? null })
+      dataBytes.set(`${b.ref.volname} ${device}`, disk.dataBytes)
     }
   }
   await assertNoHiddenDependant(guest, ref, merges)
@@ -217,7 +223,11 @@ export const planRemoval = async (
     if (base?.backing !== backingOf(m.parent, m.device)) {
       throw inconsistent(`the image of ${ref.volname} ${m.device} does not match its manifest`)
     }
-    planned.push({ ...m, bytes: top.allocated })
+    // qemu-img commit writes a compressed image's clusters uncompressed: its data bytes (whole
+    // clusters, see src/qemu/compress.ts) on top of the L2 tables its allocated size bounds.
+    const compressed = top.compressionType === 'zstd'
+    const data = compressed ? (dataBytes.get(`${m.child} ${m.device}`) ?? 0) : 0
+    planned.push({ ...m, bytes: top.allocated + data })
   }
   return planned
 }
