@@ -137,6 +137,8 @@ export const copyBlocks = async (
   const stats: CopyStats = { totalBytes: 0, dataBytes: 0, zeroBytes: 0 }
   const align = opts.writeAlign
   if (align !== undefined) checkAlign(align, chunk, src.size)
+  // An aligned target's zero units are found one by one (it would store a zero unit as data).
+  const zeroBlock = align ?? ZERO_BLOCK
   // Jobs are handed out in increasing order but finish in any order: the position reported is
   // the end of the lowest job still running, or of the last one handed out when none runs.
   const running = new Set<number>()
@@ -182,8 +184,8 @@ export const copyBlocks = async (
         stats.dataBytes += len
       }
     }
-    for (let o = 0; o < buf.length; o += ZERO_BLOCK) {
-      const z = isZero(buf.subarray(o, Math.min(o + ZERO_BLOCK, buf.length)))
+    for (let o = 0; o < buf.length; o += zeroBlock) {
+      const z = isZero(buf.subarray(o, Math.min(o + zeroBlock, buf.length)))
       if (z !== runZero) {
         await flushRun(o)
         runStart = o
