@@ -1,7 +1,8 @@
 /**
- * The digest stages of a tar relay (see `createTarArchive`): a pass-through SHA-256 of the bytes
- * that land in the archive file, and a pass-through {@link TarMemberParser} over the uncompressed
- * tar stream that writes one JSON line per member to the members file as the stream goes by.
+ * The digests of a tar archive being written (see `createTarArchive`): a SHA-256 of the bytes
+ * that land in the archive file, and a {@link TarMemberParser} over the uncompressed tar stream
+ * that writes one JSON line per member to the members file as the stream goes by. Both are fed
+ * by {@link ArchiveDigests.push}, called by whichever writer moves the bytes (tar-write.ts).
  * Memory: the parser's, plus at most {@link FLUSH_BYTES} of pending lines.
  */
 import { createHash } from 'node:crypto'
@@ -29,7 +30,7 @@ export const hashStage = (hash: Hash): Transform =>
 /** One member as its line in a members file (fixed key order). */
 export const memberLine = (m: TarMember): string => `${JSON.stringify(m)}\n`
 
-/** What a {@link membersStage} wrote. */
+/** What a members file holds. */
 export interface MembersResult {
   /** SHA-256 (hex) of the members file. */
   digest: string
@@ -38,31 +39,42 @@ export interface MembersResult {
 }
 
 /**
- * A members file being written: lines are gathered and written in large writes; the file's
- * SHA-256 is taken from the same bytes.
+ * The members file of a tar stream being written: the stream is parsed as it is pushed, and
+ * the members' lines are gathered and written in large writes; the file's SHA-256 is taken
+ * from the same bytes.
  */
-class MembersWriter {
+export class MembersSink implements AsyncDisposable {
   readonly #fh: FileHandle
   readonly #hash = createHash('sha256')
+  readonly #parser = new TarMemberParser()
   #pending: string[] = []
   #bytes = 0
   #count = 0
 
-  constructor(fh: FileHandle) {
+  private constructor(fh: FileHandle) {
     this.#fh = fh
   }
 
-  async add(members: readonly TarMember[]): Promise<void> {
-    for (const m of members) {
+  /** Open the existing, empty file `path` (the members file's partial). */
+  static async open(path: string): Promise<MembersSink> {
+    return new MembersSink(await open(path, constants.O_WRONLY))
+  }
+
+  /**
+   * Parse the next bytes of the uncompressed tar stream. A stream that is no tar archive throws
+   * a `TarParseError` (`ARCHIVE_INVALID`). Returns a promise only when lines are written.
+   */
+  push(chunk: Buffer): Promise<void> | undefined {
+    for (const m of this.#parser.push(chunk)) {
       const line = memberLine(m)
       this.#pending.push(line)
       this.#bytes += line.length
       this.#count++
     }
-    if (this.#bytes >= FLUSH_BYTES) await this.flush()
+    return this.#bytes >= FLUSH_BYTES ? this.#flush() : undefined
   }
 
-  async flush(): Promise<void> {
+  async #flush(): Promise<void> {
     if (this.#pending.length === 0) return
     const buf = Buffer.from(this.#pending.join(''), 'utf8')
     this.#pending = []
@@ -71,63 +83,37 @@ class MembersWriter {
     await this.#fh.write(buf)
   }
 
-  result(): MembersResult {
+  /** The stream ended: `TarParseError` unless it was a complete archive; writes the rest. */
+  async finish(): Promise<MembersResult> {
+    this.#parser.end()
+    await this.#flush()
     return { digest: this.#hash.digest('hex'), count: this.#count }
+  }
+
+  /** Close the file (the caller syncs and renames it). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#fh.close()
   }
 }
 
 /**
- * A pass-through stage over an uncompressed tar stream that parses it and appends its members
- * to the file `path` (an existing, empty file: the members file's partial). `result()` is set
- * once the stage has flushed, i.e. after its pipeline completed. A stream that is no complete
- * tar archive fails the stage (`ARCHIVE_INVALID`, a `TarParseError`).
+ * A pass-through stage over an uncompressed tar stream that feeds `sink` (whose `finish` the
+ * caller calls once the pipeline completed).
  */
-export const membersStage = async (
-  path: string,
-): Promise<{
-  stage: Transform
-  result: () => MembersResult | undefined
-  close: () => Promise<void>
-}> => {
-  const fh = await open(path, constants.O_WRONLY)
-  const writer = new MembersWriter(fh)
-  const parser = new TarMemberParser()
-  let done: MembersResult | undefined
-  const stage = new Transform({
+export const membersStage = (sink: MembersSink): Transform =>
+  new Transform({
     transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
-      let members: TarMember[]
+      let wrote: Promise<void> | undefined
       try {
-        members = parser.push(chunk)
+        wrote = sink.push(chunk)
       } catch (e) {
         cb(e as Error)
         return
       }
-      writer.add(members).then(
-        () => {
+      if (wrote === undefined) cb(null, chunk)
+      else
+        wrote.then(() => {
           cb(null, chunk)
-        },
-        (e: unknown) => {
-          cb(e as Error)
-        },
-      )
-    },
-    flush(cb: TransformCallback) {
-      try {
-        parser.end()
-      } catch (e) {
-        cb(e as Error)
-        return
-      }
-      writer.flush().then(
-        () => {
-          done = writer.result()
-          cb()
-        },
-        (e: unknown) => {
-          cb(e as Error)
-        },
-      )
+        }, cb)
     },
   })
-  return { stage, result: () => done, close: () => fh.close() }
-}

@@ -4,20 +4,18 @@
  * `pipeline()`; an archive is never held in memory.
  */
 import { createHash } from 'node:crypto'
-import { createWriteStream } from 'node:fs'
 import { rm, stat } from 'node:fs/promises'
-import { Transform } from 'node:stream'
-import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { tarExcludeArgs } from './excludes.ts'
-import { Group, assertEmptyDirectory, stderrLines, stdioOf, toolStage } from './internal.ts'
+import { Group, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
 import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
-import { hashStage, membersStage } from './tar-digest.ts'
+import { MembersSink } from './tar-digest.ts'
 import type { MembersResult } from './tar-digest.ts'
+import { writeTar } from './tar-write.ts'
 
 /**
  * Proxmox's `COMMON_TAR_FLAGS`: stay on one file system, keep permissions, sparse files, numeric
@@ -119,22 +117,14 @@ const checkSources = (sources: readonly string[]): void => {
   }
 }
 
-/** A pass-through stream that counts bytes. */
-const counter = (onBytes: (n: number) => void): Transform =>
-  new Transform({
-    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
-      onBytes(chunk.length)
-      cb(null, chunk)
-    },
-  })
-
 /**
  * Archive `directory` into the tar file `output`, as Proxmox's `backup_container` tar mode does:
- * `tar cpf - --totals COMMON_TAR_FLAGS --directory=DIR <excludes> -- <sources>`, through the
- * bandwidth limit and optionally `zstd -T0 -3`, into `output + '.partial'`, which is fsynced and
- * renamed to `output` on success. Called once per container volume set during a backup.
- * In the same pass the relay hashes the bytes written to the file (the result's `digest`) and,
- * with `members`, parses the uncompressed tar stream into the members file (`tar-digest.ts`).
+ * `tar cpf - --totals COMMON_TAR_FLAGS --directory=DIR <excludes> -- <sources>` into
+ * `output + '.partial'` (tar writes the file itself; with a bandwidth limit or `zstd -T0 -3`,
+ * Node relays it: tar-write.ts), which is fsynced and renamed to `output` on success. Called
+ * once per container volume set during a backup. In the same pass Node hashes the bytes of the
+ * file (the result's `digest`) and, with `members`, parses the uncompressed tar stream into the
+ * members file (`tar-digest.ts`).
  *
  * @throws BackupError `USAGE` for invalid sources/excludes or an existing output or members
  *   file, `ARCHIVE_INVALID` when the members parser cannot read tar's output,
@@ -156,47 +146,33 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     '--',
     ...sources,
   ]
-  let tarBytes = 0
   const hash = createHash('sha256')
-  const relay = async (partial: string, membersPartial: string | undefined) => {
-    // Nothing is awaited between tar's start and its pipeline: when a child exits, Node drains
-    // any of its stdio streams nobody reads yet and drops their data (lib/internal/
-    // child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
-    const parsed = membersPartial === undefined ? undefined : await membersStage(membersPartial)
-    const group = new Group(opts.signal)
-    const tar = spawnTool('tar', args, {
-      stdin: 'ignore',
-      okExitCodes: [0, 1],
-      signal: group.signal,
+  const write = async (partial: string, members: MembersSink | undefined) => {
+    const r = await writeTar({
+      args,
+      partial,
+      members,
+      hash,
+      bandwidth: opts.bandwidth,
+      compress: opts.compress,
+      signal: opts.signal,
     })
-    const zstd =
-      opts.compress === 'zstd'
-        ? spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
-        : undefined
-    group.addTool(tar)
-    if (zstd) group.addTool(zstd)
-    try {
-      const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
-      if (parsed) stages.push(parsed.stage)
-      if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
-      if (zstd) stages.push(toolStage(zstd, group))
-      stages.push(hashStage(hash))
-      const out = createWriteStream(partial, { flags: 'w', mode: 0o600 })
-      group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
-      await group.settle()
-    } finally {
-      await parsed?.close()
-    }
-    return { exitCode: await tar.done, stderr: tar.stderr(), members: parsed?.result() }
+    return { ...r, members: await members?.finish() }
   }
   const membersPath = opts.members
   let membersNamed = false
-  const { exitCode, stderr, members } = await writeAtomically(opts.output, async (partial) => {
-    if (membersPath === undefined) return await relay(partial, undefined)
-    const r = await writeAtomically(membersPath, (m) => relay(partial, m))
-    membersNamed = true
-    return r
-  }).catch(async (e: unknown) => {
+  const { exitCode, stderr, tarBytes, members } = await writeAtomically(
+    opts.output,
+    async (partial) => {
+      if (membersPath === undefined) return await write(partial, undefined)
+      const r = await writeAtomically(membersPath, async (m) => {
+        await using sink = await MembersSink.open(m)
+        return await write(partial, sink)
+      })
+      membersNamed = true
+      return r
+    },
+  ).catch(async (e: unknown) => {
     // The members file got its name, then the archive failed to get its own.
     if (membersNamed && membersPath !== undefined) await rm(membersPath, { force: true })
     throw e

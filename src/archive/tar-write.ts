@@ -1,0 +1,216 @@
+/**
+ * How tar's output reaches the archive file, each way in one pass with the archive's SHA-256
+ * and the members file (tar-digest.ts), chosen by `createTarArchive`:
+ *
+ * - **direct** (no bandwidth limit, no compression): tar's stdout *is* the archive file, so tar
+ *   writes it as `tar -cf FILE` would, and Node reads the file behind it as it grows
+ *   ({@link followFile}: large reads into one reused buffer, from the page cache) to hash and
+ *   parse it. No byte is relayed through a pipe.
+ * - **relayed** (a bandwidth limit): tar writes to a pipe; Node gathers its output into one
+ *   reused 1 MiB buffer, and per full buffer takes its tokens, parses, hashes and writes it.
+ * - **compressed** (`zstd`): the stream pipeline tar → parser → limit → zstd → hash → file.
+ */
+import type { Hash } from 'node:crypto'
+import { constants, createWriteStream } from 'node:fs'
+import { open } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { Transform } from 'node:stream'
+import type { TransformCallback } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { throwIfAborted } from '../errors.ts'
+import { spawnTool } from '../io/spawn.ts'
+import type { TokenBucket } from '../io/throttle.ts'
+import { Group, stdioOf, toolStage } from './internal.ts'
+import { hashStage, membersStage } from './tar-digest.ts'
+import type { MembersSink } from './tar-digest.ts'
+
+/** Size of the reads of {@link followFile} and of the relay's buffer. */
+const FOLLOW_BYTES = 4 * 1024 * 1024
+const RELAY_BYTES = 1024 * 1024
+/** How long {@link followFile} waits when it has caught up with the writer (ms). */
+const FOLLOW_POLL_MS = 2
+
+/** What a writer needs: tar's arguments (archive on stdout) and where the bytes go. */
+export interface TarWriteInput {
+  args: readonly string[]
+  /** The archive's partial file, created empty (a `/proc/<pid>/fd/<n>` path). */
+  partial: string
+  /** Fed the uncompressed stream. */
+  members: MembersSink | undefined
+  /** Fed the bytes of the archive file. */
+  hash: Hash
+  bandwidth: TokenBucket | undefined
+  compress: 'zstd' | undefined
+  signal: AbortSignal | undefined
+}
+
+/** What tar did. */
+export interface TarWriteResult {
+  exitCode: number
+  stderr: string
+  /** Bytes of the uncompressed tar stream. */
+  tarBytes: number
+}
+
+/** Options of {@link followFile}. */
+export interface FollowOptions {
+  /** Settles (either way) when the writer has exited, i.e. written everything it will. */
+  writerDone: Promise<unknown>
+  signal: AbortSignal
+  /** Gets each chunk in order; the buffer is reused once it returns (or its promise settles). */
+  onChunk: (chunk: Buffer) => Promise<void> | undefined
+}
+
+/**
+ * Read the file `path` from its start while another process appends to it, until that process
+ * has exited and the end is reached; returns the bytes read. Reads see everything written
+ * before them (a regular file's page cache is shared, read(2)); after the writer's exit, one
+ * more read to the end picks up its last writes.
+ */
+export const followFile = async (path: string, o: FollowOptions): Promise<number> => {
+  const fh = await open(path, constants.O_RDONLY)
+  try {
+    const writer = { exited: false }
+    const exit = o.writerDone.then(
+      () => (writer.exited = true),
+      () => (writer.exited = true),
+    )
+    const buf = Buffer.allocUnsafe(FOLLOW_BYTES)
+    let pos = 0
+    for (;;) {
+      throwIfAborted(o.signal)
+      const wasExited = writer.exited
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+      if (bytesRead > 0) {
+        pos += bytesRead
+        await o.onChunk(buf.subarray(0, bytesRead))
+        continue
+      }
+      if (wasExited) return pos
+      const ac = new AbortController()
+      const tick = sleep(FOLLOW_POLL_MS, undefined, { signal: ac.signal }).catch(() => undefined)
+      await Promise.race([tick, exit])
+      ac.abort()
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
+  for (let at = 0; at < data.length;) {
+    const { bytesWritten } = await fh.write(data, at, data.length - at)
+    at += bytesWritten
+  }
+}
+
+/** tar with the archive file as its stdout; Node follows the file. */
+const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
+  const group = new Group(i.signal)
+  const out = await open(i.partial, constants.O_WRONLY)
+  let tarBytes = 0
+  try {
+    const tar = spawnTool('tar', i.args, {
+      stdin: 'ignore',
+      stdout: out.fd,
+      okExitCodes: [0, 1],
+      signal: group.signal,
+    })
+    group.addTool(tar)
+    const onChunk = (chunk: Buffer): Promise<void> | undefined => {
+      tarBytes += chunk.length
+      i.hash.update(chunk)
+      return i.members?.push(chunk)
+    }
+    group.add(followFile(i.partial, { writerDone: tar.done, signal: group.signal, onChunk }))
+    await group.settle()
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+  } finally {
+    await out.close()
+  }
+}
+
+/** tar into a pipe; Node relays it through the limit in 1 MiB writes. */
+const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarWriteResult> => {
+  const group = new Group(i.signal)
+  const out = await open(i.partial, constants.O_WRONLY)
+  let tarBytes = 0
+  try {
+    const tar = spawnTool('tar', i.args, {
+      stdin: 'ignore',
+      okExitCodes: [0, 1],
+      signal: group.signal,
+    })
+    group.addTool(tar)
+    // Nothing is awaited between tar's start and the first read of its stdout: when a child
+    // exits, Node drains any of its stdio streams nobody reads yet and drops their data
+    // (lib/internal/child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
+    const stdout = stdioOf(tar.stdout, group)
+    const relay = async (): Promise<void> => {
+      const buf = Buffer.allocUnsafe(RELAY_BYTES)
+      let fill = 0
+      const flush = async (): Promise<void> => {
+        const data = buf.subarray(0, fill)
+        await bucket.take(fill, group.signal)
+        await i.members?.push(data)
+        i.hash.update(data)
+        await writeAll(out, data)
+        fill = 0
+      }
+      for await (const chunk of stdout as AsyncIterable<Buffer>) {
+        tarBytes += chunk.length
+        for (let at = 0; at < chunk.length;) {
+          const n = chunk.copy(buf, fill, at)
+          fill += n
+          at += n
+          if (fill === buf.length) await flush()
+        }
+      }
+      if (fill > 0) await flush()
+    }
+    group.add(relay())
+    await group.settle()
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+  } finally {
+    await out.close()
+  }
+}
+
+/** A pass-through stream that counts bytes. */
+const counter = (onBytes: (n: number) => void): Transform =>
+  new Transform({
+    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
+      onBytes(chunk.length)
+      cb(null, chunk)
+    },
+  })
+
+/** tar | zstd, relayed through Node's stream pipeline. */
+const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
+  let tarBytes = 0
+  const group = new Group(i.signal)
+  const tar = spawnTool('tar', i.args, {
+    stdin: 'ignore',
+    okExitCodes: [0, 1],
+    signal: group.signal,
+  })
+  const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
+  group.addTool(tar)
+  group.addTool(zstd)
+  const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
+  if (i.members) stages.push(membersStage(i.members))
+  if (i.bandwidth?.limited === true) stages.push(i.bandwidth.transform(group.signal))
+  stages.push(toolStage(zstd, group), hashStage(i.hash))
+  const out = createWriteStream(i.partial, { flags: 'w', mode: 0o600 })
+  group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
+  await group.settle()
+  return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+}
+
+/** Run tar into `i.partial` the cheapest way its options allow (see the module comment). */
+export const writeTar = (i: TarWriteInput): Promise<TarWriteResult> => {
+  if (i.compress === 'zstd') return writeCompressed(i)
+  if (i.bandwidth?.limited === true) return writeRelayed(i, i.bandwidth)
+  return writeDirect(i)
+}
