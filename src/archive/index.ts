@@ -19,11 +19,7 @@ export {
   RESTORE_EXTRACT_ARGS,
   RESTORE_TAR_FLAGS,
   createTarArchive,
-  extractTarArchive,
 } from './tar.ts'
-export type {
-  CreateTarOptions,
-  CreateTarResult,
-  ExtractTarOptions,
-  ExtractTarResult,
-} from './tar.ts'
+export type { CreateTarOptions, CreateTarResult } from './tar.ts'
+export { MemberGate, extractTarArchive } from './tar-extract.ts'
+export type { ExtractTarOptions, ExtractTarResult } from './tar-extract.ts'

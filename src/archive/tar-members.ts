@@ -54,7 +54,7 @@ interface Sparse {
 /** The member whose header blocks are being read. */
 interface Pending {
   offset: number
-  hash: Hash
+  hash: Hash | undefined
   path?: Buffer
   link?: Buffer
   size?: number
@@ -84,8 +84,21 @@ interface MapText {
 
 type State = 'header' | 'meta' | 'ext' | 'map' | 'content' | 'pad' | 'end'
 
+/** Options of {@link TarMemberParser}. */
+export interface TarParserOptions {
+  /** Take the SHA-256 of headers and contents (`header`, `sha256`). Default true. */
+  digests?: boolean
+  /**
+   * Called with each member (without digests) once all its header blocks are read and before
+   * any of its content; throwing stops the parse. `flag` is the header's type flag.
+   */
+  onHeader?: (member: TarMember, flag: string) => void
+}
+
 /** See the module comment. One instance per tar stream. */
 export class TarMemberParser {
+  readonly #digests: boolean
+  readonly #check: ((member: TarMember, flag: string) => void) | undefined
   #state: State = 'header'
   #pos = 0
   readonly #block = Buffer.alloc(TAR_BLOCK)
@@ -101,6 +114,25 @@ export class TarMemberParser {
   #padLeft = 0
   #map: MapText | undefined
   #stray: number | undefined
+  #flag = ''
+  #endAt = 0
+
+  constructor(opts: TarParserOptions = {}) {
+    this.#digests = opts.digests ?? true
+    this.#check = opts.onHeader
+  }
+
+  /**
+   * Offset up to which every member's header blocks were read and passed `onHeader`: the bytes
+   * before it may go on; those after it belong to a member whose headers are still coming. It
+   * stops at the end of the end-of-archive blocks.
+   */
+  get checked(): number {
+    if (this.#state === 'end') return this.#endAt
+    const headers = this.#state === 'header' || this.#state === 'meta' || this.#state === 'ext'
+    if (!headers) return this.#pos
+    return this.#member?.offset ?? this.#pos - this.#have
+  }
 
   /** Bytes consumed so far (the offset of the next byte). */
   get offset(): number {
@@ -195,15 +227,19 @@ export class TarMemberParser {
         throw new TarParseError(at, `the archive's header at byte ${at} is damaged (zero block)`)
       }
       this.#zeroBlocks++
-      if (this.#zeroBlocks === 2) this.#state = 'end'
+      if (this.#zeroBlocks === 2) {
+        this.#state = 'end'
+        this.#endAt = at + TAR_BLOCK
+      }
       return
     }
     if (this.#zeroBlocks > 0 || !checksumOk(h)) {
       throw new TarParseError(at, `the archive's header at byte ${at} is damaged`)
     }
-    this.#member ??= { offset: at, hash: createHash('sha256'), pax: new Map(), paxSparse0: [] }
+    const hash = this.#digests ? createHash('sha256') : undefined
+    this.#member ??= { offset: at, hash, pax: new Map(), paxSparse0: [] }
     const p = this.#member
-    p.hash.update(h)
+    p.hash?.update(h)
     const flag = String.fromCharCode(h[156] ?? 0)
     const size = readNumber(h, 124, 12)
     if (size === undefined) {
@@ -223,6 +259,7 @@ export class TarMemberParser {
       name = Buffer.concat([field(h, 345, 155), Buffer.from('/'), field(h, 0, 100)])
     }
     const type = TYPES[flag] ?? 'other'
+    this.#flag = flag
     const pname = text(name)
     this.#stored = p.size ?? size
     const rec: TarMember = { offset: p.offset, path: pname.s, type, size: this.#stored, header: '' }
@@ -264,7 +301,7 @@ export class TarMemberParser {
 
   #onMeta(m: Meta): void {
     const p = must(this.#member)
-    p.hash.update(m.buf)
+    p.hash?.update(m.buf)
     const data = m.buf.subarray(0, m.size)
     this.#meta = undefined
     this.#state = 'header'
@@ -300,7 +337,7 @@ export class TarMemberParser {
   }
 
   #onExt(at: number, out: TarMember[]): void {
-    this.#member?.hash.update(this.#block)
+    this.#member?.hash?.update(this.#block)
     this.#addEntries(this.#block, 0, 21, at)
     if (this.#block[504] === 0) this.#startContent(at, out)
   }
@@ -308,8 +345,9 @@ export class TarMemberParser {
   #startContent(at: number, out: TarMember[]): void {
     const p = must(this.#member)
     const rec = must(this.#record)
-    rec.header = p.hash.digest('hex')
-    if (rec.type === 'file') this.#content = createHash('sha256')
+    this.#check?.({ ...rec, size: p.sparse?.real ?? rec.size }, this.#flag)
+    rec.header = p.hash?.digest('hex') ?? ''
+    if (rec.type === 'file' && this.#digests) this.#content = createHash('sha256')
     this.#state = 'content'
     if (p.sparse !== undefined) {
       rec.size = p.sparse.real

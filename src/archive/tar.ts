@@ -5,14 +5,11 @@
  */
 import { createHash } from 'node:crypto'
 import { rm, stat } from 'node:fs/promises'
-import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
-import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { tarExcludeArgs } from './excludes.ts'
-import { Group, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
-import { archiveStages, checkTarArchive, decompressorFor } from './tar-check.ts'
+import { stderrLines } from './internal.ts'
 import { MembersSink } from './tar-digest.ts'
 import type { MembersResult } from './tar-digest.ts'
 import { writeTar } from './tar-write.ts'
@@ -184,62 +181,4 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
   const { size } = await stat(opts.output)
   const digest = hash.digest('hex')
   return { bytes: size, tarBytes, digest, ...(members ? { members } : {}), warnings }
-}
-
-/** Options of {@link extractTarArchive}. */
-export interface ExtractTarOptions {
-  /** The archive file: `*.tar`, `*.tar.zst` (also `.tar.gz|bz2|xz|lzo`), decompressed by name. */
-  archive: string
-  /** Existing, empty directory to restore into (the container's root). */
-  target: string
-  /** Shared bandwidth limit, applied to the archive file as read. Default: unlimited. */
-  bandwidth?: TokenBucket | undefined
-  /** Kills tar. The target may then hold a partial restore; the caller discards it. */
-  signal?: AbortSignal | undefined
-}
-
-/** Result of {@link extractTarArchive}. */
-export interface ExtractTarResult {
-  /** Members listed by {@link checkTarArchive}. */
-  members: number
-  /** tar's diagnostics (e.g. "Removing leading `/' from member names"). */
-  warnings: string[]
-}
-
-/**
- * Restore a container archive into `target`, as pve-container's `restore_tar_archive` does for
- * untrusted (external) archives: {@link checkTarArchive} first, then
- * `tar xpf - --totals RESTORE_TAR_FLAGS -C TARGET --anchored --exclude ./dev/*`, fed from the
- * file through the bandwidth limit and the decompressor (by name, see `decompressorFor`).
- *
- * tar itself strips leading `/` and refuses members containing `..`, and defers symlinks, so an
- * archive cannot write outside `target`. Unlike Proxmox, extraction is **not** run in the
- * container's user namespace: as root, tar restores the archived owners, setuid bits and device
- * nodes (except below `./dev/`) as they are.
- *
- * @throws BackupError `USAGE` (archive not a regular file or badly named; target missing, not a
- *   directory or not empty: then nothing is touched), `ARCHIVE_INVALID` (check failed),
- *   `ARCHIVE_TOOL_FAILED` (tar failed, e.g. on a `..` member), `ABORTED`.
- */
-export const extractTarArchive = async (opts: ExtractTarOptions): Promise<ExtractTarResult> => {
-  throwIfAborted(opts.signal)
-  decompressorFor(opts.archive) // USAGE for a name that is no tar archive, before anything runs
-  const st = await stat(opts.archive).catch((e: unknown) => {
-    throw new BackupError('USAGE', `archive ${opts.archive} is not accessible`, { cause: e })
-  })
-  if (!st.isFile()) throw new BackupError('USAGE', `archive ${opts.archive} is not a regular file`)
-  await assertEmptyDirectory(opts.target, 'restore target')
-  const check = await checkTarArchive(opts.archive, { signal: opts.signal })
-
-  const group = new Group(opts.signal)
-  const args = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
-  const tar = spawnTool('tar', [...args, ...RESTORE_EXTRACT_ARGS], {
-    stdout: 'ignore',
-    signal: group.signal,
-  })
-  group.addTool(tar)
-  const input = archiveStages(opts.archive, group, { bandwidth: opts.bandwidth })
-  group.add(pipeline([...input, stdioOf(tar.stdin, group)], { signal: group.signal }))
-  await group.settle('IO', tar)
-  return { members: check.members, warnings: [...check.warnings, ...stderrLines(tar.stderr())] }
 }
