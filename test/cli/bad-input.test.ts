@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { backupArgs, cli, runCliInProcess, runCliInProcessOk } from '../helpers/cli.ts'
 import type { CliResult } from '../helpers/cli.ts'
+import { writeRandom } from '../helpers/random-data.ts'
 
 const oneLine = (r: CliResult): void => {
   const lines = r.stderr.trim().split('\n')
@@ -178,7 +179,7 @@ describe('cli: bad input', () => {
   it('fails cleanly when the store runs out of space', async () => {
     const big = join(dir, 'big.qcow2')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', big, '256M'])
-    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 64M', big])
+    await writeRandom(big, 'qcow2', 0, 64 * 1024 * 1024)
     // RLIMIT_FSIZE makes every write past 16 MiB fail with EFBIG, as a full file system would.
     // A resource limit applies to a process: this one runs bin/guestbackup under prlimit.
     const r = await cli(backupArgs(store, 100, conf(), '--disk', `scsi0=${big}`), [

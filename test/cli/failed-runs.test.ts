@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../src/io/spawn.ts'
 import { backupArgs, cli, runCliInProcessOk } from '../helpers/cli.ts'
+import { writeRandom } from '../helpers/random-data.ts'
 
 interface Row {
   volid: string
@@ -25,7 +26,7 @@ describe('cli: failed backup runs', () => {
     disk = join(dir, 'disk.qcow2')
     await writeFile(join(dir, 'c'), 'name: f\n')
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '8M'])
-    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 4M', disk])
+    await writeRandom(disk, 'qcow2', 0, 4 * 1024 * 1024)
     await runCliInProcessOk(['init', store])
   })
   after(async () => {

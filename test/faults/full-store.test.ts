@@ -17,6 +17,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { run } from '../../src/io/spawn.ts'
 import { backupArgs, cli, runCliInProcess, runCliInProcessOk } from '../helpers/cli.ts'
+import { writeRandom } from '../helpers/random-data.ts'
 import { smallFs } from '../helpers/small-fs.ts'
 import type { SmallFs } from '../helpers/small-fs.ts'
 
@@ -107,7 +108,7 @@ describe('faults: full disks', () => {
 
   it('a VM backup into a store that fills up mid-copy fails with one line naming the store', async () => {
     // 32 MiB to copy, 6 MiB free: qemu-nbd's writes fail with ENOSPC in the middle of the copy.
-    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 8M 24M', disk])
+    await writeRandom(disk, 'qcow2', 8 * MiB, 24 * MiB)
     await sleep(1100) // backup times have a resolution of one second
     await fs.leaveFree(6 * MiB)
     const r = await cli(backupVm())

@@ -31,6 +31,7 @@ import {
 } from '../helpers/process-group.ts'
 import type { ExecResult, ProcInfo } from '../helpers/process-group.ts'
 import { mulberry32, seedFromEnv } from '../helpers/prng.ts'
+import { randomWrites } from '../helpers/random-data.ts'
 
 const MiB = 1024 * 1024
 const VMID = 100
@@ -228,7 +229,9 @@ describe('security: remove and prune SIGKILLed mid-merge', { concurrency: 2 }, (
     const ctx = `seed=${SEED} template`
     await gbOk(['init', template, '--vm-backup-mode', 'incremental'], ctx)
     for (const [n, writes] of WRITES.entries()) {
-      await execOk('qemu-io', ['-f', 'qcow2', ...writes.flatMap((c) => ['-c', c]), disk])
+      // Random data: the store compresses, and the sizes checked below are of the data written.
+      const cmds = await randomWrites(dir, writes)
+      await execOk('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), disk])
       const ref = join(dir, `ref-${n}.raw`)
       await execOk('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk, ref])
       const r = await gbOk(

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os'
 import { basename, join, relative } from 'node:path'
 import { craftTar } from '../archive/craft-tar.ts'
 import { backupArgs } from '../helpers/cli.ts'
+import { writeRandom } from '../helpers/random-data.ts'
 import {
   ageTree,
   cliTimed,
@@ -940,7 +941,7 @@ describe('security: a tampered store never reaches outside it', { concurrency: 2
       const c = await fresh(tplFull)
       const disk = join(c.w, 'big.qcow2')
       await tool('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '4M'])
-      await tool('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 0 3M', disk])
+      await writeRandom(disk, 'qcow2', 0, 3 * MiB)
       // The attacker cannot know the second the backup starts, so plants the next ones.
       const now = Math.floor(Date.now() / 1000)
       for (let t = now - 2; t < now + 20; t++) {

@@ -1,5 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -21,8 +22,9 @@ describe('provider/directory/storage: the storage-plugin side', () => {
     store = join(dir, 'store')
     await initStore(store, { 'max-protected-backups': 1 }, 'st')
     const disk = join(dir, 'd.raw')
+    // 1 MiB of random data (incompressible: stores compress VM images by default), 3 of zeroes.
     const data = Buffer.alloc(4 * MiB)
-    data.fill(7, 0, MiB)
+    data.set(randomBytes(MiB), 0)
     await writeFile(disk, data)
     await writeFile(join(dir, 'c'), 'name: s\n')
     for (const vmid of ['100', '100', '101']) {
