@@ -45,7 +45,7 @@ const backupVariant = async (
     role,
     prepare: async () => {
       await rm(store, { recursive: true, force: true })
-      await run(cli, ['init', store, ...initArgs])
+      await run(cli, ['init', store, '--vm-compress', 'none', ...initArgs])
     },
     run: () =>
       runMeasured(cli, [...args, '--disk', `scsi0=${src}`], join(dir, 'rss'), { node: true, env }),
@@ -100,7 +100,7 @@ export const verifySpeed: Scenario = async (ctx) => {
   const cli = join(ctx.repo, 'bin', 'guestbackup')
   const store = join(dir, 'store')
   await rm(store, { recursive: true, force: true })
-  await run(cli, ['init', store, '--verify-after-backup', 'never'])
+  await run(cli, ['init', store, '--verify-after-backup', 'never', '--vm-compress', 'none'])
   const conf = join(dir, 'vm.conf')
   await run(cli, [
     'backup',

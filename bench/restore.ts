@@ -71,6 +71,9 @@ const makeStore = async (
     'incremental',
     '--verify-after-backup',
     'never',
+    // Against qemu-img's work on the same plain qcow2 images (compressed ones: compress.ts).
+    '--vm-compress',
+    'none',
   ])
   const backup = (): Promise<unknown> =>
     run(cli, [

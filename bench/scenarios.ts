@@ -208,7 +208,7 @@ export const incrementalBackup: Scenario = async (ctx) => {
       await mkdir(vmDir)
       vm = await startBenchVm({ disks: [{ path: disk, format: 'qcow2', id: 'scsi0' }], dir: vmDir })
       await rm(store, { recursive: true, force: true })
-      await run(cli, ['init', store, '--vm-backup-mode', 'incremental'])
+      await run(cli, ['init', store, '--vm-backup-mode', 'incremental', '--vm-compress', 'none'])
     },
     run: () => backup('full'),
     verify: async () => {

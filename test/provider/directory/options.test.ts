@@ -1,7 +1,11 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { isBackupError } from '../../../src/errors.ts'
 import { parseStoreOptions } from '../../../src/provider/directory/options.ts'
+import { initStore } from '../../../src/provider/directory/store.ts'
 import { KEEP_ALL_CONFLICT_MESSAGE } from '../../../src/storage/prune-options.ts'
 
 // One validator for prune-backups: the store file, `init` and the plugin options all go through
@@ -27,6 +31,37 @@ describe('provider/directory/options: prune-backups', () => {
         (e: unknown) => isBackupError(e, 'CONFIG_INVALID'),
         bad,
       )
+    }
+  })
+})
+
+// New stores compress VM images; a store whose file predates the option (and a Proxmox storage
+// without gb-vm-compress, which passes no value) reads as `none`, so nothing changes under it.
+describe('provider/directory/options: vm-compress', () => {
+  it('is zstd for a new store, none where the file does not name it, and init changes it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gb-options-'))
+    try {
+      const store = join(dir, 's')
+      assert.equal((await initStore(store, {})).options['vm-compress'], 'zstd')
+      assert.equal(
+        (await initStore(store, { 'vm-compress': 'none' })).options['vm-compress'],
+        'none',
+      )
+      // Re-running init keeps what the file says.
+      assert.equal((await initStore(store, {})).options['vm-compress'], 'none')
+      // A store file written before the option existed.
+      const file = join(store, 'guestbackup-store.json')
+      const old = JSON.parse(await readFile(file, 'utf8')) as { options: Record<string, unknown> }
+      delete old.options['vm-compress']
+      await writeFile(file, JSON.stringify(old))
+      assert.equal((await initStore(store, {})).options['vm-compress'], 'none')
+      assert.equal(parseStoreOptions({ path: '/s' })['vm-compress'], 'none')
+      assert.throws(
+        () => parseStoreOptions({ path: '/s', 'vm-compress': 'gzip' }),
+        (e: unknown) => isBackupError(e, 'CONFIG_INVALID') && e.message.includes('vm-compress'),
+      )
+    } finally {
+      await rm(dir, { recursive: true, force: true })
     }
   })
 })
