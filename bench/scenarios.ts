@@ -19,6 +19,7 @@ import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
 import { compressedBackup } from './compress.ts'
+import { emptyTerabyte, incrementalFixedCost } from './fixed-cost.ts'
 import { digestCost, verifySpeed } from './integrity.ts'
 import { mergeMiddle, restoreChain, restoreFull } from './restore.ts'
 import {
@@ -334,6 +335,8 @@ export const incrementalBackup: Scenario = async (ctx) => {
 export const scenarios: readonly Scenario[] = [
   fullBackup,
   fixedCost,
+  emptyTerabyte,
+  incrementalFixedCost,
   incrementalBackup,
   digestCost,
   verifySpeed,
