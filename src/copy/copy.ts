@@ -216,7 +216,9 @@ export const copyBlocks = async (
       running.add(job.offset)
       handedOut = job.offset + job.length
       if (job.kind === 'zero') {
-        if (job.block !== undefined) hasher?.zeroBlock(job.block)
+        if (job.block !== undefined && hasher !== undefined) {
+          for (let i = 0; i < (job.blocks ?? 1); i++) hasher.zeroBlock(job.block + i)
+        }
         for (const [a, b] of writesOf(job)) await zero({ offset: a, length: b - a })
       } else {
         await opts.bucket?.take(job.length, signal)

@@ -17,8 +17,13 @@ export interface Job {
   length: number
   /** Absolute `[start, end)` ranges inside the job to write; none: read only to be hashed. */
   writes: readonly (readonly [number, number])[]
-  /** The digest block this job is (with digests), else undefined. */
+  /** The digest block this job is, or starts at (with digests), else undefined. */
   block: number | undefined
+  /**
+   * Digest blocks the job covers from `block` on: 1, or more for a zero job that spans whole
+   * blocks of one zero piece (a hole of 1 TiB is a few jobs, not 262144).
+   */
+  blocks?: number
 }
 
 /** Largest single WRITE_ZEROES (NBD lengths are 32-bit). */
@@ -104,11 +109,24 @@ async function* runJobs(
   let piece = (await pieces.next()).value as Piece | undefined
   let seg = 0
   for (let b = start; b < end;) {
-    const blockEnd = Math.min(b + blockSize, end)
+    let blockEnd = Math.min(b + blockSize, end)
     let zero = true
     while (piece !== undefined && piece.offset < blockEnd) {
       if (!piece.zero) zero = false
       if (piece.offset + piece.length > blockEnd) break
+      piece = (await pieces.next()).value as Piece | undefined
+    }
+    // A zero block followed by more of the same zero pieces: whole blocks join it, up to one
+    // WRITE_ZEROES; the run's last block may be short, and joins when it is zero too.
+    const limit = b + Math.floor(MAX_ZERO_REQ / blockSize) * blockSize
+    while (zero && piece?.zero === true && piece.offset <= blockEnd && blockEnd < end) {
+      const pEnd = piece.offset + piece.length
+      const to = Math.min(pEnd, end, limit)
+      const whole =
+        to === end ? end : blockEnd + Math.floor((to - blockEnd) / blockSize) * blockSize
+      if (whole <= blockEnd) break
+      blockEnd = whole
+      if (pEnd > blockEnd) break
       piece = (await pieces.next()).value as Piece | undefined
     }
     const writes: [number, number][] = []
@@ -126,6 +144,7 @@ async function* runJobs(
       length: blockEnd - b,
       writes,
       block: b / blockSize,
+      blocks: Math.ceil((blockEnd - b) / blockSize),
     }
     b = blockEnd
   }

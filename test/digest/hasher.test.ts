@@ -163,4 +163,36 @@ describe('digest: DiskHasher in the copy engine', () => {
     const hasher = new DiskHasher(BlockDigests.empty(30, 10))
     assert.throws(() => hasher.block(1, Buffer.alloc(9)), /block 1 hashed with 9 bytes, not 10/)
   })
+
+  it('covers a hole of many blocks with one zero job: one WRITE_ZEROES, every digest set', async () => {
+    // 1000 whole blocks and a short last one, all a hole; and a data block amid a second hole.
+    const disk = Buffer.alloc(10_005)
+    disk.fill(9, 5000, 5010)
+    const src = memSource(
+      disk,
+      [[0, disk.length]],
+      [
+        [0, 5000],
+        [5010, 4995],
+      ],
+    )
+    const dst = memTarget(disk.length)
+    let zeroCalls = 0
+    const write = dst.writeZeroes.bind(dst)
+    dst.writeZeroes = (o, l, sig) => {
+      zeroCalls++
+      return write(o, l, sig)
+    }
+    const hasher = new DiskHasher(BlockDigests.empty(disk.length, 10))
+    await copyBlocks(src, dst, {
+      targetIsZero: false,
+      hasher,
+      inFlight: 3,
+      signal: new AbortController().signal,
+    })
+    assert.equal(hasher.finish().content(), direct(disk, 10).content())
+    assert.equal(zeroCalls, 2, 'the zero blocks before and after the data block, one call each')
+    assert.equal(src.readBytes, 10)
+    assert.deepEqual(dst.buf, disk)
+  })
 })
