@@ -21,7 +21,6 @@ import { smallFs } from '../helpers/small-fs.ts'
 import { randomWrites } from '../helpers/random-data.ts'
 import type { SmallFs } from '../helpers/small-fs.ts'
 
-
 interface Row {
   volid: string
   parent: string | null
