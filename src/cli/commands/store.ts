@@ -11,7 +11,7 @@ import { initStore, openStore } from '../../provider/directory/store.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
-import { fmtBytes } from '../progress.ts'
+import { fmtBytes } from '../progress/index.ts'
 import { stripStoreId } from './restore.ts'
 
 /** Options of `init` as commander parses them (camelCase). */

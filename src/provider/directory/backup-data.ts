@@ -62,6 +62,10 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
   /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
   const bitmaps: Record<string, number> = {}
   let parent: string | undefined
+  // Every disk is announced before the first is copied: a progress total covers them all.
+  for (const [item, v] of Object.entries(volumes)) {
+    info.onProgress?.({ item, done: 0, total: v.size, copied: 0, zero: 0 })
+  }
   for (const device of Object.keys(volumes).sort()) {
     const volume = volumes[device]
     if (volume === undefined) continue
@@ -95,7 +99,14 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
           volume: vol,
           base: base === undefined ? undefined : { guest: o.guest, ...base },
           bucket,
-          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+          onProgress: (done, total, s) =>
+            info.onProgress?.({
+              item: device,
+              done,
+              total,
+              copied: s.dataBytes,
+              zero: s.zeroBytes,
+            }),
           sampleBlocks: o.sampleBlocks,
           log: (msg) => {
             log('info', msg)
