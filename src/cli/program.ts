@@ -273,7 +273,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
       const { removeCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log))
+      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log), io)
     })
 
   program

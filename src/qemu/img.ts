@@ -265,11 +265,16 @@ export const compareImages = async (
  * built by guestbackup) into its immediate backing image. `-d` keeps the top image as it was, so
  * its guest view never changes while the backing image below it takes its data.
  */
-export const commitImage = async (spec: string, signal?: AbortSignal): Promise<void> => {
+export const commitImage = async (
+  spec: string,
+  signal?: AbortSignal,
+  onProgress?: (fraction: number) => void,
+): Promise<void> => {
   if (!spec.startsWith('json:')) {
     throw new BackupError('IMAGE_INVALID', 'commit takes an explicit json: chain spec only')
   }
-  await qemuImg(['commit', '-q', '-d', spec], signal)
+  if (onProgress === undefined) await qemuImg(['commit', '-q', '-d', spec], signal)
+  else await qemuImgProgress(['commit', '-p', '-d', spec], signal, onProgress)
 }
 
 /**

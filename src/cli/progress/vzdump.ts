@@ -34,6 +34,7 @@ export class VzdumpLinesView implements JobView {
   #lastPercent = -1
   #lastDone = 0
   #lastCopied = 0
+  #seen = false
 
   constructor(out: CliStream, now: Clock = () => performance.now()) {
     this.#out = out
@@ -43,6 +44,7 @@ export class VzdumpLinesView implements JobView {
   }
 
   update(ev: ProgressEvent): void {
+    this.#seen = true
     this.#totals.update(ev)
     const t = this.#totals.get()
     const percent = this.#percent(t.done, t.total)
@@ -51,6 +53,8 @@ export class VzdumpLinesView implements JobView {
   }
 
   finish(): void {
+    // A job with nothing to show (a prune that merged nothing) prints nothing.
+    if (!this.#seen) return
     const now = wholeSecs(this.#now())
     const t = this.#totals.get()
     if (this.#lastPercent < 100) this.#status(now)
