@@ -4,14 +4,16 @@
  * progress display counts the archive's bytes against; the archive's real size replaces it at
  * the end.
  *
- * Per entry: one 512-byte header, plus a regular file's data rounded up to 512 bytes, counted
- * once per inode (tar stores further hard links as link entries) and at most its allocated
+ * Per entry: a 512-byte header and a pax extended header of two blocks (`--acls` and
+ * `--xattrs` make GNU tar write the POSIX format, which records each entry's atime, ctime and
+ * mtime there), plus a regular file's data rounded up to 512 bytes, counted once per inode
+ * (tar stores further hard links as link entries) and at most its allocated
  * bytes (`--sparse` stores a sparse file's data only); the stream ends with two zero blocks,
  * padded to tar's 10240-byte records (GNU tar manual, "Blocking"). Like tar with
  * `--one-file-system`, the walk stays on the root's file system. `lost+found` and exclude
  * patterns without wildcards are left out (by name anywhere, or anchored with a leading `/`);
- * patterns with wildcards are not applied, nor are pax headers for ACLs and xattrs counted, so
- * this may be somewhat off either way.
+ * patterns with wildcards are not applied, nor are the longer pax headers of long names, ACLs
+ * and xattrs counted, so this may be somewhat off either way.
  */
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -19,6 +21,8 @@ import { throwIfAborted } from '../errors.ts'
 import { LOST_AND_FOUND, parseExcludes } from './excludes.ts'
 
 const BLOCK = 512
+/** The entry's header and its pax extended header (header block and one data block). */
+const ENTRY = 3 * BLOCK
 const RECORD = 20 * BLOCK
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to
@@ -57,7 +61,7 @@ export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
     const st = await lstat(join(o.directory, rel), { bigint: false }).catch(() => undefined)
     if (st === undefined) continue
     dev ??= st.dev
-    bytes += BLOCK
+    bytes += ENTRY
     if (st.isFile()) {
       const key = `${st.dev}:${st.ino}`
       if (st.nlink > 1 && seen.has(key)) continue
