@@ -38,19 +38,23 @@ export class ProgressStream implements CliStream {
   readonly #status: StatusLine | undefined
   #settings: Required<ProgressSettings> = { show: true, lines: true }
 
+  /** `out`: the run's stderr; a status line is kept only when it is a terminal. */
   constructor(out: CliStream) {
     this.#out = out
     this.#status = out.isTTY === true ? new StatusLine(out) : undefined
   }
 
+  /** As `out`'s. */
   get isTTY(): boolean {
     return this.#out.isTTY === true
   }
 
+  /** As `out`'s (default 80). */
   get columns(): number {
     return this.#out.columns ?? 80
   }
 
+  /** Write text (a log line), above the status line if one is shown. */
   write(text: string): void {
     ;(this.#status ?? this.#out).write(text)
   }

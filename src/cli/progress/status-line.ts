@@ -14,14 +14,17 @@ export class StatusLine implements CliStream {
   /** The last text written did not end a line: the status line waits for the rest of it. */
   #partial = false
 
+  /** `out`: the terminal (its `columns` bound the line; default 80). */
   constructor(out: CliStream) {
     this.#out = out
   }
 
+  /** As `out`'s. */
   get isTTY(): boolean {
     return this.#out.isTTY === true
   }
 
+  /** As `out`'s (default 80). */
   get columns(): number {
     return this.#out.columns ?? 80
   }

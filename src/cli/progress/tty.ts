@@ -42,6 +42,7 @@ export class TtyView implements JobView {
   #drawn = Number.NEGATIVE_INFINITY
   #seen = false
 
+  /** Draw on `line`, each line starting with `title`; `now`: the clock (ms). */
   constructor(line: StatusLine, title: string, now: Clock = () => performance.now()) {
     this.#line = line
     this.#title = title

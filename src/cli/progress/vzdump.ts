@@ -36,6 +36,7 @@ export class VzdumpLinesView implements JobView {
   #lastCopied = 0
   #seen = false
 
+  /** Write lines to `out`; `now`: the clock (ms; its whole seconds count, as `time()`'s). */
   constructor(out: CliStream, now: Clock = () => performance.now()) {
     this.#out = out
     this.#now = now
