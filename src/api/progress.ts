@@ -15,6 +15,13 @@ export interface ProgressEvent {
   done: number
   /** The disk's size, or the archive's expected size; `done` reaches it when finished. */
   total: number
+  /**
+   * Of `done`, the bytes read and written as data; the rest was skipped (holes, zero ranges,
+   * clean areas of an incremental). Absent: not known (an archive's bytes are all data).
+   */
+  copied?: number
+  /** Of the skipped bytes, those of zero ranges and holes (the rest were clean). */
+  zero?: number
 }
 
 /** Optional extension of `BackupInfo`: a progress callback. */

@@ -3,6 +3,7 @@
  * the `backup-provider` feature): it names, lists, sizes, prunes and frees backups, and creates
  * the {@link BackupProvider} that writes them.
  */
+import type { ProgressEvent } from './progress.ts'
 import type { BackupProvider, GuestType, ProviderLogFunction } from './provider.ts'
 
 /** Result of {@link BackupStorage.parseVolname}. */
@@ -124,6 +125,18 @@ export interface PruneOptions {
   dryRun: boolean
   /** Receives a line per removal or error. */
   log?: ProviderLogFunction
+  /** How far each merge got (a guestbackup extension, see {@link FreeImageOptions}). */
+  onProgress?: (ev: ProgressEvent) => void
+}
+
+/** Options of {@link BackupStorage.freeImage}. */
+export interface FreeImageOptions {
+  log?: ProviderLogFunction
+  /**
+   * How far each merge of a dependant got: `item` names it (`<child volname> <device>`),
+   * `total` the bytes it writes at most (a guestbackup extension).
+   */
+  onProgress?: (ev: ProgressEvent) => void
 }
 
 /** The storage plugin of a backup provider. */
@@ -151,7 +164,7 @@ export interface BackupStorage {
    * Delete one backup. Refuses protected backups (`PROTECTED`). `opts.log` receives what is
    * done besides (merges, and the cleanup of what a killed run left in the guest).
    */
-  freeImage(volname: string, opts?: { log?: ProviderLogFunction }): Promise<void>
+  freeImage(volname: string, opts?: FreeImageOptions): Promise<void>
 
   /** Read an attribute; `notes` is the full text, `protected` a boolean. */
   getVolumeAttribute(volname: string, attribute: 'notes'): Promise<string | undefined>

@@ -3,6 +3,8 @@
  * root with a tar pipe, as pve-container does.
  */
 import { realpath } from 'node:fs/promises'
+import { Transform } from 'node:stream'
+import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
@@ -10,6 +12,7 @@ import type { TokenBucket } from '../io/throttle.ts'
 import { Group, assertDirectory, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
 import { readMounts } from './mountinfo.ts'
 import { RESTORE_EXTRACT_ARGS, RESTORE_TAR_FLAGS } from './tar.ts'
+import { estimateTarBytes } from './tree-size.ts'
 
 /** Options of {@link extractDirectory}. */
 export interface ExtractDirectoryOptions {
@@ -21,6 +24,11 @@ export interface ExtractDirectoryOptions {
   bandwidth?: TokenBucket | undefined
   /** Kills the tools. The target may then hold a partial copy; the caller discards it. */
   signal?: AbortSignal | undefined
+  /**
+   * Gets the bytes of the tar stream passed on and an estimate of its size (a pre-walk of
+   * `source`, tree-size.ts), as they grow.
+   */
+  onProgress?: ((done: number, total: number) => void) | undefined
 }
 
 /** The file system type of the mount that holds `path` (longest mount point prefix). */
@@ -78,6 +86,10 @@ export const extractDirectory = async (
   throwIfAborted(opts.signal)
   await assertDirectory(opts.source, 'source')
   await assertEmptyDirectory(opts.target, 'restore target')
+  const total =
+    opts.onProgress === undefined
+      ? 0
+      : await estimateTarBytes({ directory: opts.source, signal: opts.signal })
   const group = new Group(opts.signal)
   const createArgs = ['cpf', '-', ...RESTORE_TAR_FLAGS, `--directory=${opts.source}`, '.']
   const reader = spawnTool('tar', createArgs, {
@@ -94,6 +106,19 @@ export const extractDirectory = async (
   group.addTool(writer)
   const stages: NodeJS.ReadWriteStream[] = []
   if (opts.bandwidth?.limited === true) stages.push(opts.bandwidth.transform(group.signal))
+  const onProgress = opts.onProgress
+  if (onProgress !== undefined) {
+    let done = 0
+    stages.push(
+      new Transform({
+        transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
+          done += chunk.length
+          onProgress(done, Math.max(total, done))
+          cb(null, chunk)
+        },
+      }),
+    )
+  }
   const streams = [stdioOf(reader.stdout, group), ...stages, stdioOf(writer.stdin, group)]
   group.add(pipeline(streams, { signal: group.signal }))
   await group.settle('IO', writer)

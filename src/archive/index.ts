@@ -21,5 +21,7 @@ export {
   createTarArchive,
 } from './tar.ts'
 export type { CreateTarOptions, CreateTarResult } from './tar.ts'
+export { estimateTarBytes } from './tree-size.ts'
+export type { TreeSizeOptions } from './tree-size.ts'
 export { MemberGate, extractTarArchive } from './tar-extract.ts'
 export type { ExtractTarOptions, ExtractTarResult } from './tar-extract.ts'

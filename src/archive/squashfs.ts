@@ -10,7 +10,7 @@
  * `security.*` xattrs as `trusted.*` and vice versa (fixed upstream in vasi/squashfuse#83), and it
  * reports full `st_blocks`, so copies of sparse files are fully allocated.
  */
-import { chmod, realpath, stat } from 'node:fs/promises'
+import { chmod, readFile, realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
@@ -39,6 +39,11 @@ export interface CreateSquashfsOptions {
   compressionLevel?: number | undefined
   /** Kills mksquashfs and removes the partial image. */
   signal?: AbortSignal | undefined
+  /**
+   * Gets the bytes mksquashfs has read so far (about the tree's data: see
+   * {@link followBytesRead}), about twice a second.
+   */
+  onBytesRead?: ((bytes: number) => void) | undefined
 }
 
 /** Result of {@link createSquashfs}. */
@@ -80,7 +85,8 @@ export const createSquashfs = async (
       signal: opts.signal,
       dieWithParent: true,
     })
-    await tool.done
+    if (opts.onBytesRead === undefined) await tool.done
+    else await followBytesRead(tool.child.pid, tool.done, opts.onBytesRead)
     await chmod(partial, 0o600) // like the tar archive: a whole container file system
     return tool.stderr()
   })
@@ -95,6 +101,38 @@ export const createSquashfs = async (
   }
   const { size } = await stat(opts.output)
   return { bytes: size, warnings }
+}
+
+/** How often {@link followBytesRead} looks (ms). */
+const READ_POLL_MS = 500
+
+/**
+ * Report the `rchar` of `/proc/PID/io` (bytes the process read, proc(5)) until `done` settles:
+ * mksquashfs 4.5 prints no machine-readable progress (its bar is for terminals, `-percentage`
+ * came with 4.6), and what it reads is the tree's data (setpriv execs it in the same process).
+ * Returns `done`'s outcome.
+ */
+const followBytesRead = async (
+  pid: number | undefined,
+  done: Promise<number>,
+  onBytes: (bytes: number) => void,
+): Promise<number> => {
+  const ac = new AbortController()
+  const poll = async (): Promise<void> => {
+    while (pid !== undefined && !ac.signal.aborted) {
+      await sleep(READ_POLL_MS, undefined, { signal: ac.signal }).catch(() => undefined)
+      const io = await readFile(`/proc/${pid}/io`, 'utf8').catch(() => '')
+      const m = /^rchar: (\d+)$/m.exec(io)
+      if (m !== null) onBytes(Number(m[1]))
+    }
+  }
+  const polling = poll()
+  try {
+    return await done
+  } finally {
+    ac.abort()
+    await polling
+  }
 }
 
 /** The FUSE programs that can serve a squashfs image (both from the squashfuse package). */

@@ -31,6 +31,11 @@ export interface ExtractTarOptions {
   bandwidth?: TokenBucket | undefined
   /** Kills tar. The target may then hold a partial restore; the caller discards it. */
   signal?: AbortSignal | undefined
+  /**
+   * Gets the bytes of the archive passed to tar and the archive's size, as they grow. Only for
+   * an uncompressed archive: a compressed one's stream size is not known before its end.
+   */
+  onProgress?: ((done: number, total: number) => void) | undefined
 }
 
 /** Result of {@link extractTarArchive}. */
@@ -235,8 +240,12 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   stdin.on('error', () => undefined) // each write's callback gets the error
   const feed = async (): Promise<void> => {
     const source = await tarStream(opts.archive, group, bucket)
+    const progress = decompressorFor(opts.archive) === undefined ? opts.onProgress : undefined
+    let done = 0
     for await (const chunk of source) {
+      done += chunk.length
       for (const part of gate.pass(chunk)) await writeTo(stdin, part)
+      progress?.(done, st.size)
       if (gate.ended) break
     }
     gate.end(opts.archive)

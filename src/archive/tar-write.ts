@@ -43,6 +43,8 @@ export interface TarWriteInput {
   bandwidth: TokenBucket | undefined
   compress: 'zstd' | undefined
   signal: AbortSignal | undefined
+  /** Gets the bytes of the uncompressed stream passed on so far, as they grow. */
+  onBytes?: ((tarBytes: number) => void) | undefined
 }
 
 /** What tar did. */
@@ -120,6 +122,7 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
     group.addTool(tar)
     const onChunk = (chunk: Buffer): Promise<void> | undefined => {
       tarBytes += chunk.length
+      i.onBytes?.(tarBytes)
       i.hash.update(chunk)
       return i.members?.push(chunk)
     }
@@ -136,6 +139,7 @@ const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarW
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
   let tarBytes = 0
+  let passed = 0
   try {
     const tar = spawnTool('tar', i.args, {
       stdin: 'ignore',
@@ -156,6 +160,8 @@ const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarW
         await i.members?.push(data)
         i.hash.update(data)
         await writeAll(out, data)
+        passed += fill
+        i.onBytes?.(passed)
         fill = 0
       }
       for await (const chunk of stdout as AsyncIterable<Buffer>) {
@@ -198,7 +204,12 @@ const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
   const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
   group.addTool(tar)
   group.addTool(zstd)
-  const stages: NodeJS.ReadWriteStream[] = [counter((n) => (tarBytes += n))]
+  const stages: NodeJS.ReadWriteStream[] = [
+    counter((n) => {
+      tarBytes += n
+      i.onBytes?.(tarBytes)
+    }),
+  ]
   if (i.members) stages.push(membersStage(i.members))
   if (i.bandwidth?.limited === true) stages.push(i.bandwidth.transform(group.signal))
   stages.push(toolStage(zstd, group), hashStage(i.hash))

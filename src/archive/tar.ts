@@ -77,6 +77,11 @@ export interface CreateTarOptions {
   members?: string | undefined
   /** Kills tar (and zstd) and removes the partial file. */
   signal?: AbortSignal | undefined
+  /**
+   * Gets the bytes of the uncompressed tar stream written so far (past the bandwidth limit),
+   * as they grow: the bytes of the tree read, headers included.
+   */
+  onBytes?: ((tarBytes: number) => void) | undefined
 }
 
 /** Result of {@link createTarArchive}. */
@@ -153,6 +158,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
       bandwidth: opts.bandwidth,
       compress: opts.compress,
       signal: opts.signal,
+      onBytes: opts.onBytes,
     })
     return { ...r, members: await members?.finish() }
   }

@@ -19,6 +19,7 @@ import type { ListCommandOptions } from './commands/list.ts'
 import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import type { CliIO, CliStream } from './io.ts'
+import { ProgressStream } from './progress/index.ts'
 import {
   collect,
   collectDisk,
@@ -54,11 +55,16 @@ const helpWidth = (stream: CliStream): number =>
   stream.isTTY === true ? (stream.columns ?? 80) : 80
 
 /** Build the program of one run: commander writes help and usage errors to `io`, never exits. */
-export const createProgram = (io: CliIO): CliProgram => {
+export const createProgram = (outer: CliIO): CliProgram => {
+  // Everything of the run written to stderr passes above the progress line (progress/).
+  const stderr = new ProgressStream(outer.stderr)
+  const io: CliIO = { ...outer, stderr }
   const program = new Command('guestbackup')
     .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
     .version(VERSION)
     .option('-v, --verbose', 'log progress details on stderr')
+    .option('-q, --quiet', 'print nothing on stderr but errors (no progress, no warnings)')
+    .option('--no-progress', 'show no progress (a terminal line, or INFO lines without one)')
     .option('--log-json', 'log JSON lines on stderr')
     .option('--debug', 'print stack traces on errors')
     // One line per usage error, with where to look: 'error: unknown option … (see --help)'.
@@ -74,13 +80,20 @@ export const createProgram = (io: CliIO): CliProgram => {
     })
     // Help, version and usage errors throw CommanderError instead of calling process.exit.
     .exitOverride()
+    .hook('preAction', () => {
+      const o = program.opts<{ quiet?: boolean; progress?: boolean; logJson?: boolean }>()
+      stderr.configure({
+        show: o.quiet !== true && o.progress !== false,
+        lines: o.logJson !== true,
+      })
+    })
 
   // A new logger per command, on this run's stderr: a logger kept from an earlier run would
   // still write to that run's stream.
   const logger = async (): Promise<Logger> => {
     const { createLogger } = await import('../log.ts')
-    const o = program.opts<{ verbose?: boolean; logJson?: boolean }>()
-    const level: LogLevel = o.verbose === true ? 'info' : 'warn'
+    const o = program.opts<{ verbose?: boolean; quiet?: boolean; logJson?: boolean }>()
+    const level: LogLevel = o.quiet === true ? 'error' : o.verbose === true ? 'info' : 'warn'
     return createLogger(level, o.logJson === true, io.stderr)
   }
 
@@ -260,7 +273,7 @@ export const createProgram = (io: CliIO): CliProgram => {
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
       const { removeCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log))
+      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log), io)
     })
 
   program

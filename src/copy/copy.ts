@@ -71,9 +71,11 @@ export interface CopyOptions {
    * Called after every piece with the position of the copy (every byte of the disk before it is
    * copied or clean) and the disk size. Positions only grow; the last call reports the size.
    * Clean stretches of an incremental pass at once, so this is a fraction of the disk walked,
-   * not of the bytes to copy (which are only known once the dirty map was walked).
+   * not of the bytes to copy (which are only known once the dirty map was walked). `stats`
+   * are the counts so far (pieces written, which may lie past `position` while jobs before
+   * them still run), so `position - dataBytes` is what the walk skipped.
    */
-  onProgress?: ((position: number, size: number) => void) | undefined
+  onProgress?: ((position: number, size: number, stats: Readonly<CopyStats>) => void) | undefined
   /**
    * Hash every block of the disk the copy touches, in the same pass: the regions are widened to
    * whole blocks (the widening read for hashing only), so a full copy hashes the whole disk and
@@ -149,7 +151,7 @@ export const copyBlocks = async (
     for (const o of running) position = Math.min(position, o)
     if (position > reported) {
       reported = position
-      opts.onProgress?.(position, src.size)
+      opts.onProgress?.(position, src.size, stats)
     }
   }
   const hashOnly = opts.hashOnly === true

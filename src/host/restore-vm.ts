@@ -11,6 +11,7 @@
  */
 import { join } from 'node:path'
 import { DEVICE_NAME_RE } from '../api/names.ts'
+import type { ProgressEvent } from '../api/progress.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { restoreSourceJson } from '../qemu/chain.ts'
@@ -34,6 +35,8 @@ export interface VmRestoreOptions {
   bandwidthLimit?: number | undefined
   log: TaskLog
   signal: AbortSignal
+  /** How far each disk got (`item`: the device); every disk is announced before the first copy. */
+  onProgress?: ((ev: ProgressEvent) => void) | undefined
 }
 
 /** One disk to copy: its device, size, and target (opened, not yet written). */
@@ -98,6 +101,7 @@ export const restoreVmDisks = async (opts: VmRestoreOptions): Promise<string[]> 
       }
       seen.set(job.target.identity, device)
     }
+    for (const j of jobs) opts.onProgress?.({ item: j.device, done: 0, total: j.size })
     const limit = (opts.bandwidthLimit ?? 0) > 0 ? 1 : PARALLEL_DISKS
     log.info(`restoring ${jobs.length} disk(s), ${Math.min(limit, jobs.length)} at a time`)
     await inParallel(jobs, limit, opts.signal, (job, signal) => copyDisk(opts, job, signal))
@@ -134,6 +138,7 @@ const openSource = async (
 }
 
 const copyDisk = async (opts: VmRestoreOptions, job: DiskJob, signal: AbortSignal) => {
+  const { onProgress } = opts
   try {
     const { source, raw } = await openSource(opts, job, signal)
     const from = raw ? "the provider's raw source" : 'its image chain'
@@ -152,6 +157,13 @@ const copyDisk = async (opts: VmRestoreOptions, job: DiskJob, signal: AbortSigna
           ...(job.target.direct ? { targetCache: 'none' as const } : {}),
           outOfOrder: true,
           rateLimit: opts.bandwidthLimit,
+          ...(onProgress === undefined
+            ? {}
+            : {
+                onProgress: (f: number) => {
+                  onProgress({ item: job.device, done: Math.round(f * job.size), total: job.size })
+                },
+              }),
           signal,
         }),
       job.writing,

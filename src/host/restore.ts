@@ -6,6 +6,7 @@
 import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import type { ProgressEvent } from '../api/progress.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
@@ -28,6 +29,12 @@ export interface RestoreOptions {
   bandwidthLimit?: number | undefined
   log: TaskLog
   signal: AbortSignal
+  /**
+   * How far the restore got: per VM disk (`item`: the device, from qemu-img's progress), or
+   * for a container the bytes of the archive (`item` `archive`; an uncompressed tar archive
+   * against its size, a directory against a pre-walk's estimate).
+   */
+  onProgress?: ((ev: ProgressEvent) => void) | undefined
 }
 
 /** What a restore wrote. */
@@ -97,6 +104,7 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
           bandwidthLimit: opts.bandwidthLimit,
           log,
           signal,
+          onProgress: opts.onProgress,
         })),
       )
     } finally {
@@ -113,10 +121,24 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
   try {
     const src = await provider.restoreContainerInit(volname, { signal })
     await into('rootfs/', async () => {
+      const onProgress = opts.onProgress
+      const progress =
+        onProgress === undefined
+          ? {}
+          : {
+              onProgress: (done: number, total: number) => {
+                onProgress({ item: 'archive', done, total })
+              },
+            }
       if ('tarPath' in src) {
-        await extractTarArchive({ archive: src.tarPath, target: rootfs, signal })
+        await extractTarArchive({ archive: src.tarPath, target: rootfs, signal, ...progress })
       } else {
-        await extractDirectory({ source: src.archiveDirectory, target: rootfs, signal })
+        await extractDirectory({
+          source: src.archiveDirectory,
+          target: rootfs,
+          signal,
+          ...progress,
+        })
       }
     })
     files.push('rootfs/')

@@ -7,7 +7,7 @@
 import { isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { BackupError } from '../errors.ts'
-import { run } from '../io/spawn.ts'
+import { run, spawnTool } from '../io/spawn.ts'
 import type { ImageFormat } from './formats.ts'
 
 export type { ImageFormat } from './formats.ts'
@@ -171,6 +171,8 @@ export interface ConvertOptions {
   outOfOrder?: boolean
   /** Rate limit in bytes per second (`-r`, qemu-img takes bytes with a suffix-less number). */
   rateLimit?: number | undefined
+  /** Gets how far the copy got, a fraction from 0 to 1 (qemu-img `-p`). Default: none. */
+  onProgress?: ((fraction: number) => void) | undefined
   signal?: AbortSignal | undefined
 }
 
@@ -199,7 +201,43 @@ export const convertImage = async (
   if (opts.outOfOrder === true) args.push('-W')
   if (opts.rateLimit !== undefined && opts.rateLimit > 0) args.push('-r', String(opts.rateLimit))
   args.push(src, abs(target))
-  await qemuImg(args, opts.signal)
+  if (opts.onProgress === undefined) {
+    await qemuImg(args, opts.signal)
+    return
+  }
+  await qemuImgProgress(
+    args.map((a) => (a === '-q' ? '-p' : a)),
+    opts.signal,
+    opts.onProgress,
+  )
+}
+
+/**
+ * qemu-img with `-p`, its progress read from stdout: `    (12.34/100%)\r` each time it moved
+ * by 1 % (`qemu_progress_print` in QEMU's util/qemu-progress.c; convert calls
+ * `qemu_progress_init(progress, 1.0)`), passed on as a fraction from 0 to 1.
+ */
+const qemuImgProgress = async (
+  args: readonly string[],
+  signal: AbortSignal | undefined,
+  onFraction: (fraction: number) => void,
+): Promise<void> => {
+  const tool = spawnTool('qemu-img', args, {
+    stdin: 'ignore',
+    signal,
+    errorCode: 'QEMU_TOOL_FAILED',
+    dieWithParent: true,
+  })
+  let tail = ''
+  tool.stdout?.setEncoding('utf8')
+  tool.stdout?.on('data', (text: string) => {
+    const parts = (tail + text).split('\r')
+    tail = (parts.pop() ?? '').slice(-64)
+    const last = parts.at(-1)
+    const m = last === undefined ? null : /\((\d+(?:\.\d+)?)\/100%\)/.exec(last)
+    if (m !== null) onFraction(Math.min(Number(m[1]) / 100, 1))
+  })
+  await tool.done
 }
 
 /** `qemu-img compare`: true if the guest-visible contents are identical. */
@@ -227,11 +265,16 @@ export const compareImages = async (
  * built by guestbackup) into its immediate backing image. `-d` keeps the top image as it was, so
  * its guest view never changes while the backing image below it takes its data.
  */
-export const commitImage = async (spec: string, signal?: AbortSignal): Promise<void> => {
+export const commitImage = async (
+  spec: string,
+  signal?: AbortSignal,
+  onProgress?: (fraction: number) => void,
+): Promise<void> => {
   if (!spec.startsWith('json:')) {
     throw new BackupError('IMAGE_INVALID', 'commit takes an explicit json: chain spec only')
   }
-  await qemuImg(['commit', '-q', '-d', spec], signal)
+  if (onProgress === undefined) await qemuImg(['commit', '-q', '-d', spec], signal)
+  else await qemuImgProgress(['commit', '-p', '-d', spec], signal, onProgress)
 }
 
 /**

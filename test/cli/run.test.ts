@@ -71,7 +71,7 @@ describe('cli: in-process runs keep nothing of each other', () => {
     // The store inside the container root is excluded with a warning: one log line per run.
     const args = backupArgs(store, 100, join(dir, 'ct.conf'), '--rootfs', root)
     const json = await runCliInProcessOk(['--log-json', ...args])
-    const human = await runCliInProcessOk(args)
+    const human = await runCliInProcessOk(['--no-progress', ...args])
     const line = JSON.parse(json.stderr.trim().split('\n')[0] ?? '') as { msg?: string }
     assert.match(line.msg ?? '', /the store .* is inside the container root: excluded/)
     assert.match(human.stderr, /^warn: the store .* is inside the container root: excluded\n$/)

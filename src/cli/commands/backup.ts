@@ -11,7 +11,7 @@ import { CONFIG_MAX_BYTES } from '../../provider/directory/restore.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
 import type { DiskArg } from '../parse.ts'
-import { Progress, fmtBytes } from '../progress.ts'
+import { fmtBytes, jobView, showsProgress } from '../progress/index.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
@@ -164,7 +164,7 @@ export const backupCommand = async (
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }
   }
-  const progress = new Progress(io.stderr.isTTY === true, io.stderr)
+  using progress = jobView(io.stderr, `${o.vmid} backup`)
   const [result] = await runBackupJob({
     provider: (log) => storage.newBackupProvider(log),
     storeId: storage.storeId,
@@ -172,12 +172,16 @@ export const backupCommand = async (
     guests: [guest],
     bandwidthLimit: o.bwlimit,
     logger,
-    onProgress: (vmid, ev) => {
-      progress.update(vmid, ev)
-    },
+    ...(showsProgress(progress)
+      ? {
+          onProgress: (_vmid, ev) => {
+            progress.update(ev)
+          },
+        }
+      : {}),
     signal,
   })
-  progress.done()
+  if (result?.status === 'ok') progress.finish()
   if (result === undefined) throw new BackupError('PROVIDER_FAILED', 'no result')
   if (o.json === true) {
     writeLine(

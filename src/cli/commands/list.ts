@@ -2,7 +2,7 @@
 import { openStore } from '../../provider/directory/store.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
-import { fmtBytes } from '../progress.ts'
+import { fmtBytes } from '../progress/index.ts'
 
 /** Options of the list command. */
 export interface ListCommandOptions {

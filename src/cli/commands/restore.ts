@@ -1,5 +1,6 @@
 /** `guestbackup restore`: restore a backup into a directory (and VM disks onto disk targets). */
 import { isAbsolute, join, resolve } from 'node:path'
+import type { ProgressEvent } from '../../api/progress.ts'
 import { BackupError } from '../../errors.ts'
 import { restoreBackup } from '../../host/restore.ts'
 import { TaskLog } from '../../host/task-log.ts'
@@ -8,6 +9,7 @@ import type { Logger } from '../../log.ts'
 import { parseVolname } from '../../provider/directory/layout.ts'
 import { openStore } from '../../provider/directory/store.ts'
 import { writeLine } from '../io.ts'
+import { jobView, showsProgress } from '../progress/index.ts'
 import type { CliIO } from '../io.ts'
 import type { DiskTargetArg } from '../parse.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
@@ -47,6 +49,7 @@ export const restoreCommand = async (
   const provider = storage.newBackupProvider((level, msg) => {
     log.log(level, msg)
   })
+  using progress = jobView(io.stderr, `restore ${volname}`)
   const r = await restoreBackup({
     provider,
     volname,
@@ -55,7 +58,15 @@ export const restoreCommand = async (
     bandwidthLimit: o.bwlimit,
     log,
     signal: io.signal,
+    ...(showsProgress(progress)
+      ? {
+          onProgress: (ev: ProgressEvent) => {
+            progress.update(ev)
+          },
+        }
+      : {}),
   })
+  progress.finish()
   for (const f of r.files) writeLine(io.stdout, isAbsolute(f) ? f : join(o.target, f))
   return 0
 }

@@ -11,7 +11,7 @@ import { initStore, openStore } from '../../provider/directory/store.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
-import { fmtBytes } from '../progress.ts'
+import { fmtBytes, jobView, NO_VIEW, showsProgress } from '../progress/index.ts'
 import { stripStoreId } from './restore.ts'
 
 /** Options of `init` as commander parses them (camelCase). */
@@ -76,6 +76,7 @@ export const pruneCommand = async (
   lock: LockPolicy,
 ): Promise<void> => {
   const storage = await openStore(o.store, lock)
+  using progress = jobView(io.stderr, 'prune')
   const marks = await storage.pruneBackups({
     dryRun: o.dryRun === true,
     ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
@@ -85,7 +86,15 @@ export const pruneCommand = async (
       if (level === 'err') log.error(msg)
       else log.info(msg)
     },
+    ...(showsProgress(progress)
+      ? {
+          onProgress: (ev) => {
+            progress.update(ev)
+          },
+        }
+      : {}),
   })
+  progress.finish()
   for (const m of marks) {
     const merges = (m.merges ?? []).map(
       (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
@@ -94,21 +103,32 @@ export const pruneCommand = async (
   }
 }
 
-/** `remove VOLUME`: remove one backup, merging its dependants first. */
+/** `remove VOLUME`: remove one backup, merging its dependants first (with progress). */
 export const removeCommand = async (
   volume: string,
   o: { store: string },
   log: Logger,
   lock: LockPolicy,
+  io?: CliIO,
 ): Promise<void> => {
   const storage = await openStore(o.store, lock)
-  await storage.freeImage(stripStoreId(volume, storage.storeId), {
+  const volname = stripStoreId(volume, storage.storeId)
+  using progress = io === undefined ? NO_VIEW : jobView(io.stderr, `remove ${volname}`)
+  await storage.freeImage(volname, {
     log: (level, msg) => {
       if (level === 'err') log.error(msg)
       else if (level === 'warn') log.warn(msg)
       else log.info(msg)
     },
+    ...(showsProgress(progress)
+      ? {
+          onProgress: (ev) => {
+            progress.update(ev)
+          },
+        }
+      : {}),
   })
+  progress.finish()
 }
 
 /** `protect VOLUME [--off]`. */

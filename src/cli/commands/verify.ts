@@ -6,7 +6,7 @@ import type { VerifyReport } from '../../provider/directory/verify-store.ts'
 import { BackupError } from '../../errors.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
-import { Progress, fmtBytes } from '../progress.ts'
+import { fmtBytes, jobView } from '../progress/index.ts'
 import { stripStoreId } from './restore.ts'
 
 /** Options of the verify command. */
@@ -49,23 +49,21 @@ export const verifyCommand = async (
     }
     return why === undefined ? 0 : 1
   }
-  const progress = new Progress(io.stderr.isTTY === true, io.stderr)
   const started = performance.now()
   let reports: VerifyReport[]
-  try {
+  {
+    using progress = jobView(io.stderr, 'verify')
     reports = await storage.verify({
       ...(volnames.length > 0 ? { volnames } : {}),
       signal: io.signal,
       log: (level, msg) => {
-        progress.done()
         logger[level === 'err' ? 'error' : level](msg)
       },
       onProgress: (item, done, total) => {
-        progress.update(0, { item, done, total })
+        progress.update({ item, done, total })
       },
     })
-  } finally {
-    progress.done()
+    progress.finish()
   }
   const volid = (v: string): string => `${storage.storeId}:${v}`
   if (o.json === true) {

@@ -12,6 +12,7 @@ import type {
 } from '../../api/provider.ts'
 import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
+import { estimateTarBytes } from '../../archive/tree-size.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
@@ -62,6 +63,10 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
   /** Devices whose host bitmap continues this backup once backupVm returns: their sizes. */
   const bitmaps: Record<string, number> = {}
   let parent: string | undefined
+  // Every disk is announced before the first is copied: a progress total covers them all.
+  for (const [item, v] of Object.entries(volumes)) {
+    info.onProgress?.({ item, done: 0, total: v.size, copied: 0, zero: 0 })
+  }
   for (const device of Object.keys(volumes).sort()) {
     const volume = volumes[device]
     if (volume === undefined) continue
@@ -95,7 +100,14 @@ export const backupVmDisks = async (o: VmDisksInput): Promise<VmDisks> => {
           volume: vol,
           base: base === undefined ? undefined : { guest: o.guest, ...base },
           bucket,
-          onProgress: (done, total) => info.onProgress?.({ item: device, done, total }),
+          onProgress: (done, total, s) =>
+            info.onProgress?.({
+              item: device,
+              done,
+              total,
+              copied: s.dataBytes,
+              zero: s.zeroBytes,
+            }),
           sampleBlocks: o.sampleBlocks,
           log: (msg) => {
             log('info', msg)
@@ -197,17 +209,20 @@ export const writeContainerArchive = async (
   dir: Dir,
   mode: keyof typeof ARCHIVE_FILES,
   excludes: readonly string[],
-  info: ContainerBackupInfo,
+  info: ContainerBackupInfo & ProgressInfo,
 ): Promise<ContainerArchive> => {
   const file = ARCHIVE_FILES[mode]
   const output = dir.at(file)
+  const progress = await archiveProgress(info, excludes)
   if (mode === 'squashfs') {
     const r = await createSquashfs({
       directory: info.directory,
       excludes,
       output,
       signal: info.signal,
+      ...(progress === undefined ? {} : { onBytesRead: progress.update }),
     })
+    progress?.end()
     return {
       warnings: [...r.warnings],
       digests: { [file]: await digestOf(dir, file, info.signal) },
@@ -221,11 +236,43 @@ export const writeContainerArchive = async (
     members: dir.at(MEMBERS_FILE),
     bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
     signal: info.signal,
+    onBytes: progress?.update,
   })
+  progress?.end(r.tarBytes)
   if (r.members === undefined) throw new BackupError('INTERNAL', 'the tar relay wrote no members')
   return {
     warnings: [...r.warnings],
     digests: { [file]: r.digest, [MEMBERS_FILE]: r.members.digest },
     members: MEMBERS_FILE,
+  }
+}
+
+/**
+ * Progress of a container archive, when the host asked for it: the bytes of the tree read,
+ * against a total from a pre-walk of the tree (archive/tree-size.ts: one lstat per entry),
+ * reported as the item `archive`. `end` reports the job's real size as done and total.
+ */
+const archiveProgress = async (
+  info: ContainerBackupInfo & ProgressInfo,
+  excludes: readonly string[],
+): Promise<{ update: (done: number) => void; end: (size?: number) => void } | undefined> => {
+  const onProgress = info.onProgress
+  if (onProgress === undefined) return undefined
+  const total = await estimateTarBytes({
+    directory: info.directory,
+    sources: info.sources,
+    excludes,
+    signal: info.signal,
+  })
+  let last = 0
+  onProgress({ item: 'archive', done: 0, total })
+  return {
+    update: (done) => {
+      last = done
+      onProgress({ item: 'archive', done, total: Math.max(total, done) })
+    },
+    end: (size = Math.max(total, last)) => {
+      onProgress({ item: 'archive', done: size, total: size })
+    },
   }
 }

@@ -33,6 +33,7 @@ import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { z } from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
+import type { ProgressEvent } from '../../api/progress.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'
 import { BackupError, noSpaceIn, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
@@ -93,6 +94,8 @@ export interface FreeOptions {
   signal?: AbortSignal | undefined
   /** Free bytes of the store's file system (injected by tests); default: statfs. */
   freeBytes?: ((guest: Dir) => Promise<number>) | undefined
+  /** How far each merge got (`FreeImageOptions.onProgress`). */
+  onProgress?: ((ev: ProgressEvent) => void) | undefined
 }
 
 /** The removal pending in `guest` (a killed run's journal), if any. */
@@ -258,6 +261,9 @@ export const freeBackup = async (
       )
     }
   }
+  for (const p of planned) {
+    opts.onProgress?.({ item: `${p.child} ${p.device}`, done: 0, total: p.bytes })
+  }
   const merges = planned.map(({ child, device, parent }) => ({ child, device, parent }))
   const journal: Journal = { version: 1, volname: ref.volname, merges }
   // The check above leaves a margin; should the file system still fill (another writer), the
@@ -395,7 +401,18 @@ const mergeOne = async (guest: Dir, ref: VolumeRef, m: Merge, opts: FreeOptions)
       throw inconsistent(`the chain of ${m.child} ${m.device} does not match the removal`)
     }
     opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`)
-    await commitImage(chainJson(chain.links), opts.signal)
+    const { onProgress } = opts
+    // What it writes at most: the top image's allocated bytes (see planRemoval).
+    const total = top?.allocated ?? 0
+    const item = `${m.child} ${m.device}`
+    await commitImage(
+      chainJson(chain.links),
+      opts.signal,
+      onProgress &&
+        ((f) => {
+          onProgress({ item, done: Math.round(f * total), total })
+        }),
+    )
     const fh = await open(base.path, constants.O_RDONLY)
     try {
       await fh.sync()

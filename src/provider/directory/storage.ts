@@ -11,6 +11,7 @@ import type {
   BackupVolume,
   ParsedVolname,
   PruneOptions,
+  FreeImageOptions,
   PruneResultEntry,
   VolumeSizeInfo,
 } from '../../api/storage.ts'
@@ -247,7 +248,7 @@ export class DirectoryStorage implements BackupStorage {
     await guest.writeFileAtomic(name, '')
   }
 
-  async freeImage(volname: string, opts: { log?: ProviderLogFunction } = {}): Promise<void> {
+  async freeImage(volname: string, opts: FreeImageOptions = {}): Promise<void> {
     const ref = parseVolname(volname)
     const log = opts.log ?? (() => undefined)
     await using root = await this.#layout.openRoot()
@@ -258,7 +259,7 @@ export class DirectoryStorage implements BackupStorage {
     const resumed = await resumeRemoval(this.#layout, guest, { log })
     await sweepLeftovers(log, guest, ref.vmid)
     if (resumed === ref.volname) return
-    await freeBackup(this.#layout, guest, ref, { log })
+    await freeBackup(this.#layout, guest, ref, { log, onProgress: opts.onProgress })
   }
 
   async pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]> {
@@ -315,7 +316,7 @@ export class DirectoryStorage implements BackupStorage {
         if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
         await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'prune', opts.log))
         await recoverGuest(this.#layout, guest, ref.vmid, opts.log ?? (() => undefined))
-        await freeBackup(this.#layout, guest, ref, { log: opts.log })
+        await freeBackup(this.#layout, guest, ref, { log: opts.log, onProgress: opts.onProgress })
         opts.log?.('info', `removed ${r.volid}`)
       } catch (e) {
         // A concurrent prune or remove got there first: what is gone is not an error.

@@ -5,7 +5,7 @@
  */
 import type { VmVolume } from '../../api/provider.ts'
 import { copyBlocks } from '../../copy/copy.ts'
-import type { CopySource, CopyStats } from '../../copy/copy.ts'
+import type { CopyOptions, CopySource, CopyStats } from '../../copy/copy.ts'
 import { fileHandleSource } from '../../copy/file.ts'
 import { firstDifference, hashDisk } from '../../copy/hash.ts'
 import type { BlockDigests } from '../../digest/blocks.ts'
@@ -37,8 +37,8 @@ export interface BackupDiskOptions {
    */
   base?: { guest: Dir; dirName: string; file: string; relativePath: string } | undefined
   bucket?: TokenBucket | undefined
-  /** Position of the copy over the disk and the disk size (see `CopyOptions.onProgress`). */
-  onProgress?: ((position: number, size: number) => void) | undefined
+  /** Position of the copy over the disk, the disk size and the counts so far (`CopyOptions.onProgress`). */
+  onProgress?: CopyOptions['onProgress']
   /** Clean blocks of an incremental to compare with the parent chain (0: none). */
   sampleBlocks?: number | undefined
   /** Receives a line about sampling. */
