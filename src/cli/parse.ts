@@ -15,16 +15,22 @@ export const parseCount = (v: string): number => {
   return Number(v)
 }
 
-const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }
+const UNITS: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }
 
-/** A rate in bytes per second, with an optional binary suffix: `500K`, `50M`, `1G`. */
+/**
+ * `--bwlimit`, in bytes per second for the provider API: a bare number is KiB/s, as vzdump's
+ * `bwlimit` and the `--bwlimit` of `qm restore` and `pct restore` take it (vzdump(1), pve-guest-common
+ * `src/PVE/VZDump/Common.pm`: "Limit I/O bandwidth (in KiB/s)"); a binary suffix `K`, `M`, `G`
+ * (optionally `KiB`, `MB`, `/s`) scales it, `B` gives bytes per second. `0` is no limit.
+ */
 export const parseRate = (v: string): number => {
-  const m = /^(\d+)([KMG]?)(?:i?B)?(?:\/s)?$/i.exec(v.trim())
-  const unit = UNITS[(m?.[2] ?? '').toUpperCase()]
-  if (m === null || unit === undefined) {
-    throw new InvalidArgumentError('expected bytes per second, e.g. 52428800 or 50M')
+  const m = /^(\d{1,15})(?:([KMG])(?:i?B)?|(B))?(?:\/s)?$/i.exec(v.trim())
+  const unit = UNITS[(m?.[2] ?? m?.[3] ?? 'K').toUpperCase()]
+  const bytes = Number(m?.[1]) * (unit ?? NaN)
+  if (m === null || !Number.isSafeInteger(bytes)) {
+    throw new InvalidArgumentError('expected KiB/s (10000, as vzdump) or a unit: 50M, 1G, 65536B')
   }
-  return Number(m[1]) * unit
+  return bytes
 }
 
 /** One `--disk`: device name, path and the format if stated. */

@@ -41,6 +41,9 @@ const VERSION =
 const LOCK_WAIT_HELP = (dflt: string): string =>
   `wait this long for the guest's lock: minutes (vzdump's lockwait) or 30s, 5m, 2h; 0: fail at once (default: ${dflt})`
 
+const BWLIMIT_HELP =
+  'bandwidth limit in KiB/s as vzdump (10000), or with a unit: 50M, 1G, 65536B; 0: none'
+
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {
   /** The commander program; `parseAsync` throws CommanderError for help, version and usage. */
@@ -169,7 +172,7 @@ export const createProgram = (io: CliIO): CliProgram => {
       collect,
     )
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
-    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', 'print the result as JSON')
     .action(async (o: BackupCommandOptions) => {
@@ -202,7 +205,7 @@ export const createProgram = (io: CliIO): CliProgram => {
       'restore this disk onto an existing regular file or block device (repeatable)',
       collectDiskTarget,
     )
-    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .action(async (volume: string, o: RestoreCommandOptions) => {
       const { restoreCommand } = await import('./commands/restore.ts')
       result = await restoreCommand(o, volume, await logger(), io)
