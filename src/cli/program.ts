@@ -29,6 +29,7 @@ import {
   parseRate,
   parseVmid,
 } from './parse.ts'
+import { parseBool, parseNotesTemplate, refuseExclude } from './parse-backup.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
 const VERSION =
@@ -167,14 +168,31 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--fleecing-dir <dir>', 'with --qmp: where overlays keep old data during the backup')
     .option('--rootfs <dir>', 'container root directory')
     .option(
-      '--exclude <pattern>',
-      'container exclude pattern (vzdump semantics); repeatable',
+      '--exclude-path <pattern>',
+      'container path to leave out (vzdump semantics: /x anchored, x anywhere); repeatable',
       collect,
     )
+    .option(
+      '--stdexcludes <0|1>',
+      "leave out vzdump's /tmp/?*, /var/tmp/?*, /var/run/?*.pid (default: 1)",
+      parseBool,
+    )
+    .addOption(new Option('--exclude <ids>').hideHelp().argParser(refuseExclude))
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', 'print the result as JSON')
+    .option(
+      '--notes-template <template>',
+      'notes of the new backup: {{guestname}}, {{vmid}}, {{node}}, {{cluster}}; \\n, \\\\ escapes',
+      parseNotesTemplate,
+    )
+    .option('--protected', 'protect the new backup')
+    .option(
+      '--remove <0|1>',
+      "then prune the guest's backups by the store's prune-backups (default: 1)",
+      parseBool,
+    )
     .action(async (o: BackupCommandOptions) => {
       const { backupCommand } = await import('./commands/backup.ts')
       result = await backupCommand(o, await logger(), io)
