@@ -60,27 +60,46 @@ export const collectDisk = (v: string, prev: DiskArg[] = []): DiskArg[] => {
   return [...prev, { name, path, format: format as ImageFormat }]
 }
 
-/** One `--disk-target`: the device (`drive-<key>`) and the path. */
-export interface DiskTargetArg {
+/** A device name as `restore` takes it, `drive-scsi0` or `scsi0`, as `drive-scsi0`. */
+const deviceName = (v: string): string | undefined => {
+  const m = /^(?:drive-)?([a-z][a-z0-9]{0,31})$/.exec(v)
+  return m === null ? undefined : `drive-${m[1] ?? ''}`
+}
+
+/** `restore --disk DEVICE` (`scsi0` or `drive-scsi0`); collects into an array. */
+export const collectDevice = (v: string, prev: string[] = []): string[] => {
+  const device = deviceName(v)
+  if (device === undefined) {
+    throw new InvalidArgumentError(`expected a device like scsi0 or drive-scsi0 (got '${v}')`)
+  }
+  return prev.includes(device) ? prev : [...prev, device]
+}
+
+/** `restore --disk-target`, now `--target-disk`: refused with the new name. */
+export const renamed = (): never => {
+  throw new InvalidArgumentError('it is now spelled --target-disk DEVICE=PATH')
+}
+
+/** One `--target-disk`: the device (`drive-<key>`) and the path. */
+export interface TargetDiskArg {
   device: string
   path: string
 }
 
 /**
- * `DEVICE=PATH` of `restore --disk-target`, DEVICE as `restore` names the disk (`drive-scsi0`)
+ * `DEVICE=PATH` of `restore --target-disk`, DEVICE as `restore` names the disk (`drive-scsi0`)
  * or its drive key (`scsi0`); collects into an array.
  */
-export const collectDiskTarget = (v: string, prev: DiskTargetArg[] = []): DiskTargetArg[] => {
+export const collectDiskTarget = (v: string, prev: TargetDiskArg[] = []): TargetDiskArg[] => {
   const i = v.indexOf('=')
   const name = v.slice(0, i)
   const path = v.slice(i + 1)
-  const m = /^(?:drive-)?([a-z][a-z0-9]{0,31})$/.exec(name)
-  if (i <= 0 || path === '' || m === null) {
+  const device = deviceName(name)
+  if (i <= 0 || path === '' || device === undefined) {
     throw new InvalidArgumentError(
       `expected DEVICE=PATH with a device like drive-scsi0 or scsi0 (got '${v}')`,
     )
   }
-  const device = `drive-${m[1] ?? ''}`
   if (prev.some((t) => t.device === device)) {
     throw new InvalidArgumentError(`${device} is given twice`)
   }

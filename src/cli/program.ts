@@ -22,14 +22,18 @@ import type { CliIO, CliStream } from './io.ts'
 import {
   collect,
   collectDisk,
+  collectDevice,
   collectDiskTarget,
   LOCK_WAIT_DEFAULTS,
   parseCount,
   parseLockWait,
   parseRate,
   parseVmid,
+  renamed,
 } from './parse.ts'
 import { parseBool, parseNotesTemplate, refuseExclude } from './parse-backup.ts'
+import { parseKeepCount } from './prune-flags.ts'
+import { storeOption } from './store-option.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
 const VERSION =
@@ -41,6 +45,8 @@ const VERSION =
 
 const LOCK_WAIT_HELP = (dflt: string): string =>
   `wait this long for the guest's lock: minutes (vzdump's lockwait) or 30s, 5m, 2h; 0: fail at once (default: ${dflt})`
+
+const LATEST_HELP = "backup/<vmid>/latest (or latest with --vmid): the guest's newest"
 
 const BWLIMIT_HELP =
   'bandwidth limit in KiB/s as vzdump (10000), or with a unit: 50M, 1G, 65536B; 0: none'
@@ -153,7 +159,7 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('backup')
     .description('back up a stopped VM (--disk), a running VM (--qmp) or a container (--rootfs)')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .requiredOption('--vmid <id>', 'guest id', parseVmid)
     .requiredOption('--config <file>', 'guest configuration file to keep with the backup')
     .option('--firewall-config <file>', 'firewall configuration file to keep with the backup')
@@ -201,7 +207,7 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('list')
     .description('list the backups of a store')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--failed', 'also list failed backup runs, with their error and task log')
     .option('--json', 'print a JSON array')
@@ -215,13 +221,22 @@ export const createProgram = (io: CliIO): CliProgram => {
     .description(
       'restore a backup: VM disks as <target>/<device>.raw, containers as <target>/rootfs',
     )
-    .argument('<volume>', 'volume name, backup/<vmid>/<type>-<time>')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name, backup/<vmid>/<type>-<time>; ${LATEST_HELP}`)
+    .addOption(storeOption())
     .requiredOption('--target <dir>', 'target directory (created; must be empty)')
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
+    .option('--disk <device>', 'restore only this disk, e.g. scsi0 (repeatable)', collectDevice)
     .option(
-      '--disk-target <device=path>',
+      '--target-disk <device=path>',
       'restore this disk onto an existing regular file or block device (repeatable)',
       collectDiskTarget,
+    )
+    .addOption(new Option('--disk-target <device=path>').hideHelp().argParser(renamed))
+    .addOption(
+      new Option(
+        '--format <format>',
+        'format of the disk files in the target (default: raw)',
+      ).choices(['raw', 'qcow2']),
     )
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .action(async (volume: string, o: RestoreCommandOptions) => {
@@ -232,8 +247,9 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('verify')
     .description('check backups against the digests recorded when they were taken')
-    .argument('[volumes...]', 'volume names (default: every backup of the store)')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('[volumes...]', `volume names (default: every backup of the store); ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option(
       '--restored <dir>',
       'prove a restore of one backup in <dir> (as restore --target wrote it)',
@@ -249,10 +265,11 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('show-config')
     .description('print the guest configuration stored in a backup')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--firewall', 'print the firewall configuration instead')
-    .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
+    .action(async (volume: string, o: { store: string; firewall?: boolean; vmid?: number }) => {
       const { showConfigCommand } = await import('./commands/store.ts')
       await showConfigCommand(volume, o, io)
     })
@@ -260,10 +277,21 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('prune')
     .description("remove backups not covered by the retention policy (default: the store's)")
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .addOption(new Option('--type <type>', 'only this guest type').choices(['qemu', 'lxc']))
-    .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+    .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7 (or the flags below)')
+    .option('--keep-all [0|1]', 'keep all backups (conflicts with the counts)', parseBool)
+    .option('--keep-last <n>', 'keep the last N backups', parseKeepCount)
+    .option('--keep-hourly <n>', 'keep the last backup of each of the last N hours', parseKeepCount)
+    .option('--keep-daily <n>', 'keep the last backup of each of the last N days', parseKeepCount)
+    .option('--keep-weekly <n>', 'keep the last backup of each of the last N weeks', parseKeepCount)
+    .option(
+      '--keep-monthly <n>',
+      'keep the last backup of each of the last N months',
+      parseKeepCount,
+    )
+    .option('--keep-yearly <n>', 'keep the last backup of each of the last N years', parseKeepCount)
     .option('--dry-run', 'only show what would be removed')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (o: PruneCommandOptions) => {
@@ -276,7 +304,7 @@ export const createProgram = (io: CliIO): CliProgram => {
     .command('remove')
     .description('remove one backup (refused when protected; dependants are merged first)')
     .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
       const { removeCommand } = await import('./commands/store.ts')
@@ -287,23 +315,25 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('protect')
     .description('mark a backup protected (or unprotected with --off)')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--off', 'remove the protection')
-    .action(async (volume: string, o: { store: string; off?: boolean }) => {
+    .action(async (volume: string, o: { store: string; off?: boolean; vmid?: number }) => {
       const { protectCommand } = await import('./commands/store.ts')
-      await protectCommand(volume, o)
+      await protectCommand(volume, o, await logger())
     })
 
   program
     .command('notes')
     .description('print, or with --set replace, the notes of a backup')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--set <text>', 'new notes ("" removes them)')
-    .action(async (volume: string, o: { store: string; set?: string }) => {
+    .action(async (volume: string, o: { store: string; set?: string; vmid?: number }) => {
       const { notesCommand } = await import('./commands/store.ts')
-      await notesCommand(volume, o, io)
+      await notesCommand(volume, o, io, await logger())
     })
 
   program
@@ -328,7 +358,7 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('check')
     .description('check a store for what killed runs, hand edits or tampering left (--repair: fix)')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--repair', 'repair what is found (each guest locked while it is repaired)')
     .option('--json', 'print {findings, repaired} as JSON')
