@@ -219,7 +219,7 @@ export const createProgram = (io: CliIO): CliProgram => {
   program
     .command('restore')
     .description(
-      'restore a backup: VM disks as <target>/<device>.raw, containers as <target>/rootfs',
+      'restore a backup: VM disks as <target>/<device>.raw (or .qcow2), containers as <target>/rootfs',
     )
     .argument('<volume>', `volume name, backup/<vmid>/<type>-<time>; ${LATEST_HELP}`)
     .addOption(storeOption())
