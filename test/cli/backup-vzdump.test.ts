@@ -127,7 +127,8 @@ describe("cli: backup with vzdump's options", () => {
   })
 
   it("prunes the guest by the store's prune-backups after a backup; --remove 0 does not", async () => {
-    const store = await newStore('--prune-backups', 'keep-last=1')
+    // keep-daily counts toward vzdump's backup limit (2) without keeping a second backup of a day.
+    const store = await newStore('--prune-backups', 'keep-last=1,keep-daily=1')
     const backup = async (...extra: string[]) =>
       volidOf(
         (
@@ -150,5 +151,30 @@ describe("cli: backup with vzdump's options", () => {
     await new Promise((r) => setTimeout(r, 1100))
     const third = await backup()
     assert.deepEqual(await list(), [third])
+  })
+
+  it('refuses before backing up, as vzdump: a protected backup over max-protected-backups, --remove 0 at the limit', async () => {
+    const store = await newStore('--prune-backups', 'keep-last=1', '--max-protected-backups', '1')
+    const args = backupArgs(store, 200, conf, '--rootfs', root, '--json')
+    await runCliInProcessOk([...args, '--protected'])
+    const listed = async () =>
+      (
+        JSON.parse(
+          (await runCliInProcessOk(['list', '--store', store, '--json'])).stdout,
+        ) as unknown[]
+      ).length
+    const p = await runCliInProcess([...args, '--protected'])
+    assert.equal(p.code, 1)
+    assert.equal(
+      p.stderr,
+      'guestbackup: the number of protected backups per guest is limited to 1 on this store\n',
+    )
+    // The protected backup does not count against keep-last: one unprotected is still allowed.
+    await new Promise((r) => setTimeout(r, 1100))
+    await runCliInProcessOk([...args, '--remove', '0'])
+    const r = await runCliInProcess([...args, '--remove', '0'])
+    assert.equal(r.code, 2)
+    assert.match(r.stderr, /^guestbackup: there is a max backup limit of 1 .* and --remove 0/)
+    assert.equal(await listed(), 2)
   })
 })

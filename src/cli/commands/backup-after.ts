@@ -9,7 +9,11 @@ import { hostname } from 'node:os'
 import { BackupError, toBackupError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import type { DirectoryStorage } from '../../provider/directory/storage.ts'
-import { formatPruneBackups, parsePruneBackups } from '../../storage/prune-options.ts'
+import {
+  KEEP_COUNT_KEYS,
+  formatPruneBackups,
+  parsePruneBackups,
+} from '../../storage/prune-options.ts'
 import { generateNotes } from '../parse-backup.ts'
 
 /** What to do after a successful backup. */
@@ -43,6 +47,41 @@ const clusterName = async (): Promise<string> => {
 
 /** `PVE::INotify::nodename`: the host name up to its first dot. */
 const nodeName = (): string => hostname().split('.')[0] ?? hostname()
+
+/**
+ * vzdump's checks before a backup starts (pve-manager `PVE/VZDump.pm`, `exec_backup_task`):
+ * with `--protected`, the guest's protected backups of that type must stay under the store's
+ * `max-protected-backups`; with `--remove 0`, its unprotected backups under the sum of the
+ * retention's counts (unless `keep-all`), since nothing will prune them.
+ *
+ * @throws BackupError `PROTECTED` for the first, `USAGE` for the second.
+ */
+export const checkBeforeBackup = async (
+  storage: DirectoryStorage,
+  guest: { vmid: number; type: 'qemu' | 'lxc' },
+  o: AfterBackup,
+): Promise<void> => {
+  const keep = parsePruneBackups(storage.options['prune-backups'])
+  const limit =
+    keep['keep-all'] === true ? 0 : KEEP_COUNT_KEYS.reduce((sum, k) => sum + (keep[k] ?? 0), 0)
+  if (!((limit > 0 && o.remove === false) || o.protected === true)) return
+  const backups = await storage.listVolumes({ vmid: guest.vmid, subtype: guest.type })
+  const prot = backups.filter((b) => b.protected).length
+  if (o.protected === true) {
+    const max = storage.options['max-protected-backups']
+    if (max > -1 && prot >= max) {
+      throw new BackupError(
+        'PROTECTED',
+        `the number of protected backups per guest is limited to ${max} on this store`,
+      )
+    }
+  } else if (backups.length - prot >= limit) {
+    throw new BackupError(
+      'USAGE',
+      `there is a max backup limit of ${limit} (the store's prune-backups) and --remove 0: increase the limit or delete old backups`,
+    )
+  }
+}
 
 /**
  * Apply {@link AfterBackup} to the backup `volname` of guest `vmid`, as vzdump does and in its

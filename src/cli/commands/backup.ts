@@ -16,7 +16,7 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 import { STD_EXCLUDES } from '../parse-backup.ts'
-import { afterBackup } from './backup-after.ts'
+import { afterBackup, checkBeforeBackup } from './backup-after.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -130,6 +130,11 @@ export const backupCommand = async (
       logger.warn(m)
     },
   })
+  await checkBeforeBackup(
+    storage,
+    { vmid: o.vmid, type: o.rootfs === undefined ? 'qemu' : 'lxc' },
+    o,
+  )
   const config = await readText(o.config, 'guest config')
   const firewall =
     o.firewallConfig === undefined ? undefined : await readText(o.firewallConfig, 'firewall config')
