@@ -136,3 +136,12 @@ export const parseLockWait = (v: string): number => {
   }
   return ms
 }
+
+/**
+ * A count of `prune --keep-last` and the like: an integer, minimum 0 (pve-storage
+ * `src/PVE/Storage/Plugin.pm`, `%prune_option`).
+ */
+export const parseKeepCount = (v: string): number => {
+  if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError('expected an integer >= 0')
+  return Number(v)
+}

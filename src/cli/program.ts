@@ -26,13 +26,13 @@ import {
   collectDiskTarget,
   LOCK_WAIT_DEFAULTS,
   parseCount,
+  parseKeepCount,
   parseLockWait,
   parseRate,
   parseVmid,
   renamed,
 } from './parse.ts'
 import { parseBool, parseNotesTemplate, refuseExclude } from './parse-backup.ts'
-import { parseKeepCount } from './prune-flags.ts'
 import { storeOption } from './store-option.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */

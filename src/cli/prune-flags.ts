@@ -4,7 +4,6 @@
  * `$prune_backups_format`: `--keep-all` a boolean, the counts integers >= 0), or the property
  * string with `--keep`. Both at once is a usage error.
  */
-import { InvalidArgumentError } from 'commander'
 import { BackupError } from '../errors.ts'
 import type { KeepOptions } from '../storage/prune-options.ts'
 import {
@@ -12,12 +11,6 @@ import {
   parsePruneBackups,
   validatePruneBackups,
 } from '../storage/prune-options.ts'
-
-/** A count of `$prune_backups_format`: an integer, minimum 0. */
-export const parseKeepCount = (v: string): number => {
-  if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError('expected an integer >= 0')
-  return Number(v)
-}
 
 /** The prune flags as commander parses them (camelCase). */
 export interface KeepFlags {
