@@ -129,6 +129,15 @@ describe('cli: prune flags, latest, GUESTBACKUP_STORE', () => {
       assert.equal(r.code, code)
     }
     assert.equal((await list()).length, 4)
+    const ct = await runCliInProcess([
+      ...['restore', '--store', store, 'backup/200/latest', '--target', join(dir, 't')],
+      ...['--disk', 'scsi0'],
+    ])
+    assert.equal(ct.code, 2)
+    assert.match(
+      ct.stderr,
+      /^guestbackup: backup\/200\/lxc-\S+ is a container backup: it has no disks to select\n$/,
+    )
   })
 
   it('GUESTBACKUP_STORE stands for --store; an explicit --store wins', async () => {
