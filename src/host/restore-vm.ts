@@ -1,11 +1,11 @@
 /**
  * The VM half of a host restore (qemu-server's `restore_external_archive`): per disk, the
  * provider prepares a source and `qemu-img convert` copies the guest-visible data into a raw
- * target. A provider with the `restoreVmVolumeSpec` extension (ours) hands over the validated,
+ * target (or a new qcow2 file, `restore --format qcow2`). A provider with the `restoreVmVolumeSpec` extension (ours) hands over the validated,
  * pinned image chain as an explicit blockdev spec, which qemu-img reads directly; any other
  * provider's raw source (`restoreVmVolumeInit`, a file or an NBD URI) is copied as raw, never
  * probed. Targets are opened by us first (restore-target.ts): new sparse files in the target
- * directory, or existing regular files or block devices (`--disk-target`). Different disks are
+ * directory, or existing regular files or block devices (`--target-disk`). Different disks are
  * copied side by side, {@link PARALLEL_DISKS} at a time (one at a time under a bandwidth limit,
  * which is the limit of the whole restore).
  */
