@@ -213,13 +213,6 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     }
   }
 
-  /** The task log says which limit the data is read under (the API's bytes per second). */
-  #logLimit(info: { bandwidthLimit?: number | undefined }): void {
-    if ((info.bandwidthLimit ?? 0) > 0) {
-      this.#log('info', `bandwidth limit ${info.bandwidthLimit} bytes/s`)
-    }
-  }
-
   async backupGetMechanism(_vmid: number, vmtype: GuestType): Promise<BackupMechanism> {
     await Promise.resolve()
     if (vmtype === 'lxc') return 'directory'
@@ -256,7 +249,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   ): Promise<void> {
     const g = this.#guest(vmid)
     const guest = guestDir(g)
-    this.#logLimit(info)
+    // The limit the data is read under, as the API gives it (bytes per second).
+    if ((info.bandwidthLimit ?? 0) > 0) {
+      this.#log('info', `bandwidth limit ${info.bandwidthLimit} bytes/s`)
+    }
     await writeConfigs(this.#layout, g, guestConfig, info)
     const { disks, parent, bitmaps } = await backupVmDisks({
       guest,
@@ -322,7 +318,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     info: ContainerBackupInfo & ProgressInfo,
   ): Promise<void> {
     const g = this.#guest(vmid)
-    this.#logLimit(info)
+    // The limit the data is read under, as the API gives it (bytes per second).
+    if ((info.bandwidthLimit ?? 0) > 0) {
+      this.#log('info', `bandwidth limit ${info.bandwidthLimit} bytes/s`)
+    }
     await writeConfigs(this.#layout, g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
     const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>
