@@ -29,7 +29,7 @@ setfattr -n user.demo -v yes "$R/etc/hostname"
 setfacl -m u:1234:rw "$R/home/alice/notes.txt"
 echo "scratch" > "$R/tmp/scratch"
 printf 'arch: amd64\nhostname: demo-ct\nrootfs: local:101/vm-101-disk-0.raw,size=1G\n' > "$D/ct.conf"
-show $GB backup --store "$D/store" --vmid 101 --config "$D/ct.conf" --rootfs "$R" --exclude '/tmp/?*'
+show $GB backup --store "$D/store" --vmid 101 --config "$D/ct.conf" --rootfs "$R" --exclude-path '/tmp/?*'
 
 step "4. What the store holds"
 show $GB list --store "$D/store"

@@ -15,16 +15,22 @@ export const parseCount = (v: string): number => {
   return Number(v)
 }
 
-const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }
+const UNITS: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }
 
-/** A rate in bytes per second, with an optional binary suffix: `500K`, `50M`, `1G`. */
+/**
+ * `--bwlimit`, in bytes per second for the provider API: a bare number is KiB/s, as vzdump's
+ * `bwlimit` and the `--bwlimit` of `qm restore` and `pct restore` take it (vzdump(1), pve-guest-common
+ * `src/PVE/VZDump/Common.pm`: "Limit I/O bandwidth (in KiB/s)"); a binary suffix `K`, `M`, `G`
+ * (optionally `KiB`, `MB`, `/s`) scales it, `B` gives bytes per second. `0` is no limit.
+ */
 export const parseRate = (v: string): number => {
-  const m = /^(\d+)([KMG]?)(?:i?B)?(?:\/s)?$/i.exec(v.trim())
-  const unit = UNITS[(m?.[2] ?? '').toUpperCase()]
-  if (m === null || unit === undefined) {
-    throw new InvalidArgumentError('expected bytes per second, e.g. 52428800 or 50M')
+  const m = /^(\d{1,15})(?:([KMG])(?:i?B)?|(B))?(?:\/s)?$/i.exec(v.trim())
+  const unit = UNITS[(m?.[2] ?? m?.[3] ?? 'K').toUpperCase()]
+  const bytes = Number(m?.[1]) * (unit ?? NaN)
+  if (m === null || !Number.isSafeInteger(bytes)) {
+    throw new InvalidArgumentError('expected KiB/s (10000, as vzdump) or a unit: 50M, 1G, 65536B')
   }
-  return Number(m[1]) * unit
+  return bytes
 }
 
 /** One `--disk`: device name, path and the format if stated. */
@@ -54,27 +60,46 @@ export const collectDisk = (v: string, prev: DiskArg[] = []): DiskArg[] => {
   return [...prev, { name, path, format: format as ImageFormat }]
 }
 
-/** One `--disk-target`: the device (`drive-<key>`) and the path. */
-export interface DiskTargetArg {
+/** A device name as `restore` takes it, `drive-scsi0` or `scsi0`, as `drive-scsi0`. */
+const deviceName = (v: string): string | undefined => {
+  const m = /^(?:drive-)?([a-z][a-z0-9]{0,31})$/.exec(v)
+  return m === null ? undefined : `drive-${m[1] ?? ''}`
+}
+
+/** `restore --disk DEVICE` (`scsi0` or `drive-scsi0`); collects into an array. */
+export const collectDevice = (v: string, prev: string[] = []): string[] => {
+  const device = deviceName(v)
+  if (device === undefined) {
+    throw new InvalidArgumentError(`expected a device like scsi0 or drive-scsi0 (got '${v}')`)
+  }
+  return prev.includes(device) ? prev : [...prev, device]
+}
+
+/** `restore --disk-target`, now `--target-disk`: refused with the new name. */
+export const renamed = (): never => {
+  throw new InvalidArgumentError('it is now spelled --target-disk DEVICE=PATH')
+}
+
+/** One `--target-disk`: the device (`drive-<key>`) and the path. */
+export interface TargetDiskArg {
   device: string
   path: string
 }
 
 /**
- * `DEVICE=PATH` of `restore --disk-target`, DEVICE as `restore` names the disk (`drive-scsi0`)
+ * `DEVICE=PATH` of `restore --target-disk`, DEVICE as `restore` names the disk (`drive-scsi0`)
  * or its drive key (`scsi0`); collects into an array.
  */
-export const collectDiskTarget = (v: string, prev: DiskTargetArg[] = []): DiskTargetArg[] => {
+export const collectDiskTarget = (v: string, prev: TargetDiskArg[] = []): TargetDiskArg[] => {
   const i = v.indexOf('=')
   const name = v.slice(0, i)
   const path = v.slice(i + 1)
-  const m = /^(?:drive-)?([a-z][a-z0-9]{0,31})$/.exec(name)
-  if (i <= 0 || path === '' || m === null) {
+  const device = deviceName(name)
+  if (i <= 0 || path === '' || device === undefined) {
     throw new InvalidArgumentError(
       `expected DEVICE=PATH with a device like drive-scsi0 or scsi0 (got '${v}')`,
     )
   }
-  const device = `drive-${m[1] ?? ''}`
   if (prev.some((t) => t.device === device)) {
     throw new InvalidArgumentError(`${device} is given twice`)
   }
@@ -110,4 +135,13 @@ export const parseLockWait = (v: string): number => {
     )
   }
   return ms
+}
+
+/**
+ * A count of `prune --keep-last` and the like: an integer, minimum 0 (pve-storage
+ * `src/PVE/Storage/Plugin.pm`, `%prune_option`).
+ */
+export const parseKeepCount = (v: string): number => {
+  if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError('expected an integer >= 0')
+  return Number(v)
 }

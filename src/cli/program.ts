@@ -23,13 +23,18 @@ import { ProgressStream } from './progress/index.ts'
 import {
   collect,
   collectDisk,
+  collectDevice,
   collectDiskTarget,
   LOCK_WAIT_DEFAULTS,
   parseCount,
+  parseKeepCount,
   parseLockWait,
   parseRate,
   parseVmid,
+  renamed,
 } from './parse.ts'
+import { parseBool, parseNotesTemplate, refuseExclude } from './parse-backup.ts'
+import { storeOption } from './store-option.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
 const VERSION =
@@ -41,6 +46,11 @@ const VERSION =
 
 const LOCK_WAIT_HELP = (dflt: string): string =>
   `wait this long for the guest's lock: minutes (vzdump's lockwait) or 30s, 5m, 2h; 0: fail at once (default: ${dflt})`
+
+const LATEST_HELP = "backup/<vmid>/latest (or latest with --vmid): the guest's newest"
+
+const BWLIMIT_HELP =
+  'bandwidth limit in KiB/s as vzdump (10000), or with a unit: 50M, 1G, 65536B; 0: none'
 
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {
@@ -162,7 +172,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('backup')
     .description('back up a stopped VM (--disk), a running VM (--qmp) or a container (--rootfs)')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .requiredOption('--vmid <id>', 'guest id', parseVmid)
     .requiredOption('--config <file>', 'guest configuration file to keep with the backup')
     .option('--firewall-config <file>', 'firewall configuration file to keep with the backup')
@@ -177,14 +187,31 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .option('--fleecing-dir <dir>', 'with --qmp: where overlays keep old data during the backup')
     .option('--rootfs <dir>', 'container root directory')
     .option(
-      '--exclude <pattern>',
-      'container exclude pattern (vzdump semantics); repeatable',
+      '--exclude-path <pattern>',
+      'container path to leave out (vzdump semantics: /x anchored, x anywhere); repeatable',
       collect,
     )
+    .option(
+      '--stdexcludes <0|1>',
+      "leave out vzdump's /tmp/?*, /var/tmp/?*, /var/run/?*.pid (default: 1)",
+      parseBool,
+    )
+    .addOption(new Option('--exclude <ids>').hideHelp().argParser(refuseExclude))
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
-    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', 'print the result as JSON')
+    .option(
+      '--notes-template <template>',
+      'notes of the new backup: {{guestname}}, {{vmid}}, {{node}}, {{cluster}}; \\n, \\\\ escapes',
+      parseNotesTemplate,
+    )
+    .option('--protected', 'protect the new backup')
+    .option(
+      '--remove <0|1>',
+      "then prune the guest's backups by the store's prune-backups (default: 1)",
+      parseBool,
+    )
     .action(async (o: BackupCommandOptions) => {
       const { backupCommand } = await import('./commands/backup.ts')
       result = await backupCommand(o, await logger(), io)
@@ -193,7 +220,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('list')
     .description('list the backups of a store')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--failed', 'also list failed backup runs, with their error and task log')
     .option('--json', 'print a JSON array')
@@ -205,17 +232,26 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('restore')
     .description(
-      'restore a backup: VM disks as <target>/<device>.raw, containers as <target>/rootfs',
+      'restore a backup: VM disks as <target>/<device>.raw (or .qcow2), containers as <target>/rootfs',
     )
-    .argument('<volume>', 'volume name, backup/<vmid>/<type>-<time>')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name, backup/<vmid>/<type>-<time>; ${LATEST_HELP}`)
+    .addOption(storeOption())
     .requiredOption('--target <dir>', 'target directory (created; must be empty)')
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
+    .option('--disk <device>', 'restore only this disk, e.g. scsi0 (repeatable)', collectDevice)
     .option(
-      '--disk-target <device=path>',
+      '--target-disk <device=path>',
       'restore this disk onto an existing regular file or block device (repeatable)',
       collectDiskTarget,
     )
-    .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .addOption(new Option('--disk-target <device=path>').hideHelp().argParser(renamed))
+    .addOption(
+      new Option(
+        '--format <format>',
+        'format of the disk files in the target (default: raw)',
+      ).choices(['raw', 'qcow2']),
+    )
+    .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .action(async (volume: string, o: RestoreCommandOptions) => {
       const { restoreCommand } = await import('./commands/restore.ts')
       result = await restoreCommand(o, volume, await logger(), io)
@@ -224,8 +260,9 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('verify')
     .description('check backups against the digests recorded when they were taken')
-    .argument('[volumes...]', 'volume names (default: every backup of the store)')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('[volumes...]', `volume names (default: every backup of the store); ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option(
       '--restored <dir>',
       'prove a restore of one backup in <dir> (as restore --target wrote it)',
@@ -241,10 +278,11 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('show-config')
     .description('print the guest configuration stored in a backup')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--firewall', 'print the firewall configuration instead')
-    .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
+    .action(async (volume: string, o: { store: string; firewall?: boolean; vmid?: number }) => {
       const { showConfigCommand } = await import('./commands/store.ts')
       await showConfigCommand(volume, o, io)
     })
@@ -252,10 +290,21 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('prune')
     .description("remove backups not covered by the retention policy (default: the store's)")
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .addOption(new Option('--type <type>', 'only this guest type').choices(['qemu', 'lxc']))
-    .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+    .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7 (or the flags below)')
+    .option('--keep-all [0|1]', 'keep all backups (conflicts with the counts)', parseBool)
+    .option('--keep-last <n>', 'keep the last N backups', parseKeepCount)
+    .option('--keep-hourly <n>', 'keep the last backup of each of the last N hours', parseKeepCount)
+    .option('--keep-daily <n>', 'keep the last backup of each of the last N days', parseKeepCount)
+    .option('--keep-weekly <n>', 'keep the last backup of each of the last N weeks', parseKeepCount)
+    .option(
+      '--keep-monthly <n>',
+      'keep the last backup of each of the last N months',
+      parseKeepCount,
+    )
+    .option('--keep-yearly <n>', 'keep the last backup of each of the last N years', parseKeepCount)
     .option('--dry-run', 'only show what would be removed')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (o: PruneCommandOptions) => {
@@ -268,7 +317,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .command('remove')
     .description('remove one backup (refused when protected; dependants are merged first)')
     .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
     .action(async (volume: string, o: { store: string; lockWait?: number }) => {
       const { removeCommand } = await import('./commands/store.ts')
@@ -279,23 +328,25 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('protect')
     .description('mark a backup protected (or unprotected with --off)')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--off', 'remove the protection')
-    .action(async (volume: string, o: { store: string; off?: boolean }) => {
+    .action(async (volume: string, o: { store: string; off?: boolean; vmid?: number }) => {
       const { protectCommand } = await import('./commands/store.ts')
-      await protectCommand(volume, o)
+      await protectCommand(volume, o, await logger())
     })
 
   program
     .command('notes')
     .description('print, or with --set replace, the notes of a backup')
-    .argument('<volume>', 'volume name')
-    .requiredOption('--store <dir>', 'store directory')
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--set <text>', 'new notes ("" removes them)')
-    .action(async (volume: string, o: { store: string; set?: string }) => {
+    .action(async (volume: string, o: { store: string; set?: string; vmid?: number }) => {
       const { notesCommand } = await import('./commands/store.ts')
-      await notesCommand(volume, o, io)
+      await notesCommand(volume, o, io, await logger())
     })
 
   program
@@ -320,7 +371,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
   program
     .command('check')
     .description('check a store for what killed runs, hand edits or tampering left (--repair: fix)')
-    .requiredOption('--store <dir>', 'store directory')
+    .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--repair', 'repair what is found (each guest locked while it is repaired)')
     .option('--json', 'print {findings, repaired} as JSON')

@@ -1,6 +1,6 @@
 /**
  * Where a restored VM disk is written: a new sparse raw file in the restore directory, or an
- * existing regular file or block device the administrator named (`restore --disk-target`).
+ * existing regular file or block device the administrator named (`restore --target-disk`).
  * Either is opened here, by us, and stays open until the copy ends; `qemu-img` is handed
  * `/proc/<pid>/fd/<n>` of that open file (proc(5), `/proc/pid/fd/`), so it writes exactly the
  * file that was checked, whatever happens to the name meanwhile.

@@ -1,11 +1,11 @@
 /**
  * The VM half of a host restore (qemu-server's `restore_external_archive`): per disk, the
  * provider prepares a source and `qemu-img convert` copies the guest-visible data into a raw
- * target. A provider with the `restoreVmVolumeSpec` extension (ours) hands over the validated,
+ * target (or a new qcow2 file, `restore --format qcow2`). A provider with the `restoreVmVolumeSpec` extension (ours) hands over the validated,
  * pinned image chain as an explicit blockdev spec, which qemu-img reads directly; any other
  * provider's raw source (`restoreVmVolumeInit`, a file or an NBD URI) is copied as raw, never
  * probed. Targets are opened by us first (restore-target.ts): new sparse files in the target
- * directory, or existing regular files or block devices (`--disk-target`). Different disks are
+ * directory, or existing regular files or block devices (`--target-disk`). Different disks are
  * copied side by side, {@link PARALLEL_DISKS} at a time (one at a time under a bandwidth limit,
  * which is the limit of the whole restore).
  */
@@ -15,7 +15,7 @@ import type { ProgressEvent } from '../api/progress.ts'
 import type { BackupProvider } from '../api/provider.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { restoreSourceJson } from '../qemu/chain.ts'
-import { convertImage } from '../qemu/img.ts'
+import { convertImage, createImage } from '../qemu/img.ts'
 import { createRawTarget, openExistingTarget } from './restore-target.ts'
 import type { RawTarget } from './restore-target.ts'
 import type { TaskLog } from './task-log.ts'
@@ -31,6 +31,10 @@ export interface VmRestoreOptions {
   target: string
   /** Device name -> an existing regular file or block device to restore that disk onto. */
   diskTargets?: Readonly<Record<string, string>> | undefined
+  /** Only these devices (`drive-scsi0`); default: every disk of the backup. */
+  devices?: readonly string[] | undefined
+  /** Format of the disk files written into the target directory; default `raw`. */
+  format?: 'raw' | 'qcow2' | undefined
   /** Bytes per second for the whole restore; 0 or undefined: unlimited. */
   bandwidthLimit?: number | undefined
   log: TaskLog
@@ -43,7 +47,7 @@ export interface VmRestoreOptions {
 interface DiskJob {
   device: string
   size: number
-  target: RawTarget
+  target: RawTarget & { readonly format?: 'qcow2' }
   /** What the target is called in a full-space error line: its dir or its path, and the file. */
   place: string
   writing: string
@@ -62,19 +66,21 @@ interface DiskJob {
 export const restoreVmDisks = async (opts: VmRestoreOptions): Promise<string[]> => {
   const { provider, volname, log } = opts
   const devices = await provider.restoreVmInit(volname, { signal: opts.signal })
-  const names = Object.keys(devices).sort()
-  for (const device of names) {
+  const all = Object.keys(devices).sort()
+  for (const device of all) {
     if (!DEVICE_NAME_RE.test(device)) {
       throw new BackupError('ARCHIVE_INVALID', `invalid device name '${device}'`)
     }
   }
+  const noDisk = (device: string) =>
+    new BackupError('USAGE', `the backup has no disk ${device} (its disks: ${all.join(', ')})`)
+  for (const device of opts.devices ?? []) if (!all.includes(device)) throw noDisk(device)
+  const names = opts.devices === undefined ? all : all.filter((d) => opts.devices?.includes(d))
   const diskTargets = opts.diskTargets ?? {}
   for (const device of Object.keys(diskTargets)) {
+    if (!all.includes(device)) throw noDisk(device)
     if (!names.includes(device)) {
-      throw new BackupError(
-        'USAGE',
-        `the backup has no disk ${device} (its disks: ${names.join(', ')})`,
-      )
+      throw new BackupError('USAGE', `a target disk for ${device}, which --disk does not restore`)
     }
   }
   const jobs: DiskJob[] = []
@@ -85,7 +91,7 @@ export const restoreVmDisks = async (opts: VmRestoreOptions): Promise<string[]> 
       const existing = diskTargets[device]
       const job =
         existing === undefined
-          ? await newFileJob(opts.target, device, size)
+          ? await newFileJob(opts.target, device, size, opts.format ?? 'raw')
           : {
               device,
               size,
@@ -102,7 +108,9 @@ export const restoreVmDisks = async (opts: VmRestoreOptions): Promise<string[]> 
       seen.set(job.target.identity, device)
     }
     for (const j of jobs) opts.onProgress?.({ item: j.device, done: 0, total: j.size })
-    const limit = (opts.bandwidthLimit ?? 0) > 0 ? 1 : PARALLEL_DISKS
+    const limited = (opts.bandwidthLimit ?? 0) > 0
+    if (limited) log.info(`bandwidth limit ${opts.bandwidthLimit} bytes/s`)
+    const limit = limited ? 1 : PARALLEL_DISKS
     log.info(`restoring ${jobs.length} disk(s), ${Math.min(limit, jobs.length)} at a time`)
     await inParallel(jobs, limit, opts.signal, (job, signal) => copyDisk(opts, job, signal))
     return jobs.map((j) => j.file)
@@ -111,11 +119,29 @@ export const restoreVmDisks = async (opts: VmRestoreOptions): Promise<string[]> 
   }
 }
 
-const newFileJob = async (dir: string, device: string, size: number): Promise<DiskJob> => {
-  const file = `${device}.raw`
-  const target = await withSpaceIn('restore target', dir, () =>
-    createRawTarget(join(dir, file), size),
-  )
+/**
+ * A new file `<device>.raw` (sparse, `size` bytes) or `<device>.qcow2` in the target directory.
+ * The qcow2 file is created empty like the raw one (by us, exclusively, see restore-target.ts)
+ * and formatted through its open descriptor, so qemu-img writes the file that was created.
+ */
+const newFileJob = async (
+  dir: string,
+  device: string,
+  size: number,
+  format: 'raw' | 'qcow2',
+): Promise<DiskJob> => {
+  const file = `${device}.${format}`
+  const target = await withSpaceIn('restore target', dir, async () => {
+    const t = await createRawTarget(join(dir, file), format === 'raw' ? size : 0)
+    if (format === 'raw') return t
+    try {
+      await createImage(t.path, { format: 'qcow2', size })
+      return { ...t, format, direct: false }
+    } catch (e) {
+      await t.close()
+      throw e
+    }
+  })
   return { device, size, target, place: dir, writing: file, file }
 }
 
@@ -151,7 +177,7 @@ const copyDisk = async (opts: VmRestoreOptions, job: DiskJob, signal: AbortSigna
       () =>
         convertImage(source, job.target.path, {
           sourceFormat: 'raw',
-          targetFormat: 'raw',
+          targetFormat: job.target.format ?? 'raw',
           targetExists: true,
           targetIsZero: job.target.fresh,
           ...(job.target.direct ? { targetCache: 'none' as const } : {}),

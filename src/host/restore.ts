@@ -1,7 +1,7 @@
 /**
  * Restore on the host side (qemu-server's `restore_external_archive` and pve-container's): VM
- * disks are copied by `qemu-img convert` into `<target>/<device>.raw` (sparse) or onto a disk
- * target (./restore-vm.ts); containers are unpacked into `<target>/rootfs`.
+ * disks are copied by `qemu-img convert` into `<target>/<device>.raw` (sparse), `.qcow2`, or onto
+ * a target disk (./restore-vm.ts); containers are unpacked into `<target>/rootfs`.
  */
 import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm } from 'node:fs/promises'
@@ -25,6 +25,10 @@ export interface RestoreOptions {
    * `<target>/<device>.raw`: device name -> path (the last component not a symbolic link).
    */
   diskTargets?: Readonly<Record<string, string>> | undefined
+  /** VM: only these disks (`drive-scsi0`); default: all. */
+  devices?: readonly string[] | undefined
+  /** VM: format of the disk files in the target, `raw` (default, sparse) or `qcow2`. */
+  format?: 'raw' | 'qcow2' | undefined
   /** Bytes per second; 0 or undefined: unlimited. */
   bandwidthLimit?: number | undefined
   log: TaskLog
@@ -79,6 +83,13 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
   const { provider, volname, log, signal } = opts
   setMaxListeners(1024, signal)
   const mech = await provider.restoreGetMechanism(volname)
+  const vmOnly =
+    opts.devices !== undefined ||
+    Object.keys(opts.diskTargets ?? {}).length > 0 ||
+    (opts.format ?? 'raw') !== 'raw'
+  if (mech.vmtype !== 'qemu' && vmOnly) {
+    throw new BackupError('USAGE', `${volname} is a container backup: it has no disks to select`)
+  }
   const config = await provider.archiveGetGuestConfig(volname)
   if (config === '')
     throw new BackupError('ARCHIVE_INVALID', 'the backup has an empty guest config')
@@ -101,6 +112,8 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
           volname,
           target,
           diskTargets: opts.diskTargets,
+          devices: opts.devices,
+          format: opts.format,
           bandwidthLimit: opts.bandwidthLimit,
           log,
           signal,

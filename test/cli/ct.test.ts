@@ -51,7 +51,7 @@ describe('cli: container backup and restore', () => {
       const store = join(dir, `store-${mode}`)
       await runCliInProcessOk(['init', store, '--lxc-backup-mode', mode])
       const args = backupArgs(store, 200, join(dir, 'ct.conf'))
-      for (const e of TREE_EXCLUDES) args.push('--exclude', e)
+      for (const e of TREE_EXCLUDES) args.push('--exclude-path', e)
       const b = await runCliInProcessOk([...args, '--rootfs', root, '--json'])
       const { volid, status } = JSON.parse(b.stdout) as { volid: string; status: string }
       assert.equal(status, 'ok')

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { InvalidArgumentError } from 'commander'
-import { LOCK_WAIT_DEFAULTS, parseLockWait } from '../../src/cli/parse.ts'
+import { LOCK_WAIT_DEFAULTS, parseLockWait, parseRate } from '../../src/cli/parse.ts'
 
 describe('cli/parse: --lock-wait', () => {
   it("reads a bare number as minutes, as vzdump's lockwait", () => {
@@ -46,5 +46,30 @@ describe('cli/parse: --lock-wait', () => {
 
   it("defaults: vzdump's 180 minutes for backup, 10 minutes for prune and remove", () => {
     assert.deepEqual(LOCK_WAIT_DEFAULTS, { backup: 180 * 60_000, other: 10 * 60_000 })
+  })
+})
+
+describe('cli/parse: --bwlimit', () => {
+  it("reads a bare number as KiB/s, as vzdump's bwlimit, and gives bytes/s", () => {
+    assert.equal(parseRate('10000'), 10000 * 1024)
+    assert.equal(parseRate('0'), 0)
+  })
+
+  it('reads K, M, G (binary) and B for bytes', () => {
+    assert.equal(parseRate('500K'), 500 * 1024)
+    assert.equal(parseRate('50M'), 50 * 1024 ** 2)
+    assert.equal(parseRate('50MiB/s'), 50 * 1024 ** 2)
+    assert.equal(parseRate('1G'), 1024 ** 3)
+    assert.equal(parseRate('65536B'), 65536)
+  })
+
+  it('refuses anything else', () => {
+    for (const bad of ['', '-1', '1.5', '10T', 'K', '10 M', '9999999999999999']) {
+      assert.throws(
+        () => parseRate(bad),
+        (e: unknown) => e instanceof InvalidArgumentError && e.message.startsWith('expected KiB/s'),
+        bad,
+      )
+    }
   })
 })

@@ -248,11 +248,11 @@ describe('host/restore: VM disks straight from the validated chain', () => {
     }
   })
 
-  it('restore --disk-target through the CLI: a target in the store is refused', async () => {
+  it('restore --target-disk through the CLI: a target in the store is refused', async () => {
     const image = join(store, volname.slice('backup/'.length), 'drive-scsi0.qcow2')
     const r = await runCliInProcess([
       ...['restore', '--store', store, volname, '--target', fresh()],
-      ...['--disk-target', `scsi0=${image}`],
+      ...['--target-disk', `scsi0=${image}`],
     ])
     assert.equal(r.code, 2, r.stderr)
     assert.match(r.stderr, /disk target .* lies in the store or the target/)
@@ -261,7 +261,7 @@ describe('host/restore: VM disks straight from the validated chain', () => {
     const target = fresh()
     const ok = await runCliInProcessOk([
       ...['restore', '--store', store, volname, '--target', target],
-      ...['--disk-target', `scsi2=${disk}`],
+      ...['--target-disk', `scsi2=${disk}`],
     ])
     assert.ok(ok.stdout.split('\n').includes(disk), ok.stdout)
     await assertRestored(target, 'drive-scsi2', disk)

@@ -15,6 +15,8 @@ import { fmtBytes, jobView, showsProgress } from '../progress/index.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
+import { STD_EXCLUDES } from '../parse-backup.ts'
+import { afterBackup, checkBeforeBackup } from './backup-after.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -24,7 +26,10 @@ export interface BackupCommandOptions {
   firewallConfig?: string
   disk?: DiskArg[]
   rootfs?: string
-  exclude?: string[]
+  /** vzdump's `exclude-path` patterns. */
+  excludePath?: string[]
+  /** vzdump's `stdexcludes`; undefined: its default, on. */
+  stdexcludes?: boolean
   qmp?: string
   qga?: string
   device?: string[]
@@ -34,6 +39,9 @@ export interface BackupCommandOptions {
   /** How long to wait for the guest's lock, ms (default {@link LOCK_WAIT_DEFAULTS} `backup`). */
   lockWait?: number
   json?: boolean
+  notesTemplate?: string
+  protected?: boolean
+  remove?: boolean
 }
 
 const readText = (path: string, what: string): Promise<string> =>
@@ -96,10 +104,13 @@ export const backupCommand = async (
       '--qga, --device and --fleecing-dir apply to running VMs (--qmp) only',
     )
   }
-  if ((o.exclude !== undefined || o.allowHostRoot === true) && o.rootfs === undefined) {
+  if (
+    (o.excludePath !== undefined || o.stdexcludes !== undefined || o.allowHostRoot === true) &&
+    o.rootfs === undefined
+  ) {
     throw new BackupError(
       'USAGE',
-      '--exclude and --allow-host-root apply to container backups (--rootfs) only',
+      '--exclude-path, --stdexcludes and --allow-host-root apply to container backups (--rootfs) only',
     )
   }
   for (const [flag, path] of [
@@ -119,6 +130,11 @@ export const backupCommand = async (
       logger.warn(m)
     },
   })
+  await checkBeforeBackup(
+    storage,
+    { vmid: o.vmid, type: o.rootfs === undefined ? 'qemu' : 'lxc' },
+    o,
+  )
   const config = await readText(o.config, 'guest config')
   const firewall =
     o.firewallConfig === undefined ? undefined : await readText(o.firewallConfig, 'firewall config')
@@ -149,7 +165,12 @@ export const backupCommand = async (
       vmid: o.vmid,
       config,
       rootfs: o.rootfs,
-      excludes: [...(o.exclude ?? []), ...own.excludes],
+      // vzdump's order (PVE/VZDump.pm `sub new`): exclude-path, then the standard excludes.
+      excludes: [
+        ...(o.excludePath ?? []),
+        ...(o.stdexcludes === false ? [] : STD_EXCLUDES),
+        ...own.excludes,
+      ],
       ...(firewall === undefined ? {} : { firewallConfig: firewall }),
     }
   } else {
@@ -183,6 +204,10 @@ export const backupCommand = async (
   })
   if (result?.status === 'ok') progress.finish()
   if (result === undefined) throw new BackupError('PROVIDER_FAILED', 'no result')
+  if (result.status === 'ok' && result.volid !== undefined) {
+    const volname = result.volid.slice(result.volid.indexOf(':') + 1)
+    await afterBackup(storage, volname, { vmid: o.vmid, type: guest.type, config }, o, logger)
+  }
   if (o.json === true) {
     writeLine(
       io.stdout,

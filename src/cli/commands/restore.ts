@@ -1,4 +1,4 @@
-/** `guestbackup restore`: restore a backup into a directory (and VM disks onto disk targets). */
+/** `guestbackup restore`: restore a backup into a directory (and VM disks onto target disks). */
 import { isAbsolute, join, resolve } from 'node:path'
 import type { ProgressEvent } from '../../api/progress.ts'
 import { BackupError } from '../../errors.ts'
@@ -11,15 +11,21 @@ import { openStore } from '../../provider/directory/store.ts'
 import { writeLine } from '../io.ts'
 import { jobView, showsProgress } from '../progress/index.ts'
 import type { CliIO } from '../io.ts'
-import type { DiskTargetArg } from '../parse.ts'
+import type { TargetDiskArg } from '../parse.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
+import { resolveVolume } from '../volume.ts'
 
 /** Options of the restore command. */
 export interface RestoreCommandOptions {
   store: string
   target: string
   bwlimit?: number
-  diskTarget?: DiskTargetArg[]
+  targetDisk?: TargetDiskArg[]
+  /** Only these disks (`drive-scsi0`). */
+  disk?: string[]
+  format?: 'raw' | 'qcow2'
+  /** The guest of `latest`. */
+  vmid?: number
 }
 
 /** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
@@ -29,15 +35,21 @@ export const restoreCommand = async (
   logger: Logger,
   io: CliIO,
 ): Promise<number> => {
+  if (o.format === 'qcow2' && o.targetDisk !== undefined) {
+    throw new BackupError(
+      'USAGE',
+      '--target-disk writes the raw disk onto an existing file or device; --format qcow2 makes new files in --target: give one',
+    )
+  }
   const storage = await openStore(o.store)
-  const volname = stripStoreId(volume, storage.storeId)
+  const volname = await resolveVolume(storage, volume, o, logger)
   parseVolname(volname)
   const [target, store] = [await realPathOf(o.target), await realPathOf(o.store)]
   if (insideOrSame(target, store) || insideOrSame(store, target)) {
     throw new BackupError('USAGE', `restore target ${o.target} overlaps the store ${o.store}`)
   }
   const diskTargets: Record<string, string> = {}
-  for (const t of o.diskTarget ?? []) {
+  for (const t of o.targetDisk ?? []) {
     const real = await realPathOf(t.path)
     if (insideOrSame(real, store) || insideOrSame(real, target)) {
       throw new BackupError('USAGE', `disk target ${t.path} lies in the store or the target`)
@@ -55,6 +67,8 @@ export const restoreCommand = async (
     volname,
     target: o.target,
     diskTargets,
+    devices: o.disk,
+    format: o.format,
     bandwidthLimit: o.bwlimit,
     log,
     signal: io.signal,
@@ -69,21 +83,4 @@ export const restoreCommand = async (
   progress.finish()
   for (const f of r.files) writeLine(io.stdout, isAbsolute(f) ? f : join(o.target, f))
   return 0
-}
-
-/**
- * Accept `backup/…` as well as `<storeid>:backup/…`; a volume id naming another store is
- * refused (it is not in this one, whatever its name says).
- */
-export const stripStoreId = (volume: string, storeId: string): string => {
-  const i = volume.indexOf(':backup/')
-  if (i <= 0 || volume.slice(0, i).includes('/')) return volume
-  const prefix = volume.slice(0, i)
-  if (prefix !== storeId) {
-    throw new BackupError(
-      'USAGE',
-      `volume ${volume} belongs to store '${prefix}', not to '${storeId}'`,
-    )
-  }
-  return volume.slice(i + 1)
 }

@@ -8,11 +8,12 @@ import type { LockPolicy } from '../../io/lock.ts'
 import type { Logger } from '../../log.ts'
 import { parseVolname } from '../../provider/directory/layout.ts'
 import { initStore, openStore } from '../../provider/directory/store.ts'
-import { parsePruneBackups } from '../../storage/prune-options.ts'
+import { keepFromFlags } from '../prune-flags.ts'
+import type { KeepFlags } from '../prune-flags.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes, jobView, NO_VIEW, showsProgress } from '../progress/index.ts'
-import { stripStoreId } from './restore.ts'
+import { resolveVolume } from '../volume.ts'
 
 /** Options of `init` as commander parses them (camelCase). */
 export type InitCommandOptions = Record<string, string | number | undefined>
@@ -42,11 +43,11 @@ export const initCommand = async (
 /** `show-config VOLUME`: print the guest (or firewall) configuration kept in a backup. */
 export const showConfigCommand = async (
   volume: string,
-  o: { store: string; firewall?: boolean },
+  o: { store: string; firewall?: boolean; vmid?: number },
   io: CliIO,
 ): Promise<void> => {
   const storage = await openStore(o.store)
-  const volname = stripStoreId(volume, storage.storeId)
+  const volname = await resolveVolume(storage, volume, o)
   parseVolname(volname)
   const provider = storage.newBackupProvider(() => undefined)
   if (o.firewall === true) {
@@ -59,11 +60,10 @@ export const showConfigCommand = async (
 }
 
 /** Options of `prune` as commander parses them. */
-export interface PruneCommandOptions {
+export interface PruneCommandOptions extends KeepFlags {
   store: string
   vmid?: number
   type?: 'qemu' | 'lxc'
-  keep?: string
   dryRun?: boolean
   lockWait?: number
 }
@@ -75,11 +75,12 @@ export const pruneCommand = async (
   io: CliIO,
   lock: LockPolicy,
 ): Promise<void> => {
+  const keep = keepFromFlags(o)
   const storage = await openStore(o.store, lock)
   using progress = jobView(io.stderr, 'prune')
   const marks = await storage.pruneBackups({
     dryRun: o.dryRun === true,
-    ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
+    ...(keep === undefined ? {} : { keep }),
     ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
     ...(o.type === undefined ? {} : { type: o.type }),
     log: (level, msg) => {
@@ -103,6 +104,13 @@ export const pruneCommand = async (
   }
 }
 
+/**
+ * `remove` names the backup itself: `latest` would delete whichever backup is newest when the
+ * command runs (another backup may have finished meanwhile), so it is refused.
+ */
+const REMOVE_LATEST =
+  "remove takes the backup's own name, not 'latest' (see list --vmid N for the newest)"
+
 /** `remove VOLUME`: remove one backup, merging its dependants first (with progress). */
 export const removeCommand = async (
   volume: string,
@@ -112,7 +120,7 @@ export const removeCommand = async (
   io?: CliIO,
 ): Promise<void> => {
   const storage = await openStore(o.store, lock)
-  const volname = stripStoreId(volume, storage.storeId)
+  const volname = await resolveVolume(storage, volume, { refuseLatest: REMOVE_LATEST })
   using progress = io === undefined ? NO_VIEW : jobView(io.stderr, `remove ${volname}`)
   await storage.freeImage(volname, {
     log: (level, msg) => {
@@ -134,24 +142,23 @@ export const removeCommand = async (
 /** `protect VOLUME [--off]`. */
 export const protectCommand = async (
   volume: string,
-  o: { store: string; off?: boolean },
+  o: { store: string; off?: boolean; vmid?: number },
+  log: Logger,
 ): Promise<void> => {
   const storage = await openStore(o.store)
-  await storage.updateVolumeAttribute(
-    stripStoreId(volume, storage.storeId),
-    'protected',
-    o.off !== true,
-  )
+  const volname = await resolveVolume(storage, volume, o, log)
+  await storage.updateVolumeAttribute(volname, 'protected', o.off !== true)
 }
 
 /** `notes VOLUME [--set TEXT]`: print or replace the notes of a backup. */
 export const notesCommand = async (
   volume: string,
-  o: { store: string; set?: string },
+  o: { store: string; set?: string; vmid?: number },
   io: CliIO,
+  log: Logger,
 ): Promise<void> => {
   const storage = await openStore(o.store)
-  const volname = stripStoreId(volume, storage.storeId)
+  const volname = await resolveVolume(storage, volume, o, log)
   if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
   else io.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
 }

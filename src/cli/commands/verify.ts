@@ -7,7 +7,7 @@ import { BackupError } from '../../errors.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes, jobView } from '../progress/index.ts'
-import { stripStoreId } from './restore.ts'
+import { isLatest, resolveVolume } from '../volume.ts'
 
 /** Options of the verify command. */
 export interface VerifyCommandOptions {
@@ -16,6 +16,8 @@ export interface VerifyCommandOptions {
   lockWait?: number
   restored?: string
   json?: boolean
+  /** The guest of `latest`. */
+  vmid?: number
 }
 
 /**
@@ -30,7 +32,13 @@ export const verifyCommand = async (
   lock: LockPolicy,
 ): Promise<number> => {
   const storage = await openStore(o.store, lock)
-  const volnames = volumes.map((v) => stripStoreId(v, storage.storeId))
+  if (o.vmid !== undefined && !volumes.some(isLatest)) {
+    throw new BackupError('USAGE', "--vmid selects the guest of 'latest': name latest")
+  }
+  const volnames: string[] = []
+  for (const v of volumes) {
+    volnames.push(await resolveVolume(storage, v, isLatest(v) ? o : {}, logger))
+  }
   if (o.restored !== undefined) {
     const [volname, ...more] = volnames
     if (volname === undefined || more.length > 0) {

@@ -249,6 +249,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   ): Promise<void> {
     const g = this.#guest(vmid)
     const guest = guestDir(g)
+    // The limit the data is read under, as the API gives it (bytes per second).
+    if ((info.bandwidthLimit ?? 0) > 0) {
+      this.#log('info', `bandwidth limit ${info.bandwidthLimit} bytes/s`)
+    }
     await writeConfigs(this.#layout, g, guestConfig, info)
     const { disks, parent, bitmaps } = await backupVmDisks({
       guest,
@@ -314,6 +318,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     info: ContainerBackupInfo & ProgressInfo,
   ): Promise<void> {
     const g = this.#guest(vmid)
+    // The limit the data is read under, as the API gives it (bytes per second).
+    if ((info.bandwidthLimit ?? 0) > 0) {
+      this.#log('info', `bandwidth limit ${info.bandwidthLimit} bytes/s`)
+    }
     await writeConfigs(this.#layout, g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
     const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>

@@ -34,7 +34,7 @@ describe('provider/directory/storage: the storage-plugin side', () => {
       vols.push((JSON.parse(r.stdout) as { volid: string }).volid.slice('st:'.length))
     }
     await runCliInProcessOk(
-      backupArgs(store, 100, join(dir, 'c'), '--rootfs', dir, '--exclude', '/store'),
+      backupArgs(store, 100, join(dir, 'c'), '--rootfs', dir, '--exclude-path', '/store'),
     )
   })
   after(async () => {

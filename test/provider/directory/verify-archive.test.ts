@@ -44,7 +44,7 @@ describe('provider/directory/verify-archive', () => {
     const store = join(dir, `store-${mode}`)
     await runCliInProcessOk(['init', store, '--id', 'st', '--lxc-backup-mode', mode])
     const args = backupArgs(store, 300, join(dir, 'ct.conf'))
-    for (const e of TREE_EXCLUDES) args.push('--exclude', e)
+    for (const e of TREE_EXCLUDES) args.push('--exclude-path', e)
     const b = await runCliInProcessOk([...args, '--rootfs', root, '--json'])
     const { volid } = JSON.parse(b.stdout) as { volid: string }
     const target = join(dir, `restore-${mode}`)
