@@ -48,8 +48,10 @@ export interface PendingGuest {
   type: GuestType
   /** A running VM (QMP): mode `snapshot`; else `stop`. */
   running: boolean
-  /** Reads the guest's sources; a rejection fails this guest only. */
-  resolve: () => Promise<Guest>
+  /** Reads the guest's config file; a rejection fails this guest only. */
+  readConfig: () => Promise<string>
+  /** Reads the guest's other sources (disks, sockets); a rejection fails this guest only. */
+  resolve: (config: string) => Promise<Guest>
 }
 
 /** Options of {@link runBackupJob}. */
@@ -231,8 +233,10 @@ const backupSteps = async (
   log.info(`starting backup of ${entry.type} ${entry.vmid} via ${provider.name}`)
   let guest: Guest
   try {
-    guest = 'resolve' in entry ? await entry.resolve() : entry
-    task.hostname = guestHostname(guest.type, guest.vmid, guest.config)
+    // The name is known once the config is read, as vzdump's prepare sets it before the rest.
+    const config = 'resolve' in entry ? await entry.readConfig() : entry.config
+    task.hostname = guestHostname(entry.type, entry.vmid, config)
+    guest = 'resolve' in entry ? await entry.resolve(config) : entry
     await preflight(guest)
   } catch (e) {
     // Bad input found before the provider is involved: no backup is started, nothing is kept.

@@ -140,10 +140,10 @@ export const jobRunCommand = async (
     bitmapKey: storage.bitmapKey,
     guests: guests.map((g) => ({
       ...g,
-      resolve: async () => {
-        const r = await g.resolve()
-        configs.set(r.vmid, r.config)
-        return r
+      readConfig: async () => {
+        const config = await g.readConfig()
+        configs.set(g.vmid, config)
+        return config
       },
     })),
     bandwidthLimit: job.bwlimit,

@@ -40,12 +40,17 @@ export const pendingGuests = (
     vmid: spec.vmid,
     type: spec.rootfs === undefined ? 'qemu' : 'lxc',
     running: spec.qmp !== undefined,
-    resolve: () => resolveGuest(spec, opts),
+    readConfig: () =>
+      readInputFile(jobPath(opts.file, spec.config), 'guest config', CONFIG_MAX_BYTES),
+    resolve: (config: string) => resolveGuest(spec, config, opts),
   }))
 
-const resolveGuest = async (spec: JobGuestSpec, opts: PendingGuestsOptions): Promise<Guest> => {
+const resolveGuest = async (
+  spec: JobGuestSpec,
+  config: string,
+  opts: PendingGuestsOptions,
+): Promise<Guest> => {
   const path = (p: string): string => jobPath(opts.file, p)
-  const config = await readInputFile(path(spec.config), 'guest config', CONFIG_MAX_BYTES)
   const fw = spec['firewall-config']
   const firewall =
     fw === undefined
