@@ -8,7 +8,7 @@ import { TomlError, parse } from 'smol-toml'
 import type { z } from 'zod'
 import { BackupError } from '../../errors.ts'
 import { readInputFile } from '../../io/beneath.ts'
-import { jobFileSchema } from './schema.ts'
+import { jobCrossIssues, jobFileSchema } from './schema.ts'
 import type { JobFile } from './schema.ts'
 
 /** Job files are small: a few hundred guests at most. */
@@ -26,13 +26,12 @@ export const formatPath = (path: readonly PropertyKey[]): string => {
 
 /** One line per issue: the path in the file, then the reason. */
 const issueLines = (file: string, issues: readonly z.core.$ZodIssue[]): string[] =>
-  issues.map((i) => {
-    // An unknown key's issue sits on its table: name the key itself.
-    if (i.code === 'unrecognized_keys') {
-      return i.keys.map((k) => `${file}: ${formatPath([...i.path, k])}: unknown key`).join('\n')
-    }
-    return `${file}: ${formatPath(i.path)}: ${i.message}`
-  })
+  issues.flatMap((i) =>
+    // An unknown key's issue sits on its table: name each key itself.
+    i.code === 'unrecognized_keys'
+      ? i.keys.map((k) => `${file}: ${formatPath([...i.path, k])}: unknown key`)
+      : [`${file}: ${formatPath(i.path)}: ${i.message}`],
+  )
 
 /** The result of {@link parseJobText}: the job, or its error lines. */
 export type ParsedJob = { ok: true; job: JobFile } | { ok: false; errors: string[] }
@@ -49,8 +48,11 @@ export const parseJobText = (file: string, text: string): ParsedJob => {
     return { ok: false, errors: [`${file}:${e.line}:${e.column}: ${reason}`] }
   }
   const r = jobFileSchema.safeParse(data)
-  if (!r.success)
-    return { ok: false, errors: issueLines(file, r.error.issues).flatMap((l) => l.split('\n')) }
+  const errors = [
+    ...(r.success ? [] : issueLines(file, r.error.issues)),
+    ...jobCrossIssues(data).map((i) => `${file}: ${formatPath(i.path)}: ${i.message}`),
+  ]
+  if (!r.success || errors.length > 0) return { ok: false, errors }
   return { ok: true, job: r.data }
 }
 

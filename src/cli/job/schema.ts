@@ -81,37 +81,58 @@ export const jobGuestSchema = z
 export type JobGuestSpec = z.output<typeof jobGuestSchema>
 
 /** A whole job file. */
-export const jobFileSchema = z
-  .strictObject({
-    store: pathSchema,
-    bwlimit: rateSchema.optional(),
-    'lock-wait': lockWaitSchema.optional(),
-    mode: z.enum(['snapshot', 'suspend', 'stop']).optional(),
-    'notes-template': notesTemplateSchema.optional(),
-    script: pathSchema.optional(),
-    guest: z.array(jobGuestSchema, { error: 'expected [[guest]] tables' }).min(1, 'no [[guest]]'),
-  })
-  .superRefine((job, ctx) => {
-    const seen = new Map<number, number>()
-    job.guest.forEach((g, i) => {
-      const first = seen.get(g.vmid)
-      if (first !== undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['guest', i, 'vmid'],
-          message: `vmid ${g.vmid} is already guest[${first}]'s`,
-        })
-      } else seen.set(g.vmid, i)
-    })
-    // guestbackup can neither stop nor suspend a VM it did not start (no Proxmox to restart it).
-    if (job.mode !== undefined && job.mode !== 'snapshot' && job.guest.some((g) => g.qmp)) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['mode'],
-        message: `mode ${job.mode} is not supported for running VMs (qmp): use snapshot`,
+export const jobFileSchema = z.strictObject({
+  store: pathSchema,
+  bwlimit: rateSchema.optional(),
+  'lock-wait': lockWaitSchema.optional(),
+  mode: z.enum(['snapshot', 'suspend', 'stop']).optional(),
+  'notes-template': notesTemplateSchema.optional(),
+  script: pathSchema.optional(),
+  guest: z.array(jobGuestSchema, { error: 'expected [[guest]] tables' }).min(1, 'no [[guest]]'),
+})
+
+/** A problem found across tables, with its path in the file. */
+export interface JobIssue {
+  path: (string | number)[]
+  message: string
+}
+
+/**
+ * Rules across the guests, checked on the file's raw data so that they are reported along with
+ * every other problem (zod skips an object's refinements once one of its fields failed).
+ */
+export const jobCrossIssues = (raw: unknown): JobIssue[] => {
+  const issues: JobIssue[] = []
+  const job = (typeof raw === 'object' && raw !== null ? raw : {}) as Record<string, unknown>
+  const guests = Array.isArray(job['guest']) ? (job['guest'] as unknown[]) : []
+  const table = (g: unknown): Record<string, unknown> =>
+    typeof g === 'object' && g !== null ? (g as Record<string, unknown>) : {}
+  const seen = new Map<unknown, number>()
+  guests.forEach((g, i) => {
+    const { vmid } = table(g)
+    if (typeof vmid !== 'number' && typeof vmid !== 'string') return
+    const key = String(vmid)
+    const first = seen.get(key)
+    if (first === undefined) seen.set(key, i)
+    else
+      issues.push({
+        path: ['guest', i, 'vmid'],
+        message: `vmid ${key} is already guest[${first}]'s`,
       })
-    }
   })
+  // guestbackup can neither stop nor suspend a VM it did not start (no Proxmox to restart it).
+  const { mode } = job
+  if (
+    (mode === 'stop' || mode === 'suspend') &&
+    guests.some((g) => table(g)['qmp'] !== undefined)
+  ) {
+    issues.push({
+      path: ['mode'],
+      message: `mode ${mode} is not supported for running VMs (qmp): use snapshot`,
+    })
+  }
+  return issues
+}
 
 /** A job file as parsed. */
 export type JobFile = z.output<typeof jobFileSchema>
