@@ -13,7 +13,6 @@
 import { spawn } from 'node:child_process'
 import { constants } from 'node:fs'
 import { access, stat } from 'node:fs/promises'
-import { createInterface } from 'node:readline'
 import type { GuestType } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 
@@ -119,7 +118,13 @@ export const hookScriptRunner =
     })
     // run_command logs every line of both streams to the task log.
     for (const stream of [child.stdout, child.stderr]) {
-      createInterface({ input: stream, crlfDelay: Infinity }).on('line', output)
+      const lines = lineSplitter(output)
+      stream.on('data', (b: Buffer) => {
+        lines.push(b)
+      })
+      stream.on('end', () => {
+        lines.end()
+      })
     }
     const [code, sig] = await new Promise<[number | null, NodeJS.Signals | null]>(
       (resolve, reject) => {
@@ -143,6 +148,38 @@ export const hookScriptRunner =
       })
     }
   }
+
+/** A line longer than this is cut into pieces: a script's output never grows memory unbounded. */
+export const HOOK_LINE_MAX = 64 * 1024
+
+/** Splits bytes into lines of at most {@link HOOK_LINE_MAX} bytes for `output`. */
+const lineSplitter = (
+  output: (line: string) => void,
+): { push: (b: Buffer) => void; end: () => void } => {
+  let pending: Buffer = Buffer.alloc(0)
+  const emit = (b: Buffer): void => {
+    output(b.toString('utf8').replace(/\r$/, ''))
+  }
+  return {
+    push: (b) => {
+      pending = pending.length === 0 ? b : Buffer.concat([pending, b])
+      for (;;) {
+        const nl = pending.indexOf(0x0a)
+        if (nl >= 0 && nl <= HOOK_LINE_MAX) {
+          emit(pending.subarray(0, nl))
+          pending = pending.subarray(nl + 1)
+        } else if (pending.length > HOOK_LINE_MAX) {
+          emit(pending.subarray(0, HOOK_LINE_MAX))
+          pending = pending.subarray(HOOK_LINE_MAX)
+        } else break
+      }
+    },
+    end: () => {
+      if (pending.length > 0) emit(pending)
+      pending = Buffer.alloc(0)
+    },
+  }
+}
 
 /**
  * The guest's name for `HOSTNAME`, as the guest plugins' `prepare` set `$task->{hostname}`:

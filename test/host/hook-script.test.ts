@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { guestHostname, hookScriptRunner } from '../../src/host/hook-script.ts'
+import { HOOK_LINE_MAX, guestHostname, hookScriptRunner } from '../../src/host/hook-script.ts'
 import type { HookTask } from '../../src/host/hook-script.ts'
 import { BackupError } from '../../src/errors.ts'
 
@@ -67,6 +67,22 @@ describe('host/hook-script: vzdump hook-script protocol', () => {
         e.code === 'HOOK_FAILED' &&
         e.message === `command '${path} backup-start snapshot 100' failed: exit code 7`,
     )
+  })
+
+  it('cuts a line longer than HOOK_LINE_MAX into pieces, each line of both streams kept', async () => {
+    // head -c prints that many bytes of 'y' without a newline, then one short line on stderr.
+    const n = HOOK_LINE_MAX * 2 + 5
+    const path = await script(
+      'long.sh',
+      `/usr/bin/yes | /usr/bin/tr -d '\\n' | /usr/bin/head -c ${n}; echo; echo err >&2`,
+    )
+    const lines: string[] = []
+    await hookScriptRunner({ script: path })('job-end', undefined, (l) => lines.push(l))
+    assert.deepEqual(
+      lines.map((l) => l.length).sort((a, b) => a - b),
+      [3, 5, HOOK_LINE_MAX, HOOK_LINE_MAX],
+    )
+    assert.ok(lines.includes('err'))
   })
 
   it("refuses a missing or non-executable script with vzdump's messages", async () => {
