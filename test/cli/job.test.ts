@@ -187,4 +187,34 @@ rootfs = "ct104"
     assert.match(lines[3] ?? '', /^103 qemu failed: /)
     assert.equal(lines[5], `job ${jobFile}: 5 guests, 3 ok, 2 failed`)
   })
+
+  it('fails the whole job when job-start fails (--script overrides the file), then job-abort', async () => {
+    const hook = join(dir, 'job-start-fails.sh')
+    await writeFile(
+      hook,
+      `#!/bin/sh\necho "$*" >> "$(dirname "$0")/abort.out"\n[ "$1" = job-start ] && exit 9\nexit 0\n`,
+    )
+    await chmod(hook, 0o755)
+    const jobFile = join(dir, 'one.toml')
+    await writeFile(
+      jobFile,
+      `store = "store"\nscript = "hook.sh"\n[[guest]]\nvmid = 300\nconfig = "102.conf"\nrootfs = "ct102"\n`,
+    )
+    const r = await runCliInProcess(['job', 'run', jobFile, '--script', hook, '--json'])
+    assert.equal(r.code, 1, r.stderr)
+    const res = JSON.parse(r.stdout) as JobRunResult
+    assert.equal(res.error, `command '${hook} job-start' failed: exit code 9`)
+    assert.deepEqual(
+      res.guests.map((g) => [g.vmid, g.status, g.volid]),
+      [[300, 'failed', null]],
+    )
+    assert.deepEqual((await readFile(join(dir, 'abort.out'), 'utf8')).split('\n'), [
+      'job-init',
+      'job-start',
+      'job-abort',
+      '',
+    ])
+    const list = await runCliInProcessOk(['list', '--store', store, '--vmid', '300', '--json'])
+    assert.deepEqual(JSON.parse(list.stdout), [])
+  })
 })
