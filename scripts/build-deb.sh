@@ -123,6 +123,13 @@ if [ "$pm_count" -eq 0 ]; then
   warn "no Perl modules under $pve_dir/PVE: the package has no Proxmox VE storage plugin"
 fi
 
+# --- systemd units of unattended jobs (docs/jobs.md): templates, one timer enabled per job file
+# by the administrator, so nothing is enabled or started on install ---
+for unit in "$root"/systemd/*.service "$root"/systemd/*.timer; do
+  [ -f "$unit" ] || continue
+  install -D -m 0644 "$unit" "$stage/usr/lib/systemd/system/$(basename "$unit")"
+done
+
 # --- launcher ---
 cat >"$stage/usr/bin/guestbackup" <<EOF
 #!/bin/sh

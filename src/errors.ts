@@ -36,6 +36,8 @@ export const ERROR_CODES = [
   'NO_SPACE',
   'IO',
   'ABORTED',
+  /** A vzdump-style hook script (`--script`) failed a phase. */
+  'HOOK_FAILED',
   /** The host or QEMU lacks a needed capability (version, feature). */
   'UNSUPPORTED',
   /** A line of the Proxmox VE plugin protocol (docs/pve-protocol.md) is not one of its shapes. */

@@ -17,6 +17,7 @@ import type { CheckCommandOptions } from './commands/check.ts'
 import type { RestoreCommandOptions } from './commands/restore.ts'
 import type { ListCommandOptions } from './commands/list.ts'
 import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
+import type { JobRunCommandOptions } from './commands/job.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import type { CliIO, CliStream } from './io.ts'
 import { ProgressStream } from './progress/index.ts'
@@ -378,6 +379,28 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .action(async (o: CheckCommandOptions) => {
       const { checkCommand } = await import('./commands/check.ts')
       result = await checkCommand(o, await logger(), io)
+    })
+
+  const job = program
+    .command('job')
+    .description('back up the guests of a job file in one job (docs/jobs.md)')
+  job
+    .command('run')
+    .description('back up every guest of the job file; exit code 0 only if all succeeded')
+    .argument('<file>', 'job file (TOML)')
+    .option('--script <file>', "vzdump hook script (overrides the file's script)")
+    .option('--json', 'print the result as JSON')
+    .action(async (file: string, o: JobRunCommandOptions) => {
+      const { jobRunCommand } = await import('./commands/job.ts')
+      result = await jobRunCommand(file, o, await logger(), io)
+    })
+  job
+    .command('check')
+    .description('validate a job file: one line per error (path in the file: reason)')
+    .argument('<file>', 'job file (TOML)')
+    .action(async (file: string) => {
+      const { jobCheckCommand } = await import('./commands/job.ts')
+      result = await jobCheckCommand(file, io)
     })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.

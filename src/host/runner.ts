@@ -8,6 +8,14 @@
  * A provider or source error leads to `backupCleanup(false, { error })`; the provider then
  * discards the backup (nothing half-done is ever listed; a complete one of a failed task is
  * removed) and keeps the log.
+ *
+ * With a hook ({@link JobOptions.hook}) the phases of vzdump's hook script run where
+ * PVE/VZDump.pm's exec_backup and exec_backup_task run them: `job-start` after `jobInit`;
+ * per guest `backup-start` after `backupInit` (its failure fails the guest), for a running VM
+ * (mode `snapshot`) `pre-stop`, `pre-restart`, `post-restart` right after it (qemu-server's
+ * snapshot step is empty: the backup's instant comes with the archive step), `backup-end` after
+ * `backupCleanup(true)` or `backup-abort` after a failure, `log-end` after the log is handed
+ * over; `job-end` after `jobCleanup`, or `job-abort` when the job itself failed.
  */
 import { setMaxListeners } from 'node:events'
 import { join } from 'node:path'
@@ -18,6 +26,8 @@ import { mainError } from '../io/cleanup.ts'
 import { makeTempDir, sweepStaleTempDirs } from '../io/tmpdir.ts'
 import type { Logger } from '../log.ts'
 import type { ProgressEvent } from '../api/progress.ts'
+import { guestHostname } from './hook-script.ts'
+import type { BackupMode, HookPhase, HookRunner, HookTask } from './hook-script.ts'
 import { backupCtGuest, preflightCt } from './guest-ct.ts'
 import type { CtGuest } from './guest-ct.ts'
 import { backupVmGuest, preflightVm } from './guest-vm.ts'
@@ -28,6 +38,21 @@ import type { BitmapFinalizer, LiveVmGuest } from './live/guest-live.ts'
 
 /** A guest of a job: an offline VM (disk images), a running VM (QMP) or a container. */
 export type Guest = VmGuest | LiveVmGuest | CtGuest
+
+/**
+ * A guest whose sources are read when its turn comes (config files, disk images), so that a
+ * guest that cannot be prepared fails alone, as a vzdump task whose `prepare` dies.
+ */
+export interface PendingGuest {
+  vmid: number
+  type: GuestType
+  /** A running VM (QMP): mode `snapshot`; else `stop`. */
+  running: boolean
+  /** Reads the guest's config file; a rejection fails this guest only. */
+  readConfig: () => Promise<string>
+  /** Reads the guest's other sources (disks, sockets); a rejection fails this guest only. */
+  resolve: (config: string) => Promise<Guest>
+}
 
 /** Options of {@link runBackupJob}. */
 export interface JobOptions {
@@ -40,7 +65,7 @@ export interface JobOptions {
    * keeps incrementals going. Default: `storeId`.
    */
   bitmapKey?: string
-  guests: readonly Guest[]
+  guests: readonly (Guest | PendingGuest)[]
   /** Bytes per second; 0 or undefined: unlimited. */
   bandwidthLimit?: number | undefined
   logger: Logger
@@ -48,6 +73,15 @@ export interface JobOptions {
   signal: AbortSignal
   /** Clock in Unix seconds (injected by tests). */
   now?: () => number
+  /** Runs the phases of a vzdump hook script (see the module comment). */
+  hook?: HookRunner | undefined
+}
+
+/** Outcome of {@link runJob}: every guest's result, and the job's own failure if any. */
+export interface JobResult {
+  guests: GuestResult[]
+  /** `jobInit`, `job-start` or `job-end` failed (vzdump's "Backup job failed"). */
+  error?: BackupError
 }
 
 /** Outcome of one guest. */
@@ -63,8 +97,12 @@ export interface GuestResult {
   warnings: number
 }
 
+/** Run a backup job over the given guests, one after another; the guests' results. */
+export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> =>
+  (await runJob(opts)).guests
+
 /** Run a backup job over the given guests, one after another. */
-export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => {
+export const runJob = async (opts: JobOptions): Promise<JobResult> => {
   const now = opts.now ?? (() => Math.floor(Date.now() / 1000))
   // Every request in flight listens on the signal; the default limit of 10 would warn.
   setMaxListeners(1024, opts.signal)
@@ -79,9 +117,16 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
   })
   const results: GuestResult[] = []
   let jobInitDone = false
+  let jobError: BackupError | undefined
+  const jobHook = async (phase: HookPhase): Promise<void> => {
+    await opts.hook?.(phase, undefined, (line) => {
+      jobLog.info(line)
+    })
+  }
   try {
     await provider.jobInit(now())
     jobInitDone = true
+    await jobHook('job-start')
     for (const guest of opts.guests) {
       const log = new TaskLog(
         join(tmp.path, `${guest.vmid}.log`),
@@ -97,7 +142,8 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
     }
   } catch (e) {
     const err = toBackupError(e)
-    if (!jobInitDone) opts.logger.error(`job init failed: ${err.message}`)
+    jobError = err
+    opts.logger.error(`${jobInitDone ? 'backup job failed' : 'job init failed'}: ${err.message}`)
     for (const guest of opts.guests.slice(results.length)) {
       results.push({
         vmid: guest.vmid,
@@ -114,24 +160,89 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
       opts.logger.error(`job cleanup failed: ${toBackupError(e).message}`)
     }
   }
-  return results
+  if (jobError === undefined) {
+    try {
+      await jobHook('job-end')
+    } catch (e) {
+      jobError = toBackupError(e)
+      opts.logger.error(`backup job failed: ${jobError.message}`)
+    }
+  }
+  if (jobError !== undefined) {
+    // vzdump's job-abort: its own failure is only logged.
+    try {
+      await jobHook('job-abort')
+    } catch (e) {
+      opts.logger.error(toBackupError(e).message)
+    }
+  }
+  return jobError === undefined ? { guests: results } : { guests: results, error: jobError }
 }
 
+/** One guest's backup with its hook phases (see the module comment). */
 const backupGuest = async (
   provider: BackupProvider,
-  guest: Guest,
+  entry: Guest | PendingGuest,
   opts: JobOptions,
   log: TaskLog,
   startTime: number,
 ): Promise<GuestResult> => {
-  const result: GuestResult = { vmid: guest.vmid, type: guest.type, status: 'failed', warnings: 0 }
-  log.info(`starting backup of ${guest.type} ${guest.vmid} via ${provider.name}`)
+  const running = 'resolve' in entry ? entry.running : 'qmp' in entry
+  const mode: BackupMode = running ? 'snapshot' : 'stop'
+  const task: HookTask = { mode, vmid: entry.vmid, vmtype: entry.type }
+  const hook = async (phase: HookPhase): Promise<void> => {
+    await opts.hook?.(phase, task, (line) => {
+      log.info(line)
+    })
+  }
+  const { result, started } = await backupSteps(provider, entry, opts, log, startTime, task, hook)
+  if (result.status !== 'ok') {
+    // vzdump: a failing backup-abort is a warning; the task failed already.
+    try {
+      await hook('backup-abort')
+    } catch (e) {
+      log.warn(toBackupError(e).message)
+    }
+  }
+  result.warnings = log.warnings
   try {
+    if (started) await provider.backupHandleLogFile(entry.vmid, log.path)
+  } catch (e) {
+    opts.logger.warn(`cannot store the task log: ${toBackupError(e).message}`)
+  }
+  task.logfile = log.path
+  try {
+    await hook('log-end')
+  } catch (e) {
+    opts.logger.warn(toBackupError(e).message)
+  }
+  return result
+}
+
+/** The steps from preparing the guest to `backupCleanup` and `backup-end`. */
+const backupSteps = async (
+  provider: BackupProvider,
+  entry: Guest | PendingGuest,
+  opts: JobOptions,
+  log: TaskLog,
+  startTime: number,
+  task: HookTask,
+  hook: (phase: HookPhase) => Promise<void>,
+): Promise<{ result: GuestResult; started: boolean }> => {
+  const result: GuestResult = { vmid: entry.vmid, type: entry.type, status: 'failed', warnings: 0 }
+  log.info(`starting backup of ${entry.type} ${entry.vmid} via ${provider.name}`)
+  let guest: Guest
+  try {
+    // The name is known once the config is read, as vzdump's prepare sets it before the rest.
+    const config = 'resolve' in entry ? await entry.readConfig() : entry.config
+    task.hostname = guestHostname(entry.type, entry.vmid, config)
+    guest = 'resolve' in entry ? await entry.resolve(config) : entry
     await preflight(guest)
   } catch (e) {
     // Bad input found before the provider is involved: no backup is started, nothing is kept.
     result.error = toBackupError(e, 'USAGE')
-    return result
+    log.record('err', `backup failed: ${result.error.message}`)
+    return { result, started: false }
   }
   let started = false
   let finalizer: BitmapFinalizer | undefined
@@ -142,6 +253,11 @@ const backupGuest = async (
       throw new BackupError('PROVIDER_INVALID', `invalid archive name '${init.archiveName}'`)
     }
     result.volid = `${opts.storeId}:backup/${init.archiveName}`
+    task.target = init.archiveName
+    await hook('backup-start')
+    if (task.mode === 'snapshot') {
+      for (const phase of ['pre-stop', 'pre-restart', 'post-restart'] as const) await hook(phase)
+    }
     log.info(`creating archive '${result.volid}'`)
     const info = {
       signal: opts.signal,
@@ -190,14 +306,18 @@ const backupGuest = async (
         log.error(`backup cleanup for external provider failed: ${toBackupError(ce).message}`)
       }
     }
+    return { result, started }
   }
-  result.warnings = log.warnings
   try {
-    if (started) await provider.backupHandleLogFile(guest.vmid, log.path)
+    await hook('backup-end')
   } catch (e) {
-    opts.logger.warn(`cannot store the task log: ${toBackupError(e).message}`)
+    // vzdump fails the task, but the provider has committed the backup: it stays (and is listed),
+    // the provider is not asked to clean it up a second time.
+    result.status = 'failed'
+    result.error = toBackupError(e)
+    log.record('err', `backup failed: ${result.error.message}`)
   }
-  return result
+  return { result, started }
 }
 
 /** Logs a clean-up error that lost to the error of the work it cleaned up after. */

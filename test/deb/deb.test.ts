@@ -89,6 +89,8 @@ describe('deb: scripts/build-deb.sh', { skip: hasDpkgDeb ? false : 'no dpkg-deb'
       '/usr/share/doc/guestbackup/copyright',
       '/usr/share/doc/guestbackup/changelog.gz',
       '/usr/share/man/man1/guestbackup.1.gz',
+      '/usr/lib/systemd/system/guestbackup-job@.service',
+      '/usr/lib/systemd/system/guestbackup-job@.timer',
       ...MODULES.map((pm) => `/usr/share/perl5/${pm}`),
     ]) {
       assert.ok(paths.has(p), `${p} missing`)

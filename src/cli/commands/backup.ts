@@ -52,7 +52,7 @@ const readText = (path: string, what: string): Promise<string> =>
  * backup whose root contains them, as anchored vzdump patterns; `/` itself is refused unless
  * forced, and a root inside the store is refused.
  */
-const ownDirExcludes = async (
+export const ownDirExcludes = async (
   rootfs: string,
   own: readonly (readonly [string, string])[],
   allowHostRoot: boolean,
