@@ -19,7 +19,8 @@ import type { CliIO } from '../io.ts'
 import { pendingGuests } from '../job/guests.ts'
 import { jobPath, readJobFile } from '../job/load.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
-import { Progress, fmtBytes } from '../progress.ts'
+import { fmtBytes, jobView } from '../progress/index.ts'
+import type { JobView } from '../progress/index.ts'
 
 /** Options of `job run`. */
 export interface JobRunCommandOptions {
@@ -133,7 +134,15 @@ export const jobRunCommand = async (
     },
   })
   const configs = new Map<number, string>()
-  const progress = new Progress(io.stderr.isTTY === true, io.stderr)
+  // One view per guest, the guests one after the other: a new guest's first event ends the last.
+  let current: { vmid: number; view: JobView } | undefined
+  const viewOf = (vmid: number): JobView => {
+    if (current?.vmid !== vmid) {
+      current?.view[Symbol.dispose]()
+      current = { vmid, view: jobView(io.stderr, `${vmid} backup`) }
+    }
+    return current.view
+  }
   const res = await runJob({
     provider: (log) => storage.newBackupProvider(log),
     storeId: storage.storeId,
@@ -149,12 +158,12 @@ export const jobRunCommand = async (
     bandwidthLimit: job.bwlimit,
     logger,
     onProgress: (vmid, ev) => {
-      progress.update(vmid, ev)
+      viewOf(vmid).update(ev)
     },
     signal,
     hook,
   })
-  progress.done()
+  current?.view[Symbol.dispose]()
   const template = job['notes-template']
   if (template !== undefined) {
     for (const r of res.guests) {
