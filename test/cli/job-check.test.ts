@@ -49,7 +49,7 @@ rootfs = "/ct"
       r.stdout.trimEnd().split('\n').sort(),
       [
         `${file}: colour: unknown key`,
-        `${file}: bwlimit: expected bytes per second, e.g. 52428800 or 50M`,
+        `${file}: bwlimit: expected KiB/s (10000, as vzdump) or a unit: 50M, 1G, 65536B`,
         `${file}: guest[0].disks[0]: unknown disk format 'qcow3' (raw, qcow2, vmdk, vdi, vhdx, qed)`,
         `${file}: guest[1]: give only one of qmp, rootfs`,
         `${file}: guest[1].vmid: vmid 100 is already guest[0]'s`,
@@ -108,7 +108,7 @@ rootfs = "/ct"
     assert.equal(r.code, 2)
     assert.equal(
       r.stderr,
-      `guestbackup: ${file}: bwlimit: expected bytes per second, e.g. 52428800 or 50M (and 1 more: see guestbackup job check)\n`,
+      `guestbackup: ${file}: bwlimit: expected KiB/s (10000, as vzdump) or a unit: 50M, 1G, 65536B (and 1 more: see guestbackup job check)\n`,
     )
   })
 })
