@@ -24,6 +24,15 @@ import { mountsAt } from './mountinfo.ts'
 export { extractDirectory } from './directory.ts'
 export type { ExtractDirectoryOptions } from './directory.ts'
 
+/**
+ * mksquashfs' `-mem`: the memory its read, fragment and write queues may use. Its default is a
+ * quarter of the host's physical memory (squashfs-tools `USAGE`, "-mem <size> Use <size>
+ * physical memory", and `get_default_phys_mem()` in `mksquashfs.c`), which on a virtualisation
+ * host is far more than a backup should take; 256 MiB keeps every queue large enough for zstd
+ * to keep all cores busy.
+ */
+export const MKSQUASHFS_MEM = '256M'
+
 /** The warning returned when mksquashfs dropped POSIX ACLs. */
 export const SQUASHFS_ACL_WARNING = 'squashfs does not store POSIX ACLs'
 
@@ -51,8 +60,8 @@ export interface CreateSquashfsResult {
 
 /**
  * Build a squashfs image of `directory`, as the DirectoryExample's squashfs mode does:
- * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -comp zstd -Xcompression-level 3
- * -wildcards -e …`, then fsync and rename to `output`. Called once per container backup in
+ * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -mem 256M -comp zstd
+ * -Xcompression-level 3 -wildcards -e …` ({@link MKSQUASHFS_MEM}), then fsync and rename to `output`. Called once per container backup in
  * squashfs mode. POSIX ACLs are not stored (see the module comment).
  *
  * @throws BackupError `USAGE` (bad excludes, existing output), `ARCHIVE_TOOL_FAILED` with
@@ -70,6 +79,7 @@ export const createSquashfs = async (
   const stderr = await writeAtomically(opts.output, async (partial) => {
     // Absolute paths: mksquashfs would take a name starting with '-' for an option.
     const args = [resolve(opts.directory), resolve(partial), '-noappend', '-quiet', '-no-progress']
+    args.push('-mem', MKSQUASHFS_MEM)
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
     // It writes into the store itself: it must not outlive a killed run (tar, writing into our
