@@ -8,7 +8,9 @@
  * **POSIX ACLs are lost** (squashfs has no `system.` xattr prefix). Reading through squashfuse
  * 0.1.104 adds two quirks, both handled or documented in {@link extractDirectory}: it lists
  * `security.*` xattrs as `trusted.*` and vice versa (fixed upstream in vasi/squashfuse#83), and it
- * reports full `st_blocks`, so copies of sparse files are fully allocated.
+ * reports full `st_blocks`, so copies of sparse files are fully allocated. guestbackup's own
+ * restore therefore unpacks the image with `unsquashfs` (squashfs-extract.ts) and uses the mount
+ * only for file capabilities; Proxmox copies the mount.
  */
 import { chmod, realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
