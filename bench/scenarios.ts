@@ -19,6 +19,7 @@ import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
 import { compressedBackup } from './compress.ts'
+import { ctSquashfsBackup, ctSquashfsRestore, ctTarBackup, ctTarRestore } from './containers.ts'
 import { emptyTerabyte, incrementalFixedCost } from './fixed-cost.ts'
 import { digestCost, verifySpeed } from './integrity.ts'
 import { mergeMiddle, restoreChain, restoreFull } from './restore.ts'
@@ -344,4 +345,8 @@ export const scenarios: readonly Scenario[] = [
   restoreChain,
   mergeMiddle,
   compressedBackup,
+  ctTarBackup,
+  ctTarRestore,
+  ctSquashfsBackup,
+  ctSquashfsRestore,
 ]

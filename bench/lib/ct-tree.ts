@@ -50,9 +50,13 @@ const WORDS = (
 
 /**
  * Generate the tree into `root` (an existing, empty directory); needs root (chown) and
- * setfattr/setfacl. About 20 000 files and 700 MiB; takes a few seconds.
+ * setfattr/setfacl. About 20 000 files and 700 MiB; takes a few seconds. `scale` (0 < scale ≤ 1)
+ * multiplies every count (files, links, directories per top level, sparse files), for short
+ * check runs of the benchmark.
  */
-export const makeContainerTree = async (root: string, seed = 42): Promise<TreeStats> => {
+export const makeContainerTree = async (root: string, seed = 42, scale = 1): Promise<TreeStats> => {
+  if (!(scale > 0 && scale <= 1)) throw new Error(`bad tree scale ${scale}`)
+  const count = (n: number): number => Math.max(1, Math.round(n * scale))
   const rnd = prng(seed)
   const int = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1))
   const cipher = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16, seed & 0xff))
@@ -74,7 +78,7 @@ export const makeContainerTree = async (root: string, seed = 42): Promise<TreeSt
   }
   const dirs: string[] = []
   for (const top of ['etc', 'usr/bin', 'usr/lib', 'usr/share/doc', 'var/lib', 'home', 'opt']) {
-    for (let i = 0; i < 40; i++) {
+    for (let i = 0; i < count(40); i++) {
       for (let j = 0; j < 5; j++) {
         const d = join(top, `d${i}`, `s${j}`)
         mkdirSync(join(root, d), { recursive: true })
@@ -91,7 +95,7 @@ export const makeContainerTree = async (root: string, seed = 42): Promise<TreeSt
   }
   const files: string[] = []
   // 18 000 text files of 100 B … 16 KiB.
-  for (let i = 0; i < 18_000; i++) {
+  for (let i = 0; i < count(18_000); i++) {
     const n = Math.floor(100 * Math.pow(160, rnd()))
     const at = int(0, corpus.length - n)
     const rel = join(pickDir(), `f${i}.conf`)
@@ -99,9 +103,9 @@ export const makeContainerTree = async (root: string, seed = 42): Promise<TreeSt
     files.push(rel)
   }
   // 1 600 binaries of 16 … 256 KiB, 60 of 1 … 8 MiB.
-  for (let i = 0; i < 1600; i++)
+  for (let i = 0; i < count(1600); i++)
     write(join(pickDir(), `lib${i}.so`), randomBytes(int(16, 256) * KiB))
-  for (let i = 0; i < 60; i++) {
+  for (let i = 0; i < count(60); i++) {
     const rel = join(pickDir(), `big${i}.bin`)
     const fd = openSync(join(root, rel), 'w', 0o644)
     for (let left = int(1, 8) * MiB; left > 0; left -= zeroes.length) {
@@ -113,7 +117,7 @@ export const makeContainerTree = async (root: string, seed = 42): Promise<TreeSt
     stats.files++
   }
   // 4 sparse images of 64 MiB with 16 extents of 256 KiB.
-  for (let i = 0; i < 4; i++) {
+  for (let i = 0; i < count(4); i++) {
     const fd = openSync(join(root, `var/lib/disk${i}.img`), 'w', 0o644)
     for (let e = 0; e < 16; e++) writeSync(fd, randomBytes(256 * KiB), 0, 256 * KiB, e * 4 * MiB)
     ftruncateSync(fd, 64 * MiB)
@@ -124,11 +128,11 @@ export const makeContainerTree = async (root: string, seed = 42): Promise<TreeSt
     stats.sparseBytes += 64 * MiB
   }
   // 500 hard links and 1 000 symbolic links to text files.
-  for (let i = 0; i < 500; i++) {
+  for (let i = 0; i < count(500); i++) {
     linkSync(join(root, files[int(0, files.length - 1)] ?? ''), join(root, pickDir(), `hl${i}`))
     stats.hardlinks++
   }
-  for (let i = 0; i < 1000; i++) {
+  for (let i = 0; i < count(1000); i++) {
     symlinkSync(`/${files[int(0, files.length - 1)] ?? ''}`, join(root, pickDir(), `ln${i}`))
     stats.symlinks++
   }

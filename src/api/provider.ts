@@ -222,6 +222,12 @@ export type RestoreContainer =
   | {
       /** A directory holding the container tree. Perl key `archive-directory`. */
       archiveDirectory: string
+      /**
+       * guestbackup extension, optional: the squashfs image that `archiveDirectory` is a mount
+       * of. guestbackup's own host then restores it with `unsquashfs` (still reading file
+       * capabilities through the mount); Proxmox's pve-container never sees this key.
+       */
+      squashfsImage?: string
     }
 
 /** Options passed to long restore calls. */

@@ -44,12 +44,14 @@ const fsTypeOf = async (path: string): Promise<string | undefined> => {
 }
 
 /**
- * squashfuse 0.1.104 lists `security.capability` as `trusted.capability`, so tar's
+ * Copy the file capabilities (`security.capability`) of the tree below `source` onto the same
+ * names below `target`. squashfuse 0.1.104 lists `security.capability` as `trusted.capability`, so tar's
  * `--xattrs-include=security.capability` misses file capabilities (ping, …). Getting the xattr by
  * its real name works, so read `security.capability` of every entry with getfattr and restore
  * the dump with setfattr. Harmless where tar already copied them (fixed squashfuse versions).
+ * Also used after `unsquashfs -user-xattrs` (squashfs-extract.ts). Returns setfattr's complaints.
  */
-const reapplyCapabilities = async (
+export const reapplyCapabilities = async (
   source: string,
   target: string,
   signal: AbortSignal | undefined,

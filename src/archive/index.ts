@@ -5,13 +5,23 @@ export { mountsAt, parseMountInfo, readMounts } from './mountinfo.ts'
 export type { MountEntry } from './mountinfo.ts'
 export { extractDirectory } from './directory.ts'
 export type { ExtractDirectoryOptions } from './directory.ts'
-export { SQUASHFS_ACL_WARNING, SquashfsMount, createSquashfs, mountSquashfs } from './squashfs.ts'
+export {
+  MKSQUASHFS_MEM,
+  SQUASHFS_ACL_WARNING,
+  SquashfsMount,
+  createSquashfs,
+  mountSquashfs,
+} from './squashfs.ts'
 export type {
   CreateSquashfsOptions,
   CreateSquashfsResult,
   MountSquashfsOptions,
   SquashfuseProgram,
 } from './squashfs.ts'
+export { SquashfsListingCheck } from './squashfs-check.ts'
+export type { SquashfsListingResult } from './squashfs-check.ts'
+export { UNSQUASHFS_EXCLUDES, extractSquashfs } from './squashfs-extract.ts'
+export type { ExtractSquashfsOptions, ExtractSquashfsResult } from './squashfs-extract.ts'
 export { checkTarArchive, decompressorFor } from './tar-check.ts'
 export type { TarCheckResult } from './tar-check.ts'
 export {

@@ -8,7 +8,9 @@
  * **POSIX ACLs are lost** (squashfs has no `system.` xattr prefix). Reading through squashfuse
  * 0.1.104 adds two quirks, both handled or documented in {@link extractDirectory}: it lists
  * `security.*` xattrs as `trusted.*` and vice versa (fixed upstream in vasi/squashfuse#83), and it
- * reports full `st_blocks`, so copies of sparse files are fully allocated.
+ * reports full `st_blocks`, so copies of sparse files are fully allocated. guestbackup's own
+ * restore therefore unpacks the image with `unsquashfs` (squashfs-extract.ts) and uses the mount
+ * only for file capabilities; Proxmox copies the mount.
  */
 import { chmod, readFile, realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
@@ -23,6 +25,15 @@ import { mountsAt } from './mountinfo.ts'
 
 export { extractDirectory } from './directory.ts'
 export type { ExtractDirectoryOptions } from './directory.ts'
+
+/**
+ * mksquashfs' `-mem`: the memory its read, fragment and write queues may use. Its default is a
+ * quarter of the host's physical memory (squashfs-tools `USAGE`, "-mem <size> Use <size>
+ * physical memory", and `get_default_phys_mem()` in `mksquashfs.c`), which on a virtualisation
+ * host is far more than a backup should take; 256 MiB keeps every queue large enough for zstd
+ * to keep all cores busy.
+ */
+export const MKSQUASHFS_MEM = '256M'
 
 /** The warning returned when mksquashfs dropped POSIX ACLs. */
 export const SQUASHFS_ACL_WARNING = 'squashfs does not store POSIX ACLs'
@@ -56,8 +67,8 @@ export interface CreateSquashfsResult {
 
 /**
  * Build a squashfs image of `directory`, as the DirectoryExample's squashfs mode does:
- * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -comp zstd -Xcompression-level 3
- * -wildcards -e …`, then fsync and rename to `output`. Called once per container backup in
+ * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -mem 256M -comp zstd
+ * -Xcompression-level 3 -wildcards -e …` ({@link MKSQUASHFS_MEM}), then fsync and rename to `output`. Called once per container backup in
  * squashfs mode. POSIX ACLs are not stored (see the module comment).
  *
  * @throws BackupError `USAGE` (bad excludes, existing output), `ARCHIVE_TOOL_FAILED` with
@@ -75,6 +86,7 @@ export const createSquashfs = async (
   const stderr = await writeAtomically(opts.output, async (partial) => {
     // Absolute paths: mksquashfs would take a name starting with '-' for an option.
     const args = [resolve(opts.directory), resolve(partial), '-noappend', '-quiet', '-no-progress']
+    args.push('-mem', MKSQUASHFS_MEM)
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
     // It writes into the store itself: it must not outlive a killed run (tar, writing into our

@@ -20,14 +20,12 @@ import { createHash } from 'node:crypto'
 import type { Hash } from 'node:crypto'
 import {
   MAX_META,
-  MAX_SPARSE_ENTRIES,
   TAR_BLOCK,
   TYPES,
   TarParseError,
   checksumOk,
   field,
   firstNonZero,
-  hashZeroes,
   isZero,
   must,
   parsePax,
@@ -36,20 +34,18 @@ import {
   text,
 } from './tar-format.ts'
 import type { TarMember } from './tar-format.ts'
+import {
+  SparseMapText,
+  addGnuEntries,
+  checkSparseMap,
+  hashSparseContent,
+  hashSparseTail,
+  newSparse,
+} from './tar-sparse.ts'
+import type { Sparse } from './tar-sparse.ts'
 
 export { MAX_META, MAX_SPARSE_ENTRIES, TAR_BLOCK, TarParseError } from './tar-format.ts'
 export type { TarMember, TarMemberType } from './tar-format.ts'
-
-interface Sparse {
-  /** Flattened (offset, size) pairs. */
-  map: number[]
-  real: number
-  /** PAX sparse 1.0: the map is the start of the content. */
-  inContent: boolean
-  idx: number
-  written: number
-  entryLeft: number
-}
 
 /** The member whose header blocks are being read. */
 interface Pending {
@@ -72,14 +68,6 @@ interface Meta {
   have: number
   size: number
   at: number
-}
-
-/** A PAX sparse 1.0 map being read: its numbers, how many are wanted, the current digits. */
-interface MapText {
-  nums: number[]
-  want: number
-  digits: string
-  used: number
 }
 
 type State = 'header' | 'meta' | 'ext' | 'map' | 'content' | 'pad' | 'end'
@@ -112,7 +100,7 @@ export class TarMemberParser {
   #left = 0
   #stored = 0
   #padLeft = 0
-  #map: MapText | undefined
+  #map: SparseMapText | undefined
   #stray: number | undefined
   #flag = ''
   #endAt = 0
@@ -277,8 +265,8 @@ export class TarMemberParser {
     if (flag === 'S') {
       const real = readNumber(h, 483, 12)
       if (real === undefined) throw damaged()
-      p.sparse = { map: [], real, inContent: false, idx: 0, written: 0, entryLeft: 0 }
-      this.#addEntries(h, 386, 4, at)
+      p.sparse = newSparse(real, false)
+      addGnuEntries(p.sparse, h, 386, 4, at)
       if (h[482] !== 0) {
         this.#state = 'ext'
         return
@@ -286,7 +274,7 @@ export class TarMemberParser {
     } else if (p.pax.get('GNU.sparse.major') === '1') {
       const real = Number(p.pax.get('GNU.sparse.realsize'))
       if (!Number.isSafeInteger(real) || real < 0) throw damaged()
-      p.sparse = { map: [], real, inContent: true, idx: 0, written: 0, entryLeft: 0 }
+      p.sparse = newSparse(real, true)
     } else if (p.pax.has('GNU.sparse.size')) {
       // PAX sparse 0.0 (GNU.sparse.offset / numbytes pairs) and 0.1 (GNU.sparse.map).
       const real = Number(p.pax.get('GNU.sparse.size'))
@@ -294,7 +282,7 @@ export class TarMemberParser {
       const map = list === undefined ? p.paxSparse0 : list.split(',').map(Number)
       const bad = map.length % 2 !== 0 || map.some((v) => !Number.isSafeInteger(v) || v < 0)
       if (!Number.isSafeInteger(real) || real < 0 || bad) throw damaged()
-      p.sparse = { map, real, inContent: false, idx: 0, written: 0, entryLeft: 0 }
+      p.sparse = newSparse(real, false, map)
     }
     this.#startContent(at, out)
   }
@@ -323,22 +311,9 @@ export class TarMemberParser {
     }
   }
 
-  /** Old GNU sparse entries (12-byte offset, 12-byte size) of a header or extension block. */
-  #addEntries(b: Buffer, off: number, count: number, at: number): void {
-    const map = must(must(this.#member).sparse).map
-    for (let i = 0; i < count && b[off + i * 24] !== 0; i++) {
-      const o = readNumber(b, off + i * 24, 12)
-      const s = readNumber(b, off + i * 24 + 12, 12)
-      if (o === undefined || s === undefined || map.length >= 2 * MAX_SPARSE_ENTRIES) {
-        throw new TarParseError(at, `the sparse map at byte ${at} is damaged`)
-      }
-      map.push(o, s)
-    }
-  }
-
   #onExt(at: number, out: TarMember[]): void {
     this.#member?.hash?.update(this.#block)
-    this.#addEntries(this.#block, 0, 21, at)
+    addGnuEntries(must(must(this.#member).sparse), this.#block, 0, 21, at)
     if (this.#block[504] === 0) this.#startContent(at, out)
   }
 
@@ -353,62 +328,30 @@ export class TarMemberParser {
       rec.size = p.sparse.real
       if (p.sparse.inContent) {
         if (this.#left === 0) throw new TarParseError(at, `the sparse member at ${at} is empty`)
-        this.#map = { nums: [], want: -1, digits: '', used: 0 }
+        this.#map = new SparseMapText()
         this.#state = 'map'
         return
       }
-      this.#checkMap(at)
+      checkSparseMap(p.sparse, this.#left, at)
     }
     if (this.#left === 0) this.#finishContent(out)
   }
 
-  /** The map must be ordered, inside the real size, and add up to the stored bytes. */
-  #checkMap(at: number): void {
-    const s = must(must(this.#member).sparse)
-    let end = 0
-    let sum = 0
-    for (let i = 0; i < s.map.length; i += 2) {
-      const o = s.map[i] ?? 0
-      const n = s.map[i + 1] ?? 0
-      if (o < end || o + n > s.real) throw new TarParseError(at, `bad sparse map at byte ${at}`)
-      end = o + n
-      sum += n
-    }
-    if (sum !== this.#left) throw new TarParseError(at, `bad sparse map at byte ${at}`)
-  }
-
-  /** PAX sparse 1.0: decimal lines (count, then offset and size pairs), padded to a block. */
+  /** PAX sparse 1.0: the map at the start of the content, then the data. */
   #mapBytes(data: Buffer, out: TarMember[]): number {
     const m = must(this.#map)
-    const max = Math.min(data.length, this.#left)
-    const damaged = (i: number): TarParseError =>
-      new TarParseError(this.#pos + i, `the sparse map at byte ${this.#pos + i} is damaged`)
-    let i = 0
-    for (; i < max && m.want !== m.nums.length; i++) {
-      const c = data[i] ?? 0
-      if (c === 0x0a) {
-        const v = Number(m.digits)
-        if (m.digits === '' || !Number.isSafeInteger(v)) throw damaged(i)
-        if (m.want >= 0) m.nums.push(v)
-        else if (v > MAX_SPARSE_ENTRIES) throw damaged(i)
-        else m.want = 2 * v
-        m.digits = ''
-      } else if (c >= 0x30 && c <= 0x39 && m.digits.length < 20) {
-        m.digits += String.fromCharCode(c)
-      } else throw damaged(i)
-    }
-    if (m.want === m.nums.length) {
-      i += Math.min((TAR_BLOCK - ((m.used + i) % TAR_BLOCK)) % TAR_BLOCK, max - i)
-    }
-    m.used += i
+    const i = m.read(data, Math.min(data.length, this.#left), this.#pos)
     this.#left -= i
-    if (m.want === m.nums.length && m.used % TAR_BLOCK === 0) {
-      must(must(this.#member).sparse).map = m.nums
+    if (m.done) {
+      const s = must(must(this.#member).sparse)
+      s.map = m.map
       this.#map = undefined
-      this.#checkMap(this.#pos)
+      checkSparseMap(s, this.#left, this.#pos)
       this.#state = 'content'
       if (this.#left === 0) this.#finishContent(out)
-    } else if (this.#left === 0) throw damaged(i)
+    } else if (this.#left === 0) {
+      throw new TarParseError(this.#pos + i, `the sparse map at byte ${this.#pos + i} is damaged`)
+    }
     return i
   }
 
@@ -416,32 +359,15 @@ export class TarMemberParser {
     const h = this.#content
     if (h === undefined) return
     const s = this.#member?.sparse
-    if (s === undefined) {
-      h.update(data)
-      return
-    }
-    for (let i = 0; i < data.length;) {
-      if (s.entryLeft === 0) {
-        const o = s.map[s.idx] ?? 0
-        s.entryLeft = s.map[s.idx + 1] ?? 0
-        s.idx += 2
-        hashZeroes(h, o - s.written)
-        s.written = o
-        continue
-      }
-      const n = Math.min(s.entryLeft, data.length - i)
-      h.update(data.subarray(i, i + n))
-      i += n
-      s.entryLeft -= n
-      s.written += n
-    }
+    if (s === undefined) h.update(data)
+    else hashSparseContent(h, s, data)
   }
 
   #finishContent(out: TarMember[]): void {
     const rec = must(this.#record)
     const s = this.#member?.sparse
     if (this.#content !== undefined) {
-      if (s !== undefined) hashZeroes(this.#content, s.real - s.written)
+      if (s !== undefined) hashSparseTail(this.#content, s)
       rec.sha256 = this.#content.digest('hex')
     }
     this.#content = undefined

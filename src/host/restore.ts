@@ -8,7 +8,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { ProgressEvent } from '../api/progress.ts'
 import type { BackupProvider } from '../api/provider.ts'
-import { extractDirectory, extractTarArchive } from '../archive/index.ts'
+import { extractDirectory, extractSquashfs, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { writeFileDurably } from '../io/fs.ts'
 import { restoreVmDisks } from './restore-vm.ts'
@@ -145,6 +145,15 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
             }
       if ('tarPath' in src) {
         await extractTarArchive({ archive: src.tarPath, target: rootfs, signal, ...progress })
+      } else if (src.squashfsImage !== undefined) {
+        const image = src.squashfsImage
+        const r = await extractSquashfs({
+          image,
+          mount: src.archiveDirectory,
+          target: rootfs,
+          signal,
+        })
+        for (const w of r.warnings) log.warn(w)
       } else {
         await extractDirectory({
           source: src.archiveDirectory,

@@ -33,7 +33,15 @@ export const childProcesses = async (): Promise<ChildInfo[]> => {
 }
 
 /** The external tools the archive layer runs. */
-const TOOLS = new Set(['tar', 'zstd', 'mksquashfs', 'squashfuse', 'squashfuse_ll', 'fusermount3'])
+const TOOLS = new Set([
+  'tar',
+  'zstd',
+  'mksquashfs',
+  'unsquashfs',
+  'squashfuse',
+  'squashfuse_ll',
+  'fusermount3',
+])
 
 /** Children of this process that are archive tools (tsx may run its own esbuild child). */
 export const leftoverTools = async (): Promise<ChildInfo[]> =>

@@ -242,7 +242,7 @@ export class DirectoryRestore {
           await rm(mnt, { recursive: true, force: true })
         },
       })
-      return { archiveDirectory: mnt }
+      return { archiveDirectory: mnt, squashfsImage: pin.path }
     } catch (e) {
       await this.#release(volname)
       throw e
