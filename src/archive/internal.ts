@@ -2,8 +2,9 @@
  * Helpers shared by the archive modules (not re-exported): running several processes and streams
  * as one pipeline, writing an output file atomically, and checking restore targets.
  */
-import { readdir, stat } from 'node:fs/promises'
+import { readFile, readdir, stat } from 'node:fs/promises'
 import { Duplex } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
 import type { Tool } from '../io/spawn.ts'
@@ -168,5 +169,39 @@ export const assertEmptyDirectory = async (path: string, what: string): Promise<
     throw new BackupError('USAGE', `${what} ${path} is not empty`, {
       details: { path, entries: entries.slice(0, 10) },
     })
+  }
+}
+
+/** How often {@link followProcIo} looks (ms). */
+const PROC_IO_POLL_MS = 500
+
+/**
+ * Report a counter of `/proc/PID/io` (proc(5): `rchar` bytes read, `wchar` bytes written)
+ * until `done` settles. For the squashfs tools of Debian 12 (4.5), which print no
+ * machine-readable progress (their bars are for terminals; `-percentage` came with 4.6).
+ * Returns `done`'s outcome.
+ */
+export const followProcIo = async <T>(
+  pid: number | undefined,
+  done: Promise<T>,
+  field: 'rchar' | 'wchar',
+  onBytes: (bytes: number) => void,
+): Promise<T> => {
+  const ac = new AbortController()
+  const re = new RegExp(`^${field}: (\\d+)$`, 'm')
+  const poll = async (): Promise<void> => {
+    while (pid !== undefined && !ac.signal.aborted) {
+      await sleep(PROC_IO_POLL_MS, undefined, { signal: ac.signal }).catch(() => undefined)
+      const io = await readFile(`/proc/${pid}/io`, 'utf8').catch(() => '')
+      const m = re.exec(io)
+      if (m !== null) onBytes(Number(m[1]))
+    }
+  }
+  const polling = poll()
+  try {
+    return await done
+  } finally {
+    ac.abort()
+    await polling
   }
 }

@@ -25,7 +25,7 @@ const ROOT = 'squashfs-root'
  * One `-lln` line: type, permissions, `uid/gid`, size (or `major, minor`), date, time, path
  * (for a symlink `path -> target`). See `unsquashfs.c`, `print_filename()`.
  */
-const LINE = /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:\d+|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
+const LINE = /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:(\d+)|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
 
 /** A directory on the current path: its path below the root and its last entry's name. */
 interface Dir {
@@ -37,6 +37,8 @@ interface Dir {
 export interface SquashfsListingResult {
   /** Members listed, the root included. */
   members: number
+  /** Bytes of the regular files listed (their sizes, holes included). */
+  bytes: number
   /**
    * Set when a line could not be read unambiguously (a name or symlink target with a newline
    * or a second ` -> `, an over-long line): the first such line. The listing then says nothing
@@ -50,6 +52,7 @@ export class SquashfsListingCheck {
   readonly #archive: string
   readonly #stack: Dir[] = []
   #members = 0
+  #bytes = 0
   #unverifiable: string | undefined
 
   /** `archive` names the image in errors. */
@@ -75,7 +78,7 @@ export class SquashfsListingCheck {
       return
     }
     const type = m[1] ?? ''
-    let path = m[2] ?? ''
+    let path = m[3] ?? ''
     if (type === 'l') {
       const arrow = path.indexOf(' -> ')
       if (arrow < 0 || path.includes(' -> ', arrow + 4)) {
@@ -85,6 +88,7 @@ export class SquashfsListingCheck {
       path = path.slice(0, arrow)
     }
     this.#members++
+    if (type === '-') this.#bytes += Number(m[2] ?? 0)
     if (this.#members === 1) {
       if (path !== ROOT || type !== 'd') throw this.#refuse(path, 'the listing has no root')
       this.#stack.push({ path: '', last: undefined })
@@ -116,9 +120,9 @@ export class SquashfsListingCheck {
   /** The listing ended: `ARCHIVE_INVALID` if it had no root. */
   end(): SquashfsListingResult {
     if (this.#unverifiable !== undefined) {
-      return { members: this.#members, unverifiable: this.#unverifiable }
+      return { members: this.#members, bytes: this.#bytes, unverifiable: this.#unverifiable }
     }
     if (this.#members === 0) throw this.#refuse('', 'the listing is empty')
-    return { members: this.#members }
+    return { members: this.#members, bytes: this.#bytes }
   }
 }

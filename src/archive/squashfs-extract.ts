@@ -9,7 +9,14 @@ import { pipeline } from 'node:stream/promises'
 import { throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import { extractDirectory, reapplyCapabilities } from './directory.ts'
-import { Group, assertDirectory, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
+import {
+  Group,
+  assertDirectory,
+  assertEmptyDirectory,
+  followProcIo,
+  stderrLines,
+  stdioOf,
+} from './internal.ts'
 import { MAX_LISTING_LINE, SquashfsListingCheck } from './squashfs-check.ts'
 
 /**
@@ -29,6 +36,11 @@ export interface ExtractSquashfsOptions {
   target: string
   /** Kills unsquashfs. The target may then hold a partial restore; the caller discards it. */
   signal?: AbortSignal | undefined
+  /**
+   * Bytes written so far of the regular files' total (the listing's sizes): unsquashfs'
+   * `wchar` (proc(5)), about twice a second, and the total once it is done.
+   */
+  onProgress?: ((done: number, total: number) => void) | undefined
 }
 
 /** Result of {@link extractSquashfs}. */
@@ -104,6 +116,7 @@ export const extractSquashfs = async (
       source: opts.mount,
       target: opts.target,
       signal: opts.signal,
+      onProgress: opts.onProgress,
     })
     const note = `squashfs listing line ${JSON.stringify(listing.unverifiable)} is ambiguous: copied the tree from the mount instead`
     return { members: listing.members, warnings: [note, ...r.warnings] }
@@ -122,7 +135,15 @@ export const extractSquashfs = async (
     signal: opts.signal,
     dieWithParent: true, // it writes into the target: it must not outlive a killed restore
   })
-  await tool.done
+  const onProgress = opts.onProgress
+  if (onProgress === undefined) await tool.done
+  else {
+    const total = listing.bytes
+    await followProcIo(tool.child.pid, tool.done, 'wchar', (n) => {
+      onProgress(Math.min(n, total), total)
+    })
+    onProgress(total, total)
+  }
   const warnings = stderrLines(tool.stderr())
   warnings.push(...(await reapplyCapabilities(opts.mount, opts.target, opts.signal)))
   return { members: listing.members, warnings }

@@ -12,7 +12,7 @@
  * restore therefore unpacks the image with `unsquashfs` (squashfs-extract.ts) and uses the mount
  * only for file capabilities; Proxmox copies the mount.
  */
-import { chmod, readFile, realpath, stat } from 'node:fs/promises'
+import { chmod, realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
@@ -20,7 +20,7 @@ import { run, spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
 import { squashfsExcludeArgs } from './excludes.ts'
 import { writeAtomically } from '../io/fs.ts'
-import { assertDirectory, stderrLines } from './internal.ts'
+import { assertDirectory, followProcIo, stderrLines } from './internal.ts'
 import { mountsAt } from './mountinfo.ts'
 
 export { extractDirectory } from './directory.ts'
@@ -52,7 +52,7 @@ export interface CreateSquashfsOptions {
   signal?: AbortSignal | undefined
   /**
    * Gets the bytes mksquashfs has read so far (about the tree's data: see
-   * {@link followBytesRead}), about twice a second.
+   * {@link followProcIo}), about twice a second.
    */
   onBytesRead?: ((bytes: number) => void) | undefined
 }
@@ -98,7 +98,7 @@ export const createSquashfs = async (
       dieWithParent: true,
     })
     if (opts.onBytesRead === undefined) await tool.done
-    else await followBytesRead(tool.child.pid, tool.done, opts.onBytesRead)
+    else await followProcIo(tool.child.pid, tool.done, 'rchar', opts.onBytesRead)
     await chmod(partial, 0o600) // like the tar archive: a whole container file system
     return tool.stderr()
   })
@@ -113,38 +113,6 @@ export const createSquashfs = async (
   }
   const { size } = await stat(opts.output)
   return { bytes: size, warnings }
-}
-
-/** How often {@link followBytesRead} looks (ms). */
-const READ_POLL_MS = 500
-
-/**
- * Report the `rchar` of `/proc/PID/io` (bytes the process read, proc(5)) until `done` settles:
- * mksquashfs 4.5 prints no machine-readable progress (its bar is for terminals, `-percentage`
- * came with 4.6), and what it reads is the tree's data (setpriv execs it in the same process).
- * Returns `done`'s outcome.
- */
-const followBytesRead = async (
-  pid: number | undefined,
-  done: Promise<number>,
-  onBytes: (bytes: number) => void,
-): Promise<number> => {
-  const ac = new AbortController()
-  const poll = async (): Promise<void> => {
-    while (pid !== undefined && !ac.signal.aborted) {
-      await sleep(READ_POLL_MS, undefined, { signal: ac.signal }).catch(() => undefined)
-      const io = await readFile(`/proc/${pid}/io`, 'utf8').catch(() => '')
-      const m = /^rchar: (\d+)$/m.exec(io)
-      if (m !== null) onBytes(Number(m[1]))
-    }
-  }
-  const polling = poll()
-  try {
-    return await done
-  } finally {
-    ac.abort()
-    await polling
-  }
 }
 
 /** The FUSE programs that can serve a squashfs image (both from the squashfuse package). */

@@ -152,6 +152,7 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
           mount: src.archiveDirectory,
           target: rootfs,
           signal,
+          ...progress,
         })
         for (const w of r.warnings) log.warn(w)
       } else {

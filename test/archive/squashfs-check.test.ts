@@ -38,7 +38,8 @@ describe('squashfs listing check', () => {
       [FILE, 'squashfs-root/n\u00c3\u00bc'], // "nü" as UTF-8 bytes read as latin1
       [FILE, 'squashfs-root/with space -> not a link'],
     ])
-    assert.deepEqual(r, { members: 10 })
+    // Five regular files of FILE's 3 bytes each: the total the restore's progress runs to.
+    assert.deepEqual(r, { members: 10, bytes: 15 })
   })
 
   it('refuses a member listed after a symlink of its parent name (no directory before it)', () => {
@@ -90,9 +91,13 @@ describe('squashfs listing check', () => {
   it('marks the listing unverifiable at a line it cannot read, and checks nothing after it', () => {
     // A name with a newline: its second half is a line of its own.
     const r = check([ROOT, [FILE, 'squashfs-root/a\nb'], [FILE, 'squashfs-root/../x']])
-    assert.deepEqual(r, { members: 2, unverifiable: 'b' })
+    assert.deepEqual(r, { members: 2, bytes: 3, unverifiable: 'b' })
     const arrows = check([ROOT, [LINK, 'squashfs-root/a -> b -> c']])
-    assert.deepEqual(arrows, { members: 1, unverifiable: `${LINK} squashfs-root/a -> b -> c` })
+    assert.deepEqual(arrows, {
+      members: 1,
+      bytes: 0,
+      unverifiable: `${LINK} squashfs-root/a -> b -> c`,
+    })
     const long = check([ROOT, [FILE, `squashfs-root/${'x'.repeat(70_000)}`]])
     assert.equal(long.members, 1)
     assert.ok(long.unverifiable !== undefined)
