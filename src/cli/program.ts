@@ -7,7 +7,7 @@
  * usage error start without them and every command loads only what it needs.
  */
 import { readFileSync } from 'node:fs'
-import { Command, Option } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { BackupError } from '../errors.ts'
 import type { Logger, LogLevel } from '../log.ts'
 import type { LockPolicy } from '../io/lock.ts'
@@ -19,6 +19,10 @@ import type { ListCommandOptions } from './commands/list.ts'
 import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import type { CliIO, CliStream } from './io.ts'
+import { writeLine } from './io.ts'
+import { formatInArgv, OUTPUT_FORMATS, resolveFormat } from './output/format.ts'
+import { errorLine, logJson } from './output/log-json.ts'
+import type { JsonAlias, OutputFormat } from './output/format.ts'
 import {
   collect,
   collectDisk,
@@ -54,11 +58,25 @@ const helpWidth = (stream: CliStream): number =>
   stream.isTTY === true ? (stream.columns ?? 80) : 80
 
 /** Build the program of one run: commander writes help and usage errors to `io`, never exits. */
-export const createProgram = (io: CliIO): CliProgram => {
+export const createProgram = (io: CliIO, argv: readonly string[] = []): CliProgram => {
   const program = new Command('guestbackup')
-    .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+  program.description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+  // Before .version(): this listener runs first and prints the version as JSON when asked.
+  program.on('option:version', () => {
+    const format = formatInArgv(argv)
+    if (format === undefined || format === 'text') return
+    writeLine(io.stdout, JSON.stringify({ version: VERSION }, null, format === 'json' ? 0 : 2))
+    throw new CommanderError(0, 'commander.version', VERSION)
+  })
+  program
     .version(VERSION)
     .option('-v, --verbose', 'log progress details on stderr')
+    .addOption(
+      new Option(
+        '--output-format <format>',
+        'results on stdout as text, json (one line) or json-pretty (docs/cli-json.md)',
+      ).choices(OUTPUT_FORMATS),
+    )
     .option('--log-json', 'log JSON lines on stderr')
     .option('--debug', 'print stack traces on errors')
     // One line per usage error, with where to look: 'error: unknown option … (see --help)'.
@@ -66,7 +84,8 @@ export const createProgram = (io: CliIO): CliProgram => {
       writeOut: (str) => io.stdout.write(str),
       writeErr: (str) => io.stderr.write(str),
       outputError: (str, write) => {
-        write(`${str.trimEnd()} (see --help)\n`)
+        const line = `${str.trimEnd()} (see --help)`
+        write(logJson(program.opts(), argv) ? errorLine(line, { code: 'USAGE' }) : `${line}\n`)
       },
       // commander's defaults measure process.stdout/stderr; help wraps to io's own terminal.
       getOutHelpWidth: () => helpWidth(io.stdout),
@@ -85,6 +104,21 @@ export const createProgram = (io: CliIO): CliProgram => {
   }
 
   let result = 0
+
+  // With --log-json every stderr line is JSON: no progress line is drawn (it needs a terminal).
+  const logIo = (): CliIO =>
+    program.opts<{ logJson?: boolean }>().logJson === true
+      ? { ...io, stderr: { write: (text: string) => io.stderr.write(text) } }
+      : io
+
+  // The format of this command's results: --output-format, or what its --json stands for.
+  const format = (o: { json?: unknown }, alias: JsonAlias): OutputFormat =>
+    resolveFormat(
+      program.opts<{ outputFormat?: OutputFormat }>().outputFormat,
+      o.json === true,
+      alias,
+    )
+  const JSON_HELP = (alias: JsonAlias): string => `the same as --output-format ${alias}`
 
   // Wait messages are shown by default (warn level): a command that waits says why.
   const lockPolicy = (waitMs: number | undefined, log: Logger): LockPolicy => ({
@@ -141,9 +175,10 @@ export const createProgram = (io: CliIO): CliProgram => {
         'store VM disk images with zstd-compressed qcow2 clusters, or not (new stores: zstd)',
       ).choices(['zstd', 'none']),
     )
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (store: string, o: InitCommandOptions) => {
       const { initCommand } = await import('./commands/store.ts')
-      await initCommand(store, o, io)
+      await initCommand(store, o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -171,10 +206,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
-    .option('--json', 'print the result as JSON')
+    .option('--json', JSON_HELP('json'))
     .action(async (o: BackupCommandOptions) => {
       const { backupCommand } = await import('./commands/backup.ts')
-      result = await backupCommand(o, await logger(), io)
+      result = await backupCommand(o, await logger(), logIo(), format(o, 'json'))
     })
 
   program
@@ -183,10 +218,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--failed', 'also list failed backup runs, with their error and task log')
-    .option('--json', 'print a JSON array')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: ListCommandOptions) => {
       const { listCommand } = await import('./commands/list.ts')
-      await listCommand(o, io)
+      await listCommand(o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -203,9 +238,10 @@ export const createProgram = (io: CliIO): CliProgram => {
       collectDiskTarget,
     )
     .option('--bwlimit <rate>', 'bandwidth limit in bytes/s (suffix K, M, G)', parseRate)
+    .option('--json', JSON_HELP('json'))
     .action(async (volume: string, o: RestoreCommandOptions) => {
       const { restoreCommand } = await import('./commands/restore.ts')
-      result = await restoreCommand(o, volume, await logger(), io)
+      result = await restoreCommand(o, volume, await logger(), io, format(o, 'json'))
     })
 
   program
@@ -218,11 +254,12 @@ export const createProgram = (io: CliIO): CliProgram => {
       'prove a restore of one backup in <dir> (as restore --target wrote it)',
     )
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
-    .option('--json', 'print JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (volumes: string[], o: VerifyCommandOptions) => {
       const { verifyCommand } = await import('./commands/verify.ts')
       const log = await logger()
-      result = await verifyCommand(volumes, o, log, io, lockPolicy(o.lockWait, log))
+      const lock = lockPolicy(o.lockWait, log)
+      result = await verifyCommand(volumes, o, log, logIo(), lock, format(o, 'json-pretty'))
     })
 
   program
@@ -231,9 +268,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .argument('<volume>', 'volume name')
     .requiredOption('--store <dir>', 'store directory')
     .option('--firewall', 'print the firewall configuration instead')
-    .action(async (volume: string, o: { store: string; firewall?: boolean }) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, o: { store: string; firewall?: boolean; json?: boolean }) => {
       const { showConfigCommand } = await import('./commands/store.ts')
-      await showConfigCommand(volume, o, io)
+      await showConfigCommand(volume, o, io, format(o, 'json'))
     })
 
   program
@@ -245,10 +283,11 @@ export const createProgram = (io: CliIO): CliProgram => {
     .option('--keep <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
     .option('--dry-run', 'only show what would be removed')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
+    .option('--json', JSON_HELP('json'))
     .action(async (o: PruneCommandOptions) => {
       const { pruneCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await pruneCommand(o, log, io, lockPolicy(o.lockWait, log))
+      await pruneCommand(o, log, io, lockPolicy(o.lockWait, log), format(o, 'json'))
     })
 
   program
@@ -257,10 +296,11 @@ export const createProgram = (io: CliIO): CliProgram => {
     .argument('<volume>', 'volume name')
     .requiredOption('--store <dir>', 'store directory')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
-    .action(async (volume: string, o: { store: string; lockWait?: number }) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, o: { store: string; lockWait?: number; json?: boolean }) => {
       const { removeCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log))
+      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log), io, format(o, 'json'))
     })
 
   program
@@ -269,9 +309,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .argument('<volume>', 'volume name')
     .requiredOption('--store <dir>', 'store directory')
     .option('--off', 'remove the protection')
-    .action(async (volume: string, o: { store: string; off?: boolean }) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, o: { store: string; off?: boolean; json?: boolean }) => {
       const { protectCommand } = await import('./commands/store.ts')
-      await protectCommand(volume, o)
+      await protectCommand(volume, o, io, format(o, 'json'))
     })
 
   program
@@ -280,9 +321,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .argument('<volume>', 'volume name')
     .requiredOption('--store <dir>', 'store directory')
     .option('--set <text>', 'new notes ("" removes them)')
-    .action(async (volume: string, o: { store: string; set?: string }) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, o: { store: string; set?: string; json?: boolean }) => {
       const { notesCommand } = await import('./commands/store.ts')
-      await notesCommand(volume, o, io)
+      await notesCommand(volume, o, io, format(o, 'json'))
     })
 
   program
@@ -295,13 +337,13 @@ export const createProgram = (io: CliIO): CliProgram => {
       collect,
     )
     .option('--drop-all', 'remove every guestbackup bitmap of the disk')
-    .option('--json', 'print JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: BitmapsCommandOptions) => {
       if (o.drop !== undefined && o.dropAll === true) {
         throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
       }
       const { bitmapsCommand } = await import('./commands/bitmaps.ts')
-      result = await bitmapsCommand(o, io)
+      result = await bitmapsCommand(o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -310,10 +352,10 @@ export const createProgram = (io: CliIO): CliProgram => {
     .requiredOption('--store <dir>', 'store directory')
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--repair', 'repair what is found (each guest locked while it is repaired)')
-    .option('--json', 'print {findings, repaired} as JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: CheckCommandOptions) => {
       const { checkCommand } = await import('./commands/check.ts')
-      result = await checkCommand(o, await logger(), io)
+      result = await checkCommand(o, await logger(), io, format(o, 'json-pretty'))
     })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.

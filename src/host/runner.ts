@@ -61,6 +61,8 @@ export interface GuestResult {
   archiveSize?: number
   error?: BackupError
   warnings: number
+  /** The warning lines (the first 100, task-log.ts `WARNINGS_KEPT`). */
+  warningMessages: readonly string[]
 }
 
 /** Run a backup job over the given guests, one after another. */
@@ -105,6 +107,7 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
         status: 'failed',
         error: err,
         warnings: 0,
+        warningMessages: [],
       })
     }
   } finally {
@@ -124,7 +127,13 @@ const backupGuest = async (
   log: TaskLog,
   startTime: number,
 ): Promise<GuestResult> => {
-  const result: GuestResult = { vmid: guest.vmid, type: guest.type, status: 'failed', warnings: 0 }
+  const result: GuestResult = {
+    vmid: guest.vmid,
+    type: guest.type,
+    status: 'failed',
+    warnings: 0,
+    warningMessages: [],
+  }
   log.info(`starting backup of ${guest.type} ${guest.vmid} via ${provider.name}`)
   try {
     await preflight(guest)
@@ -142,7 +151,7 @@ const backupGuest = async (
       throw new BackupError('PROVIDER_INVALID', `invalid archive name '${init.archiveName}'`)
     }
     result.volid = `${opts.storeId}:backup/${init.archiveName}`
-    log.info(`creating archive '${result.volid}'`)
+    log.info(`creating archive '${result.volid}'`, { volid: result.volid })
     const info = {
       signal: opts.signal,
       ...(opts.bandwidthLimit ? { bandwidthLimit: opts.bandwidthLimit } : {}),
@@ -167,7 +176,10 @@ const backupGuest = async (
     }
     result.archiveSize = res?.stats.archiveSize ?? 0
     result.status = 'ok'
-    log.info(`backup finished: ${result.archiveSize} bytes stored`)
+    log.info(`backup finished: ${result.archiveSize} bytes stored`, {
+      volid: result.volid,
+      bytes: result.archiveSize,
+    })
   } catch (thrown) {
     // If the clean-up after a failure failed too, the failure is what is reported.
     const e = mainError(thrown, cleanupFailed(log))
@@ -192,6 +204,7 @@ const backupGuest = async (
     }
   }
   result.warnings = log.warnings
+  result.warningMessages = [...log.warningMessages]
   try {
     if (started) await provider.backupHandleLogFile(guest.vmid, log.path)
   } catch (e) {

@@ -15,6 +15,10 @@ import { Progress, fmtBytes } from '../progress.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
+import { backupReport } from '../output/backup-report.ts'
+import type { DirectoryProvider } from '../../provider/directory/provider.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -77,6 +81,7 @@ export const backupCommand = async (
   o: BackupCommandOptions,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   const { signal } = io
   const disks = o.disk ?? []
@@ -165,8 +170,10 @@ export const backupCommand = async (
     }
   }
   const progress = new Progress(io.stderr.isTTY === true, io.stderr)
+  const started = performance.now()
+  let provider: DirectoryProvider | undefined
   const [result] = await runBackupJob({
-    provider: (log) => storage.newBackupProvider(log),
+    provider: (log) => (provider = storage.newBackupProvider(log)),
     storeId: storage.storeId,
     bitmapKey: storage.bitmapKey,
     guests: [guest],
@@ -179,22 +186,28 @@ export const backupCommand = async (
   })
   progress.done()
   if (result === undefined) throw new BackupError('PROVIDER_FAILED', 'no result')
-  if (o.json === true) {
-    writeLine(
-      io.stdout,
-      JSON.stringify({
-        vmid: result.vmid,
-        type: result.type,
-        status: result.status,
-        // A failed run made no volume: name none.
-        volid: result.status === 'ok' ? (result.volid ?? null) : null,
-        size: result.archiveSize ?? null,
-        error: result.error?.message ?? null,
-      }),
-    )
-  } else if (result.status === 'ok') {
-    writeLine(io.stdout, `${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+  const duration = (performance.now() - started) / 1000
+  const volname = result.volid?.slice(result.volid.indexOf(':') + 1)
+  const manifest =
+    result.status === 'ok' && volname !== undefined
+      ? await storage.manifestOf(volname).catch(() => undefined)
+      : undefined
+  const report = backupReport({
+    result,
+    manifest,
+    fullReasons: provider?.fullReasons(result.vmid) ?? {},
+    duration,
+    storeId: storage.storeId,
+  })
+  const { disks: _disks, warnings, error: _error, ...summary } = report
+  if (result.status === 'ok') {
+    logger.info({ ...summary, warnings: warnings.count }, `backup of ${result.vmid} done`)
   }
+  emit(io.stdout, format, 'backup', report, () => {
+    if (result.status === 'ok') {
+      writeLine(io.stdout, `${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+    }
+  })
   if (result.status !== 'ok') {
     const err = result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')
     const failed = result.volid === undefined ? undefined : await storage.failedLog(result.volid)

@@ -9,6 +9,8 @@ import { openStore } from '../../provider/directory/store.ts'
 import type { Logger } from '../../log.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the check command as commander parses them. */
 export interface CheckCommandOptions {
@@ -23,6 +25,7 @@ export const checkCommand = async (
   o: CheckCommandOptions,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   // openStore refuses what is not a store (exit code 2) before anything is looked at.
   await openStore(o.store)
@@ -37,9 +40,7 @@ export const checkCommand = async (
     },
   })
   const repaired = findings.filter((f) => f.repaired).length
-  if (o.json === true) {
-    writeLine(io.stdout, JSON.stringify({ findings, repaired }, null, 2))
-  } else {
+  emit(io.stdout, format, 'check', { findings, repaired }, () => {
     for (const f of findings) {
       const what = f.repaired ? `repaired: ${f.repair}` : `repair: ${f.repair}`
       writeLine(io.stdout, `${f.path}: ${f.detail} (${what})`)
@@ -50,6 +51,6 @@ export const checkCommand = async (
         ? 'store is consistent'
         : `${findings.length} finding${findings.length === 1 ? '' : 's'}, ${repaired} repaired`,
     )
-  }
+  })
   return findings.length === repaired ? 0 : 1
 }

@@ -11,6 +11,8 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import type { DiskTargetArg } from '../parse.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the restore command. */
 export interface RestoreCommandOptions {
@@ -18,6 +20,7 @@ export interface RestoreCommandOptions {
   target: string
   bwlimit?: number
   diskTarget?: DiskTargetArg[]
+  json?: boolean
 }
 
 /** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
@@ -26,6 +29,7 @@ export const restoreCommand = async (
   volume: string,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   const storage = await openStore(o.store)
   const volname = stripStoreId(volume, storage.storeId)
@@ -56,7 +60,26 @@ export const restoreCommand = async (
     log,
     signal: io.signal,
   })
-  for (const f of r.files) writeLine(io.stdout, isAbsolute(f) ? f : join(o.target, f))
+  const files = r.files.map((f) => (isAbsolute(f) ? f : join(o.target, f)))
+  const disks: { device: string; path: string }[] = []
+  for (const f of r.files) {
+    const onTarget = Object.entries(diskTargets).find(([, p]) => p === f)
+    const device = onTarget?.[0] ?? /^(drive-[a-z0-9]+)\.raw$/.exec(f)?.[1]
+    if (device !== undefined) disks.push({ device, path: resolve(o.target, f) })
+  }
+  const volid = `${storage.storeId}:${volname}`
+  for (const d of disks)
+    logger.info({ volid, device: d.device, path: d.path }, `restored ${d.device} to ${d.path}`)
+  const value = {
+    volid,
+    type: r.type,
+    target: resolve(o.target),
+    files: files.map((f) => resolve(f)),
+    disks,
+  }
+  emit(io.stdout, format, 'restore', value, () => {
+    for (const f of files) writeLine(io.stdout, f)
+  })
   return 0
 }
 

@@ -12,6 +12,8 @@ import { parsePruneBackups } from '../../storage/prune-options.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes } from '../progress.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
 import { stripStoreId } from './restore.ts'
 
 /** Options of `init` as commander parses them (camelCase). */
@@ -22,6 +24,7 @@ export const initCommand = async (
   store: string,
   o: InitCommandOptions,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<void> => {
   const input = Object.fromEntries(
     Object.entries({
@@ -36,7 +39,10 @@ export const initCommand = async (
     }).filter(([, v]) => v !== undefined),
   )
   const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)
-  writeLine(io.stdout, JSON.stringify(r, null, 2))
+  // The text output has always been this indented JSON.
+  emit(io.stdout, format, 'init', r, () => {
+    writeLine(io.stdout, JSON.stringify(r, null, 2))
+  })
 }
 
 /** `show-config VOLUME`: print the guest (or firewall) configuration kept in a backup. */
@@ -44,18 +50,21 @@ export const showConfigCommand = async (
   volume: string,
   o: { store: string; firewall?: boolean },
   io: CliIO,
+  format: OutputFormat,
 ): Promise<void> => {
   const storage = await openStore(o.store)
   const volname = stripStoreId(volume, storage.storeId)
   parseVolname(volname)
   const provider = storage.newBackupProvider(() => undefined)
-  if (o.firewall === true) {
-    const fw = await provider.archiveGetFirewallConfig(volname)
-    if (fw === undefined) throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
-    io.stdout.write(fw)
-  } else {
-    io.stdout.write(await provider.archiveGetGuestConfig(volname))
+  const config = await provider.archiveGetGuestConfig(volname)
+  const fw = await provider.archiveGetFirewallConfig(volname)
+  if (o.firewall === true && fw === undefined) {
+    throw new BackupError('NOT_FOUND', 'the backup has no firewall config')
   }
+  const volid = `${storage.storeId}:${volname}`
+  emit(io.stdout, format, 'show-config', { volid, config, firewall: fw ?? null }, () => {
+    io.stdout.write(o.firewall === true ? (fw ?? '') : config)
+  })
 }
 
 /** Options of `prune` as commander parses them. */
@@ -66,6 +75,7 @@ export interface PruneCommandOptions {
   keep?: string
   dryRun?: boolean
   lockWait?: number
+  json?: boolean
 }
 
 /** `prune`: apply retention; prints each backup's mark and the merges it takes. */
@@ -74,6 +84,7 @@ export const pruneCommand = async (
   log: Logger,
   io: CliIO,
   lock: LockPolicy,
+  format: OutputFormat,
 ): Promise<void> => {
   const storage = await openStore(o.store, lock)
   const marks = await storage.pruneBackups({
@@ -86,12 +97,23 @@ export const pruneCommand = async (
       else log.info(msg)
     },
   })
-  for (const m of marks) {
-    const merges = (m.merges ?? []).map(
-      (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
-    )
-    writeLine(io.stdout, `${m.volid}  ${m.mark}${merges.join('')}`)
-  }
+  const backups = marks.map((m) => ({
+    volid: m.volid,
+    vmid: m.vmid,
+    type: m.type,
+    ctime: m.ctime,
+    mark: m.mark,
+    bytes: m.mark === 'remove' ? (m.bytes ?? null) : null,
+    merges: [...(m.merges ?? [])],
+  }))
+  emit(io.stdout, format, 'prune', { 'dry-run': o.dryRun === true, backups }, () => {
+    for (const m of marks) {
+      const merges = (m.merges ?? []).map(
+        (x) => `  merges ${x.device} into ${x.child} (writes ${fmtBytes(x.bytes)})`,
+      )
+      writeLine(io.stdout, `${m.volid}  ${m.mark}${merges.join('')}`)
+    }
+  })
 }
 
 /** `remove VOLUME`: remove one backup, merging its dependants first. */
@@ -100,28 +122,36 @@ export const removeCommand = async (
   o: { store: string },
   log: Logger,
   lock: LockPolicy,
+  io: CliIO,
+  format: OutputFormat,
 ): Promise<void> => {
   const storage = await openStore(o.store, lock)
-  await storage.freeImage(stripStoreId(volume, storage.storeId), {
+  const volname = stripStoreId(volume, storage.storeId)
+  const r = await storage.removeBackup(volname, {
     log: (level, msg) => {
       if (level === 'err') log.error(msg)
       else if (level === 'warn') log.warn(msg)
       else log.info(msg)
     },
   })
+  const volid = `${storage.storeId}:${volname}`
+  log.info({ volid, bytes: r.bytes, merges: r.merges.length }, `removed ${volid}`)
+  // Text: nothing on stdout, as before (the -v log says what was done).
+  emit(io.stdout, format, 'remove', { volid, ...r }, () => undefined)
 }
 
 /** `protect VOLUME [--off]`. */
 export const protectCommand = async (
   volume: string,
   o: { store: string; off?: boolean },
+  io: CliIO,
+  format: OutputFormat,
 ): Promise<void> => {
   const storage = await openStore(o.store)
-  await storage.updateVolumeAttribute(
-    stripStoreId(volume, storage.storeId),
-    'protected',
-    o.off !== true,
-  )
+  const volname = stripStoreId(volume, storage.storeId)
+  await storage.updateVolumeAttribute(volname, 'protected', o.off !== true)
+  const value = { volid: `${storage.storeId}:${volname}`, protected: o.off !== true }
+  emit(io.stdout, format, 'protect', value, () => undefined)
 }
 
 /** `notes VOLUME [--set TEXT]`: print or replace the notes of a backup. */
@@ -129,9 +159,15 @@ export const notesCommand = async (
   volume: string,
   o: { store: string; set?: string },
   io: CliIO,
+  format: OutputFormat,
 ): Promise<void> => {
   const storage = await openStore(o.store)
   const volname = stripStoreId(volume, storage.storeId)
   if (o.set !== undefined) await storage.updateVolumeAttribute(volname, 'notes', o.set)
-  else io.stdout.write((await storage.getVolumeAttribute(volname, 'notes')) ?? '')
+  const notes = await storage.getVolumeAttribute(volname, 'notes')
+  const volid = `${storage.storeId}:${volname}`
+  emit(io.stdout, format, 'notes', { volid, notes: notes ?? null }, () => {
+    // Text: --set prints nothing, as before.
+    if (o.set === undefined) io.stdout.write(notes ?? '')
+  })
 }

@@ -8,6 +8,8 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 import { stripStoreId } from './restore.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the verify command. */
 export interface VerifyCommandOptions {
@@ -28,6 +30,7 @@ export const verifyCommand = async (
   logger: Logger,
   io: CliIO,
   lock: LockPolicy,
+  format: OutputFormat,
 ): Promise<number> => {
   const storage = await openStore(o.store, lock)
   const volnames = volumes.map((v) => stripStoreId(v, storage.storeId))
@@ -38,15 +41,15 @@ export const verifyCommand = async (
     }
     const why = await storage.proveRestored(volname, o.restored, io.signal)
     const row = { volid: `${storage.storeId}:${volname}`, restored: o.restored }
-    if (o.json === true) {
-      const state = why === undefined ? 'ok' : 'failed'
-      writeLine(io.stdout, JSON.stringify({ ...row, state, ...(why ? { detail: why } : {}) }))
-    } else {
+    const state = why === undefined ? ('ok' as const) : ('failed' as const)
+    logger.info({ volid: row.volid, restored: o.restored, state }, why ?? 'restore matches')
+    const value = { ...row, state, ...(why === undefined ? {} : { detail: why }) }
+    emit(io.stdout, format, 'verify-restored', value, () => {
       writeLine(
         io.stdout,
         `${o.restored}: ${why === undefined ? `matches ${row.volid}` : `FAILED: ${why}`}`,
       )
-    }
+    })
     return why === undefined ? 0 : 1
   }
   const progress = new Progress(io.stderr.isTTY === true, io.stderr)
@@ -68,16 +71,18 @@ export const verifyCommand = async (
     progress.done()
   }
   const volid = (v: string): string => `${storage.storeId}:${v}`
-  if (o.json === true) {
-    const rows = reports.map((r) => ({
-      volid: volid(r.volname),
-      state: r.outcome.state,
-      time: r.outcome.time,
-      bytes: r.outcome.bytes,
-      ...(r.outcome.detail === undefined ? {} : { detail: r.outcome.detail }),
-    }))
-    writeLine(io.stdout, JSON.stringify(rows, null, 2))
-  } else {
+  const rows = reports.map((r) => ({
+    volid: volid(r.volname),
+    state: r.outcome.state,
+    time: r.outcome.time,
+    bytes: r.outcome.bytes,
+    ...(r.outcome.detail === undefined ? {} : { detail: r.outcome.detail }),
+  }))
+  for (const r of rows) {
+    const fields = { volid: r.volid, state: r.state, bytes: r.bytes }
+    logger.info(fields, `${r.volid}: ${r.state}${r.detail === undefined ? '' : `: ${r.detail}`}`)
+  }
+  emit(io.stdout, format, 'verify', rows, () => {
     for (const r of reports) {
       const what =
         r.outcome.state === 'ok' ? 'ok' : r.outcome.state === 'failed' ? 'FAILED' : 'not verifiable'
@@ -94,6 +99,6 @@ export const verifyCommand = async (
         ? `${reports.length} backups verified in ${secs} s`
         : `${failed} of ${reports.length} backups FAILED verification`,
     )
-  }
+  })
   return reports.some((r) => r.outcome.state === 'failed') ? 1 : 0
 }

@@ -95,6 +95,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   readonly #layout: StoreLayout
   readonly #options: StoreOptions
   readonly #log: ProviderLogFunction
+  /** {@link fullReasons}, per guest. */
+  readonly #fullReasons = new Map<number, Record<string, string>>()
   readonly #guests = new Map<number, GuestState>()
   readonly #lock: LockPolicy
 
@@ -219,11 +221,25 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     return this.#options['vm-backup-mechanism']
   }
 
+  /**
+   * Why each disk of the last backup of `vmid` is full, by device: guestbackup's report of
+   * what `backupVmQueryIncremental` decided (the task log has the same lines).
+   */
+  fullReasons(vmid: number): Readonly<Record<string, string>> {
+    return this.#fullReasons.get(vmid) ?? {}
+  }
+
   async backupVmQueryIncremental(
     vmid: number,
     volumes: Readonly<Record<string, VolumeSize>>,
   ): Promise<Readonly<Record<string, IncrementalQuery>> | undefined> {
-    if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
+    const reasons: Record<string, string> = {}
+    this.#fullReasons.set(vmid, reasons)
+    if (this.#options['vm-backup-mode'] !== 'incremental') {
+      for (const device of Object.keys(volumes))
+        reasons[device] = "the store's vm-backup-mode is full"
+      return undefined
+    }
     const g = this.#guest(vmid)
     const guest = guestDir(g)
     const answer: Record<string, IncrementalQuery> = {}
@@ -235,6 +251,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         answer[device] = 'use'
       } else {
         this.#log('info', `${device}: full backup (${base.reason})`)
+        reasons[device] = base.reason
         answer[device] = 'new'
       }
     }
