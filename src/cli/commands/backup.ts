@@ -201,6 +201,11 @@ export const backupCommand = async (
   })
   const { disks: _disks, warnings, error: _error, ...summary } = report
   if (result.status === 'ok') {
+    for (const d of report.disks) {
+      const { device, mode, read, stored } = d
+      const what = `${device}: ${mode}, ${read} bytes read, ${stored} bytes stored`
+      logger.info({ vmid: result.vmid, volid: report.volid, device, mode, read, stored }, what)
+    }
     logger.info({ ...summary, warnings: warnings.count }, `backup of ${result.vmid} done`)
   }
   emit(io.stdout, format, 'backup', report, () => {

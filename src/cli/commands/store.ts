@@ -97,6 +97,14 @@ export const pruneCommand = async (
       else log.info(msg)
     },
   })
+  const removed = marks.filter((m) => m.mark === 'remove')
+  const bytes = removed.reduce((n, m) => n + (m.bytes ?? 0), 0)
+  const merges = removed.reduce((n, m) => n + (m.merges?.length ?? 0), 0)
+  const verb = o.dryRun === true ? 'would remove' : 'removed'
+  log.info(
+    { removed: removed.length, bytes, merges, dryRun: o.dryRun === true },
+    `prune ${verb} ${removed.length} backups (${bytes} bytes, ${merges} merges)`,
+  )
   const backups = marks.map((m) => ({
     volid: m.volid,
     vmid: m.vmid,

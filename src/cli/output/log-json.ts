@@ -11,11 +11,19 @@ import { jsonLevel } from '../../log-levels.ts'
 export const logJson = (opts: { logJson?: boolean }, argv: readonly string[]): boolean =>
   opts.logJson === true || argv.includes('--log-json')
 
-/** One `err` line: `msg` and the defined `fields` (an error code, a stack with --debug). */
-export const errorLine = (msg: string, fields: Record<string, string | undefined> = {}): string =>
+/** One line at pino's level `label`: `msg` and the defined `fields`. */
+export const logLine = (
+  label: 'info' | 'warn' | 'error',
+  msg: string,
+  fields: Record<string, string | undefined> = {},
+): string =>
   `${JSON.stringify({
-    level: jsonLevel('error'),
+    level: jsonLevel(label),
     time: new Date().toISOString(),
     ...Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)),
     msg,
   })}\n`
+
+/** One `err` line: `msg` and the defined `fields` (an error code, a stack with --debug). */
+export const errorLine = (msg: string, fields: Record<string, string | undefined> = {}): string =>
+  logLine('error', msg, fields)
