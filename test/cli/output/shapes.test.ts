@@ -97,6 +97,19 @@ describe('cli output: every command prints its documented JSON shape', () => {
     vols.incr = r.volid ?? undefined
   })
 
+  it("backup: a raw disk on a store in full mode names the store's mode as the reason", async () => {
+    const full = join(dir, 'store-full')
+    await runCliInProcessOk(['init', full, '--vm-compress', 'none'])
+    const raw = join(dir, 'disk.raw')
+    await createImage(raw, { format: 'raw', size: 4 * MiB })
+    const args = backupArgs(full, 300, join(dir, 'vm.conf'), '--disk', `scsi0=${raw}`)
+    await json('backup', args)
+    const r = await json('backup', args)
+    assert.equal(r.mode, 'full')
+    assert.equal(r.reason, "the store's vm-backup-mode is full")
+    assert.equal(r.disks[0]?.reason, r.reason)
+  })
+
   it('backup: a container', async () => {
     const r = await json('backup', [
       ...backupArgs(store, 200, join(dir, 'ct.conf')),
