@@ -76,8 +76,8 @@ export const runBackupJob = async (opts: JobOptions): Promise<GuestResult[]> => 
   // task log of the guest being processed.
   let current: TaskLog | undefined
   const jobLog = new TaskLog(join(tmp.path, 'job.log'), opts.logger)
-  const provider = opts.provider((level, message) => {
-    ;(current ?? jobLog).log(level, message)
+  const provider = opts.provider((level, message, fields) => {
+    ;(current ?? jobLog).log(level, message, fields)
   })
   const results: GuestResult[] = []
   let jobInitDone = false

@@ -5,7 +5,7 @@
  */
 import { appendFileSync, writeFileSync } from 'node:fs'
 import { basename, dirname } from 'node:path'
-import type { ProviderLogLevel } from '../api/provider.ts'
+import type { LogFields, ProviderLogLevel } from '../api/provider.ts'
 import { isNoSpace, noSpaceIn } from '../errors.ts'
 import type { Logger } from '../log.ts'
 
@@ -49,7 +49,7 @@ export class TaskLog {
    * Log one line at a provider level; `fields` (vmid, device, bytes…) go to the structured
    * log only (`--log-json`), the task log file has the line.
    */
-  log(level: ProviderLogLevel, message: string, fields: Record<string, unknown> = {}): void {
+  log(level: ProviderLogLevel, message: string, fields: LogFields = {}): void {
     if (level === 'warn') {
       this.#warnings++
       if (this.#warningTexts.length < WARNINGS_KEPT) this.#warningTexts.push(message)
@@ -72,13 +72,13 @@ export class TaskLog {
     }
   }
 
-  info(message: string, fields?: Record<string, unknown>): void {
+  info(message: string, fields?: LogFields): void {
     this.log('info', message, fields)
   }
-  warn(message: string, fields?: Record<string, unknown>): void {
+  warn(message: string, fields?: LogFields): void {
     this.log('warn', message, fields)
   }
-  error(message: string, fields?: Record<string, unknown>): void {
+  error(message: string, fields?: LogFields): void {
     this.log('err', message, fields)
   }
 }

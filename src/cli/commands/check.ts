@@ -10,6 +10,7 @@ import type { Logger } from '../../log.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { emit } from '../output/format.ts'
+import { providerLog } from '../output/provider-log.ts'
 import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the check command as commander parses them. */
@@ -33,11 +34,7 @@ export const checkCommand = async (
     repair: o.repair === true,
     vmid: o.vmid,
     signal: io.signal,
-    log: (level, msg) => {
-      if (level === 'err') logger.error(msg)
-      else if (level === 'warn') logger.warn(msg)
-      else logger.info(msg)
-    },
+    log: providerLog(logger),
   })
   const repaired = findings.filter((f) => f.repaired).length
   emit(io.stdout, format, 'check', { findings, repaired }, () => {

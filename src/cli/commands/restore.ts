@@ -48,8 +48,8 @@ export const restoreCommand = async (
   }
   await using tmp = await makeTempDir('guestbackup-restore-')
   const log = new TaskLog(join(tmp.path, 'restore.log'), logger)
-  const provider = storage.newBackupProvider((level, msg) => {
-    log.log(level, msg)
+  const provider = storage.newBackupProvider((level, msg, fields) => {
+    log.log(level, msg, fields)
   })
   const r = await restoreBackup({
     provider,

@@ -13,6 +13,7 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes } from '../progress.ts'
 import { emit } from '../output/format.ts'
+import { providerLog } from '../output/provider-log.ts'
 import type { OutputFormat } from '../output/format.ts'
 import { stripStoreId } from './restore.ts'
 
@@ -92,10 +93,7 @@ export const pruneCommand = async (
     ...(o.keep === undefined ? {} : { keep: parsePruneBackups(o.keep) }),
     ...(o.vmid === undefined ? {} : { vmid: o.vmid }),
     ...(o.type === undefined ? {} : { type: o.type }),
-    log: (level, msg) => {
-      if (level === 'err') log.error(msg)
-      else log.info(msg)
-    },
+    log: providerLog(log, true),
   })
   const removed = marks.filter((m) => m.mark === 'remove')
   const bytes = removed.reduce((n, m) => n + (m.bytes ?? 0), 0)
@@ -136,11 +134,7 @@ export const removeCommand = async (
   const storage = await openStore(o.store, lock)
   const volname = stripStoreId(volume, storage.storeId)
   const r = await storage.removeBackup(volname, {
-    log: (level, msg) => {
-      if (level === 'err') log.error(msg)
-      else if (level === 'warn') log.warn(msg)
-      else log.info(msg)
-    },
+    log: providerLog(log),
   })
   const volid = `${storage.storeId}:${volname}`
   log.info({ volid, bytes: r.bytes, merges: r.merges.length }, `removed ${volid}`)

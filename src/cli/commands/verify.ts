@@ -9,6 +9,7 @@ import type { CliIO } from '../io.ts'
 import { Progress, fmtBytes } from '../progress.ts'
 import { stripStoreId } from './restore.ts'
 import { emit } from '../output/format.ts'
+import { providerLog } from '../output/provider-log.ts'
 import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the verify command. */
@@ -54,14 +55,15 @@ export const verifyCommand = async (
   }
   const progress = new Progress(io.stderr.isTTY === true, io.stderr)
   const started = performance.now()
+  const toLogger = providerLog(logger)
   let reports: VerifyReport[]
   try {
     reports = await storage.verify({
       ...(volnames.length > 0 ? { volnames } : {}),
       signal: io.signal,
-      log: (level, msg) => {
+      log: (level, msg, fields) => {
         progress.done()
-        logger[level === 'err' ? 'error' : level](msg)
+        toLogger(level, msg, fields)
       },
       onProgress: (item, done, total) => {
         progress.update(0, { item, done, total })

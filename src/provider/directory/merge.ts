@@ -396,7 +396,11 @@ const mergeOne = async (guest: Dir, ref: VolumeRef, m: Merge, opts: FreeOptions)
     ) {
       throw inconsistent(`the chain of ${m.child} ${m.device} does not match the removal`)
     }
-    opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`)
+    opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`, {
+      volname: ref.volname,
+      device: m.device,
+      child: m.child,
+    })
     await commitImage(chainJson(chain.links), opts.signal)
     const fh = await open(base.path, constants.O_RDONLY)
     try {

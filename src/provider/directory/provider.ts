@@ -250,7 +250,10 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         g.bases[device] = base
         answer[device] = 'use'
       } else {
-        this.#log('info', `${device}: full backup (${base.reason})`)
+        this.#log('info', `${device}: full backup (${base.reason})`, {
+          device,
+          reason: base.reason,
+        })
         reasons[device] = base.reason
         answer[device] = 'new'
       }
@@ -345,7 +348,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       if ((await digestOf(g.partial, file, info.signal)) !== archive.digests[file]) {
         throw new BackupError('VERIFY_FAILED', `${file} reads back differently than it was written`)
       }
-      this.#log('info', `${file} reads back to its digest`)
+      this.#log('info', `${file} reads back to its digest`, { file })
     }
     await commitBackup(
       this.#layout,

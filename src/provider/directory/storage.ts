@@ -340,15 +340,15 @@ export class DirectoryStorage implements BackupStorage {
         const merges = await freeBackup(this.#layout, guest, ref, { log: opts.log })
         r.bytes = bytes
         if (merges.length > 0) r.merges = merges.map((m) => this.#merge(m))
-        opts.log?.('info', `removed ${r.volid}`)
+        opts.log?.('info', `removed ${r.volid}`, { volid: r.volid, bytes })
       } catch (e) {
         // A concurrent prune or remove got there first: what is gone is not an error.
         if (isBackupError(e, 'NOT_FOUND')) {
-          opts.log?.('info', `${r.volid} was already removed`)
+          opts.log?.('info', `${r.volid} was already removed`, { volid: r.volid })
           continue
         }
         errors++
-        opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`)
+        opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`, { volid: r.volid })
       }
     }
     for (const vmid of new Set(result.map((r) => r.vmid))) {

@@ -18,6 +18,8 @@ interface Line {
   bytes?: number
   merges?: number
   code?: string
+  device?: string
+  volname?: string
 }
 
 /** Every stderr line, each parsed as JSON (the assertion names the line that is not). */
@@ -70,6 +72,10 @@ describe('cli --log-json: every stderr line is JSON, with structured fields', ()
       assert.equal(done?.volid, volid)
       assert.equal(done.mode, i === 0 ? 'full' : 'incremental')
       assert.equal(typeof done.stored, 'number')
+      if (i === 0) {
+        const full = all.find((l) => l.msg.startsWith('drive-scsi0: full backup ('))
+        assert.equal(full?.device, 'drive-scsi0', "the provider's line carries its device")
+      }
     }
   })
 
@@ -86,6 +92,13 @@ describe('cli --log-json: every stderr line is JSON, with structured fields', ()
     assert.equal(removed?.level, 'info')
     assert.ok(typeof removed.bytes === 'number' && removed.bytes > 0)
     assert.equal(removed.merges, 1, 'the removed full backup was merged into the incremental')
+  })
+
+  it("verify -v: the store's lines carry the volume", async () => {
+    const r = await runCliInProcessOk(['verify', '--store', store, '-v', '--log-json'])
+    const volname = vols[1]?.slice(vols[1].indexOf(':') + 1)
+    const line = lines(r.stderr).find((l) => l.msg === `verifying ${volname ?? ''}`)
+    assert.equal(line?.volname, volname)
   })
 
   it('the final error is a JSON line too: level err, its code, nothing on stdout', async () => {
