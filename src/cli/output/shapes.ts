@@ -56,7 +56,7 @@ const BackupShape = z.strictObject({
     .describe(
       'offline (stopped VM or container tree), crash (running VM) or fs (frozen by the guest agent)',
     ),
-  duration: z.number().nonnegative().describe('seconds from start to commit'),
+  duration: z.number().nonnegative().describe('seconds the run took, a wait for the lock included'),
   read: Bytes.describe(
     'bytes read from the source (VM: guest data of the disks; container: archive bytes)',
   ),
