@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { run } from '../../../src/io/spawn.ts'
@@ -147,7 +147,14 @@ describe('cli output: every command prints its documented JSON shape', () => {
       '--target',
       target,
     ])
-    assert.deepEqual(r.disks, [{ device: 'drive-scsi0', path: join(target, 'drive-scsi0.raw') }])
+    assert.deepEqual(r.disks, [
+      {
+        device: 'drive-scsi0',
+        path: join(target, 'drive-scsi0.raw'),
+        format: 'raw',
+        targetDisk: false,
+      },
+    ])
     for (const f of r.files) assert.ok(await stat(f), f)
     const proof = await json('verify-restored', [
       'verify',
@@ -158,6 +165,30 @@ describe('cli output: every command prints its documented JSON shape', () => {
       target,
     ])
     assert.equal(proof.state, 'ok')
+  })
+
+  it('restore --format qcow2 and --target-disk: each disk with its format and where it went', async () => {
+    const q = join(dir, 'restored-qcow2')
+    const r = await json('restore', [
+      ...['restore', '--store', store, vols.incr ?? '', '--target', q, '--format', 'qcow2'],
+    ])
+    assert.deepEqual(r.disks, [
+      {
+        device: 'drive-scsi0',
+        path: join(q, 'drive-scsi0.qcow2'),
+        format: 'qcow2',
+        targetDisk: false,
+      },
+    ])
+    const onto = join(dir, 'onto.raw')
+    await writeFile(onto, Buffer.alloc(0))
+    await truncate(onto, 16 * MiB)
+    const t = await json('restore', [
+      ...['restore', '--store', store, vols.incr ?? '', '--target', join(dir, 'restored-onto')],
+      ...['--target-disk', `scsi0=${onto}`],
+    ])
+    assert.deepEqual(t.disks, [{ device: 'drive-scsi0', path: onto, format: 'raw', targetDisk: true }])
+    assert.ok(t.files.includes(onto), 'the target disk is among the files written')
   })
 
   it('verify', async () => {
@@ -193,7 +224,17 @@ describe('cli output: every command prints its documented JSON shape', () => {
       assert.ok((gone?.bytes ?? 0) > 0, `${dry}: bytes of the removed backup`)
       assert.equal(gone?.merges[0]?.child, vols.incr, `${dry}: merged into the incremental`)
       assert.equal(r.backups.find((b) => b.mark === 'keep')?.bytes, null)
+      assert.equal(r.keep, 'keep-last=1')
     }
+  })
+
+  it("prune: the retention applied, from --keep-* flags or else the store's", async () => {
+    const flags = await json('prune', [
+      ...['prune', '--store', store, '--dry-run', '--keep-last', '2', '--keep-daily', '3'],
+    ])
+    assert.equal(flags.keep, 'keep-last=2,keep-daily=3')
+    const own = await json('prune', ['prune', '--store', store, '--dry-run'])
+    assert.equal(own.keep, 'keep-all=1')
   })
 
   it('bitmaps', async () => {
