@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createImage } from '../../../src/qemu/img.ts'
 import { run } from '../../../src/io/spawn.ts'
+import { run as runCli } from '../../../src/cli/run.ts'
 import { backupArgs, runCliInProcess, runCliInProcessOk } from '../../helpers/cli.ts'
 
 interface Line {
@@ -77,6 +78,28 @@ describe('cli --log-json: every stderr line is JSON, with structured fields', ()
         assert.equal(full?.device, 'drive-scsi0', "the provider's line carries its device")
       }
     }
+  })
+
+  it('draws no progress: no INFO lines without a terminal, no status line on one', async () => {
+    const args = [...backupArgs(store, 110, join(dir, 'vm.conf'))]
+    args.push('--disk', `scsi0=${join(dir, 'disk.qcow2')}`)
+    // Without --log-json the same run writes vzdump's INFO lines (test/cli/progress).
+    assert.match((await runCliInProcessOk(args)).stderr, /^INFO: transferred /m)
+    const plain = await runCliInProcessOk(['--log-json', ...args])
+    assert.ok(lines(plain.stderr).every((l) => !l.msg.startsWith('INFO:')))
+    assert.doesNotMatch(plain.stderr, /INFO: /)
+    // A terminal: the status line would be drawn with \r and erase sequences.
+    let text = ''
+    const tty = { isTTY: true, columns: 100, write: (t: string) => (text += t) }
+    const out = { write: () => true }
+    const code = await runCli(['--log-json', '-v', ...args], {
+      stdout: out,
+      stderr: tty,
+      signal: new AbortController().signal,
+    })
+    assert.equal(code, 0, text)
+    assert.doesNotMatch(text, /\r|\x1b|110 backup: /)
+    assert.ok(lines(text).length > 3, 'the -v lines are there, each JSON')
   })
 
   it('remove -v: the volid and the bytes freed as fields', async () => {
