@@ -187,7 +187,9 @@ describe('cli output: every command prints its documented JSON shape', () => {
       ...['restore', '--store', store, vols.incr ?? '', '--target', join(dir, 'restored-onto')],
       ...['--target-disk', `scsi0=${onto}`],
     ])
-    assert.deepEqual(t.disks, [{ device: 'drive-scsi0', path: onto, format: 'raw', targetDisk: true }])
+    assert.deepEqual(t.disks, [
+      { device: 'drive-scsi0', path: onto, format: 'raw', targetDisk: true },
+    ])
     assert.ok(t.files.includes(onto), 'the target disk is among the files written')
   })
 
