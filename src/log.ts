@@ -1,5 +1,6 @@
 import { pino } from 'pino'
 import type { Logger } from 'pino'
+import { jsonLevel } from './log-levels.ts'
 
 export type { Logger }
 
@@ -42,7 +43,16 @@ const humanLines = (out: LogSink): LogSink => ({
  */
 export const createLogger = (level: LogLevel = 'info', json = false, out?: LogSink): Logger => {
   if (json) {
-    return pino({ level, base: null }, out ?? pino.destination({ dest: 2, sync: true }))
+    // {"level":"warn","time":"2026-12-02T06:40:00.000Z","vmid":100,"msg":"…"}: one object a line.
+    return pino(
+      {
+        level,
+        base: null,
+        timestamp: pino.stdTimeFunctions.isoTime,
+        formatters: { level: (label) => ({ level: jsonLevel(label) }) },
+      },
+      out ?? pino.destination({ dest: 2, sync: true }),
+    )
   }
   return pino({ level, base: null, timestamp: false }, humanLines(out ?? process.stderr))
 }

@@ -35,8 +35,19 @@ export const GUEST_TYPES = ['qemu', 'lxc'] as const satisfies readonly GuestType
 /** Log levels of the provider log function (Proxmox: `info`, `warn`, `err`). */
 export type ProviderLogLevel = 'info' | 'warn' | 'err'
 
+/**
+ * Structured fields of a log line (a guestbackup extension): the device, volume, bytes… the
+ * message is about, for `--log-json`. The message says everything on its own; Proxmox's log
+ * function takes only level and message, and a host may ignore the fields.
+ */
+export type LogFields = Readonly<Record<string, string | number | boolean>>
+
 /** The log function handed to a provider. Messages reach the task log. */
-export type ProviderLogFunction = (level: ProviderLogLevel, message: string) => void
+export type ProviderLogFunction = (
+  level: ProviderLogLevel,
+  message: string,
+  fields?: LogFields,
+) => void
 
 /**
  * VM backup mechanisms. `nbd`: each disk is an NBD export on a unix socket (export name = device

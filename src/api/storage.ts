@@ -107,10 +107,16 @@ export interface PruneResultEntry {
   type: GuestType
   vmid: number
   /**
-   * guestbackup extension, on a dry run: for a backup marked `remove` that others build on, the
-   * merges its removal does (into which backup, which disk, bytes written), as the store is now.
+   * guestbackup extension: for a backup marked `remove` that others build on, the merges its
+   * removal does (into which backup, which disk, bytes written): on a dry run as the store is
+   * now, else the merges done.
    */
   merges?: readonly { child: string; device: string; bytes: number }[]
+  /**
+   * guestbackup extension: for a backup marked `remove`, the bytes it occupies (dry run) or
+   * occupied before it was removed.
+   */
+  bytes?: number
 }
 
 /** Options of {@link BackupStorage.pruneBackups}. */

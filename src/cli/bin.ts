@@ -5,6 +5,7 @@
  */
 import { BackupError } from '../errors.ts'
 import { run } from './run.ts'
+import { logLine } from './output/log-json.ts'
 
 const controller = new AbortController()
 let interrupted = false
@@ -13,7 +14,10 @@ let interrupted = false
 const onSignal = (sig: NodeJS.Signals): void => {
   if (interrupted) process.exit(130)
   interrupted = true
-  process.stderr.write(`\n${sig}: aborting (again to exit at once)\n`)
+  const msg = `${sig}: aborting (again to exit at once)`
+  // With --log-json this line is JSON too; else on a line of its own after a progress line.
+  const json = process.argv.slice(2).includes('--log-json')
+  process.stderr.write(json ? logLine('warn', msg) : `\n${msg}\n`)
   controller.abort(new BackupError('ABORTED', `interrupted by ${sig}`))
 }
 process.on('SIGINT', onSignal)

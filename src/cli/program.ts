@@ -7,7 +7,7 @@
  * usage error start without them and every command loads only what it needs.
  */
 import { readFileSync } from 'node:fs'
-import { Command, Option } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { BackupError } from '../errors.ts'
 import type { Logger, LogLevel } from '../log.ts'
 import type { LockPolicy } from '../io/lock.ts'
@@ -20,6 +20,10 @@ import type { InitCommandOptions, PruneCommandOptions } from './commands/store.t
 import type { JobRunCommandOptions } from './commands/job.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import type { CliIO, CliStream } from './io.ts'
+import { writeLine } from './io.ts'
+import { formatInArgv, OUTPUT_FORMATS, resolveFormat } from './output/format.ts'
+import { errorLine, logJson } from './output/log-json.ts'
+import type { JsonAlias, OutputFormat } from './output/format.ts'
 import { ProgressStream } from './progress/index.ts'
 import {
   collect,
@@ -66,16 +70,30 @@ const helpWidth = (stream: CliStream): number =>
   stream.isTTY === true ? (stream.columns ?? 80) : 80
 
 /** Build the program of one run: commander writes help and usage errors to `io`, never exits. */
-export const createProgram = (outer: CliIO): CliProgram => {
+export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliProgram => {
   // Everything of the run written to stderr passes above the progress line (progress/).
   const stderr = new ProgressStream(outer.stderr)
   const io: CliIO = { ...outer, stderr }
   const program = new Command('guestbackup')
-    .description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+  program.description('Backups of QEMU VMs and container trees (Proxmox VE backup provider model)')
+  // Before .version(): this listener runs first and prints the version as JSON when asked.
+  program.on('option:version', () => {
+    const format = formatInArgv(argv)
+    if (format === undefined || format === 'text') return
+    writeLine(io.stdout, JSON.stringify({ version: VERSION }, null, format === 'json' ? 0 : 2))
+    throw new CommanderError(0, 'commander.version', VERSION)
+  })
+  program
     .version(VERSION)
     .option('-v, --verbose', 'log progress details on stderr')
     .option('-q, --quiet', 'print nothing on stderr but errors (no progress, no warnings)')
     .option('--no-progress', 'show no progress (a terminal line, or INFO lines without one)')
+    .addOption(
+      new Option(
+        '--output-format <format>',
+        'results on stdout as text, json (one line) or json-pretty (docs/cli-json.md)',
+      ).choices(OUTPUT_FORMATS),
+    )
     .option('--log-json', 'log JSON lines on stderr')
     .option('--debug', 'print stack traces on errors')
     // One line per usage error, with where to look: 'error: unknown option … (see --help)'.
@@ -83,7 +101,8 @@ export const createProgram = (outer: CliIO): CliProgram => {
       writeOut: (str) => io.stdout.write(str),
       writeErr: (str) => io.stderr.write(str),
       outputError: (str, write) => {
-        write(`${str.trimEnd()} (see --help)\n`)
+        const line = `${str.trimEnd()} (see --help)`
+        write(logJson(program.opts(), argv) ? errorLine(line, { code: 'USAGE' }) : `${line}\n`)
       },
       // commander's defaults measure process.stdout/stderr; help wraps to io's own terminal.
       getOutHelpWidth: () => helpWidth(io.stdout),
@@ -93,8 +112,9 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .exitOverride()
     .hook('preAction', () => {
       const o = program.opts<{ quiet?: boolean; progress?: boolean; logJson?: boolean }>()
+      // With --log-json every stderr line is JSON: neither a terminal line nor INFO lines.
       stderr.configure({
-        show: o.quiet !== true && o.progress !== false,
+        show: o.quiet !== true && o.progress !== false && o.logJson !== true,
         lines: o.logJson !== true,
       })
     })
@@ -109,6 +129,15 @@ export const createProgram = (outer: CliIO): CliProgram => {
   }
 
   let result = 0
+
+  // The format of this command's results: --output-format, or what its --json stands for.
+  const format = (o: { json?: unknown }, alias: JsonAlias): OutputFormat =>
+    resolveFormat(
+      program.opts<{ outputFormat?: OutputFormat }>().outputFormat,
+      o.json === true,
+      alias,
+    )
+  const JSON_HELP = (alias: JsonAlias): string => `the same as --output-format ${alias}`
 
   // Wait messages are shown by default (warn level): a command that waits says why.
   const lockPolicy = (waitMs: number | undefined, log: Logger): LockPolicy => ({
@@ -165,9 +194,10 @@ export const createProgram = (outer: CliIO): CliProgram => {
         'store VM disk images with zstd-compressed qcow2 clusters, or not (new stores: zstd)',
       ).choices(['zstd', 'none']),
     )
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (store: string, o: InitCommandOptions) => {
       const { initCommand } = await import('./commands/store.ts')
-      await initCommand(store, o, io)
+      await initCommand(store, o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -201,7 +231,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
-    .option('--json', 'print the result as JSON')
+    .option('--json', JSON_HELP('json'))
     .option(
       '--notes-template <template>',
       'notes of the new backup: {{guestname}}, {{vmid}}, {{node}}, {{cluster}}; \\n, \\\\ escapes',
@@ -215,7 +245,7 @@ export const createProgram = (outer: CliIO): CliProgram => {
     )
     .action(async (o: BackupCommandOptions) => {
       const { backupCommand } = await import('./commands/backup.ts')
-      result = await backupCommand(o, await logger(), io)
+      result = await backupCommand(o, await logger(), io, format(o, 'json'))
     })
 
   program
@@ -224,10 +254,10 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--failed', 'also list failed backup runs, with their error and task log')
-    .option('--json', 'print a JSON array')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: ListCommandOptions) => {
       const { listCommand } = await import('./commands/list.ts')
-      await listCommand(o, io)
+      await listCommand(o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -253,9 +283,10 @@ export const createProgram = (outer: CliIO): CliProgram => {
       ).choices(['raw', 'qcow2']),
     )
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
+    .option('--json', JSON_HELP('json'))
     .action(async (volume: string, o: RestoreCommandOptions) => {
       const { restoreCommand } = await import('./commands/restore.ts')
-      result = await restoreCommand(o, volume, await logger(), io)
+      result = await restoreCommand(o, volume, await logger(), io, format(o, 'json'))
     })
 
   program
@@ -269,11 +300,12 @@ export const createProgram = (outer: CliIO): CliProgram => {
       'prove a restore of one backup in <dir> (as restore --target wrote it)',
     )
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
-    .option('--json', 'print JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (volumes: string[], o: VerifyCommandOptions) => {
       const { verifyCommand } = await import('./commands/verify.ts')
       const log = await logger()
-      result = await verifyCommand(volumes, o, log, io, lockPolicy(o.lockWait, log))
+      const lock = lockPolicy(o.lockWait, log)
+      result = await verifyCommand(volumes, o, log, io, lock, format(o, 'json-pretty'))
     })
 
   program
@@ -283,10 +315,16 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .addOption(storeOption())
     .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--firewall', 'print the firewall configuration instead')
-    .action(async (volume: string, o: { store: string; firewall?: boolean; vmid?: number }) => {
-      const { showConfigCommand } = await import('./commands/store.ts')
-      await showConfigCommand(volume, o, io)
-    })
+    .option('--json', JSON_HELP('json'))
+    .action(
+      async (
+        volume: string,
+        o: { store: string; firewall?: boolean; vmid?: number; json?: boolean },
+      ) => {
+        const { showConfigCommand } = await import('./commands/store.ts')
+        await showConfigCommand(volume, o, io, format(o, 'json'))
+      },
+    )
 
   program
     .command('prune')
@@ -308,10 +346,11 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .option('--keep-yearly <n>', 'keep the last backup of each of the last N years', parseKeepCount)
     .option('--dry-run', 'only show what would be removed')
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
+    .option('--json', JSON_HELP('json'))
     .action(async (o: PruneCommandOptions) => {
       const { pruneCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await pruneCommand(o, log, io, lockPolicy(o.lockWait, log))
+      await pruneCommand(o, log, io, lockPolicy(o.lockWait, log), format(o, 'json'))
     })
 
   program
@@ -320,10 +359,11 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .argument('<volume>', 'volume name')
     .addOption(storeOption())
     .option('--lock-wait <time>', LOCK_WAIT_HELP('10'), parseLockWait)
-    .action(async (volume: string, o: { store: string; lockWait?: number }) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, o: { store: string; lockWait?: number; json?: boolean }) => {
       const { removeCommand } = await import('./commands/store.ts')
       const log = await logger()
-      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log), io)
+      await removeCommand(volume, o, log, lockPolicy(o.lockWait, log), io, format(o, 'json'))
     })
 
   program
@@ -333,10 +373,16 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .addOption(storeOption())
     .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--off', 'remove the protection')
-    .action(async (volume: string, o: { store: string; off?: boolean; vmid?: number }) => {
-      const { protectCommand } = await import('./commands/store.ts')
-      await protectCommand(volume, o, await logger())
-    })
+    .option('--json', JSON_HELP('json'))
+    .action(
+      async (
+        volume: string,
+        o: { store: string; off?: boolean; vmid?: number; json?: boolean },
+      ) => {
+        const { protectCommand } = await import('./commands/store.ts')
+        await protectCommand(volume, o, await logger(), io, format(o, 'json'))
+      },
+    )
 
   program
     .command('notes')
@@ -345,10 +391,13 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .addOption(storeOption())
     .option('--vmid <id>', "the guest of 'latest'", parseVmid)
     .option('--set <text>', 'new notes ("" removes them)')
-    .action(async (volume: string, o: { store: string; set?: string; vmid?: number }) => {
-      const { notesCommand } = await import('./commands/store.ts')
-      await notesCommand(volume, o, io, await logger())
-    })
+    .option('--json', JSON_HELP('json'))
+    .action(
+      async (volume: string, o: { store: string; set?: string; vmid?: number; json?: boolean }) => {
+        const { notesCommand } = await import('./commands/store.ts')
+        await notesCommand(volume, o, io, await logger(), format(o, 'json'))
+      },
+    )
 
   program
     .command('bitmaps')
@@ -360,13 +409,13 @@ export const createProgram = (outer: CliIO): CliProgram => {
       collect,
     )
     .option('--drop-all', 'remove every guestbackup bitmap of the disk')
-    .option('--json', 'print JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: BitmapsCommandOptions) => {
       if (o.drop !== undefined && o.dropAll === true) {
         throw new BackupError('USAGE', 'give --drop NAME or --drop-all, not both')
       }
       const { bitmapsCommand } = await import('./commands/bitmaps.ts')
-      result = await bitmapsCommand(o, io)
+      result = await bitmapsCommand(o, io, format(o, 'json-pretty'))
     })
 
   program
@@ -375,10 +424,10 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .addOption(storeOption())
     .option('--vmid <id>', 'only this guest', parseVmid)
     .option('--repair', 'repair what is found (each guest locked while it is repaired)')
-    .option('--json', 'print {findings, repaired} as JSON')
+    .option('--json', JSON_HELP('json-pretty'))
     .action(async (o: CheckCommandOptions) => {
       const { checkCommand } = await import('./commands/check.ts')
-      result = await checkCommand(o, await logger(), io)
+      result = await checkCommand(o, await logger(), io, format(o, 'json-pretty'))
     })
 
   const job = program
@@ -389,18 +438,19 @@ export const createProgram = (outer: CliIO): CliProgram => {
     .description('back up every guest of the job file; exit code 0 only if all succeeded')
     .argument('<file>', 'job file (TOML)')
     .option('--script <file>', "vzdump hook script (overrides the file's script)")
-    .option('--json', 'print the result as JSON')
+    .option('--json', JSON_HELP('json'))
     .action(async (file: string, o: JobRunCommandOptions) => {
       const { jobRunCommand } = await import('./commands/job.ts')
-      result = await jobRunCommand(file, o, await logger(), io)
+      result = await jobRunCommand(file, o, await logger(), io, format(o, 'json'))
     })
   job
     .command('check')
     .description('validate a job file: one line per error (path in the file: reason)')
     .argument('<file>', 'job file (TOML)')
-    .action(async (file: string) => {
+    .option('--json', JSON_HELP('json'))
+    .action(async (file: string, o: { json?: boolean }) => {
       const { jobCheckCommand } = await import('./commands/job.ts')
-      result = await jobCheckCommand(file, io)
+      result = await jobCheckCommand(file, io, format(o, 'json'))
     })
 
   // For the Proxmox VE plugin only (docs/pve-protocol.md): not listed in --help.

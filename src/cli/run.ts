@@ -7,6 +7,7 @@
  */
 import { CommanderError } from 'commander'
 import { toBackupError } from '../errors.ts'
+import { errorLine, logJson } from './output/log-json.ts'
 import type { ErrorCode } from '../errors.ts'
 import type { CliIO } from './io.ts'
 import { createProgram } from './program.ts'
@@ -23,7 +24,7 @@ const USAGE_CODES: ReadonlySet<ErrorCode> = new Set(['USAGE', 'CONFIG_INVALID', 
  * to the exit code returned.
  */
 export const run = async (argv: readonly string[], io: CliIO): Promise<number> => {
-  const { program, exitCode } = createProgram(io)
+  const { program, exitCode } = createProgram(io, argv)
   try {
     await program.parseAsync([...argv], { from: 'user' })
     return exitCode()
@@ -35,8 +36,13 @@ export const run = async (argv: readonly string[], io: CliIO): Promise<number> =
     const err = toBackupError(e)
     const debug = program.opts<{ debug?: boolean }>().debug === true
     const bug = err.code === 'INTERNAL' ? 'internal error (a bug in guestbackup): ' : ''
-    io.stderr.write(`guestbackup: ${bug}${err.message}\n`)
-    if (debug && e instanceof Error && e.stack !== undefined) io.stderr.write(`${e.stack}\n`)
+    const stack = debug && e instanceof Error ? e.stack : undefined
+    if (logJson(program.opts(), argv)) {
+      io.stderr.write(errorLine(`${bug}${err.message}`, { code: err.code, stack }))
+    } else {
+      io.stderr.write(`guestbackup: ${bug}${err.message}\n`)
+      if (stack !== undefined) io.stderr.write(`${stack}\n`)
+    }
     if (err.code === 'ABORTED' || io.signal.aborted) return 130
     return USAGE_CODES.has(err.code) ? 2 : 1
   }

@@ -95,6 +95,8 @@ export interface GuestResult {
   archiveSize?: number
   error?: BackupError
   warnings: number
+  /** The warning lines (the first 100, task-log.ts `WARNINGS_KEPT`). */
+  warningMessages: readonly string[]
 }
 
 /** Run a backup job over the given guests, one after another; the guests' results. */
@@ -112,8 +114,8 @@ export const runJob = async (opts: JobOptions): Promise<JobResult> => {
   // task log of the guest being processed.
   let current: TaskLog | undefined
   const jobLog = new TaskLog(join(tmp.path, 'job.log'), opts.logger)
-  const provider = opts.provider((level, message) => {
-    ;(current ?? jobLog).log(level, message)
+  const provider = opts.provider((level, message, fields) => {
+    ;(current ?? jobLog).log(level, message, fields)
   })
   const results: GuestResult[] = []
   let jobInitDone = false
@@ -151,6 +153,7 @@ export const runJob = async (opts: JobOptions): Promise<JobResult> => {
         status: 'failed',
         error: err,
         warnings: 0,
+        warningMessages: [],
       })
     }
   } finally {
@@ -205,6 +208,7 @@ const backupGuest = async (
     }
   }
   result.warnings = log.warnings
+  result.warningMessages = [...log.warningMessages]
   try {
     if (started) await provider.backupHandleLogFile(entry.vmid, log.path)
   } catch (e) {
@@ -229,7 +233,13 @@ const backupSteps = async (
   task: HookTask,
   hook: (phase: HookPhase) => Promise<void>,
 ): Promise<{ result: GuestResult; started: boolean }> => {
-  const result: GuestResult = { vmid: entry.vmid, type: entry.type, status: 'failed', warnings: 0 }
+  const result: GuestResult = {
+    vmid: entry.vmid,
+    type: entry.type,
+    status: 'failed',
+    warnings: 0,
+    warningMessages: [],
+  }
   log.info(`starting backup of ${entry.type} ${entry.vmid} via ${provider.name}`)
   let guest: Guest
   try {
@@ -258,7 +268,7 @@ const backupSteps = async (
     if (task.mode === 'snapshot') {
       for (const phase of ['pre-stop', 'pre-restart', 'post-restart'] as const) await hook(phase)
     }
-    log.info(`creating archive '${result.volid}'`)
+    log.info(`creating archive '${result.volid}'`, { volid: result.volid })
     const info = {
       signal: opts.signal,
       ...(opts.bandwidthLimit ? { bandwidthLimit: opts.bandwidthLimit } : {}),
@@ -283,7 +293,10 @@ const backupSteps = async (
     }
     result.archiveSize = res?.stats.archiveSize ?? 0
     result.status = 'ok'
-    log.info(`backup finished: ${result.archiveSize} bytes stored`)
+    log.info(`backup finished: ${result.archiveSize} bytes stored`, {
+      volid: result.volid,
+      bytes: result.archiveSize,
+    })
   } catch (thrown) {
     // If the clean-up after a failure failed too, the failure is what is reported.
     const e = mainError(thrown, cleanupFailed(log))

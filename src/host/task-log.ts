@@ -5,9 +5,12 @@
  */
 import { appendFileSync, writeFileSync } from 'node:fs'
 import { basename, dirname } from 'node:path'
-import type { ProviderLogLevel } from '../api/provider.ts'
+import type { LogFields, ProviderLogLevel } from '../api/provider.ts'
 import { isNoSpace, noSpaceIn } from '../errors.ts'
 import type { Logger } from '../log.ts'
+
+/** Warning lines a task log keeps for the report (all are counted, and all are in the file). */
+export const WARNINGS_KEPT = 100
 
 /**
  * A task log file (in a temp dir) plus the structured logger it mirrors to. Creating it on a full
@@ -18,6 +21,7 @@ export class TaskLog {
   readonly path: string
   readonly #logger: Logger
   #warnings = 0
+  readonly #warningTexts: string[] = []
   #full = false
 
   constructor(path: string, logger: Logger) {
@@ -36,13 +40,24 @@ export class TaskLog {
     return this.#warnings
   }
 
-  /** Log one line at a provider level. */
-  log(level: ProviderLogLevel, message: string): void {
-    if (level === 'warn') this.#warnings++
+  /** The first {@link WARNINGS_KEPT} warning lines logged, for the backup's report. */
+  get warningMessages(): readonly string[] {
+    return this.#warningTexts
+  }
+
+  /**
+   * Log one line at a provider level; `fields` (vmid, device, bytes…) go to the structured
+   * log only (`--log-json`), the task log file has the line.
+   */
+  log(level: ProviderLogLevel, message: string, fields: LogFields = {}): void {
+    if (level === 'warn') {
+      this.#warnings++
+      if (this.#warningTexts.length < WARNINGS_KEPT) this.#warningTexts.push(message)
+    }
     this.record(level, message)
-    if (level === 'err') this.#logger.error(message)
-    else if (level === 'warn') this.#logger.warn(message)
-    else this.#logger.info(message)
+    if (level === 'err') this.#logger.error(fields, message)
+    else if (level === 'warn') this.#logger.warn(fields, message)
+    else this.#logger.info(fields, message)
   }
 
   /** Write a line to the task log file only (the caller reports it another way). */
@@ -57,13 +72,13 @@ export class TaskLog {
     }
   }
 
-  info(message: string): void {
-    this.log('info', message)
+  info(message: string, fields?: LogFields): void {
+    this.log('info', message, fields)
   }
-  warn(message: string): void {
-    this.log('warn', message)
+  warn(message: string, fields?: LogFields): void {
+    this.log('warn', message, fields)
   }
-  error(message: string): void {
-    this.log('err', message)
+  error(message: string, fields?: LogFields): void {
+    this.log('err', message, fields)
   }
 }

@@ -4,6 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseJobText } from '../../src/cli/job/load.ts'
+import { OUTPUT_SHAPES } from '../../src/cli/output/shapes.ts'
 import { runCliInProcess } from '../helpers/cli.ts'
 
 /** The error lines of a job file's text (named `f`). */
@@ -55,6 +56,14 @@ rootfs = "/ct"
         `${file}: guest[1].vmid: vmid 100 is already guest[0]'s`,
       ].sort(),
     )
+    // As shape job-check: the same lines, and still exit code 1.
+    const j = await runCliInProcess(['job', 'check', file, '--output-format', 'json'])
+    assert.equal(j.code, 1)
+    const v = OUTPUT_SHAPES['job-check'].schema.parse(JSON.parse(j.stdout))
+    assert.deepEqual(
+      { ...v, errors: [...v.errors].sort() },
+      { job: file, valid: false, guests: null, errors: r.stdout.trimEnd().split('\n').sort() },
+    )
   })
 
   it('accepts a valid file: exit code 0', async () => {
@@ -63,6 +72,14 @@ rootfs = "/ct"
     const r = await runCliInProcess(['job', 'check', file])
     assert.equal(r.code, 0, r.stdout)
     assert.equal(r.stdout, `${file}: ok, 1 guests\n`)
+    const j = await runCliInProcess(['job', 'check', file, '--json'])
+    assert.equal(j.code, 0, j.stderr)
+    assert.deepEqual(OUTPUT_SHAPES['job-check'].schema.parse(JSON.parse(j.stdout)), {
+      job: file,
+      valid: true,
+      guests: 1,
+      errors: [],
+    })
   })
 
   it('gives the line and column of a TOML syntax error', () => {

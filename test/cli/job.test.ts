@@ -4,6 +4,7 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { JobRunResult } from '../../src/cli/commands/job.ts'
+import { OUTPUT_SHAPES } from '../../src/cli/output/shapes.ts'
 import { run } from '../../src/io/spawn.ts'
 import { createImage } from '../../src/qemu/img.ts'
 import { runCliInProcess, runCliInProcessOk } from '../helpers/cli.ts'
@@ -101,7 +102,8 @@ rootfs = "ct104"
     )
     const r = await runCliInProcess(['job', 'run', jobFile, '--json'])
     assert.equal(r.code, 1, r.stderr)
-    const res = JSON.parse(r.stdout) as JobRunResult
+    // Shape job-run (docs/cli-json.md): one backup report per guest.
+    const res: JobRunResult = OUTPUT_SHAPES['job-run'].schema.parse(JSON.parse(r.stdout))
     assert.equal(res.status, 'failed')
     assert.equal(res.error, null)
     assert.deepEqual(
@@ -120,6 +122,17 @@ rootfs = "ct104"
       assert.ok(found)
       return found
     }
+    // The backup report of each guest: the stopped VM's disk, full as the first backup.
+    assert.equal(g(101).mode, 'full')
+    assert.equal(g(101).consistency, 'offline')
+    assert.deepEqual(
+      g(101).disks.map((d) => [d.device, d.mode, d.reason, d.read]),
+      [['drive-scsi0', 'full', "the store's vm-backup-mode is full", MiB]],
+    )
+    assert.equal(g(100).consistency, 'crash')
+    assert.equal(g(102).reason, 'container archives are always full')
+    assert.ok(g(102).read > 0 && g(102).duration > 0)
+    assert.equal(g(103).mode, null)
     assert.match(g(103).error ?? '', /missing\.qcow2/)
     assert.equal(g(103).volid, null)
     assert.match(g(104).error ?? '', /hook\.sh backup-start stop 104' failed: exit code 3/)

@@ -17,6 +17,10 @@ import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 import { STD_EXCLUDES } from '../parse-backup.ts'
 import { afterBackup, checkBeforeBackup } from './backup-after.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
+import { backupReport } from '../output/backup-report.ts'
+import type { DirectoryProvider } from '../../provider/directory/provider.ts'
 
 /** Options of the backup command as commander parses them. */
 export interface BackupCommandOptions {
@@ -85,6 +89,7 @@ export const backupCommand = async (
   o: BackupCommandOptions,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   const { signal } = io
   const disks = o.disk ?? []
@@ -186,8 +191,10 @@ export const backupCommand = async (
     }
   }
   using progress = jobView(io.stderr, `${o.vmid} backup`)
+  const started = performance.now()
+  let provider: DirectoryProvider | undefined
   const [result] = await runBackupJob({
-    provider: (log) => storage.newBackupProvider(log),
+    provider: (log) => (provider = storage.newBackupProvider(log)),
     storeId: storage.storeId,
     bitmapKey: storage.bitmapKey,
     guests: [guest],
@@ -208,22 +215,33 @@ export const backupCommand = async (
     const volname = result.volid.slice(result.volid.indexOf(':') + 1)
     await afterBackup(storage, volname, { vmid: o.vmid, type: guest.type, config }, o, logger)
   }
-  if (o.json === true) {
-    writeLine(
-      io.stdout,
-      JSON.stringify({
-        vmid: result.vmid,
-        type: result.type,
-        status: result.status,
-        // A failed run made no volume: name none.
-        volid: result.status === 'ok' ? (result.volid ?? null) : null,
-        size: result.archiveSize ?? null,
-        error: result.error?.message ?? null,
-      }),
-    )
-  } else if (result.status === 'ok') {
-    writeLine(io.stdout, `${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+  const duration = (performance.now() - started) / 1000
+  const volname = result.volid?.slice(result.volid.indexOf(':') + 1)
+  const manifest =
+    result.status === 'ok' && volname !== undefined
+      ? await storage.manifestOf(volname).catch(() => undefined)
+      : undefined
+  const report = backupReport({
+    result,
+    manifest,
+    fullReasons: provider?.fullReasons(result.vmid) ?? {},
+    duration,
+    storeId: storage.storeId,
+  })
+  const { disks: _disks, warnings, error: _error, ...summary } = report
+  if (result.status === 'ok') {
+    for (const d of report.disks) {
+      const { device, mode, read, stored } = d
+      const what = `${device}: ${mode}, ${read} bytes read, ${stored} bytes stored`
+      logger.info({ vmid: result.vmid, volid: report.volid, device, mode, read, stored }, what)
+    }
+    logger.info({ ...summary, warnings: warnings.count }, `backup of ${result.vmid} done`)
   }
+  emit(io.stdout, format, 'backup', report, () => {
+    if (result.status === 'ok') {
+      writeLine(io.stdout, `${result.volid ?? ''} ${fmtBytes(result.archiveSize ?? 0)}`)
+    }
+  })
   if (result.status !== 'ok') {
     const err = result.error ?? new BackupError('PROVIDER_FAILED', 'backup failed')
     const failed = result.volid === undefined ? undefined : await storage.failedLog(result.volid)

@@ -4,6 +4,8 @@ import { inspectDisk } from '../../host/disks.ts'
 import { dropBitmap, guestbackupBitmaps } from '../../host/offline-bitmaps.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the bitmaps command as commander parses them. */
 export interface BitmapsCommandOptions {
@@ -14,7 +16,11 @@ export interface BitmapsCommandOptions {
 }
 
 /** Run the bitmaps command; returns the exit code. The bitmaps are listed on `io.stdout`. */
-export const bitmapsCommand = async (o: BitmapsCommandOptions, io: CliIO): Promise<number> => {
+export const bitmapsCommand = async (
+  o: BitmapsCommandOptions,
+  io: CliIO,
+  format: OutputFormat,
+): Promise<number> => {
   const disk = await inspectDisk('drive-disk', o.disk, 'qcow2', io.signal)
   const present = await guestbackupBitmaps(disk)
   const names = o.dropAll === true ? present.map((b) => b.name) : (o.drop ?? [])
@@ -25,11 +31,10 @@ export const bitmapsCommand = async (o: BitmapsCommandOptions, io: CliIO): Promi
   }
   for (const name of names) await dropBitmap(disk, name)
   const left = names.length === 0 ? present : await guestbackupBitmaps(disk)
-  if (o.json === true) {
-    writeLine(io.stdout, JSON.stringify({ dropped: names, bitmaps: left }, null, 2))
-  } else {
+  const bitmaps = left.map((b) => ({ name: b.name, flags: b.flags }))
+  emit(io.stdout, format, 'bitmaps', { dropped: names, bitmaps }, () => {
     for (const n of names) writeLine(io.stdout, `dropped ${n}`)
     for (const b of left) writeLine(io.stdout, `${b.name}  ${b.flags.join(',')}`)
-  }
+  })
   return 0
 }

@@ -9,6 +9,9 @@ import { openStore } from '../../provider/directory/store.ts'
 import type { Logger } from '../../log.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
+import { emit } from '../output/format.ts'
+import { providerLog } from '../output/provider-log.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the check command as commander parses them. */
 export interface CheckCommandOptions {
@@ -23,6 +26,7 @@ export const checkCommand = async (
   o: CheckCommandOptions,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   // openStore refuses what is not a store (exit code 2) before anything is looked at.
   await openStore(o.store)
@@ -30,16 +34,10 @@ export const checkCommand = async (
     repair: o.repair === true,
     vmid: o.vmid,
     signal: io.signal,
-    log: (level, msg) => {
-      if (level === 'err') logger.error(msg)
-      else if (level === 'warn') logger.warn(msg)
-      else logger.info(msg)
-    },
+    log: providerLog(logger),
   })
   const repaired = findings.filter((f) => f.repaired).length
-  if (o.json === true) {
-    writeLine(io.stdout, JSON.stringify({ findings, repaired }, null, 2))
-  } else {
+  emit(io.stdout, format, 'check', { findings, repaired }, () => {
     for (const f of findings) {
       const what = f.repaired ? `repaired: ${f.repair}` : `repair: ${f.repair}`
       writeLine(io.stdout, `${f.path}: ${f.detail} (${what})`)
@@ -50,6 +48,6 @@ export const checkCommand = async (
         ? 'store is consistent'
         : `${findings.length} finding${findings.length === 1 ? '' : 's'}, ${repaired} repaired`,
     )
-  }
+  })
   return findings.length === repaired ? 0 : 1
 }

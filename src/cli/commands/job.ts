@@ -5,7 +5,6 @@
  */
 import { hostname } from 'node:os'
 import { resolve } from 'node:path'
-import type { GuestType } from '../../api/provider.ts'
 import { BackupError, toBackupError } from '../../errors.ts'
 import { guestHostname, hookScriptRunner } from '../../host/hook-script.ts'
 import type { HookRunner } from '../../host/hook-script.ts'
@@ -21,6 +20,11 @@ import { jobPath, readJobFile } from '../job/load.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 import { fmtBytes, jobView } from '../progress/index.ts'
 import type { JobView } from '../progress/index.ts'
+import { backupReport } from '../output/backup-report.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
+import type { Shape } from '../output/shapes.ts'
+import type { DirectoryProvider } from '../../provider/directory/provider.ts'
 
 /** Options of `job run`. */
 export interface JobRunCommandOptions {
@@ -29,32 +33,18 @@ export interface JobRunCommandOptions {
   json?: boolean
 }
 
-/** One guest in {@link JobRunResult}. */
-export interface JobGuestOutcome {
-  vmid: number
-  type: GuestType
-  status: 'ok' | 'failed'
-  /** The backup's volume id; null when none was kept. */
-  volid: string | null
-  /** Stored bytes of a kept backup. */
-  size: number | null
-  error: string | null
-  warnings: number
-  /** The task log a failed run left in the store (`list --failed`). */
-  log: string | null
-}
+/** One guest in {@link JobRunResult}: its `backup` report, and the task log of a failed run. */
+export type JobGuestOutcome = Shape<'job-run'>['guests'][number]
 
-/** What `job run --json` prints. */
-export interface JobRunResult {
-  /** The job file, as given. */
-  job: string
-  /** `ok` only when every guest's backup and the job's own steps succeeded. */
-  status: 'ok' | 'failed'
-  /** The job's own failure (`jobInit`, `job-start` or `job-end`), else null. */
-  error: string | null
-  ok: number
-  failed: number
-  guests: JobGuestOutcome[]
+/** What `job run --json` prints (shape `job-run`, docs/cli-json.md). */
+export type JobRunResult = Shape<'job-run'>
+
+/** What {@link outcome} reads besides the runner's result. */
+interface OutcomeInput {
+  storage: DirectoryStorage
+  provider: DirectoryProvider | undefined
+  /** Seconds the guest's part of the job took. */
+  duration: number
 }
 
 /** vzdump's notes-template variables (PVE/VZDump.pm `$generate_notes`), with its unescaping. */
@@ -63,16 +53,24 @@ const expandNotes = (template: string, vars: Record<string, string>): string =>
     .replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c))
     .replace(/\{\{([^\s{}]+)\}\}/g, (m, v: string) => vars[v] ?? m)
 
-const outcome = async (r: GuestResult, storage: DirectoryStorage): Promise<JobGuestOutcome> => {
+const outcome = async (r: GuestResult, i: OutcomeInput): Promise<JobGuestOutcome> => {
+  const { storage } = i
   const kept = r.status === 'ok' || (r.volid !== undefined && (await isListed(storage, r)))
+  const volname = r.volid?.slice(r.volid.indexOf(':') + 1)
+  const manifest =
+    r.status === 'ok' && volname !== undefined
+      ? await storage.manifestOf(volname).catch(() => undefined)
+      : undefined
+  const report = backupReport({
+    result: r,
+    manifest,
+    fullReasons: i.provider?.fullReasons(r.vmid) ?? {},
+    duration: i.duration,
+    storeId: storage.storeId,
+  })
   return {
-    vmid: r.vmid,
-    type: r.type,
-    status: r.status,
+    ...report,
     volid: kept ? (r.volid ?? null) : null,
-    size: r.status === 'ok' ? (r.archiveSize ?? 0) : null,
-    error: r.error?.message ?? null,
-    warnings: r.warnings,
     log:
       r.status === 'ok' || r.volid === undefined
         ? null
@@ -92,6 +90,7 @@ export const jobRunCommand = async (
   o: JobRunCommandOptions,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   const { signal } = io
   const parsed = await readJobFile(file)
@@ -143,13 +142,17 @@ export const jobRunCommand = async (
     }
     return current.view
   }
+  // When each guest started (its config is read first): a guest's duration runs to the next's.
+  const starts = new Map<number, number>()
+  let provider: DirectoryProvider | undefined
   const res = await runJob({
-    provider: (log) => storage.newBackupProvider(log),
+    provider: (log) => (provider = storage.newBackupProvider(log)),
     storeId: storage.storeId,
     bitmapKey: storage.bitmapKey,
     guests: guests.map((g) => ({
       ...g,
       readConfig: async () => {
+        starts.set(g.vmid, performance.now())
         const config = await g.readConfig()
         configs.set(g.vmid, config)
         return config
@@ -183,8 +186,15 @@ export const jobRunCommand = async (
       }
     }
   }
+  const ended = performance.now()
   const outcomes: JobGuestOutcome[] = []
-  for (const r of res.guests) outcomes.push(await outcome(r, storage))
+  for (const [n, r] of res.guests.entries()) {
+    const start = starts.get(r.vmid)
+    const next = res.guests[n + 1]
+    const end = (next === undefined ? undefined : starts.get(next.vmid)) ?? ended
+    const duration = start === undefined ? 0 : (end - start) / 1000
+    outcomes.push(await outcome(r, { storage, provider, duration }))
+  }
   const ok = outcomes.filter((g) => g.status === 'ok').length
   const result: JobRunResult = {
     job: file,
@@ -194,17 +204,15 @@ export const jobRunCommand = async (
     failed: outcomes.length - ok,
     guests: outcomes,
   }
-  writeJobResult(io, result, o.json === true)
+  emit(io.stdout, format, 'job-run', result, () => {
+    writeJobText(io, result)
+  })
   if (signal.aborted) throw new BackupError('ABORTED', 'backup job aborted')
   return result.status === 'ok' ? 0 : 1
 }
 
-/** Text: one line per guest, then the summary line; `--json`: the result object. */
-const writeJobResult = (io: CliIO, r: JobRunResult, json = false): void => {
-  if (json) {
-    writeLine(io.stdout, JSON.stringify(r))
-    return
-  }
+/** Text: one line per guest, then the summary line. */
+const writeJobText = (io: CliIO, r: JobRunResult): void => {
   for (const g of r.guests) {
     const what = `${g.vmid} ${g.type}`
     if (g.status === 'ok') {
@@ -221,13 +229,22 @@ const writeJobResult = (io: CliIO, r: JobRunResult, json = false): void => {
   )
 }
 
-/** Run `job check`: one line per error on stdout; exit code 0 when valid, 1 otherwise. */
-export const jobCheckCommand = async (file: string, io: CliIO): Promise<number> => {
+/**
+ * Run `job check`: one line per error on stdout (or shape `job-check`); exit code 0 when valid,
+ * 1 otherwise.
+ */
+export const jobCheckCommand = async (
+  file: string,
+  io: CliIO,
+  format: OutputFormat,
+): Promise<number> => {
   const r = await readJobFile(file)
-  if (r.ok) {
-    writeLine(io.stdout, `${file}: ok, ${r.job.guest.length} guests`)
-    return 0
-  }
-  for (const line of r.errors) writeLine(io.stdout, line)
-  return 1
+  const value: Shape<'job-check'> = r.ok
+    ? { job: file, valid: true, guests: r.job.guest.length, errors: [] }
+    : { job: file, valid: false, guests: null, errors: [...r.errors] }
+  emit(io.stdout, format, 'job-check', value, () => {
+    if (r.ok) writeLine(io.stdout, `${file}: ok, ${r.job.guest.length} guests`)
+    else for (const line of r.errors) writeLine(io.stdout, line)
+  })
+  return r.ok ? 0 : 1
 }

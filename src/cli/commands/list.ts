@@ -3,6 +3,9 @@ import { openStore } from '../../provider/directory/store.ts'
 import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes } from '../progress/index.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
+import type { Shape } from '../output/shapes.ts'
 
 /** Options of the list command. */
 export interface ListCommandOptions {
@@ -13,13 +16,17 @@ export interface ListCommandOptions {
 }
 
 /** Print the backups of the store, newest first per guest (README: the `list` JSON shape). */
-export const listCommand = async (o: ListCommandOptions, io: CliIO): Promise<void> => {
+export const listCommand = async (
+  o: ListCommandOptions,
+  io: CliIO,
+  format: OutputFormat,
+): Promise<void> => {
   const storage = await openStore(o.store)
   const filter = o.vmid === undefined ? {} : { vmid: o.vmid }
   const vols = await storage.listVolumes(filter)
   const failed = o.failed === true ? await storage.listFailed(filter) : []
-  if (o.json === true) {
-    const rows: Record<string, unknown>[] = vols.map((v) => ({
+  if (format !== 'text') {
+    const rows: Shape<'list'> = vols.map((v) => ({
       volid: v.volid,
       vmid: v.vmid,
       subtype: v.subtype,
@@ -32,8 +39,9 @@ export const listCommand = async (o: ListCommandOptions, io: CliIO): Promise<voi
       'verify-state': v.verification?.state ?? 'none',
       verified: v.verification?.time ?? null,
       ...(v.verification?.detail === undefined ? {} : { 'verify-detail': v.verification.detail }),
-      status: 'ok',
-      ...(v.broken === undefined ? {} : { status: 'broken', broken: v.broken }),
+      ...(v.broken === undefined
+        ? { status: 'ok' as const }
+        : { status: 'broken' as const, broken: v.broken }),
     }))
     for (const f of failed) {
       rows.push({
@@ -41,12 +49,12 @@ export const listCommand = async (o: ListCommandOptions, io: CliIO): Promise<voi
         vmid: f.vmid,
         subtype: f.subtype,
         ctime: f.ctime,
-        status: 'failed',
+        status: 'failed' as const,
         error: f.error ?? null,
         log: f.log,
       })
     }
-    writeLine(io.stdout, JSON.stringify(rows, null, 2))
+    emit(io.stdout, format, 'list', rows, () => undefined)
     return
   }
   for (const v of vols) {

@@ -14,6 +14,9 @@ import type { CliIO } from '../io.ts'
 import type { TargetDiskArg } from '../parse.ts'
 import { insideOrSame, realPathOf } from '../paths.ts'
 import { resolveVolume } from '../volume.ts'
+import { emit } from '../output/format.ts'
+import type { OutputFormat } from '../output/format.ts'
+import type { Shape } from '../output/shapes.ts'
 
 /** Options of the restore command. */
 export interface RestoreCommandOptions {
@@ -26,6 +29,7 @@ export interface RestoreCommandOptions {
   format?: 'raw' | 'qcow2'
   /** The guest of `latest`. */
   vmid?: number
+  json?: boolean
 }
 
 /** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
@@ -34,6 +38,7 @@ export const restoreCommand = async (
   volume: string,
   logger: Logger,
   io: CliIO,
+  format: OutputFormat,
 ): Promise<number> => {
   if (o.format === 'qcow2' && o.targetDisk !== undefined) {
     throw new BackupError(
@@ -58,8 +63,8 @@ export const restoreCommand = async (
   }
   await using tmp = await makeTempDir('guestbackup-restore-')
   const log = new TaskLog(join(tmp.path, 'restore.log'), logger)
-  const provider = storage.newBackupProvider((level, msg) => {
-    log.log(level, msg)
+  const provider = storage.newBackupProvider((level, msg, fields) => {
+    log.log(level, msg, fields)
   })
   using progress = jobView(io.stderr, `restore ${volname}`)
   const r = await restoreBackup({
@@ -81,6 +86,32 @@ export const restoreCommand = async (
       : {}),
   })
   progress.finish()
-  for (const f of r.files) writeLine(io.stdout, isAbsolute(f) ? f : join(o.target, f))
+  const files = r.files.map((f) => (isAbsolute(f) ? f : join(o.target, f)))
+  const disks: Shape<'restore'>['disks'] = []
+  for (const f of r.files) {
+    const onTarget = Object.entries(diskTargets).find(([, p]) => p === f)
+    if (onTarget !== undefined) {
+      // --target-disk: the raw disk written onto an existing file or device.
+      disks.push({ device: onTarget[0], path: f, format: 'raw', targetDisk: true })
+      continue
+    }
+    const m = /^(drive-[a-z0-9]+)\.(raw|qcow2)$/.exec(f)
+    if (m?.[1] === undefined) continue
+    const fmt = m[2] === 'qcow2' ? 'qcow2' : 'raw'
+    disks.push({ device: m[1], path: resolve(o.target, f), format: fmt, targetDisk: false })
+  }
+  const volid = `${storage.storeId}:${volname}`
+  for (const d of disks)
+    logger.info({ volid, device: d.device, path: d.path }, `restored ${d.device} to ${d.path}`)
+  const value = {
+    volid,
+    type: r.type,
+    target: resolve(o.target),
+    files: files.map((f) => resolve(f)),
+    disks,
+  }
+  emit(io.stdout, format, 'restore', value, () => {
+    for (const f of files) writeLine(io.stdout, f)
+  })
   return 0
 }

@@ -8,6 +8,9 @@ import { writeLine } from '../io.ts'
 import type { CliIO } from '../io.ts'
 import { fmtBytes, jobView } from '../progress/index.ts'
 import { isLatest, resolveVolume } from '../volume.ts'
+import { emit } from '../output/format.ts'
+import { providerLog } from '../output/provider-log.ts'
+import type { OutputFormat } from '../output/format.ts'
 
 /** Options of the verify command. */
 export interface VerifyCommandOptions {
@@ -30,6 +33,7 @@ export const verifyCommand = async (
   logger: Logger,
   io: CliIO,
   lock: LockPolicy,
+  format: OutputFormat,
 ): Promise<number> => {
   const storage = await openStore(o.store, lock)
   if (o.vmid !== undefined && !volumes.some(isLatest)) {
@@ -46,27 +50,26 @@ export const verifyCommand = async (
     }
     const why = await storage.proveRestored(volname, o.restored, io.signal)
     const row = { volid: `${storage.storeId}:${volname}`, restored: o.restored }
-    if (o.json === true) {
-      const state = why === undefined ? 'ok' : 'failed'
-      writeLine(io.stdout, JSON.stringify({ ...row, state, ...(why ? { detail: why } : {}) }))
-    } else {
+    const state = why === undefined ? ('ok' as const) : ('failed' as const)
+    logger.info({ volid: row.volid, restored: o.restored, state }, why ?? 'restore matches')
+    const value = { ...row, state, ...(why === undefined ? {} : { detail: why }) }
+    emit(io.stdout, format, 'verify-restored', value, () => {
       writeLine(
         io.stdout,
         `${o.restored}: ${why === undefined ? `matches ${row.volid}` : `FAILED: ${why}`}`,
       )
-    }
+    })
     return why === undefined ? 0 : 1
   }
   const started = performance.now()
+  const toLogger = providerLog(logger)
   let reports: VerifyReport[]
   {
     using progress = jobView(io.stderr, 'verify')
     reports = await storage.verify({
       ...(volnames.length > 0 ? { volnames } : {}),
       signal: io.signal,
-      log: (level, msg) => {
-        logger[level === 'err' ? 'error' : level](msg)
-      },
+      log: toLogger,
       onProgress: (item, done, total) => {
         progress.update({ item, done, total })
       },
@@ -74,16 +77,18 @@ export const verifyCommand = async (
     progress.finish()
   }
   const volid = (v: string): string => `${storage.storeId}:${v}`
-  if (o.json === true) {
-    const rows = reports.map((r) => ({
-      volid: volid(r.volname),
-      state: r.outcome.state,
-      time: r.outcome.time,
-      bytes: r.outcome.bytes,
-      ...(r.outcome.detail === undefined ? {} : { detail: r.outcome.detail }),
-    }))
-    writeLine(io.stdout, JSON.stringify(rows, null, 2))
-  } else {
+  const rows = reports.map((r) => ({
+    volid: volid(r.volname),
+    state: r.outcome.state,
+    time: r.outcome.time,
+    bytes: r.outcome.bytes,
+    ...(r.outcome.detail === undefined ? {} : { detail: r.outcome.detail }),
+  }))
+  for (const r of rows) {
+    const fields = { volid: r.volid, state: r.state, bytes: r.bytes }
+    logger.info(fields, `${r.volid}: ${r.state}${r.detail === undefined ? '' : `: ${r.detail}`}`)
+  }
+  emit(io.stdout, format, 'verify', rows, () => {
     for (const r of reports) {
       const what =
         r.outcome.state === 'ok' ? 'ok' : r.outcome.state === 'failed' ? 'FAILED' : 'not verifiable'
@@ -100,6 +105,6 @@ export const verifyCommand = async (
         ? `${reports.length} backups verified in ${secs} s`
         : `${failed} of ${reports.length} backups FAILED verification`,
     )
-  }
+  })
   return reports.some((r) => r.outcome.state === 'failed') ? 1 : 0
 }

@@ -42,7 +42,8 @@ export const TEMP_RE = /^\..+\.[0-9a-f]{12}\.tmp$/
 export const TEMP_MIN_AGE_MS = 60_000
 export const PARTIAL_PREFIX = '.partial-'
 export const FAILED_RE = /^(.+)\.failed$/
-export const ATTR_RE = /^(.+)\.(notes|protected)$/
+/** A backup's attribute files, and its last verification (layout.ts `verifyName`). */
+export const ATTR_RE = /^(.+)\.(notes|protected|verify)$/
 /** Names guestbackup gives the files of a backup (manifest.ts `BACKUP_FILE_RE`, narrowed). */
 export const DATA_RE = /^(?:.+\.(?:qcow2|blocks|conf|members)|archive\.(?:tar|sqfs))$/
 export const REPORT_ONLY = 'none: guestbackup never writes it (left for you)'

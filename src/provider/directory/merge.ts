@@ -238,16 +238,17 @@ export const planRemoval = async (
 /**
  * Free the backup `ref` of the locked guest directory `guest`, merging it first into the
  * backups that build on it. `NOT_FOUND` if it does not exist, `PROTECTED` if protected,
- * `NO_SPACE` (before anything is written) if the merge cannot fit.
+ * `NO_SPACE` (before anything is written) if the merge cannot fit. Returns the merges done (none
+ * when it completed an interrupted removal of `ref`).
  */
 export const freeBackup = async (
   layout: StoreLayout,
   guest: Dir,
   ref: VolumeRef,
   opts: FreeOptions = {},
-): Promise<void> => {
+): Promise<PlannedMerge[]> => {
   // A killed `remove` of this very backup, run again, finishes it: that is success.
-  if ((await resumeRemoval(layout, guest, opts)) === ref.volname) return
+  if ((await resumeRemoval(layout, guest, opts)) === ref.volname) return []
   const planned = await planRemoval(layout, guest, ref, opts)
   const need = planned.reduce((n, m) => n + m.bytes, 0)
   if (planned.length > 0) {
@@ -272,6 +273,7 @@ export const freeBackup = async (
     await guest.writeFileAtomic(JOURNAL, `${JSON.stringify(journal, null, 2)}\n`)
     await runJournal(layout, guest, journal, opts)
   })
+  return planned
 }
 
 /**
@@ -400,7 +402,11 @@ const mergeOne = async (guest: Dir, ref: VolumeRef, m: Merge, opts: FreeOptions)
     ) {
       throw inconsistent(`the chain of ${m.child} ${m.device} does not match the removal`)
     }
-    opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`)
+    opts.log?.('info', `merging ${ref.volname} ${m.device} into ${m.child}`, {
+      volname: ref.volname,
+      device: m.device,
+      child: m.child,
+    })
     const { onProgress } = opts
     // What it writes at most: the top image's allocated bytes (see planRemoval).
     const total = top?.allocated ?? 0

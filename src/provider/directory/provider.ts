@@ -95,6 +95,8 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
   readonly #layout: StoreLayout
   readonly #options: StoreOptions
   readonly #log: ProviderLogFunction
+  /** {@link fullReasons}, per guest. */
+  readonly #fullReasons = new Map<number, Record<string, string>>()
   readonly #guests = new Map<number, GuestState>()
   readonly #lock: LockPolicy
 
@@ -219,11 +221,25 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     return this.#options['vm-backup-mechanism']
   }
 
+  /**
+   * Why each disk of the last backup of `vmid` is full, by device: guestbackup's report of
+   * what `backupVmQueryIncremental` decided (the task log has the same lines).
+   */
+  fullReasons(vmid: number): Readonly<Record<string, string>> {
+    return this.#fullReasons.get(vmid) ?? {}
+  }
+
   async backupVmQueryIncremental(
     vmid: number,
     volumes: Readonly<Record<string, VolumeSize>>,
   ): Promise<Readonly<Record<string, IncrementalQuery>> | undefined> {
-    if (this.#options['vm-backup-mode'] !== 'incremental') return undefined
+    const reasons: Record<string, string> = {}
+    this.#fullReasons.set(vmid, reasons)
+    if (this.#options['vm-backup-mode'] !== 'incremental') {
+      for (const device of Object.keys(volumes))
+        reasons[device] = "the store's vm-backup-mode is full"
+      return undefined
+    }
     const g = this.#guest(vmid)
     const guest = guestDir(g)
     const answer: Record<string, IncrementalQuery> = {}
@@ -234,7 +250,11 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
         g.bases[device] = base
         answer[device] = 'use'
       } else {
-        this.#log('info', `${device}: full backup (${base.reason})`)
+        this.#log('info', `${device}: full backup (${base.reason})`, {
+          device,
+          reason: base.reason,
+        })
+        reasons[device] = base.reason
         answer[device] = 'new'
       }
     }
@@ -336,7 +356,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
       if ((await digestOf(g.partial, file, info.signal)) !== archive.digests[file]) {
         throw new BackupError('VERIFY_FAILED', `${file} reads back differently than it was written`)
       }
-      this.#log('info', `${file} reads back to its digest`)
+      this.#log('info', `${file} reads back to its digest`, { file })
     }
     await commitBackup(
       this.#layout,

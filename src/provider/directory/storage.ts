@@ -30,10 +30,18 @@ import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
 import { readBackup, unusableBackups } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
+import type { Manifest } from './manifest.ts'
 import { pruneFailedRuns } from './failed-runs.ts'
 import type { FailedVolume } from './failed-runs.ts'
 
 export type { FailedVolume }
+
+/** A merge a removal did: into which backup (volume id), which disk, the bytes written. */
+export interface RemovedMerge {
+  child: string
+  device: string
+  bytes: number
+}
 import { describeBackup, isProtected, NOTES_MAX_BYTES, readNotes, usedBytes } from './describe.ts'
 import { proveRestored } from './verify.ts'
 import { verifyStore } from './verify-store.ts'
@@ -249,6 +257,17 @@ export class DirectoryStorage implements BackupStorage {
   }
 
   async freeImage(volname: string, opts: FreeImageOptions = {}): Promise<void> {
+    await this.removeBackup(volname, opts)
+  }
+
+  /**
+   * {@link freeImage}, reporting what went: the bytes the backup occupied (0 when this
+   * completed an interrupted removal of it) and the merges into its dependants.
+   */
+  async removeBackup(
+    volname: string,
+    opts: FreeImageOptions = {},
+  ): Promise<{ bytes: number; merges: RemovedMerge[] }> {
     const ref = parseVolname(volname)
     const log = opts.log ?? (() => undefined)
     await using root = await this.#layout.openRoot()
@@ -258,8 +277,18 @@ export class DirectoryStorage implements BackupStorage {
     // The journal first: a killed `remove` of this very backup, run again, finishes it.
     const resumed = await resumeRemoval(this.#layout, guest, { log })
     await sweepLeftovers(log, guest, ref.vmid)
-    if (resumed === ref.volname) return
-    await freeBackup(this.#layout, guest, ref, { log, onProgress: opts.onProgress })
+    if (resumed === ref.volname) return { bytes: 0, merges: [] }
+    const bytes = await usedBytes(guest, ref).catch(() => 0)
+    const merges = await freeBackup(this.#layout, guest, ref, {
+      log,
+      onProgress: opts.onProgress,
+    })
+    return { bytes, merges: merges.map((m) => this.#merge(m)) }
+  }
+
+  /** A merge as reported: the dependant by volume id, the device and the bytes written. */
+  #merge(m: { child: string; device: string; bytes: number }): RemovedMerge {
+    return { child: this.#volid(m.child), device: m.device, bytes: m.bytes }
   }
 
   async pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]> {
@@ -294,13 +323,8 @@ export class DirectoryStorage implements BackupStorage {
         await using guest = await root.tryOpenDir(String(ref.vmid))
         if (guest === undefined) continue
         const merges = await planRemoval(this.#layout, guest, ref)
-        if (merges.length > 0) {
-          r.merges = merges.map((m) => ({
-            child: this.#volid(m.child),
-            device: m.device,
-            bytes: m.bytes,
-          }))
-        }
+        r.bytes = await usedBytes(guest, ref).catch(() => 0)
+        if (merges.length > 0) r.merges = merges.map((m) => this.#merge(m))
       }
       return result
     }
@@ -316,16 +340,22 @@ export class DirectoryStorage implements BackupStorage {
         if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
         await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'prune', opts.log))
         await recoverGuest(this.#layout, guest, ref.vmid, opts.log ?? (() => undefined))
-        await freeBackup(this.#layout, guest, ref, { log: opts.log, onProgress: opts.onProgress })
-        opts.log?.('info', `removed ${r.volid}`)
+        const bytes = await usedBytes(guest, ref).catch(() => 0)
+        const merges = await freeBackup(this.#layout, guest, ref, {
+          log: opts.log,
+          onProgress: opts.onProgress,
+        })
+        r.bytes = bytes
+        if (merges.length > 0) r.merges = merges.map((m) => this.#merge(m))
+        opts.log?.('info', `removed ${r.volid}`, { volid: r.volid, bytes })
       } catch (e) {
         // A concurrent prune or remove got there first: what is gone is not an error.
         if (isBackupError(e, 'NOT_FOUND')) {
-          opts.log?.('info', `${r.volid} was already removed`)
+          opts.log?.('info', `${r.volid} was already removed`, { volid: r.volid })
           continue
         }
         errors++
-        opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`)
+        opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`, { volid: r.volid })
       }
     }
     for (const vmid of new Set(result.map((r) => r.vmid))) {
@@ -380,6 +410,17 @@ export class DirectoryStorage implements BackupStorage {
    */
   resumeBackupProvider(log: ProviderLogFunction, session: unknown): Promise<DirectoryProvider> {
     return DirectoryProvider.resume(this.#layout, this.#options, log, session, this.#lock)
+  }
+
+  /** The manifest of the backup `volname`: what was stored, how, and with which warnings. */
+  async manifestOf(volname: string): Promise<Manifest> {
+    await using root = await this.#layout.openRoot()
+    const { guest, b } = await this.#find(root, volname)
+    await guest.close()
+    if (b.manifest === undefined) {
+      throw new BackupError('ARCHIVE_INVALID', `${volname} has no valid manifest`)
+    }
+    return b.manifest
   }
 
   #volid(volname: string): string {

@@ -60,7 +60,7 @@ export const verifyStore = async (
       opts.signal.throwIfAborted()
       // Marked in this run already: it builds on a backup that failed.
       if (reports.some((r) => r.volname === b.ref.volname)) continue
-      opts.log?.('info', `verifying ${b.ref.volname}`)
+      opts.log?.('info', `verifying ${b.ref.volname}`, { volname: b.ref.volname })
       const outcome = await verifyBackup(guest, b.ref, { ...opts, verified })
       reports.push({ volname: b.ref.volname, outcome })
       if (outcome.state === 'none') continue
@@ -110,7 +110,7 @@ const markDependants = async (
     const existing = reports.find((r) => r.volname === b.ref.volname)
     if (existing === undefined)
       reports.push({ volname: b.ref.volname, outcome: { ...v, bytes: 0 } })
-    opts.log?.('warn', `${b.ref.volname} ${detail}`)
+    opts.log?.('warn', `${b.ref.volname} ${detail}`, { volname: b.ref.volname })
   }
   if (failed.ref.subtype === 'qemu') {
     await forceFull(guest, `${failed.ref.volname} failed verification: ${outcome.detail ?? ''}`)

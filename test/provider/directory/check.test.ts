@@ -80,6 +80,20 @@ describe('provider/directory/check: the store fsck', () => {
     assert.deepEqual(await check(template), [])
   })
 
+  it('takes the .verify records verify writes for the backups they belong to', async () => {
+    const store = await copy()
+    await runCliInProcessOk(['verify', '--store', store])
+    const records = (await readdir(join(store, '101'))).filter((n) => n.endsWith('.verify'))
+    assert.equal(records.length, 3)
+    assert.deepEqual(view(store, await check(store)), [])
+    // A record whose backup is gone is an attribute left behind, not a foreign entry.
+    const gone = parseVolname(other).dirName
+    await rm(join(store, '102', gone), { recursive: true })
+    assert.deepEqual(view(store, await check(store)), [
+      `orphan-file 102/${gone}.verify: an attribute of ${gone}, which does not exist`,
+    ])
+  })
+
   it('finds what killed runs and hand edits left, changes nothing, then repairs it all', async () => {
     const store = await copy()
     const [b0, b1, b2] = chain.map((v) => dirOf(store, v))
