@@ -40,6 +40,7 @@ import {
 } from './parse.ts'
 import { parseBool, parseNotesTemplate, refuseExclude } from './parse-backup.ts'
 import { storeOption } from './store-option.ts'
+import { attachHelp } from './help/attach.ts'
 
 /** The package's version: package.json sits two levels up from src/cli/ and dist/cli/ alike. */
 const VERSION =
@@ -153,39 +154,42 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
     .description('create (or update the options of) a directory store')
     .argument('<store>', 'store directory')
     .addOption(
-      new Option('--vm-backup-mode <mode>', 'full, or incremental when possible').choices([
-        'full',
-        'incremental',
-      ]),
+      new Option(
+        '--vm-backup-mode <mode>',
+        'full, or incremental when possible (default: full)',
+      ).choices(['full', 'incremental']),
     )
     .addOption(
-      new Option('--vm-backup-mechanism <mechanism>', 'how VM disks are read').choices([
-        'nbd',
-        'file-handle',
-      ]),
+      new Option(
+        '--vm-backup-mechanism <mechanism>',
+        'how VM disks are read (default: nbd)',
+      ).choices(['nbd', 'file-handle']),
     )
     .addOption(
-      new Option('--lxc-backup-mode <mode>', 'container archive format').choices([
+      new Option('--lxc-backup-mode <mode>', 'container archive format (default: tar)').choices([
         'tar',
         'squashfs',
       ]),
     )
     .option('--id <id>', 'store id, the prefix of volume ids (default: from the directory name)')
-    .option('--prune-backups <spec>', 'retention, e.g. keep-last=3,keep-daily=7')
+    .option(
+      '--prune-backups <spec>',
+      'retention, e.g. keep-last=3,keep-daily=7 (default: keep-all=1)',
+    )
     .option(
       '--max-protected-backups <n>',
-      'protected backups per guest (-1: unlimited)',
+      'protected backups per guest (-1: unlimited, the default)',
       parseCount,
     )
     .option(
       '--incremental-sample <n>',
-      'clean 64 KiB blocks per disk an incremental compares with the previous backup (0: off)',
+      'clean 64 KiB blocks per disk an incremental compares with the previous backup (0: off; default: 64)',
       parseCount,
     )
     .addOption(
       new Option(
         '--verify-after-backup <when>',
-        'read stored VM images back before committing: first (full backups), always, never',
+        'read stored VM images back before committing: first (full backups), always, never (default: first)',
       ).choices(['first', 'always', 'never']),
     )
     .addOption(
@@ -469,5 +473,6 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
       result = await pveHoldCommand(io)
     })
 
+  attachHelp(program)
   return { program, exitCode: () => result }
 }
