@@ -138,21 +138,12 @@ cat >"$stage/usr/bin/guestbackup" <<EOF
 exec /usr/bin/node /usr/lib/guestbackup/$entry "\$@"
 EOF
 
-# --- man page, from the CLI's own help ---
-help=$(node "$lib/$entry" --help) || die "the built CLI does not run: node $lib/$entry --help"
+# --- man page guestbackup(1), from the CLI's commander definitions (scripts/man.ts; the same
+# text as docs/guestbackup.1 with the date and version); gzip -n keeps no name or time ---
+node "$lib/$entry" --version >/dev/null || die "the built CLI does not run: node $lib/$entry --version"
 man_date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)
-{
-  printf '.TH GUESTBACKUP 1 "%s" "guestbackup %s" "User Commands"\n' "$man_date" "$version"
-  printf '.SH NAME\nguestbackup \\- back up QEMU VMs and container trees\n'
-  printf '.SH SYNOPSIS\n.B guestbackup\n.RI [ options ] " command " [ args ]\n'
-  printf '.SH DESCRIPTION\n'
-  printf 'guestbackup backs up QEMU virtual machines and container directory trees,\n'
-  printf 'modelled on the Proxmox VE backup provider API.\n'
-  printf 'Each command prints its options with\n.BR "guestbackup \\fIcommand\\fP \\-\\-help" .\n'
-  printf '.SH OPTIONS AND COMMANDS\n.nf\n'
-  printf '%s\n' "$help" | sed -e 's/\\/\\e/g' -e 's/^\([.'"'"']\)/\\\&\1/'
-  printf '.fi\n.SH SEE ALSO\n/usr/share/doc/guestbackup/\n'
-} >"$stage/usr/share/man/man1/guestbackup.1"
+node --import "$root/node_modules/tsx/dist/esm/index.mjs" "$root/scripts/man.ts" \
+  --date "$man_date" --version "$version" --out "$stage/usr/share/man/man1/guestbackup.1"
 gzip -9n "$stage/usr/share/man/man1/guestbackup.1"
 
 # --- changelog (a native package: changelog.gz, not changelog.Debian.gz) ---
