@@ -51,12 +51,12 @@ const VERSION =
   ).version ?? 'unknown'
 
 const LOCK_WAIT_HELP = (dflt: string): string =>
-  `wait this long for the guest's lock: minutes (vzdump's lockwait) or 30s, 5m, 2h; 0: fail at once (default: ${dflt})`
+  `wait this long for the guest's lock: a bare number is minutes (vzdump's lockwait), or 30s, 5m, 2h; 0: fail at once (default: ${dflt} minutes)`
 
 const LATEST_HELP = "backup/<vmid>/latest (or latest with --vmid): the guest's newest"
 
 const BWLIMIT_HELP =
-  'bandwidth limit in KiB/s as vzdump (10000), or with a unit: 50M, 1G, 65536B; 0: none'
+  'bandwidth limit: a bare number is KiB/s as vzdump (10000), or 50M, 1G, 65536B; 0 (or not given): no limit'
 
 /** A program ready to parse one command line, and the exit code its command chose. */
 export interface CliProgram {
