@@ -3,7 +3,8 @@
  * returns the exit code. Importing this module does nothing to the process (no signal handlers,
  * no exit); bin.ts is the executable that wires a run to the process.
  *
- * Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 after the signal aborted.
+ * Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 after the signal aborted
+ * (what --help and guestbackup(1) say of them is ./help/exit-codes.ts: keep the two in step).
  */
 import { CommanderError } from 'commander'
 import { toBackupError } from '../errors.ts'
