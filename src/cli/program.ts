@@ -102,7 +102,8 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
       writeOut: (str) => io.stdout.write(str),
       writeErr: (str) => io.stderr.write(str),
       outputError: (str, write) => {
-        const line = `${str.trimEnd()} (see --help)`
+        // commander puts its "(Did you mean …?)" on a line of its own: joined, still one line.
+        const line = `${str.trim().replace(/\s*\n\s*/g, ' ')} (see --help)`
         write(logJson(program.opts(), argv) ? errorLine(line, { code: 'USAGE' }) : `${line}\n`)
       },
       // commander's defaults measure process.stdout/stderr; help wraps to io's own terminal.

@@ -48,6 +48,12 @@ describe('cli: bad input', () => {
   const usage: [string, string[], RegExp][] = [
     ['an unknown option', ['list', '--store', 'X', '--bogus'], /unknown option/],
     ['an unknown command', ['frobnicate'], /unknown command/],
+    // commander's suggestion joins the error's line: one line, whatever it adds.
+    [
+      'a misspelt option',
+      ['prune', '--store', 'X', '--keep-lats', '3'],
+      /^error: unknown option '--keep-lats' \(Did you mean --keep-last\?\) \(see --help\)\n$/,
+    ],
     ['a bad vmid', ['list', '--store', 'X', '--vmid', '12a'], /guest id/],
     ['a bad disk spec', backupArgs('X', 1, 'c', '--disk', 'oops'), /NAME=PATH/],
     ['a bad choice', ['init', 'X', '--vm-backup-mode', 'sometimes'], /Allowed choices/],
