@@ -65,7 +65,7 @@ export const verifyCommand = async (
   const toLogger = providerLog(logger)
   let reports: VerifyReport[]
   {
-    using progress = jobView(io.stderr, 'verify')
+    using progress = jobView(io.stderr, 'verify', true)
     reports = await storage.verify({
       ...(volnames.length > 0 ? { volnames } : {}),
       signal: io.signal,

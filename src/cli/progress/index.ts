@@ -64,17 +64,19 @@ export class ProgressStream implements CliStream {
     this.#settings = { ...this.#settings, ...s }
   }
 
-  /** The view of a job called `title` (e.g. `100 backup`). */
-  job(title: string): JobView {
+  /** The view of a job called `title` (e.g. `100 backup`); `readOnly`: it writes nothing. */
+  job(title: string, readOnly = false): JobView {
     if (!this.#settings.show) return NO_VIEW
     if (this.#status !== undefined) return new TtyView(this.#status, title)
-    return this.#settings.lines ? new VzdumpLinesView(this.#out) : NO_VIEW
+    return this.#settings.lines
+      ? new VzdumpLinesView(this.#out, () => performance.now(), readOnly)
+      : NO_VIEW
   }
 }
 
 /** The view of a job on `stream`: the run's {@link ProgressStream}, or a new one around it. */
-export const jobView = (stream: CliStream, title: string): JobView =>
-  (stream instanceof ProgressStream ? stream : new ProgressStream(stream)).job(title)
+export const jobView = (stream: CliStream, title: string, readOnly = false): JobView =>
+  (stream instanceof ProgressStream ? stream : new ProgressStream(stream)).job(title, readOnly)
 
 /** Whether a view will draw anything: commands skip costly preparation (a pre-walk) if not. */
 export const showsProgress = (view: JobView): boolean => view !== NO_VIEW

@@ -13,7 +13,8 @@
  *
  * Here `transferred` is the bytes walked (copied or skipped, as QEMU's counter includes zero
  * clusters) and clean areas of an incremental are counted in it too, so the percentage is of
- * the whole disks, where vzdump's is of the dirty bytes.
+ * the whole disks, where vzdump's is of the dirty bytes. A job that only reads (verify) has no
+ * `write` rate, as proxmox-backup's verify task log gives none.
  */
 import type { ProgressEvent } from '../../api/progress.ts'
 import type { CliStream } from '../io.ts'
@@ -35,11 +36,16 @@ export class VzdumpLinesView implements JobView {
   #lastDone = 0
   #lastCopied = 0
   #seen = false
+  readonly #readOnly: boolean
 
-  /** Write lines to `out`; `now`: the clock (ms; its whole seconds count, as `time()`'s). */
-  constructor(out: CliStream, now: Clock = () => performance.now()) {
+  /**
+   * Write lines to `out`; `now`: the clock (ms; its whole seconds count, as `time()`'s);
+   * `readOnly`: the job writes nothing (no `write` rate).
+   */
+  constructor(out: CliStream, now: Clock = () => performance.now(), readOnly = false) {
     this.#out = out
     this.#now = now
+    this.#readOnly = readOnly
     this.#start = wholeSecs(now())
     this.#lastTime = this.#start
   }
@@ -90,10 +96,10 @@ export class VzdumpLinesView implements JobView {
     const percent = this.#percent(t.done, t.total)
     const diff = now - this.#lastTime || 1
     const read = renderRate(t.done - this.#lastDone, diff)
-    const write = renderRate(t.copied - this.#lastCopied, diff)
+    const write = this.#readOnly ? '' : `, write: ${renderRate(t.copied - this.#lastCopied, diff)}`
     const pct = String(percent).padStart(3)
     this.#info(
-      `${pct}% (${renderBytes(t.done, 1)} of ${renderBytes(t.total, 1)}) in ${renderDuration(now - this.#start)}, read: ${read}, write: ${write}`,
+      `${pct}% (${renderBytes(t.done, 1)} of ${renderBytes(t.total, 1)}) in ${renderDuration(now - this.#start)}, read: ${read}${write}`,
     )
     this.#lastPercent = percent
     this.#lastTime = now

@@ -115,4 +115,17 @@ describe('cli progress: vzdump INFO lines without a terminal', () => {
     late.view.finish()
     assert.equal(late.lines().filter((l) => l.includes('100%')).length, 1)
   })
+
+  it('gives a job that only reads (verify) no write rate', () => {
+    let text = ''
+    let now = 0
+    const view = new VzdumpLinesView({ write: (s: string) => (text += s) }, () => now, true)
+    view.update({ item: 'drive-scsi0', done: 0, total: 4 * GiB })
+    now = 4000
+    view.update({ item: 'drive-scsi0', done: 2 * GiB, total: 4 * GiB })
+    assert.deepEqual(
+      text.split('\n').filter((l) => l !== ''),
+      ['INFO:  50% (2.0 GiB of 4.0 GiB) in 4s, read: 512.0 MiB/s'],
+    )
+  })
 })
