@@ -7,32 +7,19 @@ import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { ProgressEvent } from '../api/progress.ts'
-import type { BackupProvider } from '../api/provider.ts'
 import { extractDirectory, extractSquashfs, extractTarArchive } from '../archive/index.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { writeFileDurably } from '../io/fs.ts'
 import { restoreVmDisks } from './restore-vm.ts'
-import type { TaskLog } from './task-log.ts'
+import type { VmRestoreOptions } from './restore-vm.ts'
 
-/** Options of {@link restoreBackup}. */
-export interface RestoreOptions {
-  provider: BackupProvider
-  volname: string
+/**
+ * Options of {@link restoreBackup}: those of a VM restore ({@link VmRestoreOptions}; the
+ * disk options are refused for a container backup), with a target it may create.
+ */
+export interface RestoreOptions extends VmRestoreOptions {
   /** Target directory: created if missing, must be empty. */
   target: string
-  /**
-   * VM disks to restore onto an existing regular file or block device instead of
-   * `<target>/<device>.raw`: device name -> path (the last component not a symbolic link).
-   */
-  diskTargets?: Readonly<Record<string, string>> | undefined
-  /** VM: only these disks (`drive-scsi0`); default: all. */
-  devices?: readonly string[] | undefined
-  /** VM: format of the disk files in the target, `raw` (default, sparse) or `qcow2`. */
-  format?: 'raw' | 'qcow2' | undefined
-  /** Bytes per second; 0 or undefined: unlimited. */
-  bandwidthLimit?: number | undefined
-  log: TaskLog
-  signal: AbortSignal
   /**
    * How far the restore got: per VM disk (`item`: the device, from qemu-img's progress), or
    * for a container the bytes of the archive (`item` `archive`; an uncompressed tar archive
@@ -106,20 +93,7 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
   }
   if (mech.vmtype === 'qemu') {
     try {
-      files.push(
-        ...(await restoreVmDisks({
-          provider,
-          volname,
-          target,
-          diskTargets: opts.diskTargets,
-          devices: opts.devices,
-          format: opts.format,
-          bandwidthLimit: opts.bandwidthLimit,
-          log,
-          signal,
-          onProgress: opts.onProgress,
-        })),
-      )
+      files.push(...(await restoreVmDisks({ ...opts, target })))
     } finally {
       try {
         await provider.restoreVmCleanup(volname)
