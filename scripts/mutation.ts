@@ -31,6 +31,7 @@ const TARGETS: Record<string, readonly string[]> = {
   'src/provider/directory/layout.ts': ['test/provider/directory/layout.test.ts'],
   'src/io/beneath.ts': ['test/io/beneath.test.ts'],
   'src/provider/directory/merge.ts': ['test/provider/directory/merge.test.ts'],
+  'src/provider/directory/merge-journal.ts': ['test/provider/directory/merge.test.ts'],
   'src/provider/directory/manifest.ts': ['test/provider/directory/manifest.test.ts'],
   'src/provider/directory/session.ts': ['test/pve/errors.test.ts'],
   'src/qemu/qcow2-meta.ts': ['test/qemu/qcow2-meta.test.ts'],
