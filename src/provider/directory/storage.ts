@@ -15,24 +15,27 @@ import type {
   PruneResultEntry,
   VolumeSizeInfo,
 } from '../../api/storage.ts'
-import { BackupError, isBackupError } from '../../errors.ts'
+import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { lockGuest } from '../../io/lock.ts'
 import type { LockOperation, LockOptions, LockPolicy } from '../../io/lock.ts'
-import { parsePruneBackups } from '../../storage/prune-options.ts'
-import { planPrune } from '../../storage/prune.ts'
 import { parseVolname, STORE_ID_DEFAULT } from './layout.ts'
 import type { StoreLayout } from './layout.ts'
-import { freeBackup, parentAfter, pendingRemoval, planRemoval, resumeRemoval } from './merge.ts'
-import { recoverGuest, sweepLeftovers } from './in-place.ts'
+import { freeBackup, parentAfter, pendingRemoval, resumeRemoval } from './merge.ts'
+import { sweepLeftovers } from './in-place.ts'
 import type { StoreOptions } from './options.ts'
 import { DirectoryProvider } from './provider.ts'
 import { listFailedRuns, listGuestBackups, listGuestIds, parentsOf } from './scan.ts'
 import { readBackup, unusableBackups } from './scan.ts'
 import type { FoundBackup } from './scan.ts'
 import type { Manifest } from './manifest.ts'
-import { pruneFailedRuns } from './failed-runs.ts'
 import type { FailedVolume } from './failed-runs.ts'
+
+import { describeBackup, isProtected, NOTES_MAX_BYTES, readNotes, usedBytes } from './describe.ts'
+import { proveRestored } from './verify.ts'
+import { verifyStore } from './verify-store.ts'
+import type { VerifyReport, VerifyStoreOptions } from './verify-store.ts'
+import { pruneStore } from './prune-store.ts'
 
 export type { FailedVolume }
 
@@ -42,10 +45,6 @@ export interface RemovedMerge {
   device: string
   bytes: number
 }
-import { describeBackup, isProtected, NOTES_MAX_BYTES, readNotes, usedBytes } from './describe.ts'
-import { proveRestored } from './verify.ts'
-import { verifyStore } from './verify-store.ts'
-import type { VerifyReport, VerifyStoreOptions } from './verify-store.ts'
 
 /** The directory store. */
 export class DirectoryStorage implements BackupStorage {
@@ -292,81 +291,17 @@ export class DirectoryStorage implements BackupStorage {
   }
 
   async pruneBackups(opts: PruneOptions): Promise<PruneResultEntry[]> {
-    const keep = opts.keep ?? parsePruneBackups(this.#options['prune-backups'])
-    const volumes = await this.listVolumes(opts.vmid === undefined ? {} : { vmid: opts.vmid })
-    const plan = planPrune(
-      volumes.map((v) => ({
-        volid: v.volid,
-        ctime: v.ctime,
-        protected: v.protected,
-        vmid: v.vmid,
-        subtype: v.subtype,
-      })),
-      keep,
+    return pruneStore(
       {
-        ...(opts.vmid === undefined ? {} : { vmid: opts.vmid }),
-        ...(opts.type === undefined ? {} : { subtype: opts.type }),
+        layout: this.#layout,
+        options: this.#options,
+        listVolumes: (vmid) => this.listVolumes(vmid === undefined ? {} : { vmid }),
+        lockOptions: (vmid, log) => this.#lockOptions(vmid, 'prune', log),
+        merge: (m) => this.#merge(m),
+        volid: (volname) => this.#volid(volname),
       },
+      opts,
     )
-    const result: PruneResultEntry[] = plan.map((p) => ({
-      volid: p.volid,
-      ctime: p.ctime,
-      mark: p.mark,
-      type: p.subtype,
-      vmid: p.vmid,
-    }))
-    if (opts.dryRun) {
-      await using root = await this.#layout.openRoot()
-      for (const r of result) {
-        if (r.mark !== 'remove') continue
-        const ref = parseVolname(r.volid.slice(r.volid.indexOf(':') + 1))
-        await using guest = await root.tryOpenDir(String(ref.vmid))
-        if (guest === undefined) continue
-        const merges = await planRemoval(this.#layout, guest, ref)
-        r.bytes = await usedBytes(guest, ref).catch(() => 0)
-        if (merges.length > 0) r.merges = merges.map((m) => this.#merge(m))
-      }
-      return result
-    }
-    let errors = 0
-    await using root = await this.#layout.openRoot()
-    // Oldest first, so a removed base is merged into a dependant that is itself kept.
-    for (const r of [...result].reverse()) {
-      if (r.mark !== 'remove') continue
-      const volname = r.volid.slice(r.volid.indexOf(':') + 1)
-      try {
-        const ref = parseVolname(volname)
-        await using guest = await root.tryOpenDir(String(ref.vmid))
-        if (guest === undefined) throw new BackupError('NOT_FOUND', `${volname} does not exist`)
-        await using _lock = await lockGuest(guest, this.#lockOptions(ref.vmid, 'prune', opts.log))
-        await recoverGuest(this.#layout, guest, ref.vmid, opts.log ?? (() => undefined))
-        const bytes = await usedBytes(guest, ref).catch(() => 0)
-        const merges = await freeBackup(this.#layout, guest, ref, {
-          log: opts.log,
-          onProgress: opts.onProgress,
-        })
-        r.bytes = bytes
-        if (merges.length > 0) r.merges = merges.map((m) => this.#merge(m))
-        opts.log?.('info', `removed ${r.volid}`, { volid: r.volid, bytes })
-      } catch (e) {
-        // A concurrent prune or remove got there first: what is gone is not an error.
-        if (isBackupError(e, 'NOT_FOUND')) {
-          opts.log?.('info', `${r.volid} was already removed`, { volid: r.volid })
-          continue
-        }
-        errors++
-        opts.log?.('err', `cannot remove ${r.volid}: ${(e as Error).message}`, { volid: r.volid })
-      }
-    }
-    for (const vmid of new Set(result.map((r) => r.vmid))) {
-      await using guest = await root.tryOpenDir(String(vmid))
-      if (guest === undefined) continue
-      await using _lock = await lockGuest(guest, this.#lockOptions(vmid, 'prune', opts.log))
-      await recoverGuest(this.#layout, guest, vmid, opts.log ?? (() => undefined))
-      await pruneFailedRuns(this.#layout, guest, vmid, opts.log, (v) => this.#volid(v))
-    }
-    if (errors > 0) throw new BackupError('IO', 'error pruning backups - check log')
-    return result
   }
 
   /**
