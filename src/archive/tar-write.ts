@@ -18,7 +18,8 @@ import { Transform } from 'node:stream'
 import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { throwIfAborted } from '../errors.ts'
+import { hashFollowing } from '../digest/follow.ts'
+import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { Group, stdioOf, toolStage } from './internal.ts'
@@ -53,6 +54,8 @@ export interface TarWriteResult {
   stderr: string
   /** Bytes of the uncompressed tar stream. */
   tarBytes: number
+  /** SHA-256 (hex) of the archive file, when taken apart from `hash` (which then got nothing). */
+  digest?: string | undefined
 }
 
 /** Options of {@link followFile}. */
@@ -107,7 +110,11 @@ const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
   }
 }
 
-/** tar with the archive file as its stdout; Node follows the file. */
+/**
+ * tar with the archive file as its stdout; Node follows the file for the members, and a worker
+ * thread follows it for the archive's SHA-256 (`hashFollowing`), so the two hashes of every byte
+ * (member contents, the file) run on two cores beside tar.
+ */
 const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
@@ -123,12 +130,20 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
     const onChunk = (chunk: Buffer): Promise<void> | undefined => {
       tarBytes += chunk.length
       i.onBytes?.(tarBytes)
-      i.hash.update(chunk)
       return i.members?.push(chunk)
     }
+    const hashed = hashFollowing(i.partial, { writerDone: tar.done, signal: group.signal })
+    group.add(hashed)
     group.add(followFile(i.partial, { writerDone: tar.done, signal: group.signal, onChunk }))
     await group.settle()
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+    const { digest, bytes } = await hashed
+    if (bytes !== tarBytes) {
+      throw new BackupError(
+        'INTERNAL',
+        `the archive was hashed over ${bytes} bytes, not ${tarBytes}`,
+      )
+    }
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, digest }
   } finally {
     await out.close()
   }

@@ -164,7 +164,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
   }
   const membersPath = opts.members
   let membersNamed = false
-  const { exitCode, stderr, tarBytes, members } = await writeAtomically(
+  const { exitCode, stderr, tarBytes, members, digest } = await writeAtomically(
     opts.output,
     async (partial) => {
       if (membersPath === undefined) return await write(partial, undefined)
@@ -185,6 +185,11 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     warnings.push('tar exit code 1: some files changed while they were archived')
   }
   const { size } = await stat(opts.output)
-  const digest = hash.digest('hex')
-  return { bytes: size, tarBytes, digest, ...(members ? { members } : {}), warnings }
+  return {
+    bytes: size,
+    tarBytes,
+    digest: digest ?? hash.digest('hex'),
+    ...(members ? { members } : {}),
+    warnings,
+  }
 }
