@@ -15,7 +15,9 @@
  * patterns with wildcards are not applied, nor are the longer pax headers of long names, ACLs
  * and xattrs counted, so this may be somewhat off either way.
  */
-import { lstat, readdir } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
+import { lstatSync, readdirSync } from 'node:fs'
+import { setImmediate } from 'node:timers/promises'
 import { join } from 'node:path'
 import { throwIfAborted } from '../errors.ts'
 import { LOST_AND_FOUND, parseExcludes } from './excludes.ts'
@@ -24,6 +26,8 @@ const BLOCK = 512
 /** The entry's header and its pax extended header (header block and one data block). */
 const ENTRY = 3 * BLOCK
 const RECORD = 20 * BLOCK
+/** Longest stretch the walk keeps the event loop (ms). */
+const SLICE_MS = 10
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to
 
@@ -43,9 +47,10 @@ export interface TreeSizeOptions {
  * cannot be read while walking are skipped: tar will report them, this only estimates.
  */
 export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
+  throwIfAborted(o.signal)
   const rules = parseExcludes(o.excludes ?? [])
   const literal = (p: string): boolean => !/[*?[\\]/.test(p) && !p.endsWith('/')
-  const names = new Set([
+  const skipNames = new Set([
     LOST_AND_FOUND,
     ...rules.unanchored.filter((p) => literal(p) && !p.includes('/')),
   ])
@@ -53,28 +58,55 @@ export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
   const seen = new Set<string>()
   let bytes = 0
   let dev: number | undefined
-  // Depth first with an explicit stack: no recursion depth limit on deep trees.
-  const stack: string[] = (o.sources ?? ['.']).map((s) => s.replace(/^\.\/?/, ''))
-  while (stack.length > 0) {
-    throwIfAborted(o.signal)
-    const rel = stack.pop() ?? ''
-    const st = await lstat(join(o.directory, rel), { bigint: false }).catch(() => undefined)
-    if (st === undefined) continue
+  /** Count one entry; returns whether it is a directory to descend into. */
+  const count = (st: Stats | undefined): boolean => {
+    if (st === undefined) return false
     dev ??= st.dev
     bytes += ENTRY
     if (st.isFile()) {
       const key = `${st.dev}:${st.ino}`
-      if (st.nlink > 1 && seen.has(key)) continue
+      if (st.nlink > 1 && seen.has(key)) return false
       if (st.nlink > 1) seen.add(key)
       bytes += roundUp(Math.min(st.size, st.blocks * BLOCK), BLOCK)
-      continue
+      return false
     }
-    if (!st.isDirectory() || st.dev !== dev) continue
-    const entries = await readdir(join(o.directory, rel)).catch(() => [] as string[])
-    for (const name of entries) {
+    return st.isDirectory() && st.dev === dev
+  }
+  const stat = (rel: string): Stats | undefined => {
+    try {
+      return lstatSync(join(o.directory, rel), { throwIfNoEntry: false })
+    } catch {
+      return undefined
+    }
+  }
+  const list = (rel: string): string[] => {
+    try {
+      return readdirSync(join(o.directory, rel))
+    } catch {
+      return []
+    }
+  }
+  // Depth first with an explicit stack (no recursion limit). The walk makes synchronous calls
+  // (a few µs each; through fs.promises each waits a thread-pool round trip, ten times the
+  // time and CPU) and yields to the event loop every SLICE_MS, so that what runs beside it
+  // (the archiver's follower) is held up for at most that long.
+  const dirs: string[] = []
+  for (const s of o.sources ?? ['.']) {
+    const rel = s.replace(/^\.\/?/, '')
+    if (count(stat(rel))) dirs.push(rel)
+  }
+  let slice = performance.now()
+  while (dirs.length > 0) {
+    if (performance.now() - slice > SLICE_MS) {
+      await setImmediate()
+      throwIfAborted(o.signal)
+      slice = performance.now()
+    }
+    const rel = dirs.pop() ?? ''
+    for (const name of list(rel)) {
       const child = rel === '' ? name : `${rel}/${name}`
-      if (names.has(name) || anchored.has(child)) continue
-      stack.push(child)
+      if (skipNames.has(name) || anchored.has(child)) continue
+      if (count(stat(child))) dirs.push(child)
     }
   }
   return roundUp(bytes + 2 * BLOCK, RECORD)
