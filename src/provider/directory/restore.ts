@@ -12,7 +12,7 @@
  * the tar archive as is, or the squashfs image mounted with squashfuse (no loop device, no
  * mount), both pinned until the restore's cleanup.
  */
-import { mkdir, rm } from 'node:fs/promises'
+import { mkdir, rm, symlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type {
   CallOptions,
@@ -230,7 +230,17 @@ export class DirectoryRestore {
     if (pin === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${c.file}`)
     this.#hold(volname, pin)
     try {
-      if (c.format === 'tar') return { tarPath: pin.path }
+      if (c.format === 'tar') {
+        // pve-container picks the decompressor by the path's suffix and refuses a path not
+        // ending in `.tar` or `.tar.<ext>` (src/PVE/LXC/Create.pm, tar_compression_option):
+        // a pinned file's `/proc/<pid>/fd/<n>` has none. A private symlink with the archive's
+        // own name names exactly the pinned file.
+        const named = await makeTempDir('guestbackup-tar-')
+        this.#hold(volname, named)
+        const link = join(named.path, c.file)
+        await symlink(pin.path, link)
+        return { tarPath: link }
+      }
       const tmp = await makeTempDir('guestbackup-sqfs-')
       this.#hold(volname, tmp)
       const mnt = join(tmp.path, 'root')

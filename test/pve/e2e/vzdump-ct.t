@@ -91,6 +91,10 @@ SKIP: {
     mkdir($out);
     if ($m eq 'tar') {
         ok(-f $ri->{'tar-path'}, 'tar-path is a file');
+        # pve-container src/PVE/LXC/Create.pm tar_compression_option: the decompressor comes
+        # from the path's suffix, and a path without `.tar[.ext]` dies "does not look like a
+        # template archive".
+        like($ri->{'tar-path'}, qr/\.tar(\.[^.]+)?$/, 'tar-path ends like a tar archive');
         run_ok("tar xpf '$ri->{'tar-path'}' -C $out --anchored --exclude './dev/*'");
     } else {
         ok(-d $ri->{'archive-directory'}, 'archive-directory is a directory');
