@@ -98,7 +98,7 @@ export const createSquashfs = async (
     // it writes to its stdout, the partial file handed to it owned by the mapped root.
     await using out = ns === undefined ? undefined : await handOver(partial, ns)
     const dest = out === undefined ? resolve(partial) : '/proc/self/fd/1'
-    const args = [resolve(opts.directory), dest, '-noappend', '-quiet', '-no-progress']
+    const args = [ns === undefined ? resolve(opts.directory) : '.', dest, '-noappend', '-quiet', '-no-progress']
     args.push('-mem', MKSQUASHFS_MEM)
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
@@ -110,6 +110,8 @@ export const createSquashfs = async (
       signal: opts.signal,
       dieWithParent: true,
       namespace: ns,
+      // As tar's (tar.ts): the mapped root needs no search permission on the path to it.
+      ...(ns === undefined ? {} : { cwd: resolve(opts.directory) }),
     })
     if (opts.onBytesRead === undefined) await tool.done
     else await followProcIo(tool.child.pid, tool.done, 'rchar', opts.onBytesRead)

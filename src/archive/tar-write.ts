@@ -49,6 +49,8 @@ export interface TarWriteInput {
   onBytes?: ((tarBytes: number) => void) | undefined
   /** Run tar in this user namespace (an unprivileged container's mapped root). */
   namespace?: ToolNamespace | undefined
+  /** tar's working directory. */
+  cwd?: string | undefined
 }
 
 /** What tar did. */
@@ -129,6 +131,7 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
       okExitCodes: [0, 1],
       signal: group.signal,
       namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
     const onChunk = (chunk: Buffer): Promise<void> | undefined => {
@@ -165,6 +168,7 @@ const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarW
       okExitCodes: [0, 1],
       signal: group.signal,
       namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
     // Nothing is awaited between tar's start and the first read of its stdout: when a child
@@ -221,6 +225,7 @@ const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
     okExitCodes: [0, 1],
     signal: group.signal,
     namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
   })
   const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
   group.addTool(tar)

@@ -150,7 +150,9 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     '-',
     '--totals',
     ...COMMON_TAR_FLAGS,
-    `--directory=${opts.directory}`,
+    // In a namespace tar starts in the directory (chdir'ed as root: nsenter keeps the working
+    // directory), so the mapped root needs no search permission on the path to it.
+    `--directory=${opts.namespace === undefined ? opts.directory : '.'}`,
     ...excl.args,
     '--',
     ...sources,
@@ -167,6 +169,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
       signal: opts.signal,
       onBytes: opts.onBytes,
       namespace: opts.namespace,
+      cwd: opts.namespace === undefined ? undefined : opts.directory,
     })
     return { ...r, members: await members?.finish() }
   }
