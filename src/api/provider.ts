@@ -235,7 +235,17 @@ export interface RestoreVmVolumeSpec {
 }
 
 /** Result of {@link BackupProvider.restoreContainerInit}. */
-export type RestoreContainer =
+export type RestoreContainer = RestoreContainerSource & {
+  /**
+   * guestbackup extension, optional: the id map the archive was written under (an unprivileged
+   * container's: its owners are the container's view). guestbackup's host then restores it as
+   * the mapped root only. Absent: a privileged backup, or a provider that does not know.
+   */
+  idMap?: IdMap
+}
+
+/** Where a container's archive is: the two shapes of {@link RestoreContainer}. */
+export type RestoreContainerSource =
   | {
       /** A tar archive, possibly compressed (by extension). Perl key `tar-path`. */
       tarPath: string

@@ -98,7 +98,13 @@ export const createSquashfs = async (
     // it writes to its stdout, the partial file handed to it owned by the mapped root.
     await using out = ns === undefined ? undefined : await handOver(partial, ns)
     const dest = out === undefined ? resolve(partial) : '/proc/self/fd/1'
-    const args = [ns === undefined ? resolve(opts.directory) : '.', dest, '-noappend', '-quiet', '-no-progress']
+    const args = [
+      ns === undefined ? resolve(opts.directory) : '.',
+      dest,
+      '-noappend',
+      '-quiet',
+      '-no-progress',
+    ]
     args.push('-mem', MKSQUASHFS_MEM)
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)

@@ -225,7 +225,7 @@ const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
     okExitCodes: [0, 1],
     signal: group.signal,
     namespace: i.namespace,
-      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
+    ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
   })
   const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
   group.addTool(tar)

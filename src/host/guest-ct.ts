@@ -65,7 +65,9 @@ export const backupCtGuest = async (
   }
   log.info(`container root ${directory} (owner uid ${st.uid}), ${guest.excludes.length} excludes`)
   if (map !== undefined) {
-    log.info(`unprivileged: archived as the mapped root, id map ${map.map(formatIdMapEntry).join(', ')}`)
+    log.info(
+      `unprivileged: archived as the mapped root, id map ${map.map(formatIdMapEntry).join(', ')}`,
+    )
   }
   await provider.backupContainerPrepare(guest.vmid, ctInfo)
   await provider.backupContainer(guest.vmid, guest.config, guest.excludes, ctInfo)

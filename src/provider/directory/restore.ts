@@ -12,6 +12,7 @@
  * the tar archive as is, or the squashfs image mounted with squashfuse (no loop device, no
  * mount), both pinned until the restore's cleanup.
  */
+import { parseIdMapEntry, validateIdMap } from '../../api/idmap-parse.ts'
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type {
@@ -229,8 +230,9 @@ export class DirectoryRestore {
     const pin = await b.dir.tryPin(c.file)
     if (pin === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${c.file}`)
     this.#hold(volname, pin)
+    const map = c.idmap === undefined ? {} : { idMap: validateIdMap(c.idmap.map(parseIdMapEntry)) }
     try {
-      if (c.format === 'tar') return { tarPath: pin.path }
+      if (c.format === 'tar') return { tarPath: pin.path, ...map }
       const tmp = await makeTempDir('guestbackup-sqfs-')
       this.#hold(volname, tmp)
       const mnt = join(tmp.path, 'root')
@@ -242,7 +244,7 @@ export class DirectoryRestore {
           await rm(mnt, { recursive: true, force: true })
         },
       })
-      return { archiveDirectory: mnt, squashfsImage: pin.path }
+      return { archiveDirectory: mnt, squashfsImage: pin.path, ...map }
     } catch (e) {
       await this.#release(volname)
       throw e
