@@ -85,6 +85,11 @@ describe('cli: unprivileged container backup and restore (--idmap)', () => {
         assert.match(listing, /0\/0 .* \.\/etc\/hostname/)
         assert.doesNotMatch(listing, /1000\d\d\//)
       }
+      // The map is recorded and listed.
+      const list = JSON.parse(
+        (await runCliInProcessOk(['list', '--store', store, '--json'])).stdout,
+      ) as { idmap?: string[] }[]
+      assert.deepEqual(list[0]?.idmap, ['u 0 100000 65536', 'g 0 100000 65536'])
       // Recorded unprivileged: without --idmap or --privileged the restore is refused.
       const refused = await runCliInProcess([
         'restore',
