@@ -26,6 +26,8 @@
  * time, independently of a restore.
  */
 
+import type { IdMap } from './idmap.ts'
+
 /** Guest type, as in Proxmox: `qemu` for VMs, `lxc` for containers. */
 export type GuestType = 'qemu' | 'lxc'
 
@@ -164,6 +166,14 @@ export interface ContainerBackupInfo extends BackupInfo {
   sources: readonly string[]
   /** The uid the container root maps to on the host (0 for privileged). Perl `backup-user-id`. */
   backupUserId: number
+  /**
+   * guestbackup extension, optional: the id map of an unprivileged container whose tree the
+   * provider must archive as the mapped root, i.e. inside a user namespace with this map
+   * (`backupUserId` is then its host uid of container uid 0). guestbackup's own host sets it;
+   * Proxmox never does, as it already runs `backup_container` inside the container's namespace
+   * (pve-container `VZDump/LXC.pm`, `run_in_userns`).
+   */
+  idMap?: IdMap
 }
 
 /** Result of {@link BackupProvider.backupInit}. */
@@ -225,7 +235,17 @@ export interface RestoreVmVolumeSpec {
 }
 
 /** Result of {@link BackupProvider.restoreContainerInit}. */
-export type RestoreContainer =
+export type RestoreContainer = RestoreContainerSource & {
+  /**
+   * guestbackup extension, optional: the id map the archive was written under (an unprivileged
+   * container's: its owners are the container's view). guestbackup's host then restores it as
+   * the mapped root only. Absent: a privileged backup, or a provider that does not know.
+   */
+  idMap?: IdMap
+}
+
+/** Where a container's archive is: the two shapes of {@link RestoreContainer}. */
+export type RestoreContainerSource =
   | {
       /** A tar archive, possibly compressed (by extension). Perl key `tar-path`. */
       tarPath: string

@@ -45,6 +45,11 @@ export interface BackupVolume {
    * builds on is gone or unusable), if so; `check --repair` sets such backups aside.
    */
   broken?: string
+  /**
+   * guestbackup extension: an unprivileged container's id map the archive was written under,
+   * as `lxc.idmap` entries (`u 0 100000 65536`); absent for privileged containers and VMs.
+   */
+  idmap?: string[]
   /** Always `backup`. */
   content: 'backup'
 }

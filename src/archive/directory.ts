@@ -8,6 +8,7 @@ import type { TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
+import type { ToolNamespace } from '../io/userns.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { Group, assertDirectory, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
 import { readMounts } from './mountinfo.ts'
@@ -29,6 +30,11 @@ export interface ExtractDirectoryOptions {
    * `source`, tree-size.ts), as they grow.
    */
   onProgress?: ((done: number, total: number) => void) | undefined
+  /**
+   * Run the extracting tar in this user namespace (the reading one stays root, as
+   * pve-container's directory restore pipes `tar c` into a `tar x` under `userns_command`).
+   */
+  namespace?: ToolNamespace | undefined
 }
 
 /** The file system type of the mount that holds `path` (longest mount point prefix). */
@@ -100,10 +106,13 @@ export const extractDirectory = async (
     signal: group.signal,
   })
   group.addTool(reader)
-  const extractArgs = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
+  const ns = opts.namespace
+  const extractArgs = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', ns ? '.' : opts.target]
   const writer = spawnTool('tar', [...extractArgs, ...RESTORE_EXTRACT_ARGS], {
     stdout: 'ignore',
     signal: group.signal,
+    namespace: ns,
+    ...(ns === undefined ? {} : { cwd: opts.target }),
   })
   group.addTool(writer)
   const stages: NodeJS.ReadWriteStream[] = []

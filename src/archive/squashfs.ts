@@ -12,12 +12,15 @@
  * restore therefore unpacks the image with `unsquashfs` (squashfs-extract.ts) and uses the mount
  * only for file capabilities; Proxmox copies the mount.
  */
-import { chmod, realpath, stat } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { chmod, open, realpath, stat } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { run, spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
+import type { UserNamespace } from '../io/userns.ts'
 import { squashfsExcludeArgs } from './excludes.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { assertDirectory, followProcIo, stderrLines } from './internal.ts'
@@ -55,6 +58,11 @@ export interface CreateSquashfsOptions {
    * {@link followProcIo}), about twice a second.
    */
   onBytesRead?: ((bytes: number) => void) | undefined
+  /**
+   * Run mksquashfs in this user namespace, as an unprivileged container's mapped root: the image
+   * holds the container's view of the owners. Default: as ourselves.
+   */
+  namespace?: UserNamespace | undefined
 }
 
 /** Result of {@link createSquashfs}. */
@@ -83,9 +91,20 @@ export const createSquashfs = async (
   if (!Number.isInteger(level) || level < 1 || level > 22) {
     throw new BackupError('USAGE', `invalid zstd compression level ${level}`)
   }
+  const ns = opts.namespace
   const stderr = await writeAtomically(opts.output, async (partial) => {
     // Absolute paths: mksquashfs would take a name starting with '-' for an option.
-    const args = [resolve(opts.directory), resolve(partial), '-noappend', '-quiet', '-no-progress']
+    // In a namespace mksquashfs cannot open our `/proc/<pid>/fd/<n>` (ptrace access mode, proc(5)):
+    // it writes to its stdout, the partial file handed to it owned by the mapped root.
+    await using out = ns === undefined ? undefined : await handOver(partial, ns)
+    const dest = out === undefined ? resolve(partial) : '/proc/self/fd/1'
+    const args = [
+      ns === undefined ? resolve(opts.directory) : '.',
+      dest,
+      '-noappend',
+      '-quiet',
+      '-no-progress',
+    ]
     args.push('-mem', MKSQUASHFS_MEM)
     args.push('-comp', 'zstd')
     args.push('-Xcompression-level', String(level), ...excl.args)
@@ -93,12 +112,27 @@ export const createSquashfs = async (
     // pipe, dies of SIGPIPE with us).
     const tool = spawnTool('mksquashfs', args, {
       stdin: 'ignore',
-      stdout: 'ignore',
+      stdout: out?.fd ?? 'ignore',
       signal: opts.signal,
       dieWithParent: true,
+      namespace: ns,
+      // As tar's (tar.ts): the mapped root needs no search permission on the path to it.
+      ...(ns === undefined ? {} : { cwd: resolve(opts.directory) }),
     })
     if (opts.onBytesRead === undefined) await tool.done
     else await followProcIo(tool.child.pid, tool.done, 'rchar', opts.onBytesRead)
+    if (ns !== undefined) {
+      // mksquashfs stores an unreadable file as empty and goes on (mksquashfs.c, "Failed to read
+      // file %s, creating empty file"); tar, as Proxmox runs it, fails the backup instead.
+      const bad = /^Failed to read file (.*), creating empty file$/m.exec(tool.stderr())
+      if (bad !== null) {
+        throw new BackupError(
+          'ARCHIVE_TOOL_FAILED',
+          `mksquashfs: ${bad[1] ?? '?'}: Cannot open: Permission denied (as the container's root)`,
+        )
+      }
+      await out?.chown(0, 0)
+    }
     await chmod(partial, 0o600) // like the tar archive: a whole container file system
     return tool.stderr()
   })
@@ -113,6 +147,16 @@ export const createSquashfs = async (
   }
   const { size } = await stat(opts.output)
   return { bytes: size, warnings }
+}
+
+/** The partial image opened for writing and owned by the namespace's root, closed on dispose. */
+const handOver = async (
+  partial: string,
+  ns: UserNamespace,
+): Promise<FileHandle & AsyncDisposable> => {
+  const fh = await open(partial, constants.O_WRONLY)
+  await fh.chown(ns.rootUid, ns.rootGid)
+  return Object.assign(fh, { [Symbol.asyncDispose]: () => fh.close() })
 }
 
 /** The FUSE programs that can serve a squashfs image (both from the squashfuse package). */

@@ -11,6 +11,7 @@ import type { Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
+import type { ToolNamespace } from '../io/userns.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import { Group, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
 import { decompressorFor } from './tar-check.ts'
@@ -36,6 +37,13 @@ export interface ExtractTarOptions {
    * an uncompressed archive: a compressed one's stream size is not known before its end.
    */
   onProgress?: ((done: number, total: number) => void) | undefined
+  /**
+   * Run tar in this user namespace, as an unprivileged container's mapped root (pve-container
+   * `LXC/Create.pm` `restore_tar_archive_command` uses `userns_command`): nothing is created
+   * owned outside the map. tar starts in `target` (chdir'ed as root), so the mapped root needs
+   * no search permission on the path to it.
+   */
+  namespace?: ToolNamespace | undefined
 }
 
 /** Result of {@link extractTarArchive}. */
@@ -230,10 +238,13 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   const gate = new MemberGate((m, flag) => {
     checkMember(opts.archive, m, flag)
   })
-  const args = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', opts.target]
+  const ns = opts.namespace
+  const args = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', ns ? '.' : opts.target]
   const tar = spawnTool('tar', [...args, ...RESTORE_EXTRACT_ARGS], {
     stdout: 'ignore',
     signal: group.signal,
+    namespace: ns,
+    ...(ns === undefined ? {} : { cwd: opts.target }),
   })
   group.addTool(tar)
   const stdin = stdioOf(tar.stdin, group)

@@ -22,6 +22,7 @@ import { hashFollowing } from '../digest/follow.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
+import type { ToolNamespace } from '../io/userns.ts'
 import { Group, stdioOf, toolStage } from './internal.ts'
 import { hashStage, membersStage } from './tar-digest.ts'
 import type { MembersSink } from './tar-digest.ts'
@@ -46,6 +47,10 @@ export interface TarWriteInput {
   signal: AbortSignal | undefined
   /** Gets the bytes of the uncompressed stream passed on so far, as they grow. */
   onBytes?: ((tarBytes: number) => void) | undefined
+  /** Run tar in this user namespace (an unprivileged container's mapped root). */
+  namespace?: ToolNamespace | undefined
+  /** tar's working directory. */
+  cwd?: string | undefined
 }
 
 /** What tar did. */
@@ -125,6 +130,8 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
       stdout: out.fd,
       okExitCodes: [0, 1],
       signal: group.signal,
+      namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
     const onChunk = (chunk: Buffer): Promise<void> | undefined => {
@@ -160,6 +167,8 @@ const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarW
       stdin: 'ignore',
       okExitCodes: [0, 1],
       signal: group.signal,
+      namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
     // Nothing is awaited between tar's start and the first read of its stdout: when a child
@@ -215,6 +224,8 @@ const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
     stdin: 'ignore',
     okExitCodes: [0, 1],
     signal: group.signal,
+    namespace: i.namespace,
+    ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
   })
   const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
   group.addTool(tar)

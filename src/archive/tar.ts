@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import { rm, stat } from 'node:fs/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
+import type { ToolNamespace } from '../io/userns.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { tarExcludeArgs } from './excludes.ts'
 import { stderrLines } from './internal.ts'
@@ -82,6 +83,12 @@ export interface CreateTarOptions {
    * as they grow: the bytes of the tree read, headers included.
    */
   onBytes?: ((tarBytes: number) => void) | undefined
+  /**
+   * Run tar in this user namespace, as an unprivileged container's mapped root (pve-container
+   * `VZDump/LXC.pm` runs `backup_container` so): the archive holds the container's view of the
+   * owners, and a file the mapped root cannot read fails the archive. Default: as ourselves.
+   */
+  namespace?: ToolNamespace | undefined
 }
 
 /** Result of {@link createTarArchive}. */
@@ -143,7 +150,9 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     '-',
     '--totals',
     ...COMMON_TAR_FLAGS,
-    `--directory=${opts.directory}`,
+    // In a namespace tar starts in the directory (chdir'ed as root: nsenter keeps the working
+    // directory), so the mapped root needs no search permission on the path to it.
+    `--directory=${opts.namespace === undefined ? opts.directory : '.'}`,
     ...excl.args,
     '--',
     ...sources,
@@ -159,6 +168,8 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
       compress: opts.compress,
       signal: opts.signal,
       onBytes: opts.onBytes,
+      namespace: opts.namespace,
+      cwd: opts.namespace === undefined ? undefined : opts.directory,
     })
     return { ...r, members: await members?.finish() }
   }

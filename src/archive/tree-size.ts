@@ -40,6 +40,8 @@ export interface TreeSizeOptions {
   /** vzdump exclude patterns (excludes.ts). */
   excludes?: readonly string[] | undefined
   signal?: AbortSignal | undefined
+  /** Gets every entry counted (its path relative to `directory`, `''` for the root) and stat. */
+  onEntry?: ((rel: string, st: Stats) => void) | undefined
 }
 
 /**
@@ -59,8 +61,9 @@ export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
   let bytes = 0
   let dev: number | undefined
   /** Count one entry; returns whether it is a directory to descend into. */
-  const count = (st: Stats | undefined): boolean => {
+  const count = (rel: string, st: Stats | undefined): boolean => {
     if (st === undefined) return false
+    o.onEntry?.(rel, st)
     dev ??= st.dev
     bytes += ENTRY
     if (st.isFile()) {
@@ -93,7 +96,7 @@ export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
   const dirs: string[] = []
   for (const s of o.sources ?? ['.']) {
     const rel = s.replace(/^\.\/?/, '')
-    if (count(stat(rel))) dirs.push(rel)
+    if (count(rel, stat(rel))) dirs.push(rel)
   }
   let slice = performance.now()
   while (dirs.length > 0) {
@@ -106,7 +109,7 @@ export const estimateTarBytes = async (o: TreeSizeOptions): Promise<number> => {
     for (const name of list(rel)) {
       const child = rel === '' ? name : `${rel}/${name}`
       if (skipNames.has(name) || anchored.has(child)) continue
-      if (count(stat(child))) dirs.push(child)
+      if (count(child, stat(child))) dirs.push(child)
     }
   }
   return roundUp(bytes + 2 * BLOCK, RECORD)

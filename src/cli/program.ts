@@ -234,6 +234,11 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
     )
     .addOption(new Option('--exclude <ids>').hideHelp().argParser(refuseExclude))
     .option('--allow-host-root', "with --rootfs /: really back up the host's root directory")
+    .option(
+      '--idmap <u|g:ct:host:count>',
+      "unprivileged container's id map, archived as its mapped root (default: the --config's lxc.idmap / unprivileged lines); repeatable",
+      collect,
+    )
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', JSON_HELP('json'))
@@ -281,6 +286,12 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
       collectDiskTarget,
     )
     .addOption(new Option('--disk-target <device=path>').hideHelp().argParser(renamed))
+    .option(
+      '--idmap <u|g:ct:host:count>',
+      'restore a container as its mapped root with this id map (unprivileged); repeatable',
+      collect,
+    )
+    .option('--privileged', 'restore the ids of an unprivileged backup unshifted')
     .addOption(
       new Option(
         '--format <format>',

@@ -4,6 +4,8 @@ import type { Stats } from 'node:fs'
 import { resolve } from 'node:path'
 import type { BackupInfo, BackupProvider, ContainerBackupInfo } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
+import type { IdMap } from '../api/idmap.ts'
+import { formatIdMapEntry, rootUid } from '../api/idmap-parse.ts'
 import type { ProgressInfo } from '../api/progress.ts'
 import type { TaskLog } from './task-log.ts'
 
@@ -17,6 +19,11 @@ export interface CtGuest {
   rootfs: string
   /** vzdump exclude patterns. */
   excludes: readonly string[]
+  /**
+   * An unprivileged container's id map: the tree is archived as its mapped root, inside a user
+   * namespace (io/userns.ts). Absent: privileged, archived as host root.
+   */
+  idMap?: IdMap | undefined
 }
 
 /**
@@ -47,14 +54,21 @@ export const backupCtGuest = async (
   }
   const directory = resolve(guest.rootfs)
   const st = await preflightCt(guest)
-  // The owner of the root directory is the container's (mapped) root on the host.
+  // Privileged: the owner of the root directory is the container's root on the host.
+  const map = guest.idMap
   const ctInfo: ContainerBackupInfo & ProgressInfo = {
     ...info,
     directory,
     sources: ['.'],
-    backupUserId: st.uid,
+    backupUserId: map === undefined ? st.uid : rootUid(map),
+    ...(map === undefined ? {} : { idMap: map }),
   }
   log.info(`container root ${directory} (owner uid ${st.uid}), ${guest.excludes.length} excludes`)
+  if (map !== undefined) {
+    log.info(
+      `unprivileged: archived as the mapped root, id map ${map.map(formatIdMapEntry).join(', ')}`,
+    )
+  }
   await provider.backupContainerPrepare(guest.vmid, ctInfo)
   await provider.backupContainer(guest.vmid, guest.config, guest.excludes, ctInfo)
 }

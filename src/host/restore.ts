@@ -7,9 +7,10 @@ import { setMaxListeners } from 'node:events'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { ProgressEvent } from '../api/progress.ts'
-import { extractDirectory, extractSquashfs, extractTarArchive } from '../archive/index.ts'
+import type { IdMap } from '../api/idmap.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../errors.ts'
 import { writeFileDurably } from '../io/fs.ts'
+import { unpackContainer } from './restore-ct.ts'
 import { restoreVmDisks } from './restore-vm.ts'
 import type { VmRestoreOptions } from './restore-vm.ts'
 
@@ -26,6 +27,10 @@ export interface RestoreOptions extends VmRestoreOptions {
    * against its size, a directory against a pre-walk's estimate).
    */
   onProgress?: ((ev: ProgressEvent) => void) | undefined
+  /** A container: restore as the mapped root of this id map (restore-ct.ts). */
+  idMap?: IdMap | undefined
+  /** A container: restore an unprivileged backup's ids unshifted. */
+  privileged?: boolean | undefined
 }
 
 /** What a restore wrote. */
@@ -117,26 +122,14 @@ const restoreInto = async (opts: RestoreOptions, target: string): Promise<Restor
                 onProgress({ item: 'archive', done, total })
               },
             }
-      if ('tarPath' in src) {
-        await extractTarArchive({ archive: src.tarPath, target: rootfs, signal, ...progress })
-      } else if (src.squashfsImage !== undefined) {
-        const image = src.squashfsImage
-        const r = await extractSquashfs({
-          image,
-          mount: src.archiveDirectory,
-          target: rootfs,
-          signal,
-          ...progress,
-        })
-        for (const w of r.warnings) log.warn(w)
-      } else {
-        await extractDirectory({
-          source: src.archiveDirectory,
-          target: rootfs,
-          signal,
-          ...progress,
-        })
-      }
+      await unpackContainer(src, rootfs, {
+        volname,
+        idMap: opts.idMap,
+        privileged: opts.privileged,
+        log,
+        signal,
+        ...progress,
+      })
     })
     files.push('rootfs/')
   } finally {

@@ -3,6 +3,7 @@ import type { ChildProcess, StdioOptions } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
 import { BackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
+import type { ToolNamespace } from './userns.ts'
 
 /** The last bytes of stderr kept for error messages. */
 const STDERR_TAIL = 4096
@@ -32,6 +33,11 @@ export interface SpawnOptions {
    * outlives the run that the next one cleans up after. Default false.
    */
   dieWithParent?: boolean
+  /**
+   * Run the tool inside this user namespace (`userns.ts`: as an unprivileged container's
+   * mapped root). Default: as ourselves.
+   */
+  namespace?: ToolNamespace | undefined
 }
 
 /** A running child process with its streams and a promise of its end. */
@@ -51,10 +57,11 @@ export interface Tool {
  */
 export const spawnTool = (cmd: string, args: readonly string[], opts: SpawnOptions = {}): Tool => {
   const stdio: StdioOptions = [opts.stdin ?? 'pipe', opts.stdout ?? 'pipe', 'pipe']
+  const [inner, innerArgs] = opts.namespace ? opts.namespace.wrap(cmd, args) : [cmd, args]
   const [file, argv] =
     opts.dieWithParent === true
-      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', cmd, ...args]]
-      : [cmd, args]
+      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', inner, ...innerArgs]]
+      : [inner, innerArgs]
   const child = spawn(file, argv, {
     stdio,
     cwd: opts.cwd,

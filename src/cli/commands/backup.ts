@@ -18,6 +18,7 @@ import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 import { STD_EXCLUDES } from '../parse-backup.ts'
 import { afterBackup, checkBeforeBackup } from './backup-after.ts'
 import { emit } from '../output/format.ts'
+import { idMapOfConfig, parseIdMapArgs } from '../../api/idmap-parse.ts'
 import type { OutputFormat } from '../output/format.ts'
 import { backupReport } from '../output/backup-report.ts'
 import type { DirectoryProvider } from '../../provider/directory/provider.ts'
@@ -39,6 +40,8 @@ export interface BackupCommandOptions {
   device?: string[]
   fleecingDir?: string
   allowHostRoot?: boolean
+  /** `--idmap` entries, unparsed (idmap-parse.ts). */
+  idmap?: string[]
   bwlimit?: number
   /** How long to wait for the guest's lock, ms (default {@link LOCK_WAIT_DEFAULTS} `backup`). */
   lockWait?: number
@@ -118,6 +121,10 @@ export const backupCommand = async (
       '--exclude-path, --stdexcludes and --allow-host-root apply to container backups (--rootfs) only',
     )
   }
+  if (o.idmap !== undefined && o.rootfs === undefined) {
+    throw new BackupError('USAGE', '--idmap applies to container backups (--rootfs) only')
+  }
+  const idmapArg = o.idmap === undefined ? undefined : parseIdMapArgs(o.idmap)
   for (const [flag, path] of [
     ['--qmp', o.qmp],
     ['--qga', o.qga],
@@ -170,6 +177,8 @@ export const backupCommand = async (
       vmid: o.vmid,
       config,
       rootfs: o.rootfs,
+      // An explicit --idmap wins over the config's (pve-container's parse_id_maps).
+      idMap: idmapArg ?? idMapOfConfig(config),
       // vzdump's order (PVE/VZDump.pm `sub new`): exclude-path, then the standard excludes.
       excludes: [
         ...(o.excludePath ?? []),

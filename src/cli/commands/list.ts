@@ -39,6 +39,7 @@ export const listCommand = async (
       'verify-state': v.verification?.state ?? 'none',
       verified: v.verification?.time ?? null,
       ...(v.verification?.detail === undefined ? {} : { 'verify-detail': v.verification.detail }),
+      ...(v.idmap === undefined ? {} : { idmap: v.idmap }),
       ...(v.broken === undefined
         ? { status: 'ok' as const }
         : { status: 'broken' as const, broken: v.broken }),
@@ -62,6 +63,7 @@ export const listCommand = async (
     const flags = [
       v.protected ? 'protected' : '',
       v.parent ? `parent=${v.parent}` : '',
+      v.idmap ? `idmap=${v.idmap.join(',')}` : '',
       verified === undefined ? '' : verified.state === 'ok' ? 'verified' : 'VERIFY-FAILED',
     ]
     if (v.broken !== undefined) flags.push(`BROKEN: ${v.broken}`)

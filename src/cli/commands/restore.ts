@@ -1,4 +1,5 @@
 /** `guestbackup restore`: restore a backup into a directory (and VM disks onto target disks). */
+import { parseIdMapArgs } from '../../api/idmap-parse.ts'
 import { isAbsolute, join, resolve } from 'node:path'
 import type { ProgressEvent } from '../../api/progress.ts'
 import { BackupError } from '../../errors.ts'
@@ -30,6 +31,9 @@ export interface RestoreCommandOptions {
   /** The guest of `latest`. */
   vmid?: number
   json?: boolean
+  /** `--idmap` entries, unparsed (idmap-parse.ts). */
+  idmap?: string[]
+  privileged?: boolean
 }
 
 /** Run the restore command; returns the exit code. Restored files are listed on `io.stdout`. */
@@ -45,6 +49,10 @@ export const restoreCommand = async (
       'USAGE',
       '--target-disk writes the raw disk onto an existing file or device; --format qcow2 makes new files in --target: give one',
     )
+  }
+  const idMap = o.idmap === undefined ? undefined : parseIdMapArgs(o.idmap)
+  if (idMap !== undefined && o.privileged === true) {
+    throw new BackupError('USAGE', 'give --idmap or --privileged, not both')
   }
   const storage = await openStore(o.store)
   const volname = await resolveVolume(storage, volume, o, logger)
@@ -75,6 +83,8 @@ export const restoreCommand = async (
     devices: o.disk,
     format: o.format,
     bandwidthLimit: o.bwlimit,
+    idMap,
+    privileged: o.privileged,
     log,
     signal: io.signal,
     ...(showsProgress(progress)

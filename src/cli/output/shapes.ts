@@ -84,6 +84,10 @@ const ListBackupRow = z.strictObject({
   'verify-detail': z.string().optional().describe('the first difference verify found'),
   status: z.enum(['ok', 'broken']),
   broken: z.string().optional().describe('why the backup cannot be restored (status broken)'),
+  idmap: z
+    .array(z.string())
+    .optional()
+    .describe("an unprivileged container's id map (lxc.idmap entries, e.g. u 0 100000 65536)"),
 })
 
 const ListFailedRow = z.strictObject({

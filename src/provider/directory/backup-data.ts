@@ -12,11 +12,12 @@ import type {
 } from '../../api/provider.ts'
 import { createSquashfs } from '../../archive/squashfs.ts'
 import { createTarArchive } from '../../archive/tar.ts'
-import { estimateTarBytes } from '../../archive/tree-size.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { TokenBucket } from '../../io/throttle.ts'
+import { UserNamespace } from '../../io/userns.ts'
+import { startArchiveWalk } from './ct-walk.ts'
 import { forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import type { ManifestDisk } from './manifest.ts'
@@ -210,19 +211,25 @@ export const writeContainerArchive = async (
   mode: keyof typeof ARCHIVE_FILES,
   excludes: readonly string[],
   info: ContainerBackupInfo & ProgressInfo,
+  log: ProviderLogFunction,
 ): Promise<ContainerArchive> => {
   const file = ARCHIVE_FILES[mode]
   const output = dir.at(file)
-  const progress = await archiveProgress(info, excludes)
+  // As the container's mapped root (pve-container VZDump/LXC.pm runs backup_container in its
+  // user namespace): absent on Proxmox, which is in the namespace already.
+  await using namespace =
+    info.idMap === undefined ? undefined : await UserNamespace.open(info.idMap, info.signal)
+  const progress = startArchiveWalk(info, excludes, log)
   if (mode === 'squashfs') {
     const r = await createSquashfs({
       directory: info.directory,
       excludes,
       output,
       signal: info.signal,
+      namespace,
       ...(progress === undefined ? {} : { onBytesRead: progress.update }),
     })
-    progress?.end()
+    await progress?.end()
     return {
       warnings: [...r.warnings],
       digests: { [file]: await digestOf(dir, file, info.signal) },
@@ -237,42 +244,13 @@ export const writeContainerArchive = async (
     bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
     signal: info.signal,
     onBytes: progress?.update,
+    namespace,
   })
-  progress?.end(r.tarBytes)
+  await progress?.end(r.tarBytes)
   if (r.members === undefined) throw new BackupError('INTERNAL', 'the tar relay wrote no members')
   return {
     warnings: [...r.warnings],
     digests: { [file]: r.digest, [MEMBERS_FILE]: r.members.digest },
     members: MEMBERS_FILE,
-  }
-}
-
-/**
- * Progress of a container archive, when the host asked for it: the bytes of the tree read,
- * against a total from a pre-walk of the tree (archive/tree-size.ts: one lstat per entry),
- * reported as the item `archive`. `end` reports the job's real size as done and total.
- */
-const archiveProgress = async (
-  info: ContainerBackupInfo & ProgressInfo,
-  excludes: readonly string[],
-): Promise<{ update: (done: number) => void; end: (size?: number) => void } | undefined> => {
-  const onProgress = info.onProgress
-  if (onProgress === undefined) return undefined
-  const total = await estimateTarBytes({
-    directory: info.directory,
-    sources: info.sources,
-    excludes,
-    signal: info.signal,
-  })
-  let last = 0
-  onProgress({ item: 'archive', done: 0, total })
-  return {
-    update: (done) => {
-      last = done
-      onProgress({ item: 'archive', done, total: Math.max(total, done) })
-    },
-    end: (size = Math.max(total, last)) => {
-      onProgress({ item: 'archive', done: size, total: size })
-    },
   }
 }

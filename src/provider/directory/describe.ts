@@ -59,6 +59,7 @@ export const describeBackup = async (
     ...(notes === undefined || notes === '' ? {} : { notes }),
     ...(verification === undefined ? {} : { verification }),
     ...(o.broken === undefined ? {} : { broken: o.broken }),
+    ...(b.manifest?.container?.idmap === undefined ? {} : { idmap: b.manifest.container.idmap }),
     content: 'backup',
   }
 }

@@ -107,6 +107,11 @@ export const ManifestSchema = z.strictObject({
       excludes: z.array(z.string()),
       /** Digests of the archive (version 2). */
       digest: ArchiveDigestSchema.optional(),
+      /**
+       * The id map the archive was written under (an unprivileged container: its owners are the
+       * container's view), as `lxc.idmap` entries `u 0 100000 65536`. Absent: privileged.
+       */
+      idmap: z.array(z.string().regex(/^[ug] \d+ \d+ \d+$/)).optional(),
     })
     .optional(),
   /**

@@ -29,6 +29,7 @@ import type {
   VmVolume,
   VolumeSize,
 } from '../../api/provider.ts'
+import { formatIdMapEntry } from '../../api/idmap-parse.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, toBackupError, withSpaceIn } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
@@ -345,7 +346,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     await writeConfigs(this.#layout, g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
     const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>
-      writeContainerArchive(g.partial, mode, excludePatterns, info),
+      writeContainerArchive(g.partial, mode, excludePatterns, info, this.#log),
     )
     const { warnings, members } = archive
     for (const w of warnings) this.#log('warn', w)
@@ -367,6 +368,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           format: mode,
           excludes: [...excludePatterns],
           digest: { algorithm: 'sha256', ...(members === undefined ? {} : { members }) },
+          ...(info.idMap === undefined ? {} : { idmap: info.idMap.map(formatIdMapEntry) }),
         },
         warnings,
       }),

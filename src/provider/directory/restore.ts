@@ -12,6 +12,7 @@
  * the tar archive as is, or the squashfs image mounted with squashfuse (no loop device, no
  * mount), both pinned until the restore's cleanup.
  */
+import { parseIdMapEntry, validateIdMap } from '../../api/idmap-parse.ts'
 import { mkdir, rm, symlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type {
@@ -229,6 +230,7 @@ export class DirectoryRestore {
     const pin = await b.dir.tryPin(c.file)
     if (pin === undefined) throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${c.file}`)
     this.#hold(volname, pin)
+    const map = c.idmap === undefined ? {} : { idMap: validateIdMap(c.idmap.map(parseIdMapEntry)) }
     try {
       if (c.format === 'tar') {
         // pve-container picks the decompressor by the path's suffix and refuses a path not
@@ -239,7 +241,7 @@ export class DirectoryRestore {
         this.#hold(volname, named)
         const link = join(named.path, c.file)
         await symlink(pin.path, link)
-        return { tarPath: link }
+        return { tarPath: link, ...map }
       }
       const tmp = await makeTempDir('guestbackup-sqfs-')
       this.#hold(volname, tmp)
@@ -252,7 +254,7 @@ export class DirectoryRestore {
           await rm(mnt, { recursive: true, force: true })
         },
       })
-      return { archiveDirectory: mnt, squashfsImage: pin.path }
+      return { archiveDirectory: mnt, squashfsImage: pin.path, ...map }
     } catch (e) {
       await this.#release(volname)
       throw e
