@@ -4,26 +4,17 @@
  * for, else full), or the archive of a container.
  */
 import { DEVICE_NAME_RE } from '../../api/names.ts'
-import type {
-  BackupInfo,
-  ContainerBackupInfo,
-  ProviderLogFunction,
-  VmVolume,
-} from '../../api/provider.ts'
-import { createSquashfs } from '../../archive/squashfs.ts'
-import { createTarArchive } from '../../archive/tar.ts'
+import type { BackupInfo, ProviderLogFunction, VmVolume } from '../../api/provider.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { TokenBucket } from '../../io/throttle.ts'
-import { UserNamespace } from '../../io/userns.ts'
-import { startArchiveWalk } from './ct-walk.ts'
 import { forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import type { ManifestDisk } from './manifest.ts'
 import { backupDisk } from './vm-disk.ts'
+import { TokenBucket } from '../../io/throttle.ts'
 import { BlockDigests } from '../../digest/blocks.ts'
-import { digestOf, readDiskDigests, writeDiskDigests } from './digests.ts'
+import { readDiskDigests, writeDiskDigests } from './digests.ts'
 import { parseVolname } from './layout.ts'
 import { readManifest } from './manifest.ts'
 
@@ -185,72 +176,3 @@ const baseDigests = async (guest: Dir, volname: string, device: string): Promise
  * manifests (unverifiable), to measure what hashing costs. Never set otherwise.
  */
 const WITHOUT_DIGESTS = process.env['GUESTBACKUP_BENCH_WITHOUT_DIGESTS'] === '1'
-
-/** The archive file of each container backup mode. */
-export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as const
-
-/** The members file beside a tar archive (one JSON line per member, see `tar-members.ts`). */
-export const MEMBERS_FILE = 'archive.members'
-
-/** What {@link writeContainerArchive} wrote. */
-export interface ContainerArchive {
-  /** The archiver's warnings. */
-  warnings: string[]
-  /**
-   * SHA-256 of the files written, by name: the archive (tar: hashed in the relay's pass;
-   * squashfs: read back once, mksquashfs writes the file itself) and, for tar, the members file.
-   */
-  digests: Record<string, string>
-  /** tar: the members file's name. */
-  members?: string
-}
-
-/** Write the container's archive into `dir`, with its digests (see {@link ContainerArchive}). */
-export const writeContainerArchive = async (
-  dir: Dir,
-  mode: keyof typeof ARCHIVE_FILES,
-  excludes: readonly string[],
-  info: ContainerBackupInfo & ProgressInfo,
-  log: ProviderLogFunction,
-): Promise<ContainerArchive> => {
-  const file = ARCHIVE_FILES[mode]
-  const output = dir.at(file)
-  // As the container's mapped root (pve-container VZDump/LXC.pm runs backup_container in its
-  // user namespace): absent on Proxmox, which is in the namespace already.
-  await using namespace =
-    info.idMap === undefined ? undefined : await UserNamespace.open(info.idMap, info.signal)
-  const progress = startArchiveWalk(info, excludes, log)
-  if (mode === 'squashfs') {
-    const r = await createSquashfs({
-      directory: info.directory,
-      excludes,
-      output,
-      signal: info.signal,
-      namespace,
-      ...(progress === undefined ? {} : { onBytesRead: progress.update }),
-    })
-    await progress?.end()
-    return {
-      warnings: [...r.warnings],
-      digests: { [file]: await digestOf(dir, file, info.signal) },
-    }
-  }
-  const r = await createTarArchive({
-    directory: info.directory,
-    sources: info.sources,
-    excludes,
-    output,
-    members: dir.at(MEMBERS_FILE),
-    bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
-    signal: info.signal,
-    onBytes: progress?.update,
-    namespace,
-  })
-  await progress?.end(r.tarBytes)
-  if (r.members === undefined) throw new BackupError('INTERNAL', 'the tar relay wrote no members')
-  return {
-    warnings: [...r.warnings],
-    digests: { [file]: r.digest, [MEMBERS_FILE]: r.members.digest },
-    members: MEMBERS_FILE,
-  }
-}
