@@ -166,7 +166,8 @@ export class ZstdFrameWriter {
     this.#pending.push({ done, bytes: this.#fill })
     this.#buf = Buffer.allocUnsafe(this.#o.frameBytes)
     this.#fill = 0
-    while (this.#pending.length >= this.#o.threads) await this.#writeOldest()
+    // `threads` frames compress while the caller fills the next one.
+    while (this.#pending.length > this.#o.threads) await this.#writeOldest()
   }
 
   async #writeOldest(): Promise<void> {
