@@ -7,13 +7,16 @@
  *   (`/var/log` excludes `./var/log` but not `./usr/var/log`);
  * - any other pattern matches in every directory (`*.tmp`, `cache`, `var/log`);
  * - a trailing `/` never matches anything, because tar compares member names without their
- *   trailing slash. Such patterns are passed to tar (as Proxmox does) with a warning. mksquashfs
- *   *would* match them against directories, so they are left out of its arguments: the same
- *   excludes give the same tree in both modes.
+ *   trailing slash. Such patterns are passed to tar (as Proxmox does) with a warning.
  *
- * Wildcards follow each tool: tar's `*` also matches `/` in excludes (`--wildcards-match-slash`
- * is tar's default for exclusion), mksquashfs's does not. Keep patterns to one path component per
- * `*` for identical results in both modes.
+ * Wildcards are tar's (GNU tar is the reference: Proxmox archives every container with it):
+ * `*`, `?` and brackets also match `/` (`--wildcards-match-slash` is tar's default for
+ * exclusion), `**` is two `*`, and a pattern naming a directory leaves out its subtree.
+ * mksquashfs' own `-wildcards` match per path component and skip leading dots, so they are not
+ * used for patterns: squashfs mode walks the tree with tar's matcher (exclude-match.ts,
+ * exclude-walk.ts) and hands mksquashfs the exact paths found ({@link squashfsExcludeArgs}).
+ * Both modes leave out the same files; the one difference is a pattern that excludes the root
+ * itself (`*`, `?`): tar then writes an empty archive, the image keeps an empty root directory.
  *
  * Pure functions; no I/O.
  */
