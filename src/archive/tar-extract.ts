@@ -232,11 +232,35 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   })
   if (!st.isFile()) throw new BackupError('USAGE', `archive ${opts.archive} is not a regular file`)
   await assertEmptyDirectory(opts.target, 'restore target')
-
-  const group = new Group(opts.signal)
   const bucket = opts.bandwidth?.limited === true ? opts.bandwidth : undefined
+  const progress = decompressorFor(opts.archive) === undefined ? opts.onProgress : undefined
+  return await extractTarStream(opts, opts.archive, async (group) => {
+    const source = await tarStream(opts.archive, group, bucket)
+    if (progress === undefined) return source
+    return (async function* () {
+      let done = 0
+      for await (const chunk of source) {
+        done += chunk.length
+        yield chunk
+        progress(done, st.size)
+      }
+    })()
+  })
+}
+
+/**
+ * `tar x` of the tar stream `source` makes (in `group`) into the existing, empty
+ * `opts.target`, every member checked on its way (see {@link extractTarArchive}); `label`
+ * names the archive in errors. For `tar-select.ts`, which feeds chosen members.
+ */
+export const extractTarStream = async (
+  opts: Pick<ExtractTarOptions, 'target' | 'signal' | 'namespace'>,
+  label: string,
+  source: (group: Group) => Promise<AsyncIterable<Buffer>>,
+): Promise<ExtractTarResult> => {
+  const group = new Group(opts.signal)
   const gate = new MemberGate((m, flag) => {
-    checkMember(opts.archive, m, flag)
+    checkMember(label, m, flag)
   })
   const ns = opts.namespace
   const args = ['xpf', '-', '--totals', ...RESTORE_TAR_FLAGS, '-C', ns ? '.' : opts.target]
@@ -250,16 +274,11 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   const stdin = stdioOf(tar.stdin, group)
   stdin.on('error', () => undefined) // each write's callback gets the error
   const feed = async (): Promise<void> => {
-    const source = await tarStream(opts.archive, group, bucket)
-    const progress = decompressorFor(opts.archive) === undefined ? opts.onProgress : undefined
-    let done = 0
-    for await (const chunk of source) {
-      done += chunk.length
+    for await (const chunk of await source(group)) {
       for (const part of gate.pass(chunk)) await writeTo(stdin, part)
-      progress?.(done, st.size)
       if (gate.ended) break
     }
-    gate.end(opts.archive)
+    gate.end(label)
     stdin.end()
   }
   // A refused member fails the feed, which aborts the group: tar is killed at once.

@@ -27,6 +27,11 @@ export interface TarMember {
   type: TarMemberType
   /** Content size in bytes: a sparse file's real size; 0 for links and directories. */
   size: number
+  /** Permission bits (`st_mode & 07777`), owner ids as stored, mtime (Unix seconds). */
+  mode?: number
+  uid?: number
+  gid?: number
+  mtime?: number
   /** Target of a symbolic or hard link. */
   link?: string
   /** The target's bytes, base64, when they are not valid UTF-8. */

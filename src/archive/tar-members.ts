@@ -250,7 +250,27 @@ export class TarMemberParser {
     this.#flag = flag
     const pname = text(name)
     this.#stored = p.size ?? size
-    const rec: TarMember = { offset: p.offset, path: pname.s, type, size: this.#stored, header: '' }
+    // The catalog's attributes: pax records (GNU tar writes them for values a ustar field cannot
+    // hold, POSIX.1-2001 pax `uid`, `gid`, `mtime`) win over the header's fields.
+    const attr = (key: string, off: number, len: number): number => {
+      const v = p.pax.get(key)
+      const n = v === undefined ? undefined : Math.floor(Number(v))
+      if (n !== undefined && Number.isSafeInteger(n)) return n
+      const f = readNumber(h, off, len)
+      if (f === undefined) throw new TarParseError(at, `the header at byte ${at} has a bad ${key}`)
+      return f
+    }
+    const rec: TarMember = {
+      offset: p.offset,
+      path: pname.s,
+      type,
+      size: this.#stored,
+      mode: attr('mode', 100, 8) & 0o7777,
+      uid: attr('uid', 108, 8),
+      gid: attr('gid', 116, 8),
+      mtime: attr('mtime', 136, 12),
+      header: '',
+    }
     if (pname.raw !== undefined) rec.pathRaw = pname.raw
     if (type === 'symlink' || type === 'hardlink') {
       const l = text(p.link ?? field(h, 157, 100))
@@ -307,7 +327,14 @@ export class TarMemberParser {
       else if (key === 'size') p.size = paxNumber(value, m.at)
       else if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
         p.paxSparse0.push(paxNumber(value, m.at))
-      } else if (key.startsWith('GNU.sparse.')) p.pax.set(key, value.toString('latin1'))
+      } else if (
+        key.startsWith('GNU.sparse.') ||
+        key === 'uid' ||
+        key === 'gid' ||
+        key === 'mtime'
+      ) {
+        p.pax.set(key, value.toString('latin1'))
+      }
     }
   }
 

@@ -17,6 +17,7 @@ import type { CheckCommandOptions } from './commands/check.ts'
 import type { RestoreCommandOptions } from './commands/restore.ts'
 import type { ListCommandOptions } from './commands/list.ts'
 import type { InitCommandOptions, PruneCommandOptions } from './commands/store.ts'
+import type { FilesCommandOptions } from './commands/files.ts'
 import type { JobRunCommandOptions } from './commands/job.ts'
 import type { VerifyCommandOptions } from './commands/verify.ts'
 import type { CliIO, CliStream } from './io.ts'
@@ -336,6 +337,21 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
       const log = await logger()
       const lock = lockPolicy(o.lockWait, log)
       result = await verifyCommand(volumes, o, log, io, lock, format(o, 'json-pretty'))
+    })
+
+  program
+    .command('files')
+    .description("a container backup's files without restoring it: ls, find, get")
+    .argument('<volume>', `volume name; ${LATEST_HELP}`)
+    .argument('<action>', 'ls [PATH] (a directory), find GLOB, get PATH... --to DIR')
+    .argument('[args...]', "the action's arguments")
+    .addOption(storeOption())
+    .option('--vmid <id>', "the guest of 'latest'", parseVmid)
+    .option('--to <dir>', 'get: an empty (or new) directory to write the files into')
+    .option('--json', JSON_HELP('json'))
+    .action(async (volume: string, action: string, args: string[], o: FilesCommandOptions) => {
+      const { filesCommand } = await import('./commands/files.ts')
+      await filesCommand(volume, action, args, o, io, format(o, 'json'), io.signal)
     })
 
   program

@@ -149,6 +149,34 @@ const ShowConfigShape = z.strictObject({
   firewall: z.string().nullable().describe('the firewall configuration; null when none was stored'),
 })
 
+const FileEntry = z.strictObject({
+  path: z.string().describe('relative to the container root, without `./`'),
+  type: z.enum(['file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'socket', 'other']),
+  size: Bytes.describe('content bytes (a sparse file: its real size); 0 for others'),
+  mode: z.number().int().nullable().describe('permission bits (07777); null when not recorded'),
+  uid: z
+    .number()
+    .int()
+    .nullable()
+    .describe("owner as stored (an unprivileged backup: the container's view)"),
+  gid: z.number().int().nullable(),
+  mtime: z.number().int().nullable().describe('Unix seconds'),
+  link: z.string().nullable().describe('symlink target, or the path a hard link links to'),
+})
+
+/** `files VOLUME ls` and `files VOLUME find`: the entries. */
+const FilesListShape = z.array(FileEntry)
+
+/** `files VOLUME get`: what was extracted and what it cost. */
+const FilesGetShape = z.strictObject({
+  volid: Volid,
+  target: z.string().describe('the directory the files were written into'),
+  archive: z.string().describe('the archive file they came from'),
+  members: z.number().int().nonnegative().describe('members extracted'),
+  bytesRead: Bytes.nullable().describe('bytes read from the archive file; null for squashfs'),
+  archiveBytes: Bytes.nullable().describe('size of the archive file; null for squashfs'),
+})
+
 const Merge = z.strictObject({
   child: Volid.describe('the backup the removed one was merged into'),
   device: z.string(),
@@ -259,6 +287,8 @@ export const OUTPUT_SHAPES = {
   verify: { command: 'guestbackup verify', schema: VerifyShape },
   'verify-restored': { command: 'guestbackup verify --restored DIR', schema: VerifyRestoredShape },
   'show-config': { command: 'guestbackup show-config', schema: ShowConfigShape },
+  'files-list': { command: 'guestbackup files VOLUME ls|find', schema: FilesListShape },
+  'files-get': { command: 'guestbackup files VOLUME get', schema: FilesGetShape },
   prune: { command: 'guestbackup prune', schema: PruneShape },
   remove: { command: 'guestbackup remove', schema: RemoveShape },
   protect: { command: 'guestbackup protect', schema: ProtectShape },

@@ -41,13 +41,13 @@ const containerOf = (dir: Dir, m: Manifest): Container => {
 }
 
 /** Found a difference: stops reading (thrown through the pipeline). */
-class Found extends Error {}
+export class Found extends Error {}
 
 /**
  * The members file of a tar backup, checked against the manifest: its name, or why it cannot be
  * trusted (`{ reason }`). `undefined`: squashfs, or a backup that recorded none.
  */
-const membersFile = async (
+export const membersFile = async (
   dir: Dir,
   m: Manifest,
   signal: AbortSignal,
@@ -78,8 +78,8 @@ const isMember = (v: unknown): v is TarMember => {
   )
 }
 
-/** The records of a members file (`path`: a pinned file), one at a time. */
-async function* readMembers(path: string, what: string): AsyncGenerator<TarMember> {
+/** The records of a members file (`path`: a pinned file), one at a time; {@link Found} if damaged. */
+export async function* readMembers(path: string, what: string): AsyncGenerator<TarMember> {
   const lines = createInterface({ input: createReadStream(path), crlfDelay: Infinity })
   let n = 0
   for await (const line of lines) {
