@@ -76,10 +76,27 @@ export const helpAfter = (path: string): string => {
   return `${out.join('\n')}\n`
 }
 
+/**
+ * A command in its parent's list: commander's term (`name [options] <args>`) without a trailing
+ * variadic argument that follows another (`files [options] <volume> <action>`): the list keeps
+ * its descriptions wide enough to wrap within {@link HELP_WIDTH}; the command's own help shows
+ * its whole usage.
+ */
+const subcommandTerm = (cmd: Command): string => {
+  const args = cmd.registeredArguments
+  const shown = args.length > 1 && args.at(-1)?.variadic === true ? args.slice(0, -1) : args
+  const words = shown.map((a) => {
+    const n = `${a.name()}${a.variadic ? '...' : ''}`
+    return a.required ? `<${n}>` : `[${n}]`
+  })
+  const opts = cmd.options.length > 0 ? ' [options]' : ''
+  return [`${cmd.name()}${opts}`, ...words].join(' ')
+}
+
 /** Give `program` and each of its commands the help above (call once the commands exist). */
 export const attachHelp = (program: Command): void => {
   const walk = (cmd: Command): void => {
-    cmd.configureHelp({ ...cmd.configureHelp(), optionDescription })
+    cmd.configureHelp({ ...cmd.configureHelp(), optionDescription, subcommandTerm })
     cmd.addHelpText('after', helpAfter(commandPath(cmd)))
     for (const sub of cmd.commands) walk(sub)
   }

@@ -155,6 +155,29 @@ export const EXAMPLES: Readonly<Record<string, readonly Example[]>> = {
       argv: ['verify', ...STORE, VOLUME, '--restored', '/srv/restore/100'],
     },
   ],
+  files: [
+    {
+      what: "List /etc of container 200's newest backup",
+      argv: ['files', ...STORE, 'backup/200/latest', 'ls', 'etc'],
+    },
+    {
+      what: 'Find every nginx configuration file in it',
+      argv: ['files', ...STORE, 'backup/200/latest', 'find', 'nginx*.conf'],
+    },
+    {
+      what: 'Get one file and one directory, reading only what they need',
+      argv: [
+        'files',
+        ...STORE,
+        'backup/200/latest',
+        'get',
+        'etc/nginx/nginx.conf',
+        'var/www',
+        '--to',
+        '/root/found',
+      ],
+    },
+  ],
   'show-config': [
     {
       what: "Print the configuration of guest 100's newest backup",

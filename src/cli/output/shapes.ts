@@ -164,7 +164,7 @@ const FileEntry = z.strictObject({
   link: z.string().nullable().describe('symlink target, or the path a hard link links to'),
 })
 
-/** `files VOLUME ls` and `files VOLUME find`: the entries. */
+/** `files VOLUME ls` and `files VOLUME find`: the entries (`get`: see `files-get`). */
 const FilesListShape = z.array(FileEntry)
 
 /** `files VOLUME get`: what was extracted and what it cost. */
@@ -287,7 +287,7 @@ export const OUTPUT_SHAPES = {
   verify: { command: 'guestbackup verify', schema: VerifyShape },
   'verify-restored': { command: 'guestbackup verify --restored DIR', schema: VerifyRestoredShape },
   'show-config': { command: 'guestbackup show-config', schema: ShowConfigShape },
-  'files-list': { command: 'guestbackup files VOLUME ls|find', schema: FilesListShape },
+  'files-list': { command: 'guestbackup files', schema: FilesListShape },
   'files-get': { command: 'guestbackup files VOLUME get', schema: FilesGetShape },
   prune: { command: 'guestbackup prune', schema: PruneShape },
   remove: { command: 'guestbackup remove', schema: RemoveShape },
