@@ -45,6 +45,12 @@ export interface SquashfsListingResult {
    * about the rest of the image, which must be extracted another way.
    */
   unverifiable?: string
+  /**
+   * The sockets listed (paths below the root, latin1: one character per byte). unsquashfs
+   * creates them; tar, Proxmox's archiver, skips them ("socket ignored"), so the restore
+   * removes them again.
+   */
+  sockets: string[]
 }
 
 /** See the module comment. One instance per listing; feed it every line, then call `end`. */
@@ -54,6 +60,7 @@ export class SquashfsListingCheck {
   #members = 0
   #bytes = 0
   #unverifiable: string | undefined
+  readonly #sockets: string[] = []
 
   /** `archive` names the image in errors. */
   constructor(archive: string) {
@@ -114,15 +121,21 @@ export class SquashfsListingCheck {
       throw this.#refuse(rel, `member ${rel} is a duplicate or out of order`)
     }
     dir.last = name
+    if (type === 's') this.#sockets.push(rel)
     if (type === 'd') this.#stack.push({ path: rel, last: undefined })
   }
 
   /** The listing ended: `ARCHIVE_INVALID` if it had no root. */
   end(): SquashfsListingResult {
     if (this.#unverifiable !== undefined) {
-      return { members: this.#members, bytes: this.#bytes, unverifiable: this.#unverifiable }
+      return {
+        members: this.#members,
+        bytes: this.#bytes,
+        unverifiable: this.#unverifiable,
+        sockets: this.#sockets,
+      }
     }
     if (this.#members === 0) throw this.#refuse('', 'the listing is empty')
-    return { members: this.#members, bytes: this.#bytes }
+    return { members: this.#members, bytes: this.#bytes, sockets: this.#sockets }
   }
 }

@@ -10,7 +10,8 @@ import type {
   ProviderLogFunction,
   VmVolume,
 } from '../../api/provider.ts'
-import { createSquashfs } from '../../archive/squashfs.ts'
+import { SQUASHFS_ACL_WARNING, createSquashfs } from '../../archive/squashfs.ts'
+import { dumpPosixAcls } from '../../archive/squashfs-acls.ts'
 import { createTarArchive } from '../../archive/tar.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
@@ -192,17 +193,26 @@ export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as
 /** The members file beside a tar archive (one JSON line per member, see `tar-members.ts`). */
 export const MEMBERS_FILE = 'archive.members'
 
+/**
+ * The POSIX ACLs of the tree beside a squashfs archive (`getfacl` text, see
+ * `archive/squashfs-acls.ts`): squashfs cannot store them.
+ */
+export const ACLS_FILE = 'archive.acls'
+
 /** What {@link writeContainerArchive} wrote. */
 export interface ContainerArchive {
   /** The archiver's warnings. */
   warnings: string[]
   /**
    * SHA-256 of the files written, by name: the archive (tar: hashed in the relay's pass;
-   * squashfs: read back once, mksquashfs writes the file itself) and, for tar, the members file.
+   * squashfs: read back once, mksquashfs writes the file itself), for tar the members file, for
+   * squashfs the ACL record.
    */
   digests: Record<string, string>
   /** tar: the members file's name. */
   members?: string
+  /** squashfs: the ACL record's name ({@link ACLS_FILE}). */
+  acls?: string
 }
 
 /** Write the container's archive into `dir`, with its digests (see {@link ContainerArchive}). */
@@ -230,9 +240,23 @@ export const writeContainerArchive = async (
       ...(progress === undefined ? {} : { onBytesRead: progress.update }),
     })
     await progress?.end()
+    // As getfacl ran where mksquashfs ran: in the namespace, the ids are the container's view.
+    const acls = await dumpPosixAcls({
+      directory: info.directory,
+      image: output,
+      output: dir.at(ACLS_FILE),
+      namespace,
+      signal: info.signal,
+    })
+    log('info', `${ACLS_FILE}: POSIX ACLs of ${acls.records} file(s) recorded beside ${file}`)
     return {
-      warnings: [...r.warnings],
-      digests: { [file]: await digestOf(dir, file, info.signal) },
+      // The ACLs mksquashfs dropped are in the record.
+      warnings: [...r.warnings.filter((w) => w !== SQUASHFS_ACL_WARNING), ...acls.warnings],
+      digests: {
+        [file]: await digestOf(dir, file, info.signal),
+        [ACLS_FILE]: await digestOf(dir, ACLS_FILE, info.signal),
+      },
+      acls: ACLS_FILE,
     }
   }
   const r = await createTarArchive({

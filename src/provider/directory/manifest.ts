@@ -108,6 +108,11 @@ export const ManifestSchema = z.strictObject({
       /** Digests of the archive (version 2). */
       digest: ArchiveDigestSchema.optional(),
       /**
+       * squashfs: the file recording the tree's POSIX ACLs (`archive.acls`, getfacl text), which
+       * squashfs cannot store; restore applies it after unpacking. Absent: none recorded.
+       */
+      acls: FileName.optional(),
+      /**
        * The id map the archive was written under (an unprivileged container: its owners are the
        * container's view), as `lxc.idmap` entries `u 0 100000 65536`. Absent: privileged.
        */
@@ -204,6 +209,13 @@ const missingDigest = (m: Manifest): string | undefined => {
   }
   const members = m.container?.digest?.members
   if (members !== undefined && members !== 'archive.members') return `names member list ${members}`
+  const acls = m.container?.acls
+  if (acls !== undefined) {
+    if (acls !== 'archive.acls' || m.container?.format !== 'squashfs') {
+      return `names ACL record ${acls}`
+    }
+    if (m.digests[acls] === undefined) return `records no digest of ${acls}`
+  }
   return undefined
 }
 

@@ -348,7 +348,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>
       writeContainerArchive(g.partial, mode, excludePatterns, info, this.#log),
     )
-    const { warnings, members } = archive
+    const { warnings, members, acls } = archive
     for (const w of warnings) this.#log('warn', w)
     // A container archive stands alone (no chain): verify-after-backup `first` reads it back
     // too. A squashfs archive's digest was taken by reading it back already.
@@ -368,6 +368,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           format: mode,
           excludes: [...excludePatterns],
           digest: { algorithm: 'sha256', ...(members === undefined ? {} : { members }) },
+          ...(acls === undefined ? {} : { acls }),
           ...(info.idMap === undefined ? {} : { idmap: info.idMap.map(formatIdMapEntry) }),
         },
         warnings,
