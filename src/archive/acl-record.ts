@@ -105,10 +105,16 @@ export const nameComponents = (path: Buffer, label: string): Buffer[] => {
   return parts.map((p) => Buffer.from(p, 'latin1'))
 }
 
+/** The `# flags:` comment of `mode`: setuid, setgid, sticky as getfacl writes them (`s-t`). */
+export const flagsOf = (mode: number): string =>
+  (mode & 0o4000 ? 's' : '-') + (mode & 0o2000 ? 's' : '-') + (mode & 0o1000 ? 't' : '-')
+
 /**
- * The record as setfacl gets it on restore: the name and the entries only. The owner and group
- * comments are left out: `setfacl --restore` would chown to them (acl `tools/setfacl.c`,
- * `restore()`), clearing setuid bits and file capabilities that the archive restored already.
+ * The record as setfacl gets it on restore: the name, `# flags:` of the file's current `mode`
+ * and the entries. `setfacl --restore` chowns to the `# owner:` and `# group:` comments (which
+ * clears setuid bits and file capabilities) and sets the special bits to `# flags:`, clearing
+ * them when there is none (acl `tools/setfacl.c`, `restore()`): the archive restored owners
+ * and modes already, so owners are left out and the flags are the file's own.
  */
-export const restoreText = (r: AclRecord): string =>
-  `${FILE}${r.quoted}\n${r.entries.map((e) => `${e}\n`).join('')}\n`
+export const restoreText = (r: AclRecord, mode: number): string =>
+  `${FILE}${r.quoted}\n# flags: ${flagsOf(mode)}\n${r.entries.map((e) => `${e}\n`).join('')}\n`

@@ -142,15 +142,17 @@ export interface ApplyPosixAclsOptions {
 /**
  * Resolve a record's name beneath `target` without following any symlink: every component is
  * looked up with lstat, each but the last must be a directory, the last must not be a symlink.
- * Undefined when a component is missing. `checked` caches directories found sound.
+ * Returns the last one's lstat, or undefined when a component is missing. `checked` caches
+ * directories found sound.
  */
 const resolveBeneath = async (
   target: string,
   r: AclRecord,
   label: string,
   checked: Set<string>,
-): Promise<Buffer | undefined> => {
+): Promise<Stats | undefined> => {
   const parts = nameComponents(r.path, label)
+  if (parts.length === 0) return await lstat(target)
   const name = r.path.toString('latin1')
   for (let i = 1; i <= parts.length; i++) {
     const prefix = parts.slice(0, i)
@@ -165,12 +167,11 @@ const resolveBeneath = async (
         { details: { name } },
       )
     }
-    if (i < parts.length) {
-      if (!st.isDirectory()) return undefined
-      checked.add(key)
-    }
+    if (i === parts.length) return st
+    if (!st.isDirectory()) return undefined
+    checked.add(key)
   }
-  return below(target, parts)
+  return undefined
 }
 
 /** Result of {@link applyPosixAcls}. */
@@ -185,7 +186,7 @@ export interface ApplyPosixAclsResult {
  * Set the ACLs recorded in `record` on the restored tree `target`: the record is read twice,
  * first to check every name (acl-record.ts `nameComponents`: no absolute name, no `.` or `..`;
  * then {@link resolveBeneath}: no symlink on the way or at the end), then to feed setfacl the
- * names and entries only (`restoreText`) with `target` as its cwd. A name below `dev/` that is
+ * names, the files' own special mode bits and the entries only (`restoreText`) with `target` as its cwd. A name below `dev/` that is
  * absent is skipped silently (`./dev/*` is not restored, squashfs-extract.ts); any other absent
  * name is a warning.
  *
@@ -214,9 +215,10 @@ export const applyPosixAcls = async (o: ApplyPosixAclsOptions): Promise<ApplyPos
   group.addTool(tool)
   const feed = async function* (source: Readable): AsyncGenerator<Buffer> {
     for await (const r of recordsOf(source, label)) {
-      if ((await resolveBeneath(target, r, label, checked)) === undefined) continue
+      const st = await resolveBeneath(target, r, label, checked)
+      if (st === undefined) continue
       applied++
-      yield Buffer.from(restoreText(r), 'latin1')
+      yield Buffer.from(restoreText(r, st.mode), 'latin1')
     }
   }
   const source = createReadStream(o.record)

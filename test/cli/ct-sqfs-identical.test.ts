@@ -52,6 +52,9 @@ const buildTree = async (root: string): Promise<void> => {
   sh('setfattr', '-n', 'security.capability', '-v', cap, join(root, 'usr/bin/cap-tool'))
   await writeFile(join(root, 'usr/bin/setuid-tool'), '#!/bin/sh\n', { mode: 0o4755 })
   await chmod(join(root, 'usr/bin/setuid-tool'), 0o4755)
+  // ACLs on a setuid file and on one with a capability: setting them must keep both.
+  sh('setfacl', '-m', 'u:1234:rx', join(root, 'usr/bin/setuid-tool'))
+  sh('setfacl', '-m', 'u:1234:rx', join(root, 'usr/bin/cap-tool'))
   await mkdir(join(root, 'data/sub'), { recursive: true })
   await writeFile(join(root, 'data/original'), 'linked three times\n')
   await link(join(root, 'data/original'), join(root, 'data/hardlink'))
@@ -143,7 +146,11 @@ describe('cli: tar and squashfs container backups restore identical trees', () =
     assert.ok(sqfs[`names/${LONG}`] !== undefined, 'the 200-byte name')
     assert.equal(sqfs['etc/with-xattr']?.xattrs['user.test'], '0x68656c6c6f')
     assert.ok('security.capability' in (sqfs['usr/bin/cap-tool']?.xattrs ?? {}))
-    assert.equal(sqfs['usr/bin/setuid-tool']?.mode, '4755')
+    const setuid = sqfs['usr/bin/setuid-tool']
+    assert.ok(setuid)
+    assert.ok(setuid.acls?.includes('user:1234:r-x'))
+    assert.equal(setuid.mode, '4755')
+    assert.ok(sqfs['usr/bin/cap-tool']?.acls?.includes('user:1234:r-x'))
     assert.equal(sqfs['nodes/null']?.rdev, '1:3')
     assert.equal(sqfs['nodes/fifo']?.type, 'fifo')
     assert.equal(sqfs['nodes/sock'], undefined, 'sockets are dropped as tar drops them')
