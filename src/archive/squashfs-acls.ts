@@ -16,11 +16,10 @@ import { BackupError, throwIfAborted } from '../errors.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { ToolNamespace } from '../io/userns.ts'
-import { makeTempDir } from '../io/tmpdir.ts'
 import { AclRecordParser, nameComponents, restoreText } from './acl-record.ts'
 import type { AclRecord } from './acl-record.ts'
 import { Group, stderrLines, stdioOf } from './internal.ts'
-import { mountSquashfs } from './squashfs.ts'
+import { LISTING_LINE, LISTING_ROOT } from './squashfs-check.ts'
 
 /**
  * getfacl's arguments: recursive, never following symlinks (`-P`), numeric ids (`-n`), no
@@ -84,48 +83,98 @@ export interface DumpPosixAclsResult {
   warnings: string[]
 }
 
+/** The records of `getfacl` run as {@link GETFACL_ARGS} in `directory`, and its stderr. */
+const readAcls = async (
+  o: DumpPosixAclsOptions,
+): Promise<{ records: AclRecord[]; stderr: string }> => {
+  const group = new Group(o.signal)
+  const tool = spawnTool('getfacl', GETFACL_ARGS, {
+    cwd: resolve(o.directory),
+    stdin: 'ignore',
+    okExitCodes: [0, 1],
+    signal: group.signal,
+    namespace: o.namespace,
+  })
+  group.addTool(tool)
+  const records: AclRecord[] = []
+  const collect = async (source: Readable): Promise<void> => {
+    for await (const r of recordsOf(source, o.output)) records.push(r)
+  }
+  group.add(collect(stdioOf(tool.stdout, group)))
+  await group.settle('ARCHIVE_TOOL_FAILED', tool)
+  return { records, stderr: tool.stderr() }
+}
+
+/**
+ * Which of `wanted` (names below the root, latin1) the image lists (`unsquashfs -lln`,
+ * squashfs-check.ts). Symlinks have no ACLs and are skipped. A line that is no listing line
+ * continues the name before it (a name with a newline).
+ */
+const listedOf = async (
+  image: string,
+  wanted: ReadonlySet<string>,
+  signal: AbortSignal | undefined,
+): Promise<Set<string>> => {
+  const group = new Group(signal)
+  const lister = spawnTool('unsquashfs', ['-lln', '-UTC', resolve(image)], {
+    stdin: 'ignore',
+    signal: group.signal,
+  })
+  group.addTool(lister)
+  const found = new Set<string>()
+  let last: string | undefined
+  const see = (line: string): void => {
+    const m = LISTING_LINE.exec(line)
+    if (m === null) {
+      if (last === undefined) return
+      last = `${last}\n${line}`
+    } else if (m[1] === 'l') {
+      last = undefined
+      return
+    } else {
+      const path = m[3] ?? ''
+      last = path === LISTING_ROOT ? '.' : path.slice(LISTING_ROOT.length + 1)
+    }
+    if (wanted.has(last)) found.add(last)
+  }
+  const consume = async (source: Readable): Promise<void> => {
+    source.setEncoding('latin1')
+    let carry = ''
+    for await (const chunk of source as AsyncIterable<string>) {
+      const parts = (carry + chunk).split('\n')
+      carry = parts.pop() ?? ''
+      for (const line of parts) see(line)
+    }
+    if (carry !== '') see(carry)
+  }
+  group.add(consume(stdioOf(lister.stdout, group)))
+  await group.settle('ARCHIVE_TOOL_FAILED', lister)
+  return found
+}
+
 /**
  * Record the POSIX ACLs of `directory` in `output` ({@link GETFACL_ARGS}, run with the
- * directory as cwd), keeping only the records of names the image holds: the image is mounted
- * with squashfuse and each name looked up there, so the record excludes exactly what
- * mksquashfs excluded. getfacl's exit code 1 (some file unreadable) is a warning.
+ * directory as cwd), keeping only the records of names the image lists, so the record excludes
+ * exactly what mksquashfs excluded. The image is listed, not mounted: on Proxmox an
+ * unprivileged container's backup runs in its user namespace, where FUSE cannot mount.
+ * getfacl's exit code 1 (some file unreadable) is a warning.
  *
- * @throws BackupError `ARCHIVE_TOOL_FAILED` (getfacl or squashfuse failed), `USAGE` (output
+ * @throws BackupError `ARCHIVE_TOOL_FAILED` (getfacl or unsquashfs failed), `USAGE` (output
  *   exists), `ABORTED`. No output or partial file is left behind.
  */
 export const dumpPosixAcls = async (o: DumpPosixAclsOptions): Promise<DumpPosixAclsResult> => {
   throwIfAborted(o.signal)
-  await using tmp = await makeTempDir('guestbackup-acls-')
-  await using mount = await mountSquashfs(o.image, tmp.path, { signal: o.signal })
-  let records = 0
-  const stderr = await writeAtomically(o.output, async (partial) => {
-    const group = new Group(o.signal)
-    const tool = spawnTool('getfacl', GETFACL_ARGS, {
-      cwd: resolve(o.directory),
-      stdin: 'ignore',
-      okExitCodes: [0, 1],
-      signal: group.signal,
-      namespace: o.namespace,
-    })
-    group.addTool(tool)
-    const label = o.output
-    const keep = async function* (source: Readable): AsyncGenerator<Buffer> {
-      for await (const r of recordsOf(source, label)) {
-        if (
-          (await lstatOrUndefined(below(mount.path, nameComponents(r.path, label)))) === undefined
-        )
-          continue
-        records++
-        yield Buffer.from(`${r.lines.join('\n')}\n\n`, 'latin1')
-      }
-    }
-    const out = createWriteStream(partial)
-    group.add(pipeline(stdioOf(tool.stdout, group), keep, out, { signal: group.signal }))
-    await group.settle('ARCHIVE_TOOL_FAILED', tool)
-    return tool.stderr()
+  const got = await readAcls(o)
+  const name = (r: AclRecord): string => r.path.toString('latin1')
+  for (const r of got.records) nameComponents(r.path, o.output) // getfacl wrote no such name
+  const listed = await listedOf(o.image, new Set(got.records.map(name)), o.signal)
+  const kept = got.records.filter((r) => listed.has(name(r)))
+  await writeAtomically(o.output, async (partial) => {
+    const text = kept.map((r) => `${r.lines.join('\n')}\n\n`).join('')
+    await pipeline([Buffer.from(text, 'latin1')], createWriteStream(partial))
   })
-  const warnings = stderrLines(stderr).map((l) => `recording POSIX ACLs: ${l}`)
-  return { records, warnings }
+  const warnings = stderrLines(got.stderr).map((l) => `recording POSIX ACLs: ${l}`)
+  return { records: kept.length, warnings }
 }
 
 /** Options of {@link applyPosixAcls}. */

@@ -19,13 +19,15 @@ import { BackupError } from '../errors.ts'
 export const MAX_LISTING_LINE = 64 * 1024
 
 /** The root's name in the listing: unsquashfs' default destination. */
-const ROOT = 'squashfs-root'
+export const LISTING_ROOT = 'squashfs-root'
+const ROOT = LISTING_ROOT
 
 /**
  * One `-lln` line: type, permissions, `uid/gid`, size (or `major, minor`), date, time, path
  * (for a symlink `path -> target`). See `unsquashfs.c`, `print_filename()`.
  */
-const LINE = /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:(\d+)|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
+export const LISTING_LINE =
+  /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:(\d+)|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
 
 /** A directory on the current path: its path below the root and its last entry's name. */
 interface Dir {
@@ -79,7 +81,7 @@ export class SquashfsListingCheck {
    */
   line(raw: string): void {
     if (this.#unverifiable !== undefined) return
-    const m = raw.length > MAX_LISTING_LINE ? null : LINE.exec(raw)
+    const m = raw.length > MAX_LISTING_LINE ? null : LISTING_LINE.exec(raw)
     if (m === null) {
       this.#unverifiable = raw.slice(0, 200)
       return
