@@ -1,8 +1,8 @@
 # guestbackup — see README.md. `make demo` and `make test` work on a fresh Debian machine (as root).
 SHELL := /bin/bash
-APT_PKGS := qemu-utils qemu-system-x86 qemu-system-common libnbd-bin nbdkit squashfs-tools squashfuse fuse3 zstd acl attr tar fuse2fs e2fsprogs perl tmux
+APT_PKGS := qemu-utils qemu-system-x86 qemu-system-common libnbd-bin nbdkit squashfs-tools squashfuse fuse3 zstd acl attr tar fuse2fs e2fsprogs perl tmux lzop
 # Commands the packages above provide; deps installs the packages when any is missing.
-NEEDED_CMDS := qemu-img qemu-nbd qemu-io qemu-system-x86_64 nbdinfo nbdcopy nbdkit mksquashfs unsquashfs squashfuse fusermount3 zstd setfacl getfattr tar fuse2fs mkfs.ext4 fallocate prove qemu-storage-daemon tmux
+NEEDED_CMDS := qemu-img qemu-nbd qemu-io qemu-system-x86_64 nbdinfo nbdcopy nbdkit mksquashfs unsquashfs squashfuse fusermount3 zstd setfacl getfattr tar fuse2fs mkfs.ext4 fallocate prove qemu-storage-daemon tmux lzop
 
 .PHONY: deps apt npm build typecheck lint format-check unit test demo bench mutation deb deb-tools clean
 

@@ -6,6 +6,7 @@
  * tree for a quick check run.
  */
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import { COMMON_TAR_FLAGS, RESTORE_EXTRACT_ARGS, RESTORE_TAR_FLAGS } from '../src/archive/tar.ts'
 import { makeContainerTree } from './lib/ct-tree.ts'
@@ -14,7 +15,11 @@ import { run, runMeasured } from './lib/procs.ts'
 import { fmtBytes } from './lib/stats.ts'
 import type { PreparedScenario, Scenario, ScenarioContext, Variant } from './lib/types.ts'
 
-type Mode = 'tar' | 'squashfs'
+/** `zstd`: a tar store with `lxc-compress zstd`. */
+type Mode = 'tar' | 'squashfs' | 'zstd'
+
+/** zstd threads of both sides: guestbackup's default (`--zstd 0`, half of the cores). */
+const ZSTD_THREADS = Math.max(1, Math.floor(availableParallelism() / 2))
 
 const cliOf = (ctx: ScenarioContext): string => join(ctx.repo, 'bin', 'guestbackup')
 
@@ -50,9 +55,11 @@ const filesBelow = async (dir: string): Promise<string[]> =>
     .filter((e) => e.isFile())
     .map((e) => join(e.parentPath, e.name))
 
-/** The container archive of the single backup in `store` (`archive.tar` or `archive.sqfs`). */
+/** The container archive of the single backup in `store` (`archive.tar[.zst]`, `archive.sqfs`). */
 const archiveOf = async (store: string, mode: Mode): Promise<string> => {
-  const re = mode === 'tar' ? /\/archive\.tar$/ : /\/archive\.sqfs$/
+  const re = { tar: /\/archive\.tar$/, zstd: /\/archive\.tar\.zst$/, squashfs: /\/archive\.sqfs$/ }[
+    mode
+  ]
   const found = (await filesBelow(store)).filter((f) => re.test(f))
   if (found.length !== 1 || found[0] === undefined) {
     throw new Error(`INVALID SCENARIO: expected one ${mode} archive in ${store}: ${String(found)}`)
@@ -75,15 +82,19 @@ const warmTree = async (root: string): Promise<void> => {
   await run('sh', ['-c', 'find "$1" -type f -exec cat {} + >/dev/null', 'sh', root])
 }
 
-/** `guestbackup init` (untimed) of a store in `mode`, uncompressed, without read-back. */
+/**
+ * `guestbackup init` (untimed) of a store in `mode`, without read-back: tar uncompressed
+ * (`lxc-compress none`) unless `zstd`.
+ */
 const initStore = async (ctx: ScenarioContext, store: string, mode: Mode): Promise<void> => {
   await rm(store, { recursive: true, force: true })
-  const args = ['init', store, '--lxc-backup-mode', mode, '--verify-after-backup', 'never']
+  const args = ['init', store, '--lxc-backup-mode', mode === 'squashfs' ? mode : 'tar']
+  args.push('--lxc-compress', mode === 'zstd' ? 'zstd' : 'none', '--verify-after-backup', 'never')
   await run(cliOf(ctx), args)
 }
 
 /** The arguments of a container backup of `root` into `store`. */
-const backupArgs = (store: string, conf: string, root: string): string[] => [
+const backupArgs = (store: string, conf: string, root: string, mode?: Mode): string[] => [
   'backup',
   '--store',
   store,
@@ -93,6 +104,7 @@ const backupArgs = (store: string, conf: string, root: string): string[] => [
   conf,
   '--rootfs',
   root,
+  ...(mode === 'zstd' ? ['--zstd', String(ZSTD_THREADS)] : []),
 ]
 
 /** A listed backup's volume id (the store holds one). */
@@ -105,10 +117,13 @@ const onlyVolid = async (ctx: ScenarioContext, store: string): Promise<string> =
 
 /** The reference command of a backup: writes `out` from `root`, then fsyncs it (`sync FILE`). */
 const referenceBackup = (mode: Mode, root: string, out: string): [string, string[]] => {
-  const tool =
-    mode === 'tar'
-      ? `tar -cpf "$1" --totals ${COMMON_TAR_FLAGS.map((f) => `'${f}'`).join(' ')} --directory="$2" .`
-      : 'mksquashfs "$2" "$1" -noappend -quiet -no-progress -comp zstd -Xcompression-level 3'
+  const flags = COMMON_TAR_FLAGS.map((f) => `'${f}'`).join(' ')
+  const tool = {
+    tar: `tar -cpf "$1" --totals ${flags} --directory="$2" .`,
+    // vzdump's pipe (PVE/VZDump/LXC.pm): tar to stdout, then `zstd --threads=N`.
+    zstd: `tar -cpf - --totals ${flags} --directory="$2" . | zstd -q -3 -T${ZSTD_THREADS} -o "$1"`,
+    squashfs: 'mksquashfs "$2" "$1" -noappend -quiet -no-progress -comp zstd -Xcompression-level 3',
+  }[mode]
   return ['sh', ['-c', `${tool} >/dev/null && sync "$1"`, 'sh', out, root]]
 }
 
@@ -124,7 +139,7 @@ const backupScenario =
     const store = join(ctx.dir, 'store')
     const conf = join(ctx.dir, 'ct.conf')
     await writeFile(conf, 'arch: amd64\nhostname: bench\n')
-    const out = join(ctx.dir, mode === 'tar' ? 'ref.tar' : 'ref.sqfs')
+    const out = join(ctx.dir, { tar: 'ref.tar', zstd: 'ref.tar.zst', squashfs: 'ref.sqfs' }[mode])
     const [refCmd, refArgs] = referenceBackup(mode, root, out)
     const variants: Variant[] = [
       {
@@ -135,7 +150,7 @@ const backupScenario =
           await warmTree(root)
         },
         run: () =>
-          runMeasured(cli, backupArgs(store, conf, root), join(ctx.dir, 'rss-ours'), {
+          runMeasured(cli, backupArgs(store, conf, root, mode), join(ctx.dir, 'rss-ours'), {
             node: true,
           }),
         verify: async () => {
@@ -145,7 +160,11 @@ const backupScenario =
         cleanup: () => rm(store, { recursive: true, force: true }),
       },
       {
-        label: mode === 'tar' ? 'GNU `tar -cpf` + `sync FILE`' : '`mksquashfs` + `sync FILE`',
+        label: {
+          tar: 'GNU `tar -cpf` + `sync FILE`',
+          zstd: `\`tar -cpf - | zstd -3 -T${ZSTD_THREADS}\` + \`sync FILE\``,
+          squashfs: '`mksquashfs` + `sync FILE`',
+        }[mode],
         role: 'reference',
         prepare: async () => {
           await rm(out, { force: true })
@@ -153,21 +172,23 @@ const backupScenario =
         },
         run: () => runMeasured(refCmd, refArgs, join(ctx.dir, 'rss-ref')),
         verify: async () => {
-          await run(
-            mode === 'tar' ? 'tar' : 'unsquashfs',
-            mode === 'tar' ? ['-tf', out] : ['-s', out],
-          )
+          if (mode === 'squashfs') await run('unsquashfs', ['-s', out])
+          else await run('tar', [...(mode === 'zstd' ? ['-I', 'zstd'] : []), '-tf', out])
         },
         cleanup: () => rm(out, { force: true }),
       },
     ]
-    const ref =
-      mode === 'tar'
-        ? `GNU \`tar -cpf\` with the same flags (Proxmox's COMMON_TAR_FLAGS)`
-        : '`mksquashfs -comp zstd -Xcompression-level 3` (its default `-mem`, a quarter of RAM; ' +
-          'ours passes `-mem 256M`)'
+    const ref = {
+      tar: `GNU \`tar -cpf\` with the same flags (Proxmox's COMMON_TAR_FLAGS)`,
+      zstd:
+        `GNU \`tar -cpf -\` with the same flags piped into \`zstd -3 -T${ZSTD_THREADS}\` as vzdump ` +
+        `does (ours: \`--zstd ${ZSTD_THREADS}\`, seekable 16 MiB frames and the members file)`,
+      squashfs:
+        '`mksquashfs -comp zstd -Xcompression-level 3` (its default `-mem`, a quarter of RAM; ' +
+        'ours passes `-mem 256M`)',
+    }[mode]
     return {
-      title: `Container backup, ${mode}`,
+      title: `Container backup, ${mode === 'zstd' ? 'tar.zst' : mode}`,
       description:
         `container backup of ${treeText(stats)} into a ${mode} store (\`--verify-after-backup ` +
         `never\`), against ${ref}; same durability: ours fsyncs the archive and its manifest ` +
@@ -251,6 +272,8 @@ const restoreScenario =
 
 /** Container backup into a tar store, against GNU `tar -cpf` of the same tree. */
 export const ctTarBackup: Scenario = named('ctTarBackup', backupScenario('tar'))
+/** Container backup into a tar store with `lxc-compress zstd`, against `tar | zstd`. */
+export const ctZstdBackup: Scenario = named('ctZstdBackup', backupScenario('zstd'))
 /** Container restore from a tar store, against GNU `tar -xpf` of the stored archive. */
 export const ctTarRestore: Scenario = named('ctTarRestore', restoreScenario('tar'))
 /** Container backup into a squashfs store, against `mksquashfs` of the same tree. */

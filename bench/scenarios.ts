@@ -19,7 +19,13 @@ import { LAB_LAYOUT, dataBytes, makeEmptyQcow2 } from './lib/source.ts'
 import { fmtBytes, summarize } from './lib/stats.ts'
 import type { Scenario, Variant } from './lib/types.ts'
 import { compressedBackup } from './compress.ts'
-import { ctSquashfsBackup, ctSquashfsRestore, ctTarBackup, ctTarRestore } from './containers.ts'
+import {
+  ctSquashfsBackup,
+  ctSquashfsRestore,
+  ctTarBackup,
+  ctTarRestore,
+  ctZstdBackup,
+} from './containers.ts'
 import { emptyTerabyte, incrementalFixedCost } from './fixed-cost.ts'
 import { digestCost, verifySpeed } from './integrity.ts'
 import { mergeMiddle, restoreChain, restoreFull } from './restore.ts'
@@ -346,6 +352,7 @@ export const scenarios: readonly Scenario[] = [
   mergeMiddle,
   compressedBackup,
   ctTarBackup,
+  ctZstdBackup,
   ctTarRestore,
   ctSquashfsBackup,
   ctSquashfsRestore,

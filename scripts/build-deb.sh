@@ -265,7 +265,7 @@ Version: $version
 Architecture: all
 Maintainer: $maintainer
 Installed-Size: @SIZE@
-Depends: nodejs (>= 20.19), qemu-utils, pve-qemu-kvm | qemu-system-common, libnbd-bin, squashfs-tools, squashfuse, fuse3, tar (>= 1.34), zstd, attr, perl
+Depends: nodejs (>= 20.19), qemu-utils, pve-qemu-kvm | qemu-system-common, libnbd-bin, squashfs-tools, squashfuse, fuse3, tar (>= 1.34), zstd, lzop, attr, perl
 Section: admin
 Priority: optional
 Description: backup of QEMU VMs and container trees for Proxmox VE

@@ -174,7 +174,27 @@ export interface ContainerBackupInfo extends BackupInfo {
    * (pve-container `VZDump/LXC.pm`, `run_in_userns`).
    */
   idMap?: IdMap
+  /**
+   * guestbackup extension, optional: how to compress the archive for this backup (vzdump's
+   * `compress` and `zstd` options), overriding the provider's own setting. Proxmox never sets
+   * it: vzdump does not hand its compression to a backup provider.
+   */
+  compress?: ArchiveCompression
 }
+
+/**
+ * How a container archive is compressed, with vzdump's names (`compress`: `zstd`, `gzip`,
+ * `lzo`, or `none` for its `0`) and its `zstd` thread count (`0`: half of the cores).
+ */
+export interface ArchiveCompression {
+  /** Absent: the provider's own setting (guestbackup: the store's `lxc-compress`). */
+  type?: CompressionType
+  /** zstd only: compressors at once, `0` half of the cores. Default `0`. */
+  zstdThreads?: number
+}
+
+/** vzdump's `compress` names, `none` for its `0`. */
+export type CompressionType = 'zstd' | 'gzip' | 'lzo' | 'none'
 
 /** Result of {@link BackupProvider.backupInit}. */
 export interface BackupInitResult {

@@ -1,6 +1,13 @@
 /** The container archive layer: tar and squashfs archives, exclude patterns, FUSE mounts. */
-export { LOST_AND_FOUND, parseExcludes, squashfsExcludeArgs, tarExcludeArgs } from './excludes.ts'
-export type { ExcludeArgs, ExcludeRules } from './excludes.ts'
+export {
+  LOST_AND_FOUND,
+  parseExcludes,
+  squashfsExcludeArgs,
+  tarExcludeArgs,
+  tarPatterns,
+} from './excludes.ts'
+export { findExcluded } from './exclude-walk.ts'
+export type { ExcludeArgs, ExcludeRules, SquashfsExcludes } from './excludes.ts'
 export { mountsAt, parseMountInfo, readMounts } from './mountinfo.ts'
 export type { MountEntry } from './mountinfo.ts'
 export { extractDirectory } from './directory.ts'

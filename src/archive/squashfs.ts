@@ -13,15 +13,17 @@
  * only for file capabilities; Proxmox copies the mount.
  */
 import { constants } from 'node:fs'
-import { chmod, open, realpath, stat } from 'node:fs/promises'
+import { chmod, mkdtemp, open, realpath, rm, stat, writeFile } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { resolve } from 'node:path'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { run, spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
 import type { UserNamespace } from '../io/userns.ts'
-import { squashfsExcludeArgs } from './excludes.ts'
+import { parseExcludes, squashfsExcludeArgs } from './excludes.ts'
+import { findExcluded } from './exclude-walk.ts'
 import { writeAtomically } from '../io/fs.ts'
 import { assertDirectory, followProcIo, stderrLines } from './internal.ts'
 import { mountsAt } from './mountinfo.ts'
@@ -76,7 +78,8 @@ export interface CreateSquashfsResult {
 /**
  * Build a squashfs image of `directory`, as the DirectoryExample's squashfs mode does:
  * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -mem 256M -comp zstd
- * -Xcompression-level 3 -wildcards -e …` ({@link MKSQUASHFS_MEM}), then fsync and rename to `output`. Called once per container backup in
+ * -Xcompression-level 3 -wildcards -ef /dev/stdin [-e …]` ({@link MKSQUASHFS_MEM}; the
+ * excluded paths are those tar would leave out, excludes.ts {@link squashfsExcludeArgs}), then fsync and rename to `output`. Called once per container backup in
  * squashfs mode. POSIX ACLs are not stored (see the module comment).
  *
  * @throws BackupError `USAGE` (bad excludes, existing output), `ARCHIVE_TOOL_FAILED` with
@@ -86,12 +89,16 @@ export const createSquashfs = async (
   opts: CreateSquashfsOptions,
 ): Promise<CreateSquashfsResult> => {
   throwIfAborted(opts.signal)
-  const excl = squashfsExcludeArgs(opts.excludes ?? [])
+  const rules = parseExcludes(opts.excludes ?? [])
   const level = opts.compressionLevel ?? 3
   if (!Number.isInteger(level) || level < 1 || level > 22) {
     throw new BackupError('USAGE', `invalid zstd compression level ${level}`)
   }
   const ns = opts.namespace
+  // tar's matcher decides (exclude-match.ts); mksquashfs is handed the paths it found.
+  const excl = squashfsExcludeArgs(
+    await findExcluded(opts.directory, opts.excludes ?? [], { signal: opts.signal }),
+  )
   const stderr = await writeAtomically(opts.output, async (partial) => {
     // Absolute paths: mksquashfs would take a name starting with '-' for an option.
     // In a namespace mksquashfs cannot open our `/proc/<pid>/fd/<n>` (ptrace access mode, proc(5)):
@@ -110,8 +117,9 @@ export const createSquashfs = async (
     args.push('-Xcompression-level', String(level), ...excl.args)
     // It writes into the store itself: it must not outlive a killed run (tar, writing into our
     // pipe, dies of SIGPIPE with us).
+    await using list = await excludeFile(excl.input)
     const tool = spawnTool('mksquashfs', args, {
-      stdin: 'ignore',
+      stdin: list.fd,
       stdout: out?.fd ?? 'ignore',
       signal: opts.signal,
       dieWithParent: true,
@@ -136,7 +144,7 @@ export const createSquashfs = async (
     await chmod(partial, 0o600) // like the tar archive: a whole container file system
     return tool.stderr()
   })
-  const warnings = [...excl.warnings]
+  const warnings = [...rules.warnings]
   const seen = new Set<string>()
   for (const line of stderrLines(stderr)) {
     const w = line.startsWith('Unrecognised xattr prefix system.posix_acl_')
@@ -147,6 +155,23 @@ export const createSquashfs = async (
   }
   const { size } = await stat(opts.output)
   return { bytes: size, warnings }
+}
+
+/**
+ * The exclude file as mksquashfs' stdin (`-ef /dev/stdin`): a regular file, since Node's pipes
+ * are sockets that /dev/stdin cannot open (ENXIO). Removed at once, readable by the mapped root
+ * through its own `/proc/self/fd/0`; closed on dispose.
+ */
+const excludeFile = async (input: Buffer): Promise<FileHandle & AsyncDisposable> => {
+  const dir = await mkdtemp(join(tmpdir(), 'gb-excludes-'))
+  try {
+    const path = join(dir, 'excludes')
+    await writeFile(path, input, { mode: 0o644 })
+    const fh = await open(path, constants.O_RDONLY)
+    return Object.assign(fh, { [Symbol.asyncDispose]: () => fh.close() })
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 }
 
 /** The partial image opened for writing and owned by the namespace's root, closed on dispose. */

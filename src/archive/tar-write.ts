@@ -8,24 +8,26 @@
  *   parse it. No byte is relayed through a pipe.
  * - **relayed** (a bandwidth limit): tar writes to a pipe; Node gathers its output into one
  *   reused 1 MiB buffer, and per full buffer takes its tokens, parses, hashes and writes it.
- * - **compressed** (`zstd`): the stream pipeline tar → parser → limit → zstd → hash → file.
+ * - **compressed**: Node relays tar's output (limit, members) to the compressor: zstd as
+ *   independent frames (zstd-frames.ts) that Node writes and hashes; gzip and lzop writing the
+ *   file themselves, followed by a hashing worker as in the direct way.
  */
 import type { Hash } from 'node:crypto'
-import { constants, createWriteStream } from 'node:fs'
+import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { Transform } from 'node:stream'
-import type { TransformCallback } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
+import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { hashFollowing } from '../digest/follow.ts'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
+import type { Tool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import type { ToolNamespace } from '../io/userns.ts'
-import { Group, stdioOf, toolStage } from './internal.ts'
-import { hashStage, membersStage } from './tar-digest.ts'
+import { Group, stdioOf } from './internal.ts'
 import type { MembersSink } from './tar-digest.ts'
+import { ZstdFrameWriter } from './zstd-frames.ts'
+import type { FrameIndex } from './zstd-frames.ts'
 
 /** Size of the reads of {@link followFile} and of the relay's buffer. */
 const FOLLOW_BYTES = 4 * 1024 * 1024
@@ -43,7 +45,7 @@ export interface TarWriteInput {
   /** Fed the bytes of the archive file. */
   hash: Hash
   bandwidth: TokenBucket | undefined
-  compress: 'zstd' | undefined
+  compress: TarCompression | undefined
   signal: AbortSignal | undefined
   /** Gets the bytes of the uncompressed stream passed on so far, as they grow. */
   onBytes?: ((tarBytes: number) => void) | undefined
@@ -61,6 +63,15 @@ export interface TarWriteResult {
   tarBytes: number
   /** SHA-256 (hex) of the archive file, when taken apart from `hash` (which then got nothing). */
   digest?: string | undefined
+  /** zstd: the frames written. */
+  frames?: FrameIndex | undefined
+}
+
+/** How the tar stream is compressed (vzdump's `compress` and `zstd` options). */
+export interface TarCompression {
+  type: 'zstd' | 'gzip' | 'lzo'
+  /** zstd: compressors at once (see `zstdThreads`). */
+  threads: number
 }
 
 /** Options of {@link followFile}. */
@@ -156,70 +167,15 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
   }
 }
 
-/** tar into a pipe; Node relays it through the limit in 1 MiB writes. */
-const writeRelayed = async (i: TarWriteInput, bucket: TokenBucket): Promise<TarWriteResult> => {
-  const group = new Group(i.signal)
-  const out = await open(i.partial, constants.O_WRONLY)
-  let tarBytes = 0
-  let passed = 0
-  try {
-    const tar = spawnTool('tar', i.args, {
-      stdin: 'ignore',
-      okExitCodes: [0, 1],
-      signal: group.signal,
-      namespace: i.namespace,
-      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
-    })
-    group.addTool(tar)
-    // Nothing is awaited between tar's start and the first read of its stdout: when a child
-    // exits, Node drains any of its stdio streams nobody reads yet and drops their data
-    // (lib/internal/child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
-    const stdout = stdioOf(tar.stdout, group)
-    const relay = async (): Promise<void> => {
-      const buf = Buffer.allocUnsafe(RELAY_BYTES)
-      let fill = 0
-      const flush = async (): Promise<void> => {
-        const data = buf.subarray(0, fill)
-        await bucket.take(fill, group.signal)
-        await i.members?.push(data)
-        i.hash.update(data)
-        await writeAll(out, data)
-        passed += fill
-        i.onBytes?.(passed)
-        fill = 0
-      }
-      for await (const chunk of stdout as AsyncIterable<Buffer>) {
-        tarBytes += chunk.length
-        for (let at = 0; at < chunk.length;) {
-          const n = chunk.copy(buf, fill, at)
-          fill += n
-          at += n
-          if (fill === buf.length) await flush()
-        }
-      }
-      if (fill > 0) await flush()
-    }
-    group.add(relay())
-    await group.settle()
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
-  } finally {
-    await out.close()
-  }
-}
-
-/** A pass-through stream that counts bytes. */
-const counter = (onBytes: (n: number) => void): Transform =>
-  new Transform({
-    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
-      onBytes(chunk.length)
-      cb(null, chunk)
-    },
-  })
-
-/** tar | zstd, relayed through Node's stream pipeline. */
-const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
-  let tarBytes = 0
-  const group = new Group(i.signal)
+/**
+ * tar into a pipe; Node gathers its output into one reused 1 MiB buffer and hands each full
+ * buffer, past the limit, the members parser and the byte count, to `sink`.
+ */
+const relayTar = (
+  i: TarWriteInput,
+  group: Group,
+  sink: (data: Buffer) => Promise<void>,
+): { tar: Tool; relayed: Promise<void> } => {
   const tar = spawnTool('tar', i.args, {
     stdin: 'ignore',
     okExitCodes: [0, 1],
@@ -227,27 +183,122 @@ const writeCompressed = async (i: TarWriteInput): Promise<TarWriteResult> => {
     namespace: i.namespace,
     ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
   })
-  const zstd = spawnTool('zstd', ['-T0', '-3', '-q', '-c', '-'], { signal: group.signal })
   group.addTool(tar)
-  group.addTool(zstd)
-  const stages: NodeJS.ReadWriteStream[] = [
-    counter((n) => {
-      tarBytes += n
-      i.onBytes?.(tarBytes)
-    }),
-  ]
-  if (i.members) stages.push(membersStage(i.members))
-  if (i.bandwidth?.limited === true) stages.push(i.bandwidth.transform(group.signal))
-  stages.push(toolStage(zstd, group), hashStage(i.hash))
-  const out = createWriteStream(i.partial, { flags: 'w', mode: 0o600 })
-  group.add(pipeline([stdioOf(tar.stdout, group), ...stages, out], { signal: group.signal }))
-  await group.settle()
-  return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+  // Nothing is awaited between tar's start and the first read of its stdout: when a child
+  // exits, Node drains any of its stdio streams nobody reads yet and drops their data
+  // (lib/internal/child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
+  const stdout = stdioOf(tar.stdout, group)
+  const bucket = i.bandwidth?.limited === true ? i.bandwidth : undefined
+  let passed = 0
+  const relay = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(RELAY_BYTES)
+    let fill = 0
+    const flush = async (): Promise<void> => {
+      const data = buf.subarray(0, fill)
+      await bucket?.take(fill, group.signal)
+      await i.members?.push(data)
+      await sink(data)
+      passed += fill
+      i.onBytes?.(passed)
+      fill = 0
+    }
+    for await (const chunk of stdout as AsyncIterable<Buffer>) {
+      for (let at = 0; at < chunk.length;) {
+        const n = chunk.copy(buf, fill, at)
+        fill += n
+        at += n
+        if (fill === buf.length) await flush()
+      }
+    }
+    if (fill > 0) await flush()
+  }
+  const relayed = relay()
+  group.add(relayed)
+  return { tar, relayed }
+}
+
+/** tar through Node and the limit into the file, in 1 MiB writes. */
+const writeRelayed = async (i: TarWriteInput): Promise<TarWriteResult> => {
+  const group = new Group(i.signal)
+  const out = await open(i.partial, constants.O_WRONLY)
+  let tarBytes = 0
+  try {
+    const { tar } = relayTar(i, group, async (data) => {
+      tarBytes += data.length
+      i.hash.update(data)
+      await writeAll(out, data)
+    })
+    await group.settle()
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+  } finally {
+    await out.close()
+  }
+}
+
+/** tar → Node (limit, members) → seekable zstd frames (zstd-frames.ts) → the file. */
+const writeZstdFrames = async (i: TarWriteInput, threads: number): Promise<TarWriteResult> => {
+  const group = new Group(i.signal)
+  const out = await open(i.partial, constants.O_WRONLY)
+  let tarBytes = 0
+  try {
+    const writer = new ZstdFrameWriter(out, i.hash, { threads, signal: group.signal })
+    const { tar } = relayTar(i, group, async (data) => {
+      tarBytes += data.length
+      await writer.push(data)
+    })
+    await group.settle()
+    const frames = await writer.end()
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, frames }
+  } finally {
+    await out.close()
+  }
+}
+
+/** The stream compressors by vzdump's names (PVE/VZDump.pm, `compressor_info`). */
+const STREAM_COMPRESSORS = {
+  gzip: ['gzip', '-6', '-c'],
+  lzo: ['lzop', '-c'],
+} as const
+
+/**
+ * tar → Node (limit, members) → gzip or lzop, which writes the file itself; a worker thread
+ * follows the file for its SHA-256.
+ */
+const writeStream = async (i: TarWriteInput, type: 'gzip' | 'lzo'): Promise<TarWriteResult> => {
+  const group = new Group(i.signal)
+  const out = await open(i.partial, constants.O_WRONLY)
+  let tarBytes = 0
+  try {
+    const [prog, ...args] = STREAM_COMPRESSORS[type]
+    const comp = spawnTool(prog, args, { stdout: out.fd, signal: group.signal })
+    group.addTool(comp)
+    const stdin = comp.stdin
+    if (stdin === null) throw new BackupError('INTERNAL', `${prog} has no stdin`)
+    const hashed = hashFollowing(i.partial, { writerDone: comp.done, signal: group.signal })
+    group.add(hashed)
+    const { tar, relayed } = relayTar(i, group, async (data) => {
+      tarBytes += data.length
+      if (!stdin.write(data)) await once(stdin, 'drain', { signal: group.signal })
+    })
+    // Once the relay has passed tar's last byte, the compressor gets its end of input.
+    group.add(
+      relayed.then(async () => {
+        await new Promise<void>((resolve) => stdin.end(resolve))
+      }),
+    )
+    await group.settle()
+    const { digest } = await hashed
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, digest }
+  } finally {
+    await out.close()
+  }
 }
 
 /** Run tar into `i.partial` the cheapest way its options allow (see the module comment). */
 export const writeTar = (i: TarWriteInput): Promise<TarWriteResult> => {
-  if (i.compress === 'zstd') return writeCompressed(i)
-  if (i.bandwidth?.limited === true) return writeRelayed(i, i.bandwidth)
+  const c = i.compress
+  if (c?.type === 'zstd') return writeZstdFrames(i, c.threads)
+  if (c !== undefined) return writeStream(i, c.type)
+  if (i.bandwidth?.limited === true) return writeRelayed(i)
   return writeDirect(i)
 }

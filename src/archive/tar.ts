@@ -14,6 +14,8 @@ import { stderrLines } from './internal.ts'
 import { MembersSink } from './tar-digest.ts'
 import type { MembersResult } from './tar-digest.ts'
 import { writeTar } from './tar-write.ts'
+import type { TarCompression } from './tar-write.ts'
+import type { FrameIndex } from './zstd-frames.ts'
 
 /**
  * Proxmox's `COMMON_TAR_FLAGS`: stay on one file system, keep permissions, sparse files, numeric
@@ -67,8 +69,12 @@ export interface CreateTarOptions {
    * `cstream` before the compressor). Default: unlimited.
    */
   bandwidth?: TokenBucket | undefined
-  /** `'zstd'` pipes the stream through `zstd -T0 -3`; name the output `*.tar.zst`. Default none. */
-  compress?: 'zstd' | undefined
+  /**
+   * Compress the tar stream (name the output `*.tar.zst`, `*.tar.gz`, `*.tar.lzo`): zstd as
+   * seekable frames (zstd-frames.ts, the result's `frames`), gzip or lzop as one stream.
+   * Default none.
+   */
+  compress?: TarCompression | undefined
   /**
    * Path of the members file to write beside the archive: one JSON line per member
    * (`TarMember`, see `tar-members.ts`), parsed from the uncompressed tar stream in the same
@@ -101,6 +107,8 @@ export interface CreateTarResult {
   digest: string
   /** The members file's SHA-256 and its number of members, when `members` was given. */
   members?: MembersResult | undefined
+  /** zstd: the frame index of the archive. */
+  frames?: FrameIndex | undefined
   /**
    * tar's diagnostics, including "file changed as we read it" (tar exit code 1, which is a
    * warning, not a failure: the archive is complete but that file may be inconsistent) and
@@ -175,7 +183,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
   }
   const membersPath = opts.members
   let membersNamed = false
-  const { exitCode, stderr, tarBytes, members, digest } = await writeAtomically(
+  const { exitCode, stderr, tarBytes, members, digest, frames } = await writeAtomically(
     opts.output,
     async (partial) => {
       if (membersPath === undefined) return await write(partial, undefined)
@@ -201,6 +209,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     tarBytes,
     digest: digest ?? hash.digest('hex'),
     ...(members ? { members } : {}),
+    ...(frames ? { frames } : {}),
     warnings,
   }
 }

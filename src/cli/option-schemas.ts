@@ -6,7 +6,14 @@
  */
 import { z } from 'zod'
 import { IMAGE_FORMATS } from '../qemu/formats.ts'
-import { collectDisk, parseLockWait, parseRate, parseVmid } from './parse.ts'
+import {
+  collectDisk,
+  parseCompress,
+  parseLockWait,
+  parseRate,
+  parseVmid,
+  parseZstdThreads,
+} from './parse.ts'
 import type { DiskArg } from './parse.ts'
 
 /** Runs a parse.ts parser inside zod: its message becomes the issue's. */
@@ -33,6 +40,12 @@ export const rateSchema = stringOrInt.transform(viaParser(parseRate))
 
 /** `--lock-wait`: minutes as vzdump's `lockwait`, or `30s`, `5m`, `2h`; in ms. */
 export const lockWaitSchema = stringOrInt.transform(viaParser(parseLockWait))
+
+/** `--compress`: vzdump's `compress` values. */
+export const compressSchema = stringOrInt.transform(viaParser(parseCompress))
+
+/** `--zstd`: zstd threads, 0 for half of the cores. */
+export const zstdSchema = stringOrInt.transform(viaParser(parseZstdThreads))
 
 /** A path given as an option value: a non-empty string without a NUL. */
 export const pathSchema = z

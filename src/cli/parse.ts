@@ -33,6 +33,26 @@ export const parseRate = (v: string): number => {
   return bytes
 }
 
+/**
+ * `--compress`, vzdump's values (vzdump(1): `0 | 1 | gzip | lzo | zstd`, `1` meaning lzo as in
+ * PVE/VZDump.pm `compressor_info`), plus `none` for `0`.
+ */
+export const parseCompress = (v: string): 'zstd' | 'gzip' | 'lzo' | 'none' => {
+  const t = v.trim().toLowerCase()
+  if (t === '0' || t === 'none') return 'none'
+  if (t === '1' || t === 'lzo') return 'lzo'
+  if (t === 'gzip' || t === 'zstd') return t
+  throw new InvalidArgumentError('expected zstd, gzip, lzo, 0 (none) or 1 (lzo), as vzdump')
+}
+
+/** `--zstd`: zstd threads as vzdump's `zstd` option, 0 (half of the cores) to 256. */
+export const parseZstdThreads = (v: string): number => {
+  if (!/^\d{1,3}$/.test(v.trim()) || Number(v) > 256) {
+    throw new InvalidArgumentError('expected a thread count, 0 (half of the cores) to 256')
+  }
+  return Number(v)
+}
+
 /** One `--disk`: device name, path and the format if stated. */
 export interface DiskArg {
   name: string

@@ -35,6 +35,8 @@ import {
   parseKeepCount,
   parseLockWait,
   parseRate,
+  parseCompress,
+  parseZstdThreads,
   parseVmid,
   renamed,
 } from './parse.ts'
@@ -199,6 +201,12 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
         'store VM disk images with zstd-compressed qcow2 clusters, or not (new stores: zstd)',
       ).choices(['zstd', 'none']),
     )
+    .addOption(
+      new Option(
+        '--lxc-compress <type>',
+        'compress container tar archives: zstd, gzip, lzo or none (new stores: zstd)',
+      ).choices(['zstd', 'gzip', 'lzo', 'none']),
+    )
     .option('--json', JSON_HELP('json-pretty'))
     .action(async (store: string, o: InitCommandOptions) => {
       const { initCommand } = await import('./commands/store.ts')
@@ -239,6 +247,12 @@ export const createProgram = (outer: CliIO, argv: readonly string[] = []): CliPr
       "unprivileged container's id map, archived as its mapped root (default: the --config's lxc.idmap / unprivileged lines); repeatable",
       collect,
     )
+    .option(
+      '--compress <type>',
+      "container archive compression: zstd, gzip, lzo, 0 (none), 1 (lzo) (default: the store's lxc-compress)",
+      parseCompress,
+    )
+    .option('--zstd <threads>', 'zstd threads, 0: half of the cores (default: 0)', parseZstdThreads)
     .option('--bwlimit <rate>', BWLIMIT_HELP, parseRate)
     .option('--lock-wait <time>', LOCK_WAIT_HELP('180'), parseLockWait)
     .option('--json', JSON_HELP('json'))

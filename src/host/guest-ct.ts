@@ -2,7 +2,12 @@
 import { stat } from 'node:fs/promises'
 import type { Stats } from 'node:fs'
 import { resolve } from 'node:path'
-import type { BackupInfo, BackupProvider, ContainerBackupInfo } from '../api/provider.ts'
+import type {
+  ArchiveCompression,
+  BackupInfo,
+  BackupProvider,
+  ContainerBackupInfo,
+} from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import type { IdMap } from '../api/idmap.ts'
 import { formatIdMapEntry, rootUid } from '../api/idmap-parse.ts'
@@ -24,6 +29,8 @@ export interface CtGuest {
    * namespace (io/userns.ts). Absent: privileged, archived as host root.
    */
   idMap?: IdMap | undefined
+  /** How to compress the archive (`--compress`, `--zstd`). Absent: the provider's setting. */
+  compress?: ArchiveCompression | undefined
 }
 
 /**
@@ -62,6 +69,7 @@ export const backupCtGuest = async (
     sources: ['.'],
     backupUserId: map === undefined ? st.uid : rootUid(map),
     ...(map === undefined ? {} : { idMap: map }),
+    ...(guest.compress === undefined ? {} : { compress: guest.compress }),
   }
   log.info(`container root ${directory} (owner uid ${st.uid}), ${guest.excludes.length} excludes`)
   if (map !== undefined) {

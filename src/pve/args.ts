@@ -75,6 +75,7 @@ const ScfgSchema = z.object({
   'gb-incremental-sample': PerlInt.optional(),
   'gb-verify-after-backup': z.enum(['first', 'always', 'never']).optional(),
   'gb-vm-compress': z.enum(['zstd', 'none']).optional(),
+  'gb-lxc-compress': z.enum(['zstd', 'gzip', 'lzo', 'none']).optional(),
 })
 
 /**
@@ -110,6 +111,7 @@ export const storageFromScfg = (
     'incremental-sample': c['gb-incremental-sample'],
     'verify-after-backup': c['gb-verify-after-backup'],
     'vm-compress': c['gb-vm-compress'],
+    'lxc-compress': c['gb-lxc-compress'],
   }
   const options = parseStoreOptions(
     Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)),

@@ -6,7 +6,9 @@ import {
   parseExcludes,
   squashfsExcludeArgs,
   tarExcludeArgs,
+  tarPatterns,
 } from '../../src/archive/excludes.ts'
+import { toByteString } from '../../src/archive/exclude-match.ts'
 import { isBackupError } from '../../src/errors.ts'
 
 const usage = (e: unknown) => isBackupError(e, 'USAGE')
@@ -38,15 +40,33 @@ describe('exclude patterns', () => {
     assert.match(r.warnings[0]!, /'cache\/' ends with '\/' and will never match/)
   })
 
-  it('maps the Proxmox examples to mksquashfs arguments', () => {
-    assert.deepEqual(squashfsExcludeArgs([]).args, ['-wildcards', '-e', '... lost+found'])
-    assert.deepEqual(squashfsExcludeArgs(['/var/log', '*.tmp', '/tmp/*', 'cache/']).args, [
-      '-wildcards',
-      '-e',
-      '... lost+found',
-      '... *.tmp',
-      'var/log',
-      'tmp/*',
+  it('hands mksquashfs each excluded path as a line that matches only that name', () => {
+    const r = squashfsExcludeArgs(['var/log', 'a b/[x]*?', ' #lead', toByteString('é')])
+    assert.deepEqual(r.args, ['-wildcards', '-ef', '/dev/stdin'])
+    assert.equal(
+      r.input.toString('latin1'),
+      '\\var/log\n\\a\\ b/\\[x\\]\\*\\?\n\\\\ \\#lead\n\\' +
+        Buffer.from('é').toString('latin1') +
+        '\n',
+    )
+  })
+
+  it('passes names with a newline after -e, and refuses them when not UTF-8', () => {
+    const r = squashfsExcludeArgs(['ok', 'a\nb'])
+    assert.deepEqual(r.args, ['-wildcards', '-ef', '/dev/stdin', '-e', 'a\\\nb'])
+    assert.equal(r.input.toString(), '\\ok\n')
+    assert.throws(
+      () => squashfsExcludeArgs(['\xff\n']),
+      (e: unknown) =>
+        isBackupError(e, 'UNSUPPORTED') && String(e).includes('newline that is not UTF-8'),
+    )
+  })
+
+  it('lists lost+found, the unanchored and then the anchored patterns for the matcher', () => {
+    assert.deepEqual(tarPatterns(['/var/log', '*.tmp']), [
+      { pattern: LOST_AND_FOUND, anchored: false },
+      { pattern: '*.tmp', anchored: false },
+      { pattern: './var/log', anchored: true },
     ])
   })
 
@@ -60,7 +80,7 @@ describe('exclude patterns', () => {
   it('rejects empty patterns and patterns with NUL or newline', () => {
     for (const bad of ['', 'a\nb', 'a\0b', '/x\n', '\0']) {
       assert.throws(() => tarExcludeArgs(['ok', bad]), usage)
-      assert.throws(() => squashfsExcludeArgs([bad]), usage)
+      assert.throws(() => tarPatterns([bad]), usage)
     }
   })
 
@@ -85,23 +105,6 @@ describe('exclude patterns', () => {
           after,
           anchored.map((p) => `--exclude=.${p}`),
         )
-      }),
-    )
-  })
-
-  it('property: mksquashfs arguments carry the same (matching) patterns', () => {
-    fc.assert(
-      fc.property(fc.array(validPattern, { maxLength: 12 }), (patterns) => {
-        const { args, warnings } = squashfsExcludeArgs(patterns)
-        const rules = parseExcludes(patterns)
-        assert.deepEqual(args, [
-          '-wildcards',
-          '-e',
-          `... ${LOST_AND_FOUND}`,
-          ...rules.unanchored.filter((p) => !p.endsWith('/')).map((p) => `... ${p}`),
-          ...rules.anchored.filter((p) => !p.endsWith('/')),
-        ])
-        assert.deepEqual(warnings, tarExcludeArgs(patterns).warnings)
       }),
     )
   })

@@ -184,9 +184,9 @@ describe('archive/tar-members', () => {
   })
 
   it('createTarArchive: the digest is the file sha256sum, the members file what the parser reads', async () => {
-    for (const compress of [undefined, 'zstd'] as const) {
+    for (const compress of [undefined, { type: 'zstd', threads: 2 }] as const) {
       const output = join(dir, compress === undefined ? 'c.tar' : 'c.tar.zst')
-      const members = join(dir, `${compress ?? 'plain'}.members`)
+      const members = join(dir, `${compress?.type ?? 'plain'}.members`)
       const r = await createTarArchive({ directory: root, output, members, compress })
       assert.equal(r.digest, await sha256sum(output))
       assert.equal(r.members?.digest, await sha256sum(members))

@@ -24,6 +24,8 @@ import { craftTar } from './craft-tar.ts'
 import type { CraftMember } from './craft-tar.ts'
 import { leftoverTools } from './procs.ts'
 
+const ZSTD = { type: 'zstd', threads: 2 } as const
+
 const KiB = 1024
 const MiB = 1024 * KiB
 
@@ -118,7 +120,7 @@ describe('tar archives', () => {
       directory: src,
       excludes: TREE_EXCLUDES,
       output,
-      compress: 'zstd',
+      compress: ZSTD,
     })
     assert.equal(r.bytes, (await stat(output)).size)
     assert.ok(r.bytes < r.tarBytes)
@@ -159,7 +161,7 @@ describe('tar archives', () => {
       directory: src,
       output,
       bandwidth: bucket,
-      compress: 'zstd',
+      compress: ZSTD,
     })
     assert.ok(r.tarBytes > 1.2 * MiB)
     const expectedMs = ((r.tarBytes - burst) / rate) * 1000
@@ -182,7 +184,7 @@ describe('tar archives', () => {
     const dir = await fresh('fail')
     const output = join(dir, 'archive.tar')
     await assert.rejects(
-      createTarArchive({ directory: join(dir, 'missing'), output, compress: 'zstd' }),
+      createTarArchive({ directory: join(dir, 'missing'), output, compress: ZSTD }),
       (e: unknown) => {
         assert.ok(isBackupError(e, 'ARCHIVE_TOOL_FAILED'))
         assert.match(e.message, /missing: Cannot open: No such file or directory/)
@@ -233,7 +235,7 @@ describe('tar archives', () => {
       directory: src,
       output,
       bandwidth: bucket,
-      compress: 'zstd',
+      compress: ZSTD,
       signal: ac.signal,
     })
     await assert.rejects(job, fails('ABORTED'))
@@ -248,7 +250,7 @@ describe('tar archives', () => {
   it('abort during extraction kills tar and the decompressor', async () => {
     const dir = await fresh('abort-x')
     const archive = join(dir, 'archive.tar.zst')
-    await createTarArchive({ directory: src, output: archive, compress: 'zstd' })
+    await createTarArchive({ directory: src, output: archive, compress: ZSTD })
     const ac = new AbortController()
     const bucket = new TokenBucket({
       bytesPerSecond: 16 * KiB,

@@ -17,6 +17,7 @@ import type { CliIO } from '../io.ts'
 import { LOCK_WAIT_DEFAULTS } from '../parse.ts'
 import { STD_EXCLUDES } from '../parse-backup.ts'
 import { afterBackup, checkBeforeBackup } from './backup-after.ts'
+import type { ArchiveCompression, CompressionType } from '../../api/provider.ts'
 import { emit } from '../output/format.ts'
 import { idMapOfConfig, parseIdMapArgs } from '../../api/idmap-parse.ts'
 import type { OutputFormat } from '../output/format.ts'
@@ -42,6 +43,10 @@ export interface BackupCommandOptions {
   allowHostRoot?: boolean
   /** `--idmap` entries, unparsed (idmap-parse.ts). */
   idmap?: string[]
+  /** vzdump's `compress` (parse.ts `parseCompress`). */
+  compress?: 'zstd' | 'gzip' | 'lzo' | 'none'
+  /** vzdump's `zstd`: threads, 0 half of the cores. */
+  zstd?: number
   bwlimit?: number
   /** How long to wait for the guest's lock, ms (default {@link LOCK_WAIT_DEFAULTS} `backup`). */
   lockWait?: number
@@ -49,6 +54,21 @@ export interface BackupCommandOptions {
   notesTemplate?: string
   protected?: boolean
   remove?: boolean
+}
+
+/**
+ * The compression `--compress` and `--zstd` ask for; without `--compress` the store's
+ * `lxc-compress` decides (`--zstd` then sets the threads if that is zstd).
+ */
+export const compressionOf = (
+  type: CompressionType | undefined,
+  zstd: number | undefined,
+): ArchiveCompression | undefined => {
+  if (type === undefined && zstd === undefined) return undefined
+  return {
+    ...(type === undefined ? {} : { type }),
+    ...(zstd === undefined ? {} : { zstdThreads: zstd }),
+  }
 }
 
 const readText = (path: string, what: string): Promise<string> =>
@@ -124,6 +144,16 @@ export const backupCommand = async (
   if (o.idmap !== undefined && o.rootfs === undefined) {
     throw new BackupError('USAGE', '--idmap applies to container backups (--rootfs) only')
   }
+  if ((o.compress !== undefined || o.zstd !== undefined) && o.rootfs === undefined) {
+    // VM images are compressed by the store's vm-compress (qcow2 clusters), not a stream.
+    throw new BackupError(
+      'USAGE',
+      "--compress and --zstd apply to container backups (--rootfs) only; VM images follow the store's vm-compress",
+    )
+  }
+  if (o.zstd !== undefined && o.compress !== undefined && o.compress !== 'zstd') {
+    throw new BackupError('USAGE', `--zstd applies to --compress zstd, not ${o.compress}`)
+  }
   const idmapArg = o.idmap === undefined ? undefined : parseIdMapArgs(o.idmap)
   for (const [flag, path] of [
     ['--qmp', o.qmp],
@@ -179,6 +209,7 @@ export const backupCommand = async (
       rootfs: o.rootfs,
       // An explicit --idmap wins over the config's (pve-container's parse_id_maps).
       idMap: idmapArg ?? idMapOfConfig(config),
+      compress: compressionOf(o.compress, o.zstd),
       // vzdump's order (PVE/VZDump.pm `sub new`): exclude-path, then the standard excludes.
       excludes: [
         ...(o.excludePath ?? []),

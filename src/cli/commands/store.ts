@@ -39,6 +39,7 @@ export const initCommand = async (
       'incremental-sample': o['incrementalSample'],
       'verify-after-backup': o['verifyAfterBackup'],
       'vm-compress': o['vmCompress'],
+      'lxc-compress': o['lxcCompress'],
     }).filter(([, v]) => v !== undefined),
   )
   const r = await initStore(store, input, typeof o['id'] === 'string' ? o['id'] : undefined)

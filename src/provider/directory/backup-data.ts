@@ -4,27 +4,17 @@
  * for, else full), or the archive of a container.
  */
 import { DEVICE_NAME_RE } from '../../api/names.ts'
-import type {
-  BackupInfo,
-  ContainerBackupInfo,
-  ProviderLogFunction,
-  VmVolume,
-} from '../../api/provider.ts'
-import { SQUASHFS_ACL_WARNING, createSquashfs } from '../../archive/squashfs.ts'
-import { dumpPosixAcls } from '../../archive/squashfs-acls.ts'
-import { createTarArchive } from '../../archive/tar.ts'
+import type { BackupInfo, ProviderLogFunction, VmVolume } from '../../api/provider.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
 import { BackupError, isBackupError, toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { TokenBucket } from '../../io/throttle.ts'
-import { UserNamespace } from '../../io/userns.ts'
-import { startArchiveWalk } from './ct-walk.ts'
 import { forceFull } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import type { ManifestDisk } from './manifest.ts'
 import { backupDisk } from './vm-disk.ts'
+import { TokenBucket } from '../../io/throttle.ts'
 import { BlockDigests } from '../../digest/blocks.ts'
-import { digestOf, readDiskDigests, writeDiskDigests } from './digests.ts'
+import { readDiskDigests, writeDiskDigests } from './digests.ts'
 import { parseVolname } from './layout.ts'
 import { readManifest } from './manifest.ts'
 
@@ -186,95 +176,3 @@ const baseDigests = async (guest: Dir, volname: string, device: string): Promise
  * manifests (unverifiable), to measure what hashing costs. Never set otherwise.
  */
 const WITHOUT_DIGESTS = process.env['GUESTBACKUP_BENCH_WITHOUT_DIGESTS'] === '1'
-
-/** The archive file of each container backup mode. */
-export const ARCHIVE_FILES = { tar: 'archive.tar', squashfs: 'archive.sqfs' } as const
-
-/** The members file beside a tar archive (one JSON line per member, see `tar-members.ts`). */
-export const MEMBERS_FILE = 'archive.members'
-
-/**
- * The POSIX ACLs of the tree beside a squashfs archive (`getfacl` text, see
- * `archive/squashfs-acls.ts`): squashfs cannot store them.
- */
-export const ACLS_FILE = 'archive.acls'
-
-/** What {@link writeContainerArchive} wrote. */
-export interface ContainerArchive {
-  /** The archiver's warnings. */
-  warnings: string[]
-  /**
-   * SHA-256 of the files written, by name: the archive (tar: hashed in the relay's pass;
-   * squashfs: read back once, mksquashfs writes the file itself), for tar the members file, for
-   * squashfs the ACL record.
-   */
-  digests: Record<string, string>
-  /** tar: the members file's name. */
-  members?: string
-  /** squashfs: the ACL record's name ({@link ACLS_FILE}). */
-  acls?: string
-}
-
-/** Write the container's archive into `dir`, with its digests (see {@link ContainerArchive}). */
-export const writeContainerArchive = async (
-  dir: Dir,
-  mode: keyof typeof ARCHIVE_FILES,
-  excludes: readonly string[],
-  info: ContainerBackupInfo & ProgressInfo,
-  log: ProviderLogFunction,
-): Promise<ContainerArchive> => {
-  const file = ARCHIVE_FILES[mode]
-  const output = dir.at(file)
-  // As the container's mapped root (pve-container VZDump/LXC.pm runs backup_container in its
-  // user namespace): absent on Proxmox, which is in the namespace already.
-  await using namespace =
-    info.idMap === undefined ? undefined : await UserNamespace.open(info.idMap, info.signal)
-  const progress = startArchiveWalk(info, excludes, log)
-  if (mode === 'squashfs') {
-    const r = await createSquashfs({
-      directory: info.directory,
-      excludes,
-      output,
-      signal: info.signal,
-      namespace,
-      ...(progress === undefined ? {} : { onBytesRead: progress.update }),
-    })
-    await progress?.end()
-    // As getfacl ran where mksquashfs ran: in the namespace, the ids are the container's view.
-    const acls = await dumpPosixAcls({
-      directory: info.directory,
-      image: output,
-      output: dir.at(ACLS_FILE),
-      namespace,
-      signal: info.signal,
-    })
-    log('info', `${ACLS_FILE}: POSIX ACLs of ${acls.records} file(s) recorded beside ${file}`)
-    return {
-      // The ACLs mksquashfs dropped are in the record.
-      warnings: [...r.warnings.filter((w) => w !== SQUASHFS_ACL_WARNING), ...acls.warnings],
-      digests: {
-        [file]: await digestOf(dir, file, info.signal),
-        [ACLS_FILE]: await digestOf(dir, ACLS_FILE, info.signal),
-      },
-      acls: ACLS_FILE,
-    }
-  }
-  const r = await createTarArchive({
-    directory: info.directory,
-    sources: info.sources,
-    excludes,
-    output,
-    members: dir.at(MEMBERS_FILE),
-    bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
-    signal: info.signal,
-    onBytes: progress?.update,
-    namespace,
-  })
-  await progress?.end(r.tarBytes)
-  if (r.members === undefined) throw new BackupError('INTERNAL', 'the tar relay wrote no members')
-  return {
-    warnings: [...r.warnings],
-    digests: { [file]: r.digest, [MEMBERS_FILE]: r.members.digest },
-    members: MEMBERS_FILE,
-  }
-}

@@ -7,6 +7,13 @@ import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
 import { sha256Hex } from '../../digest/blocks.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
+import {
+  ACLS_FILE,
+  ARCHIVE_FILE_NAMES,
+  ARCHIVE_FILES,
+  FRAMES_FILE,
+  MEMBERS_FILE,
+} from './archive-files.ts'
 import { MANIFEST, VOLNAME_RE } from './layout.ts'
 import type { VolumeRef } from './layout.ts'
 
@@ -57,6 +64,8 @@ const DiskDigestSchema = z.strictObject({
 const ArchiveDigestSchema = z.strictObject({
   algorithm: z.literal('sha256'),
   members: FileName.optional(),
+  /** The frame index of a seekable zstd archive (`zstd-frames.ts`), `archive.frames`. */
+  frames: FileName.optional(),
 })
 
 const DiskSchema = z.strictObject({
@@ -102,7 +111,7 @@ export const ManifestSchema = z.strictObject({
   /** Container archive. */
   container: z
     .strictObject({
-      file: z.enum(['archive.tar', 'archive.sqfs']),
+      file: z.enum(ARCHIVE_FILE_NAMES),
       format: z.enum(['tar', 'squashfs']),
       excludes: z.array(z.string()),
       /** Digests of the archive (version 2). */
@@ -208,13 +217,24 @@ const missingDigest = (m: Manifest): string | undefined => {
     return 'records no digest of the archive'
   }
   const members = m.container?.digest?.members
-  if (members !== undefined && members !== 'archive.members') return `names member list ${members}`
+  if (members !== undefined && members !== MEMBERS_FILE) return `names member list ${members}`
+  const frames = m.container?.digest?.frames
+  if (
+    frames !== undefined &&
+    (frames !== FRAMES_FILE || m.container?.file !== ARCHIVE_FILES.zstd)
+  ) {
+    return `names frame index ${frames}`
+  }
   const acls = m.container?.acls
   if (acls !== undefined) {
-    if (acls !== 'archive.acls' || m.container?.format !== 'squashfs') {
+    if (acls !== ACLS_FILE || m.container?.format !== 'squashfs') {
       return `names ACL record ${acls}`
     }
     if (m.digests[acls] === undefined) return `records no digest of ${acls}`
+  }
+  const c = m.container
+  if (c !== undefined && (c.format === 'squashfs') !== (c.file === ARCHIVE_FILES.squashfs)) {
+    return `stores a ${c.format} archive as ${c.file}`
   }
   return undefined
 }

@@ -56,6 +56,13 @@ export const StoreOptionsSchema = z.strictObject({
    * makes new stores with {@link NEW_STORE_OPTIONS}.
    */
   'vm-compress': z.enum(['zstd', 'none']).default('none'),
+  /**
+   * How container tar archives are compressed, vzdump's `compress` names: `zstd` (seekable
+   * frames, `archive.tar.zst`), `gzip` (`.tar.gz`), `lzo` (`.tar.lzo`) or `none` (`.tar`).
+   * Absent (an older store, a Proxmox storage without `gb-lxc-compress`): `none`; `init` makes
+   * new stores with {@link NEW_STORE_OPTIONS}. squashfs archives are always zstd-compressed.
+   */
+  'lxc-compress': z.enum(['zstd', 'gzip', 'lzo', 'none']).default('none'),
   /** Protected backups allowed per guest and type; -1 unlimited. */
   'max-protected-backups': z.number().int().min(-1).default(-1),
 })
@@ -64,9 +71,10 @@ export const StoreOptionsSchema = z.strictObject({
  * Options a store made by `init` starts with where they differ from the schema's defaults
  * (which are what a store file without them means, so older stores keep their behaviour).
  */
-export const NEW_STORE_OPTIONS = { 'vm-compress': 'zstd' } as const satisfies Partial<
-  z.input<typeof StoreOptionsSchema>
->
+export const NEW_STORE_OPTIONS = {
+  'vm-compress': 'zstd',
+  'lxc-compress': 'zstd',
+} as const satisfies Partial<z.input<typeof StoreOptionsSchema>>
 
 /** Validated store options. */
 export type StoreOptions = z.infer<typeof StoreOptionsSchema>

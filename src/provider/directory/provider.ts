@@ -46,7 +46,9 @@ import { findIncrementalBase } from './incremental.ts'
 import type { IncrementalBase } from './incremental.ts'
 import { allocatedBytes } from './fsutil.ts'
 import { readBitmapRecord, writeBitmapRecord } from './bitmap-record.ts'
-import { ARCHIVE_FILES, backupVmDisks, writeContainerArchive } from './backup-data.ts'
+import { backupVmDisks } from './backup-data.ts'
+import { archiveFileOf } from './archive-files.ts'
+import { writeContainerArchive } from './ct-archive.ts'
 import { baseManifest, commitBackup, inStore, writeConfigs } from './commit.ts'
 import { discardCommitted, discardUncommitted, keepTaskLog } from './discard.ts'
 import { guestDir, reclaimInPlace, sweepLeftovers } from './in-place.ts'
@@ -345,14 +347,17 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     }
     await writeConfigs(this.#layout, g, guestConfig, info)
     const mode = this.#options['lxc-backup-mode']
-    const archive = await inStore(this.#layout, g, ARCHIVE_FILES[mode], () =>
-      writeContainerArchive(g.partial, mode, excludePatterns, info, this.#log),
+    const compress = {
+      type: info.compress?.type ?? this.#options['lxc-compress'],
+      zstdThreads: info.compress?.zstdThreads ?? 0,
+    }
+    const archive = await inStore(this.#layout, g, archiveFileOf(mode, compress.type), () =>
+      writeContainerArchive(g.partial, mode, compress, excludePatterns, info, this.#log),
     )
-    const { warnings, members, acls } = archive
+    const { warnings, members, frames, file, acls } = archive
     for (const w of warnings) this.#log('warn', w)
     // A container archive stands alone (no chain): verify-after-backup `first` reads it back
     // too. A squashfs archive's digest was taken by reading it back already.
-    const file = ARCHIVE_FILES[mode]
     if (this.#options['verify-after-backup'] !== 'never' && mode === 'tar') {
       if ((await digestOf(g.partial, file, info.signal)) !== archive.digests[file]) {
         throw new BackupError('VERIFY_FAILED', `${file} reads back differently than it was written`)
@@ -367,7 +372,11 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
           file,
           format: mode,
           excludes: [...excludePatterns],
-          digest: { algorithm: 'sha256', ...(members === undefined ? {} : { members }) },
+          digest: {
+            algorithm: 'sha256',
+            ...(members === undefined ? {} : { members }),
+            ...(frames === undefined ? {} : { frames }),
+          },
           ...(acls === undefined ? {} : { acls }),
           ...(info.idMap === undefined ? {} : { idmap: info.idMap.map(formatIdMapEntry) }),
         },

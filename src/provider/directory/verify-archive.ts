@@ -24,7 +24,7 @@ import type { Dir } from '../../io/beneath.ts'
 import { spawnTool } from '../../io/spawn.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import { compareTrees, proveMembers } from './prove-tree.ts'
-import { MEMBERS_FILE } from './backup-data.ts'
+import { MEMBERS_FILE } from './archive-files.ts'
 import { digestOf } from './digests.ts'
 import type { Manifest } from './manifest.ts'
 

@@ -152,7 +152,7 @@ describe('provider/directory/provider: Proxmox call order', () => {
     assert.deepEqual(await listed(201), [`st:backup/${archiveName}`])
     await endTask(p, 201, true)
     assert.equal((await lstat(bdir)).uid, 0)
-    assert.equal((await lstat(join(bdir, 'archive.tar'))).mode & 0o7777, 0o600)
+    assert.equal((await lstat(join(bdir, 'archive.tar.zst'))).mode & 0o7777, 0o600)
 
     // A killed in-place run leaves a final-named dir without manifest: the next backupInit removes it.
     const q = storage.newBackupProvider(() => undefined)

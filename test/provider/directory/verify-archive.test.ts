@@ -42,7 +42,16 @@ describe('provider/directory/verify-archive', () => {
     mode: 'tar' | 'squashfs',
   ): Promise<{ bdir: Dir; m: Manifest; path: string; restored: string }> => {
     const store = join(dir, `store-${mode}`)
-    await runCliInProcessOk(['init', store, '--id', 'st', '--lxc-backup-mode', mode])
+    await runCliInProcessOk([
+      'init',
+      store,
+      '--id',
+      'st',
+      '--lxc-backup-mode',
+      mode,
+      '--lxc-compress',
+      'none',
+    ])
     const args = backupArgs(store, 300, join(dir, 'ct.conf'))
     for (const e of TREE_EXCLUDES) args.push('--exclude-path', e)
     const b = await runCliInProcessOk([...args, '--rootfs', root, '--json'])

@@ -21,6 +21,9 @@ mkdir($store) or die "$store: $!";
 # GB_E2E_LXC_MODE=squashfs (vzdump-ct-squashfs.t): the restore gets an archive-directory.
 my $mode = $ENV{GB_E2E_LXC_MODE} // 'tar';
 my $scfg = { type => 'guestbackup', path => $store, 'gb-lxc-backup-mode' => $mode };
+# GB_E2E_LXC_COMPRESS=zstd|gzip|lzo (vzdump-ct-compress.t): the storage's gb-lxc-compress.
+my $compress = $ENV{GB_E2E_LXC_COMPRESS};
+$scfg->{'gb-lxc-compress'} = $compress if defined($compress);
 
 # a small container tree that passes check_tar_archive (an sbin/ entry, >= 10 members)
 my $rootfs = "$TMP/rootfs";
@@ -95,7 +98,13 @@ SKIP: {
         # from the path's suffix, and a path without `.tar[.ext]` dies "does not look like a
         # template archive".
         like($ri->{'tar-path'}, qr/\.tar(\.[^.]+)?$/, 'tar-path ends like a tar archive');
-        run_ok("tar xpf '$ri->{'tar-path'}' -C $out --anchored --exclude './dev/*'");
+        # tar_compression_option's table: the suffix names the decompressor pct restore uses.
+        my %by_suffix = (tar => '', 'tar.zst' => '--zstd', 'tar.gz' => '-z', 'tar.lzo' => '--lzop');
+        my ($suffix) = $ri->{'tar-path'} =~ /\.(tar(?:\.[^.]+)?)$/;
+        my %want = (zstd => 'tar.zst', gzip => 'tar.gz', lzo => 'tar.lzo');
+        is($suffix, $want{$compress // ''} // 'tar', "tar-path's suffix names the compression");
+        my $copt = $by_suffix{$suffix} // die "no decompressor for .$suffix";
+        run_ok("tar xpf '$ri->{'tar-path'}' $copt -C $out --anchored --exclude './dev/*'");
     } else {
         ok(-d $ri->{'archive-directory'}, 'archive-directory is a directory');
         run_ok("tar cpf - -C '$ri->{'archive-directory'}' . | tar xpf - -C $out");

@@ -83,6 +83,13 @@ sub properties {
             enum => ['zstd', 'none'],
             default => 'none',
         },
+        'gb-lxc-compress' => {
+            description => "guestbackup: compress container tar archives as vzdump's"
+                . " 'compress' names it ('zstd', 'gzip', 'lzo'), or 'none'.",
+            type => 'string',
+            enum => ['zstd', 'gzip', 'lzo', 'none'],
+            default => 'none',
+        },
     };
 }
 
@@ -98,6 +105,7 @@ sub options {
         'gb-incremental-sample' => { optional => 1 },
         'gb-verify-after-backup' => { optional => 1 },
         'gb-vm-compress' => { optional => 1 },
+        'gb-lxc-compress' => { optional => 1 },
     };
 }
 
