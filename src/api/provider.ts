@@ -279,6 +279,13 @@ export type RestoreContainerSource =
        * capabilities through the mount); Proxmox's pve-container never sees this key.
        */
       squashfsImage?: string
+      /**
+       * guestbackup extension, optional: a file of the tree's POSIX ACLs as `getfacl -R -P -n
+       * --skip-base .` writes them (names relative to the tree's root), which squashfs cannot
+       * store. guestbackup's own host applies it once the tree is unpacked; Proxmox's
+       * pve-container never sees this key, so a Proxmox restore of a squashfs backup has no ACLs.
+       */
+      posixAcls?: string
     }
 
 /** Options passed to long restore calls. */

@@ -19,13 +19,15 @@ import { BackupError } from '../errors.ts'
 export const MAX_LISTING_LINE = 64 * 1024
 
 /** The root's name in the listing: unsquashfs' default destination. */
-const ROOT = 'squashfs-root'
+export const LISTING_ROOT = 'squashfs-root'
+const ROOT = LISTING_ROOT
 
 /**
  * One `-lln` line: type, permissions, `uid/gid`, size (or `major, minor`), date, time, path
  * (for a symlink `path -> target`). See `unsquashfs.c`, `print_filename()`.
  */
-const LINE = /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:(\d+)|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
+export const LISTING_LINE =
+  /^([-dlcbps])[-rwxsStT]{9} \d+\/\d+ +(?:(\d+)|\d+, *\d+) \d+-\d\d-\d\d \d\d:\d\d (.*)$/
 
 /** A directory on the current path: its path below the root and its last entry's name. */
 interface Dir {
@@ -45,6 +47,12 @@ export interface SquashfsListingResult {
    * about the rest of the image, which must be extracted another way.
    */
   unverifiable?: string
+  /**
+   * The sockets listed (paths below the root, latin1: one character per byte). unsquashfs
+   * creates them; tar, Proxmox's archiver, skips them ("socket ignored"), so the restore
+   * removes them again.
+   */
+  sockets: string[]
 }
 
 /** See the module comment. One instance per listing; feed it every line, then call `end`. */
@@ -54,6 +62,7 @@ export class SquashfsListingCheck {
   #members = 0
   #bytes = 0
   #unverifiable: string | undefined
+  readonly #sockets: string[] = []
 
   /** `archive` names the image in errors. */
   constructor(archive: string) {
@@ -72,7 +81,7 @@ export class SquashfsListingCheck {
    */
   line(raw: string): void {
     if (this.#unverifiable !== undefined) return
-    const m = raw.length > MAX_LISTING_LINE ? null : LINE.exec(raw)
+    const m = raw.length > MAX_LISTING_LINE ? null : LISTING_LINE.exec(raw)
     if (m === null) {
       this.#unverifiable = raw.slice(0, 200)
       return
@@ -114,15 +123,21 @@ export class SquashfsListingCheck {
       throw this.#refuse(rel, `member ${rel} is a duplicate or out of order`)
     }
     dir.last = name
+    if (type === 's') this.#sockets.push(rel)
     if (type === 'd') this.#stack.push({ path: rel, last: undefined })
   }
 
   /** The listing ended: `ARCHIVE_INVALID` if it had no root. */
   end(): SquashfsListingResult {
     if (this.#unverifiable !== undefined) {
-      return { members: this.#members, bytes: this.#bytes, unverifiable: this.#unverifiable }
+      return {
+        members: this.#members,
+        bytes: this.#bytes,
+        unverifiable: this.#unverifiable,
+        sockets: this.#sockets,
+      }
     }
     if (this.#members === 0) throw this.#refuse('', 'the listing is empty')
-    return { members: this.#members, bytes: this.#bytes }
+    return { members: this.#members, bytes: this.#bytes, sockets: this.#sockets }
   }
 }

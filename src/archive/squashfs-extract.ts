@@ -4,6 +4,7 @@
  * of a `tar c | tar x` of the squashfuse mount relayed through Node. The image's listing is
  * checked first (squashfs-check.ts); only the capabilities come from the mount.
  */
+import { lstat, lutimes, unlink } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { throwIfAborted } from '../errors.ts'
@@ -51,6 +52,27 @@ export interface ExtractSquashfsResult {
   warnings: string[]
 }
 
+/**
+ * Remove the sockets unsquashfs created (`rels`: listed paths, latin1), as tar never restores
+ * one, and give each parent directory back the times unsquashfs set. Members below `dev/` were
+ * not extracted. A listed path that is not a socket in the target is left alone; unsquashfs
+ * refused any path through a symlink (see {@link extractSquashfs}).
+ */
+const dropSockets = async (target: string, rels: readonly string[]): Promise<void> => {
+  const root = resolve(target)
+  for (const rel of rels) {
+    if (rel.startsWith('dev/')) continue
+    const path = Buffer.concat([Buffer.from(`${root}/`), Buffer.from(rel, 'latin1')])
+    const slash = path.lastIndexOf('/')
+    const parent = path.subarray(0, slash)
+    const st = await lstat(path).catch(() => undefined)
+    if (st?.isSocket() !== true) continue
+    const p = await lstat(parent)
+    await unlink(path)
+    await lutimes(parent, p.atime, p.mtime)
+  }
+}
+
 /** List `image` with `unsquashfs -lln`, each line through the check. */
 const checkListing = async (
   image: string,
@@ -89,7 +111,7 @@ const checkListing = async (
  * {@link extractDirectory} does). This keeps what the tar copy of the mount keeps (tar.ts,
  * `RESTORE_TAR_FLAGS`: `user.*` and `security.capability`; no `trusted.*`, no other
  * `security.*`; squashfs stores no ACLs) and skips `./dev/*` the same way; sparse files stay
- * sparse. squashfs-tools 4.5.1 (Debian 12) has no `-xattrs-include`, hence `-user-xattrs` and
+ * sparse; sockets are removed again, as tar never restores one. squashfs-tools 4.5.1 (Debian 12) has no `-xattrs-include`, hence `-user-xattrs` and
  * the capabilities from the mount. As root, unsquashfs restores the archived owners, setuid
  * bits and device nodes (except below `./dev/`), as tar does.
  *
@@ -145,6 +167,7 @@ export const extractSquashfs = async (
     onProgress(total, total)
   }
   const warnings = stderrLines(tool.stderr())
+  await dropSockets(opts.target, listing.sockets)
   warnings.push(...(await reapplyCapabilities(opts.mount, opts.target, opts.signal)))
   return { members: listing.members, warnings }
 }

@@ -8,6 +8,7 @@ import type { IdMap } from '../api/idmap.ts'
 import { formatIdMapEntry, rootGid, rootUid } from '../api/idmap-parse.ts'
 import type { RestoreContainer } from '../api/provider.ts'
 import { extractDirectory, extractSquashfs, extractTarArchive } from '../archive/index.ts'
+import { applyPosixAcls } from '../archive/squashfs-acls.ts'
 import { BackupError } from '../errors.ts'
 import { UserNamespace } from '../io/userns.ts'
 import type { TaskLog } from './task-log.ts'
@@ -54,6 +55,28 @@ export const restoreMap = (src: RestoreContainer, o: CtRestoreOptions): IdMap | 
   return o.idMap
 }
 
+/**
+ * Set the POSIX ACLs a squashfs backup recorded beside its image (`posixAcls`) on the unpacked
+ * tree, in `namespace` when the tree was unpacked there (the record holds the ids the archive
+ * holds), as tar x sets them from the archive.
+ */
+const applyAcls = async (
+  src: RestoreContainer,
+  rootfs: string,
+  o: CtRestoreOptions,
+  namespace: UserNamespace | undefined,
+): Promise<void> => {
+  if ('tarPath' in src || src.posixAcls === undefined) return
+  const r = await applyPosixAcls({
+    record: src.posixAcls,
+    target: rootfs,
+    namespace,
+    signal: o.signal,
+  })
+  o.log.info(`POSIX ACLs of ${r.applied} file(s) restored`)
+  for (const w of r.warnings) o.log.warn(w)
+}
+
 /** Unpack `src` into the existing empty `rootfs` (see the module comment). */
 export const unpackContainer = async (
   src: RestoreContainer,
@@ -89,6 +112,7 @@ export const unpackContainer = async (
       ...progress,
     })
     for (const w of r.warnings) o.log.warn(w)
+    await applyAcls(src, rootfs, o, namespace)
     return
   }
   if ('tarPath' in src) {
@@ -105,4 +129,5 @@ export const unpackContainer = async (
   } else {
     await extractDirectory({ source: src.archiveDirectory, target: rootfs, signal, ...progress })
   }
+  await applyAcls(src, rootfs, o, undefined)
 }

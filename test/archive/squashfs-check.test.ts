@@ -7,6 +7,7 @@ const DIR = 'drwxr-xr-x 0/0                      82 2026-12-02 16:27'
 const FILE = '-rw-r--r-- 1000/1001                 3 2026-12-02 16:27'
 const LINK = 'lrwxrwxrwx 0/0                       4 2026-12-02 16:27'
 const CDEV = 'crw-r--r-- 0/0                   1,  3 2026-12-02 16:27'
+const SOCK = 'srwxr-xr-x 0/0                       0 2026-12-02 16:27'
 
 /** Run a listing (`prefix path` lines, split where a name has a newline) through a check. */
 const check = (lines: readonly (readonly [string, string])[]) => {
@@ -34,12 +35,14 @@ describe('squashfs listing check', () => {
       [DIR, 'squashfs-root/d/e'],
       [FILE, 'squashfs-root/d/e/x'],
       [FILE, 'squashfs-root/d/f'],
+      [SOCK, 'squashfs-root/d/s'],
       [LINK, 'squashfs-root/l -> ../d'],
       [FILE, 'squashfs-root/n\u00c3\u00bc'], // "nü" as UTF-8 bytes read as latin1
       [FILE, 'squashfs-root/with space -> not a link'],
     ])
     // Five regular files of FILE's 3 bytes each: the total the restore's progress runs to.
-    assert.deepEqual(r, { members: 10, bytes: 15 })
+    // Sockets are listed for the restore to remove (tar never restores one).
+    assert.deepEqual(r, { members: 11, bytes: 15, sockets: ['d/s'] })
   })
 
   it('refuses a member listed after a symlink of its parent name (no directory before it)', () => {
@@ -91,12 +94,13 @@ describe('squashfs listing check', () => {
   it('marks the listing unverifiable at a line it cannot read, and checks nothing after it', () => {
     // A name with a newline: its second half is a line of its own.
     const r = check([ROOT, [FILE, 'squashfs-root/a\nb'], [FILE, 'squashfs-root/../x']])
-    assert.deepEqual(r, { members: 2, bytes: 3, unverifiable: 'b' })
+    assert.deepEqual(r, { members: 2, bytes: 3, unverifiable: 'b', sockets: [] })
     const arrows = check([ROOT, [LINK, 'squashfs-root/a -> b -> c']])
     assert.deepEqual(arrows, {
       members: 1,
       bytes: 0,
       unverifiable: `${LINK} squashfs-root/a -> b -> c`,
+      sockets: [],
     })
     const long = check([ROOT, [FILE, `squashfs-root/${'x'.repeat(70_000)}`]])
     assert.equal(long.members, 1)

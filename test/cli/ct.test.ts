@@ -11,7 +11,6 @@ import {
   allocatedBytes,
   buildTree,
   treeManifest,
-  withoutAcls,
   withoutPaths,
 } from '../helpers/tree.ts'
 import type { Manifest } from '../helpers/tree.ts'
@@ -60,12 +59,12 @@ describe('cli: container backup and restore', () => {
       const restored = join(target, 'rootfs')
       let want = withoutPaths(await treeManifest(root), TREE_EXCLUDED)
       let got = await treeManifest(restored)
-      // squashfs stores no POSIX ACLs (squashfs-tools' mksquashfs keeps xattrs only), and squashfuse lists security.*
-      // xattrs as trusted.*, so tar reading the mount drops them: documented limits of
-      // lxc-backup-mode squashfs, compared without them.
+      // squashfs stores no POSIX ACLs, but the backup records them beside the image
+      // (archive.acls) and restore re-applies them: compared with them. squashfuse lists
+      // security.* xattrs as trusted.*; only file capabilities are copied back from the mount.
       if (mode === 'squashfs') {
-        want = withoutSecurity(withoutAcls(want))
-        got = withoutSecurity(withoutAcls(got))
+        want = withoutSecurity(want)
+        got = withoutSecurity(got)
       }
       // The root directory itself is created by restore; compare its contents. Restore skips
       // ./dev/* like Proxmox (device nodes are the container runtime's business).

@@ -22,6 +22,12 @@ export const ARCHIVE_FILE_NAMES = Object.values(ARCHIVE_FILES)
 /** The members file beside a tar archive (one JSON line per member, see `tar-members.ts`). */
 export const MEMBERS_FILE = 'archive.members'
 
+/**
+ * The POSIX ACLs of the tree beside a squashfs archive (`getfacl` text, see
+ * `archive/squashfs-acls.ts`): squashfs cannot store them.
+ */
+export const ACLS_FILE = 'archive.acls'
+
 /** The file name of an archive of `mode`, compressed as `compress` (tar only). */
 export const archiveFileOf = (
   mode: 'tar' | 'squashfs',

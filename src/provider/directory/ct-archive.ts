@@ -8,7 +8,8 @@ import type {
   ProviderLogFunction,
 } from '../../api/provider.ts'
 import type { ProgressInfo } from '../../api/progress.ts'
-import { createSquashfs } from '../../archive/squashfs.ts'
+import { SQUASHFS_ACL_WARNING, createSquashfs } from '../../archive/squashfs.ts'
+import { dumpPosixAcls } from '../../archive/squashfs-acls.ts'
 import { createTarArchive } from '../../archive/tar.ts'
 import { zstdThreads } from '../../archive/zstd-frames.ts'
 import { sha256Hex } from '../../digest/blocks.ts'
@@ -17,7 +18,7 @@ import type { Dir } from '../../io/beneath.ts'
 import { TokenBucket } from '../../io/throttle.ts'
 import { UserNamespace } from '../../io/userns.ts'
 import { startArchiveWalk } from './ct-walk.ts'
-import { FRAMES_FILE, MEMBERS_FILE, archiveFileOf } from './archive-files.ts'
+import { ACLS_FILE, FRAMES_FILE, MEMBERS_FILE, archiveFileOf } from './archive-files.ts'
 import type { ArchiveFileName } from './archive-files.ts'
 import { digestOf } from './digests.ts'
 
@@ -30,11 +31,13 @@ export interface ContainerArchive {
   /**
    * SHA-256 of the files written, by name: the archive (tar: hashed in the relay's pass;
    * squashfs: read back once, mksquashfs writes the file itself) and, for tar, the members file
-   * (and the frame index of a zstd archive).
+   * (and the frame index of a zstd archive), for squashfs the ACL record.
    */
   digests: Record<string, string>
   /** tar: the members file's name. */
   members?: string
+  /** squashfs: the ACL record's name ({@link ACLS_FILE}). */
+  acls?: string
   /** zstd: the frame index's name. */
   frames?: string
 }
@@ -70,10 +73,24 @@ export const writeContainerArchive = async (
       ...(progress === undefined ? {} : { onBytesRead: progress.update }),
     })
     await progress?.end()
+    // As getfacl ran where mksquashfs ran: in the namespace, the ids are the container's view.
+    const acls = await dumpPosixAcls({
+      directory: info.directory,
+      image: output,
+      output: dir.at(ACLS_FILE),
+      namespace,
+      signal: info.signal,
+    })
+    log('info', `${ACLS_FILE}: POSIX ACLs of ${acls.records} file(s) recorded beside ${file}`)
     return {
       file,
-      warnings: [...r.warnings],
-      digests: { [file]: await digestOf(dir, file, info.signal) },
+      // The ACLs mksquashfs dropped are in the record.
+      warnings: [...r.warnings.filter((w) => w !== SQUASHFS_ACL_WARNING), ...acls.warnings],
+      digests: {
+        [file]: await digestOf(dir, file, info.signal),
+        [ACLS_FILE]: await digestOf(dir, ACLS_FILE, info.signal),
+      },
+      acls: ACLS_FILE,
     }
   }
   const threads = compress.type === 'zstd' ? zstdThreads(compress.zstdThreads) : 1

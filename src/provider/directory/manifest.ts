@@ -7,7 +7,13 @@ import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
 import { sha256Hex } from '../../digest/blocks.ts'
 import { BackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
-import { ARCHIVE_FILE_NAMES, ARCHIVE_FILES, FRAMES_FILE, MEMBERS_FILE } from './archive-files.ts'
+import {
+  ACLS_FILE,
+  ARCHIVE_FILE_NAMES,
+  ARCHIVE_FILES,
+  FRAMES_FILE,
+  MEMBERS_FILE,
+} from './archive-files.ts'
 import { MANIFEST, VOLNAME_RE } from './layout.ts'
 import type { VolumeRef } from './layout.ts'
 
@@ -111,6 +117,11 @@ export const ManifestSchema = z.strictObject({
       /** Digests of the archive (version 2). */
       digest: ArchiveDigestSchema.optional(),
       /**
+       * squashfs: the file recording the tree's POSIX ACLs (`archive.acls`, getfacl text), which
+       * squashfs cannot store; restore applies it after unpacking. Absent: none recorded.
+       */
+      acls: FileName.optional(),
+      /**
        * The id map the archive was written under (an unprivileged container: its owners are the
        * container's view), as `lxc.idmap` entries `u 0 100000 65536`. Absent: privileged.
        */
@@ -213,6 +224,13 @@ const missingDigest = (m: Manifest): string | undefined => {
     (frames !== FRAMES_FILE || m.container?.file !== ARCHIVE_FILES.zstd)
   ) {
     return `names frame index ${frames}`
+  }
+  const acls = m.container?.acls
+  if (acls !== undefined) {
+    if (acls !== ACLS_FILE || m.container?.format !== 'squashfs') {
+      return `names ACL record ${acls}`
+    }
+    if (m.digests[acls] === undefined) return `records no digest of ${acls}`
   }
   const c = m.container
   if (c !== undefined && (c.format === 'squashfs') !== (c.file === ARCHIVE_FILES.squashfs)) {

@@ -354,7 +354,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
     const archive = await inStore(this.#layout, g, archiveFileOf(mode, compress.type), () =>
       writeContainerArchive(g.partial, mode, compress, excludePatterns, info, this.#log),
     )
-    const { warnings, members, frames, file } = archive
+    const { warnings, members, frames, file, acls } = archive
     for (const w of warnings) this.#log('warn', w)
     // A container archive stands alone (no chain): verify-after-backup `first` reads it back
     // too. A squashfs archive's digest was taken by reading it back already.
@@ -377,6 +377,7 @@ export class DirectoryProvider extends DirectoryRestore implements BackupProvide
             ...(members === undefined ? {} : { members }),
             ...(frames === undefined ? {} : { frames }),
           },
+          ...(acls === undefined ? {} : { acls }),
           ...(info.idMap === undefined ? {} : { idmap: info.idMap.map(formatIdMapEntry) }),
         },
         warnings,

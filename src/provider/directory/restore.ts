@@ -254,7 +254,17 @@ export class DirectoryRestore {
           await rm(mnt, { recursive: true, force: true })
         },
       })
-      return { archiveDirectory: mnt, squashfsImage: pin.path, ...map }
+      const acls = c.acls === undefined ? undefined : await b.dir.tryPin(c.acls)
+      if (c.acls !== undefined && acls === undefined) {
+        throw new BackupError('ARCHIVE_INVALID', `${volname} lacks ${c.acls}`)
+      }
+      if (acls !== undefined) this.#hold(volname, acls)
+      return {
+        archiveDirectory: mnt,
+        squashfsImage: pin.path,
+        ...(acls === undefined ? {} : { posixAcls: acls.path }),
+        ...map,
+      }
     } catch (e) {
       await this.#release(volname)
       throw e
