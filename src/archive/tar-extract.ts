@@ -33,8 +33,8 @@ export interface ExtractTarOptions {
   /** Kills tar. The target may then hold a partial restore; the caller discards it. */
   signal?: AbortSignal | undefined
   /**
-   * Gets the bytes of the archive passed to tar and the archive's size, as they grow. Only for
-   * an uncompressed archive: a compressed one's stream size is not known before its end.
+   * Gets the bytes of the archive file read and its size, as they grow (for an uncompressed
+   * archive, the bytes passed to tar).
    */
   onProgress?: ((done: number, total: number) => void) | undefined
   /**
@@ -182,11 +182,12 @@ const tarStream = async (
   archive: string,
   group: Group,
   bucket: TokenBucket | undefined,
+  onRead?: (fileBytes: number) => void,
 ): Promise<AsyncIterable<Buffer>> => {
   const cmd = decompressorFor(archive)
   if (cmd === undefined) return fileChunks(archive, bucket, group.signal)
   const [prog, ...args] = cmd as [string, ...string[]]
-  if (bucket === undefined) {
+  if (bucket === undefined && onRead === undefined) {
     const fh = await open(archive, constants.O_RDONLY)
     try {
       const tool = spawnTool(prog, args, { stdin: fh.fd, signal: group.signal })
@@ -200,7 +201,12 @@ const tarStream = async (
   group.addTool(tool)
   // The pipe keeps references to what it was given: copies, as the reads reuse their buffer.
   async function* copies(): AsyncGenerator<Buffer> {
-    for await (const c of fileChunks(archive, bucket, group.signal)) yield Buffer.from(c)
+    let read = 0
+    for await (const c of fileChunks(archive, bucket, group.signal)) {
+      read += c.length
+      onRead?.(read)
+      yield Buffer.from(c)
+    }
   }
   const stdin = stdioOf(tool.stdin, group)
   group.add(pipeline(copies, stdin, { signal: group.signal }))
@@ -233,16 +239,25 @@ export const extractTarArchive = async (opts: ExtractTarOptions): Promise<Extrac
   if (!st.isFile()) throw new BackupError('USAGE', `archive ${opts.archive} is not a regular file`)
   await assertEmptyDirectory(opts.target, 'restore target')
   const bucket = opts.bandwidth?.limited === true ? opts.bandwidth : undefined
-  const progress = decompressorFor(opts.archive) === undefined ? opts.onProgress : undefined
+  const progress = opts.onProgress
+  const compressed = decompressorFor(opts.archive) !== undefined
   return await extractTarStream(opts, opts.archive, async (group) => {
-    const source = await tarStream(opts.archive, group, bucket)
-    if (progress === undefined) return source
+    // A compressed archive's progress is that of its file, read through Node to count it.
+    const onRead =
+      compressed && progress
+        ? (n: number) => {
+            progress(n, st.size)
+          }
+        : undefined
+    const source = await tarStream(opts.archive, group, bucket, onRead)
+    if (progress === undefined || compressed) return source
     return (async function* () {
       let done = 0
       for await (const chunk of source) {
         done += chunk.length
-        yield chunk
+        // Before the yield: the consumer stops at the end-of-archive blocks of the last chunk.
         progress(done, st.size)
+        yield chunk
       }
     })()
   })

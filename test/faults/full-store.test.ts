@@ -144,13 +144,21 @@ describe('faults: full disks', () => {
     await runCliInProcessOk(['remove', '--store', store, ok.volid])
   })
 
-  it('a container backup into a full store fails with one line naming the store (tar, squashfs)', async () => {
+  it('a container backup into a full store fails with one line naming the store (tar, tar.zst, squashfs)', async () => {
     await writeFile(join(rootfs, 'more'), randomBytes(12 * MiB))
-    for (const [mode, file] of [
-      ['tar', 'archive.tar'],
-      ['squashfs', 'archive.sqfs'],
+    for (const [mode, file, compress] of [
+      ['tar', 'archive.tar', 'none'],
+      ['tar', 'archive.tar.zst', 'zstd'],
+      ['squashfs', 'archive.sqfs', 'none'],
     ] as const) {
-      await runCliInProcessOk(['init', store, '--lxc-backup-mode', mode])
+      await runCliInProcessOk([
+        'init',
+        store,
+        '--lxc-backup-mode',
+        mode,
+        '--lxc-compress',
+        compress,
+      ])
       await sleep(1100)
       await fs.leaveFree(4 * MiB)
       const r = await cli(backupCt())

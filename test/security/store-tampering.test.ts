@@ -307,7 +307,7 @@ describe('security: a tampered store never reaches outside it', { concurrency: 2
     }
 
     tplFull = join(base, 'tpl-full')
-    await setupOk(['init', tplFull])
+    await setupOk(['init', tplFull, '--lxc-compress', 'none'])
     const vm = (): string[] => [
       ...backupArgs(tplFull, 100, vmConf(), '--firewall-config', fwConf()),
       ...['--disk', `scsi0=${join(src, 'disk-full.qcow2')}`, '--json'],

@@ -39,7 +39,8 @@ describe('cli progress: container archives, restores and merges', () => {
   for (const mode of ['tar', 'squashfs'] as const) {
     it(`shows a ${mode} container backup and its restore`, async () => {
       const store = join(dir, `store-${mode}`)
-      await runCliInProcessOk(['init', store, '--lxc-backup-mode', mode])
+      // Uncompressed: a compressed archive's restore counts the bytes of its file.
+      await runCliInProcessOk(['init', store, '--lxc-backup-mode', mode, '--lxc-compress', 'none'])
       const b = await runCliInProcessOk(
         backupArgs(store, 200, join(dir, 'ct.conf'), '--rootfs', join(dir, 'root')),
       )
@@ -52,6 +53,20 @@ describe('cli progress: container archives, restores and merges', () => {
       assertFinished(r.stderr, /^8\.\d MiB$/)
     })
   }
+
+  it('shows a tar.zst restore by the bytes of its file', async () => {
+    const store = join(dir, 'store-zst')
+    await runCliInProcessOk(['init', store])
+    const b = await runCliInProcessOk(
+      backupArgs(store, 200, join(dir, 'ct.conf'), '--rootfs', join(dir, 'root')),
+    )
+    const r = await runCliInProcessOk([
+      ...['restore', volumeOf(b.stdout), '--store', store],
+      ...['--target', join(dir, 'restored-zst')],
+    ])
+    // 8 MiB of repeated bytes: the archive file is a few hundred bytes.
+    assertFinished(r.stderr, /^\d+\.\d B$/)
+  })
 
   it('shows the merge of a removed backup into its dependant', async () => {
     const store = join(dir, 'store-vm')
