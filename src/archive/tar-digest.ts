@@ -12,8 +12,10 @@ import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { Transform } from 'node:stream'
 import type { TransformCallback } from 'node:stream'
+import { BackupError } from '../errors.ts'
 import { TarMemberParser } from './tar-members.ts'
-import type { TarMember } from './tar-members.ts'
+import type { ContentSpans, TarMember } from './tar-members.ts'
+import type { SpanDigests } from '../digest/span-hasher.ts'
 
 /** Pending member lines are written once they reach this size. */
 const FLUSH_BYTES = 1024 * 1024
@@ -39,25 +41,67 @@ export interface MembersResult {
 }
 
 /**
+ * The members one chunk completed, with their content digests still to come (see
+ * {@link MembersSink.parse}).
+ */
+export interface MemberBatch {
+  members: TarMember[]
+  /** The stream-wide index of the first of `members`. */
+  first: number
+  /** Where the deferred contents lie (tar-members.ts `ContentSpans`). */
+  spans: ContentSpans
+}
+
+/**
  * The members file of a tar stream being written: the stream is parsed as it is pushed, and
  * the members' lines are gathered and written in large writes; the file's SHA-256 is taken
- * from the same bytes.
+ * from the same bytes. Either `push` does it all, or (`deferContent`) `parse` reads the
+ * headers and `complete` takes the content digests hashed elsewhere from the same bytes.
  */
 export class MembersSink implements AsyncDisposable {
   readonly #fh: FileHandle
   readonly #hash = createHash('sha256')
-  readonly #parser = new TarMemberParser()
+  readonly #parser: TarMemberParser
   #pending: string[] = []
   #bytes = 0
   #count = 0
+  #parsed = 0
 
-  private constructor(fh: FileHandle) {
+  private constructor(fh: FileHandle, deferContent: boolean) {
     this.#fh = fh
+    this.#parser = new TarMemberParser({ deferContent })
   }
 
-  /** Open the existing, empty file `path` (the members file's partial). */
-  static async open(path: string): Promise<MembersSink> {
-    return new MembersSink(await open(path, constants.O_WRONLY))
+  /**
+   * Open the existing, empty file `path` (the members file's partial); `deferContent` for a
+   * caller that hashes plain files' contents itself (`parse`, `complete`).
+   */
+  static async open(path: string, opts: { deferContent?: boolean } = {}): Promise<MembersSink> {
+    return new MembersSink(await open(path, constants.O_WRONLY), opts.deferContent === true)
+  }
+
+  /** `deferContent`: parse the next bytes; pass the batch to `complete` once hashed. */
+  parse(chunk: Buffer): MemberBatch {
+    const members = this.#parser.push(chunk)
+    const first = this.#parsed
+    this.#parsed += members.length
+    return { members, first, spans: this.#parser.takeSpans() }
+  }
+
+  /**
+   * Take a batch from `parse` (batches in order) with the digests of the spans that ended in
+   * its chunk; every member whose content was deferred must have one. Returns a promise only
+   * when lines are written.
+   */
+  complete(batch: MemberBatch, digests: SpanDigests): Promise<void> | undefined {
+    batch.members.forEach((m, i) => {
+      if (m.type !== 'file' || m.sha256 !== undefined) return
+      const d = digests.get(batch.first + i)
+      if (d === undefined)
+        throw new BackupError('INTERNAL', `member ${batch.first + i} got no content digest`)
+      m.sha256 = d
+    })
+    return this.#queue(batch.members)
   }
 
   /**
@@ -65,7 +109,11 @@ export class MembersSink implements AsyncDisposable {
    * a `TarParseError` (`ARCHIVE_INVALID`). Returns a promise only when lines are written.
    */
   push(chunk: Buffer): Promise<void> | undefined {
-    for (const m of this.#parser.push(chunk)) {
+    return this.#queue(this.#parser.push(chunk))
+  }
+
+  #queue(members: readonly TarMember[]): Promise<void> | undefined {
+    for (const m of members) {
       const line = memberLine(m)
       this.#pending.push(line)
       this.#bytes += line.length

@@ -47,6 +47,13 @@ import type { Sparse } from './tar-sparse.ts'
 export { MAX_META, MAX_SPARSE_ENTRIES, TAR_BLOCK, TarParseError } from './tar-format.ts'
 export type { TarMember, TarMemberType } from './tar-format.ts'
 
+/**
+ * Where deferred content lies: flat quadruples `id, start, end, last` (stream offsets, `end`
+ * exclusive), `id` the member's index among all members of the stream, `last` 1 on the
+ * member's final (possibly empty) span. Flat numbers, because they cross to a thread.
+ */
+export type ContentSpans = number[]
+
 /** The member whose header blocks are being read. */
 interface Pending {
   offset: number
@@ -77,6 +84,12 @@ export interface TarParserOptions {
   /** Take the SHA-256 of headers and contents (`header`, `sha256`). Default true. */
   digests?: boolean
   /**
+   * Leave the content digest of plain (not sparse) files to the caller: their records come
+   * without `sha256`, and {@link TarMemberParser.takeSpans} says where their content lies in the
+   * stream, so another thread can hash it from the same bytes (tar-follow.ts).
+   */
+  deferContent?: boolean
+  /**
    * Called with each member (without digests) once all its header blocks are read and before
    * any of its content; throwing stops the parse. `flag` is the header's type flag.
    */
@@ -86,6 +99,11 @@ export interface TarParserOptions {
 /** See the module comment. One instance per tar stream. */
 export class TarMemberParser {
   readonly #digests: boolean
+  readonly #defer: boolean
+  /** Deferred content spans not yet taken (see {@link ContentSpans}). */
+  #spans: number[] = []
+  /** Members completed so far: the id of the member being read. */
+  #done = 0
   readonly #check: ((member: TarMember, flag: string) => void) | undefined
   #state: State = 'header'
   #pos = 0
@@ -107,6 +125,7 @@ export class TarMemberParser {
 
   constructor(opts: TarParserOptions = {}) {
     this.#digests = opts.digests ?? true
+    this.#defer = opts.deferContent === true && this.#digests
     this.#check = opts.onHeader
   }
 
@@ -135,6 +154,16 @@ export class TarMemberParser {
   /** True once the two end-of-archive blocks were read. */
   get ended(): boolean {
     return this.#state === 'end'
+  }
+
+  /**
+   * The deferred content spans found since the last call (see {@link ContentSpans}), in stream
+   * order; with `deferContent` only.
+   */
+  takeSpans(): ContentSpans {
+    const s = this.#spans
+    this.#spans = []
+    return s
   }
 
   /** Feed the next bytes; returns the members they complete, in order. */
@@ -349,7 +378,9 @@ export class TarMemberParser {
     const rec = must(this.#record)
     this.#check?.({ ...rec, size: p.sparse?.real ?? rec.size }, this.#flag)
     rec.header = p.hash?.digest('hex') ?? ''
-    if (rec.type === 'file' && this.#digests) this.#content = createHash('sha256')
+    if (rec.type === 'file' && this.#digests && !(this.#defer && p.sparse === undefined)) {
+      this.#content = createHash('sha256')
+    }
     this.#state = 'content'
     if (p.sparse !== undefined) {
       rec.size = p.sparse.real
@@ -384,10 +415,18 @@ export class TarMemberParser {
 
   #contentBytes(data: Buffer): void {
     const h = this.#content
-    if (h === undefined) return
+    if (h === undefined) {
+      if (this.#deferred()) this.#spans.push(this.#done, this.#pos, this.#pos + data.length, 0)
+      return
+    }
     const s = this.#member?.sparse
     if (s === undefined) h.update(data)
     else hashSparseContent(h, s, data)
+  }
+
+  /** Whether the current member's content digest is the caller's. */
+  #deferred(): boolean {
+    return this.#defer && this.#record?.type === 'file' && this.#member?.sparse === undefined
   }
 
   #finishContent(out: TarMember[]): void {
@@ -396,7 +435,10 @@ export class TarMemberParser {
     if (this.#content !== undefined) {
       if (s !== undefined) hashSparseTail(this.#content, s)
       rec.sha256 = this.#content.digest('hex')
+    } else if (this.#deferred()) {
+      this.#spans.push(this.#done, this.#pos, this.#pos, 1)
     }
+    this.#done++
     this.#content = undefined
     this.#member = undefined
     this.#record = undefined

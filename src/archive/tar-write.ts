@@ -3,9 +3,9 @@
  * and the members file (tar-digest.ts), chosen by `createTarArchive`:
  *
  * - **direct** (no bandwidth limit, no compression): tar's stdout *is* the archive file, so tar
- *   writes it as `tar -cf FILE` would, and Node reads the file behind it as it grows
- *   ({@link followFile}: large reads into one reused buffer, from the page cache) to hash and
- *   parse it. No byte is relayed through a pipe.
+ *   writes it as `tar -cf FILE` would, and Node reads the file behind it once as it grows
+ *   (tar-follow.ts: large reads from the page cache, parsed on the main thread, hashed on
+ *   another). No byte is relayed through a pipe.
  * - **relayed** (a bandwidth limit): tar writes to a pipe; Node gathers its output into one
  *   reused 1 MiB buffer, and per full buffer takes its tokens, parses, hashes and writes it.
  * - **compressed**: Node relays tar's output (limit, members) to the compressor: zstd as
@@ -17,23 +17,20 @@ import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { once } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { hashFollowing } from '../digest/follow.ts'
-import { BackupError, throwIfAborted } from '../errors.ts'
+import { BackupError } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import type { ToolNamespace } from '../io/userns.ts'
 import { Group, stdioOf } from './internal.ts'
 import type { MembersSink } from './tar-digest.ts'
+import { followTarFile } from './tar-follow.ts'
 import { ZstdFrameWriter } from './zstd-frames.ts'
 import type { FrameIndex } from './zstd-frames.ts'
 
-/** Size of the reads of {@link followFile} and of the relay's buffer. */
-const FOLLOW_BYTES = 4 * 1024 * 1024
+/** Size of the relay's buffer. */
 const RELAY_BYTES = 1024 * 1024
-/** How long {@link followFile} waits when it has caught up with the writer (ms). */
-const FOLLOW_POLL_MS = 2
 
 /** What a writer needs: tar's arguments (archive on stdout) and where the bytes go. */
 export interface TarWriteInput {
@@ -74,51 +71,6 @@ export interface TarCompression {
   threads: number
 }
 
-/** Options of {@link followFile}. */
-export interface FollowOptions {
-  /** Settles (either way) when the writer has exited, i.e. written everything it will. */
-  writerDone: Promise<unknown>
-  signal: AbortSignal
-  /** Gets each chunk in order; the buffer is reused once it returns (or its promise settles). */
-  onChunk: (chunk: Buffer) => Promise<void> | undefined
-}
-
-/**
- * Read the file `path` from its start while another process appends to it, until that process
- * has exited and the end is reached; returns the bytes read. Reads see everything written
- * before them (a regular file's page cache is shared, read(2)); after the writer's exit, one
- * more read to the end picks up its last writes.
- */
-export const followFile = async (path: string, o: FollowOptions): Promise<number> => {
-  const fh = await open(path, constants.O_RDONLY)
-  try {
-    const writer = { exited: false }
-    const exit = o.writerDone.then(
-      () => (writer.exited = true),
-      () => (writer.exited = true),
-    )
-    const buf = Buffer.allocUnsafe(FOLLOW_BYTES)
-    let pos = 0
-    for (;;) {
-      throwIfAborted(o.signal)
-      const wasExited = writer.exited
-      const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
-      if (bytesRead > 0) {
-        pos += bytesRead
-        await o.onChunk(buf.subarray(0, bytesRead))
-        continue
-      }
-      if (wasExited) return pos
-      const ac = new AbortController()
-      const tick = sleep(FOLLOW_POLL_MS, undefined, { signal: ac.signal }).catch(() => undefined)
-      await Promise.race([tick, exit])
-      ac.abort()
-    }
-  } finally {
-    await fh.close()
-  }
-}
-
 const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
   for (let at = 0; at < data.length;) {
     const { bytesWritten } = await fh.write(data, at, data.length - at)
@@ -127,14 +79,12 @@ const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
 }
 
 /**
- * tar with the archive file as its stdout; Node follows the file for the members, and a worker
- * thread follows it for the archive's SHA-256 (`hashFollowing`), so the two hashes of every byte
- * (member contents, the file) run on two cores beside tar.
+ * tar with the archive file as its stdout; Node follows the file once for the members and the
+ * archive's digest (tar-follow.ts), the hashing on a thread of its own beside tar.
  */
 const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
-  let tarBytes = 0
   try {
     const tar = spawnTool('tar', i.args, {
       stdin: 'ignore',
@@ -145,23 +95,16 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
       ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
-    const onChunk = (chunk: Buffer): Promise<void> | undefined => {
-      tarBytes += chunk.length
-      i.onBytes?.(tarBytes)
-      return i.members?.push(chunk)
-    }
-    const hashed = hashFollowing(i.partial, { writerDone: tar.done, signal: group.signal })
-    group.add(hashed)
-    group.add(followFile(i.partial, { writerDone: tar.done, signal: group.signal, onChunk }))
+    const followed = followTarFile(i.partial, {
+      writerDone: tar.done,
+      signal: group.signal,
+      members: i.members,
+      onBytes: i.onBytes,
+    })
+    group.add(followed)
     await group.settle()
-    const { digest, bytes } = await hashed
-    if (bytes !== tarBytes) {
-      throw new BackupError(
-        'INTERNAL',
-        `the archive was hashed over ${bytes} bytes, not ${tarBytes}`,
-      )
-    }
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, digest }
+    const { digest, bytes } = await followed
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes: bytes, digest }
   } finally {
     await out.close()
   }
@@ -294,11 +237,18 @@ const writeStream = async (i: TarWriteInput, type: 'gzip' | 'lzo'): Promise<TarW
   }
 }
 
+/**
+ * Whether {@link writeTar} takes the direct way for these options: its members sink must then be
+ * opened with `deferContent` (the contents are hashed beside the archive, tar-follow.ts).
+ */
+export const writesDirect = (i: Pick<TarWriteInput, 'compress' | 'bandwidth'>): boolean =>
+  i.compress === undefined && i.bandwidth?.limited !== true
+
 /** Run tar into `i.partial` the cheapest way its options allow (see the module comment). */
 export const writeTar = (i: TarWriteInput): Promise<TarWriteResult> => {
   const c = i.compress
   if (c?.type === 'zstd') return writeZstdFrames(i, c.threads)
   if (c !== undefined) return writeStream(i, c.type)
-  if (i.bandwidth?.limited === true) return writeRelayed(i)
+  if (!writesDirect(i)) return writeRelayed(i)
   return writeDirect(i)
 }

@@ -13,7 +13,7 @@ import { tarExcludeArgs } from './excludes.ts'
 import { stderrLines } from './internal.ts'
 import { MembersSink } from './tar-digest.ts'
 import type { MembersResult } from './tar-digest.ts'
-import { writeTar } from './tar-write.ts'
+import { writeTar, writesDirect } from './tar-write.ts'
 import type { TarCompression } from './tar-write.ts'
 import type { FrameIndex } from './zstd-frames.ts'
 
@@ -188,7 +188,9 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     async (partial) => {
       if (membersPath === undefined) return await write(partial, undefined)
       const r = await writeAtomically(membersPath, async (m) => {
-        await using sink = await MembersSink.open(m)
+        await using sink = await MembersSink.open(m, {
+          deferContent: writesDirect({ compress: opts.compress, bandwidth: opts.bandwidth }),
+        })
         return await write(partial, sink)
       })
       membersNamed = true

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { link, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createHash } from 'node:crypto'
 import fc from 'fast-check'
 import { run } from '../../src/io/spawn.ts'
 import { COMMON_TAR_FLAGS, createTarArchive } from '../../src/archive/tar.ts'
@@ -131,6 +132,62 @@ describe('archive/tar-members', () => {
       got.push(...one.push(data.subarray(8192)))
       one.end()
       assert.deepEqual(got, want)
+    })
+  }
+
+  /**
+   * `deferContent`: the records and spans of `data` cut at `cuts`, each file's content hashed
+   * from its spans as a caller's thread does.
+   */
+  const parseDeferred = (data: Buffer, cuts: number[] = []): TarMember[] => {
+    const p = new TarMemberParser({ deferContent: true })
+    const hashes = new Map<number, ReturnType<typeof createHash>>()
+    const digests = new Map<number, string>()
+    const out: TarMember[] = []
+    const points = [...new Set([0, ...cuts, data.length])].sort((a, b) => a - b)
+    for (let i = 1; i < points.length; i++) {
+      const base = points[i - 1] ?? 0
+      const chunk = data.subarray(base, points[i])
+      out.push(...p.push(chunk))
+      const s = p.takeSpans()
+      for (let j = 0; j < s.length; j += 4) {
+        const [id = -1, start = 0, end = 0, last = 0] = s.slice(j, j + 4)
+        // Spans lie within the chunk they were found in.
+        assert.ok(start >= base && end <= base + chunk.length && end >= start)
+        const h = hashes.get(id) ?? createHash('sha256')
+        hashes.set(id, h.update(data.subarray(start, end)))
+        if (last === 1) digests.set(id, h.digest('hex'))
+      }
+    }
+    p.end()
+    return out.map((m, id) => {
+      const d = digests.get(id)
+      if (m.type !== 'file' || m.sha256 !== undefined) {
+        assert.equal(d, undefined)
+        return m
+      }
+      assert.ok(d !== undefined, m.path)
+      return { ...m, sha256: d }
+    })
+  }
+
+  for (const format of ['pax', 'gnu'] as const) {
+    it(`leaves plain files' content digests to the caller with their spans (${format})`, () => {
+      const data = archives[format] ?? Buffer.alloc(0)
+      const want = parseAll(data)
+      // Sparse members are still hashed by the parser (holes as zeroes).
+      const deferred = new TarMemberParser({ deferContent: true }).push(data)
+      assert.ok(deferred.some((m) => m.path === './sparse' && m.sha256 !== undefined))
+      assert.ok(deferred.some((m) => m.path === './big' && m.sha256 === undefined))
+      fc.assert(
+        fc.property(
+          fc.array(fc.integer({ min: 0, max: data.length }), { maxLength: 40 }),
+          (cuts) => {
+            assert.deepEqual(parseDeferred(data, cuts), want)
+          },
+        ),
+        { numRuns: 60 },
+      )
     })
   }
 
