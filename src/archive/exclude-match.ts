@@ -212,9 +212,8 @@ const fullMatch = (toks: readonly Token[], s: readonly number[], end: number): b
   return ti === toks.length
 }
 
-/** fnmatch(3) with `FNM_LEADING_DIR` over units (bytes or code points). */
-const matchUnits = (p: readonly number[], s: readonly number[], wide: boolean): boolean => {
-  const toks = tokenize(p, wide)
+/** fnmatch(3) with `FNM_LEADING_DIR` over units, the pattern's tokens given. */
+const matchTokens = (toks: readonly Token[] | undefined, s: readonly number[]): boolean => {
   if (toks === undefined) return false
   if (fullMatch(toks, s, s.length)) return true
   for (let k = 0; k < s.length; k++) if (s[k] === SLASH && fullMatch(toks, s, k)) return true
@@ -235,16 +234,44 @@ const codePoints = (bytes: string): number[] | undefined => {
 const units = (bytes: string): number[] => Array.from(bytes, (ch) => ch.charCodeAt(0))
 
 /**
+ * A wildcard pattern made ready once for many names: its tokens over bytes and (UTF-8 locale)
+ * over code points, and the ASCII literal text it starts with, which every name it matches
+ * starts with too (an ASCII character is the same unit as a byte and as a code point, and no
+ * other code point's UTF-8 form holds an ASCII byte), so most names are refused by a
+ * `startsWith` alone.
+ */
+interface Fnmatcher {
+  readonly prefix: string
+  readonly bytes: Token[] | undefined
+  readonly wide: Token[] | undefined
+  readonly utf8: boolean
+}
+
+const compileFnmatch = (pattern: string, o: MatchOptions): Fnmatcher => {
+  const lead = /^[^*?[\\\]\x80-\xff]*/.exec(pattern)?.[0] ?? ''
+  const wp = o.utf8 ? codePoints(pattern) : undefined
+  return {
+    prefix: lead,
+    bytes: tokenize(units(pattern), false),
+    wide: wp === undefined ? undefined : tokenize(wp, true),
+    utf8: o.utf8,
+  }
+}
+
+const runFnmatch = (m: Fnmatcher, name: string): boolean => {
+  if (!name.startsWith(m.prefix)) return false
+  if (matchTokens(m.bytes, units(name))) return true
+  if (!m.utf8 || m.wide === undefined) return false
+  const ws = codePoints(name)
+  return ws !== undefined && matchTokens(m.wide, ws)
+}
+
+/**
  * fnmatch(3) as tar calls it for an exclude pattern with wildcards: no `FNM_PATHNAME`, no
  * `FNM_PERIOD`, with `FNM_LEADING_DIR`. `pattern` and `name` are byte strings.
  */
-export const fnmatchLeadingDir = (pattern: string, name: string, o: MatchOptions): boolean => {
-  if (matchUnits(units(pattern), units(name), false)) return true
-  if (!o.utf8) return false
-  const wp = codePoints(pattern)
-  const ws = codePoints(name)
-  return wp !== undefined && ws !== undefined && matchUnits(wp, ws, true)
-}
+export const fnmatchLeadingDir = (pattern: string, name: string, o: MatchOptions): boolean =>
+  runFnmatch(compileFnmatch(pattern, o), name)
 
 /** gnulib `fnmatch_pattern_has_wildcards` (without `EXCLUDE_REGEX`, `FNM_EXTMATCH`). */
 export const hasWildcards = (pattern: string): boolean => {
@@ -267,22 +294,28 @@ export interface TarPattern {
   readonly anchored: boolean
 }
 
-/** Whether one tar exclude pattern excludes the member name (byte strings). */
-export const tarPatternExcludes = (p: TarPattern, name: string, o: MatchOptions): boolean => {
-  if (hasWildcards(p.pattern)) {
-    if (fnmatchLeadingDir(p.pattern, name, o)) return true
-    if (p.anchored) return false
+/** A tar pattern made ready for many names (see {@link Fnmatcher}). */
+type CompiledPattern =
+  | { readonly anchored: boolean; readonly fn: Fnmatcher }
+  | { readonly anchored: boolean; readonly literal: string }
+
+const compilePattern = (p: TarPattern, o: MatchOptions): CompiledPattern =>
+  hasWildcards(p.pattern)
+    ? { anchored: p.anchored, fn: compileFnmatch(p.pattern, o) }
+    : { anchored: p.anchored, literal: unescape(p.pattern) }
+
+const excludes = (c: CompiledPattern, name: string): boolean => {
+  if ('fn' in c) {
+    if (runFnmatch(c.fn, name)) return true
+    if (c.anchored) return false
     for (let i = 0; i < name.length; i++) {
-      if (
-        name[i] === '/' &&
-        name[i + 1] !== '/' &&
-        fnmatchLeadingDir(p.pattern, name.slice(i + 1), o)
-      )
+      if (name[i] === '/' && name[i + 1] !== '/' && runFnmatch(c.fn, name.slice(i + 1))) {
         return true
+      }
     }
     return false
   }
-  const literal = unescape(p.pattern)
+  const literal = c.literal
   let f: string | undefined = name
   while (f !== undefined) {
     for (let prefix = f; ;) {
@@ -291,21 +324,28 @@ export const tarPatternExcludes = (p: TarPattern, name: string, o: MatchOptions)
       if (cut < 0) break
       prefix = prefix.slice(0, cut)
     }
-    if (p.anchored) break
+    if (c.anchored) break
     const slash = f.indexOf('/')
     f = slash < 0 ? undefined : f.slice(slash + 1)
   }
   return false
 }
 
+/** Whether one tar exclude pattern excludes the member name (byte strings). */
+export const tarPatternExcludes = (p: TarPattern, name: string, o: MatchOptions): boolean =>
+  excludes(compilePattern(p, o), name)
+
 /**
  * The matcher for tar's `--exclude` arguments as {@link tarExcludeArgs} builds them: takes a
- * member name (`.` or `./…`, a byte string) and tells whether tar leaves it out.
+ * member name (`.` or `./…`, a byte string) and tells whether tar leaves it out. The patterns
+ * are compiled once.
  */
 export const tarExcluder = (
   patterns: readonly TarPattern[],
   o: MatchOptions,
 ): ((name: string) => boolean) => {
-  const bytes = patterns.map((p) => ({ ...p, pattern: toByteString(p.pattern) }))
-  return (name) => bytes.some((p) => tarPatternExcludes(p, name, o))
+  const compiled = patterns.map((p) =>
+    compilePattern({ ...p, pattern: toByteString(p.pattern) }, o),
+  )
+  return (name) => compiled.some((c) => excludes(c, name))
 }

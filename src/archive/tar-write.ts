@@ -46,6 +46,8 @@ export interface TarWriteInput {
   signal: AbortSignal | undefined
   /** Gets the bytes of the uncompressed stream passed on so far, as they grow. */
   onBytes?: ((tarBytes: number) => void) | undefined
+  /** Called once tar was started. */
+  onStarted?: (() => void) | undefined
   /** Run tar in this user namespace (an unprivileged container's mapped root). */
   namespace?: ToolNamespace | undefined
   /** tar's working directory. */
@@ -95,6 +97,7 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
       ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
     })
     group.addTool(tar)
+    i.onStarted?.()
     const followed = followTarFile(i.partial, {
       writerDone: tar.done,
       signal: group.signal,
@@ -127,6 +130,7 @@ const relayTar = (
     ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
   })
   group.addTool(tar)
+  i.onStarted?.()
   // Nothing is awaited between tar's start and the first read of its stdout: when a child
   // exits, Node drains any of its stdio streams nobody reads yet and drops their data
   // (lib/internal/child_process.js, `flushStdio`), so a fast tar would leave an empty archive.

@@ -89,6 +89,8 @@ export interface CreateTarOptions {
    * as they grow: the bytes of the tree read, headers included.
    */
   onBytes?: ((tarBytes: number) => void) | undefined
+  /** Called once tar was started (what should not compete with the set-up before it waits). */
+  onStarted?: (() => void) | undefined
   /**
    * Run tar in this user namespace, as an unprivileged container's mapped root (pve-container
    * `VZDump/LXC.pm` runs `backup_container` so): the archive holds the container's view of the
@@ -176,6 +178,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
       compress: opts.compress,
       signal: opts.signal,
       onBytes: opts.onBytes,
+      onStarted: opts.onStarted,
       namespace: opts.namespace,
       cwd: opts.namespace === undefined ? undefined : opts.directory,
     })

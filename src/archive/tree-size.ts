@@ -27,7 +27,7 @@ const BLOCK = 512
 const ENTRY = 3 * BLOCK
 const RECORD = 20 * BLOCK
 /** Longest stretch the walk keeps the event loop (ms). */
-const SLICE_MS = 10
+const SLICE_MS = 2
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to
 

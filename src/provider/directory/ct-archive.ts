@@ -62,8 +62,16 @@ export const writeContainerArchive = async (
   // user namespace): absent on Proxmox, which is in the namespace already.
   await using namespace =
     info.idMap === undefined ? undefined : await UserNamespace.open(info.idMap, info.signal)
-  const progress = startArchiveWalk(info, excludes, log)
+  // The walk starts once the archiver runs (its set-up first).
+  let archiverStarted = (): void => undefined
+  const progress = startArchiveWalk(
+    info,
+    excludes,
+    log,
+    new Promise<void>((resolve) => (archiverStarted = resolve)),
+  )
   if (mode === 'squashfs') {
+    archiverStarted()
     const r = await createSquashfs({
       directory: info.directory,
       excludes,
@@ -104,6 +112,7 @@ export const writeContainerArchive = async (
     bandwidth: new TokenBucket({ bytesPerSecond: info.bandwidthLimit }),
     signal: info.signal,
     onBytes: progress?.update,
+    onStarted: archiverStarted,
     namespace,
     ...(compress.type === 'none' ? {} : { compress: { type: compress.type, threads } }),
   })

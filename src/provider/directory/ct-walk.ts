@@ -49,6 +49,7 @@ export const startArchiveWalk = (
   info: ContainerBackupInfo & ProgressInfo,
   excludes: readonly string[],
   log: ProviderLogFunction,
+  begin: Promise<unknown> = Promise.resolve(),
 ): ArchiveWalk | undefined => {
   const onProgress = info.onProgress
   const map = info.idMap
@@ -56,31 +57,36 @@ export const startArchiveWalk = (
   const outside: OutsideMap = { count: 0 }
   let total: number | undefined
   let last = 0
-  const walked = estimateTarBytes({
-    directory: info.directory,
-    sources: info.sources,
-    excludes,
-    signal: info.signal,
-    ...(map === undefined
-      ? {}
-      : {
-          onEntry: (path: string, st: { uid: number; gid: number }) => {
-            if (inside(map, st.uid, st.gid)) return
-            outside.count++
-            outside.first ??= { path, uid: st.uid, gid: st.gid }
-          },
-        }),
-  }).then(
-    (t) => {
-      total = t
-      onProgress?.({ item: 'archive', done: last, total: Math.max(t, last) })
-      const w = outsideMapWarning(outside)
-      if (w !== undefined) log('warn', w)
-      return outside
-    },
-    // The walk only estimates: tar reports what it could not read.
-    () => outside,
-  )
+  // After `begin`: the walk's synchronous slices would hold up the archiver's set-up otherwise.
+  const walked = begin
+    .then(() =>
+      estimateTarBytes({
+        directory: info.directory,
+        sources: info.sources,
+        excludes,
+        signal: info.signal,
+        ...(map === undefined
+          ? {}
+          : {
+              onEntry: (path: string, st: { uid: number; gid: number }) => {
+                if (inside(map, st.uid, st.gid)) return
+                outside.count++
+                outside.first ??= { path, uid: st.uid, gid: st.gid }
+              },
+            }),
+      }),
+    )
+    .then(
+      (t) => {
+        total = t
+        onProgress?.({ item: 'archive', done: last, total: Math.max(t, last) })
+        const w = outsideMapWarning(outside)
+        if (w !== undefined) log('warn', w)
+        return outside
+      },
+      // The walk only estimates: tar reports what it could not read.
+      () => outside,
+    )
   return {
     update: (done) => {
       last = done
