@@ -26,14 +26,25 @@ export interface NbdSourceOptions {
 }
 
 /**
- * Largest NBD read: 4 MiB, one digest block. Every request costs the client, the source and the
- * target server a fixed amount of work, so fewer, larger ones cost less CPU in all three:
- * measured here with bench/copy-sweep.ts (1 GiB of data, client + both servers), 4 MiB reads
- * cost ~0.8 CPU-s where 256 KiB ones cost ~1.4, with digests ~2.0 against ~2.7. qemu-nbd takes
- * each request's bounce buffer from its heap because it runs with a raised malloc mmap
- * threshold (src/qemu/nbd-server.ts); without that, large requests were the slow ones.
+ * Largest NBD read or write: 2 MiB, half a digest block. Every request costs the client, the
+ * source and the target server a fixed amount of work, so fewer, larger ones cost less CPU in
+ * all three: measured here with bench/copy-sweep.ts (1 GiB of data, client + both servers),
+ * 4 MiB reads cost ~0.8 CPU-s where 256 KiB ones cost ~1.4. qemu-nbd takes each request's
+ * bounce buffer from its heap because it runs with a raised malloc mmap threshold
+ * (src/qemu/nbd-server.ts); its heap then grows to several times the bytes in flight (aligned
+ * allocations, qemu_blockalign, fragment it): with 32 MiB in flight, a peak RSS of ~120-170 MiB
+ * at 4 MiB requests, ~55-85 MiB at 2 MiB (measured with nbdcopy, VmHWM), for the same CPU.
  */
-export const MAX_REQUEST = 4 * 1024 * 1024
+export const MAX_REQUEST = 2 * 1024 * 1024
+
+/**
+ * Waits for every piece of a split request, then throws the first failure: the caller may
+ * reuse the buffer only once no piece still reads or writes it.
+ */
+const allOf = async (parts: readonly Promise<unknown>[]): Promise<void> => {
+  const settled = await Promise.allSettled(parts)
+  for (const r of settled) if (r.status === 'rejected') throw r.reason
+}
 
 /** An NBD export as a copy source. */
 export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopySource => {
@@ -65,7 +76,7 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
         const n = Math.min(sub, length - o)
         parts.push(c.read(offset + o, n, { signal, into: buf.subarray(o, o + n) }))
       }
-      await Promise.all(parts)
+      await allOf(parts)
       return buf
     },
   }
@@ -80,7 +91,8 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
 }
 
 /**
- * An NBD export as a copy target, over one or more connections: writes go round-robin, and
+ * An NBD export as a copy target, over one or more connections: writes go round-robin, split
+ * into requests of at most {@link MAX_REQUEST} (see there), and
  * `flush` flushes every connection (a flush covers the writes completed on its connection).
  */
 export const nbdTarget = (all: readonly NbdClient[]): CopyTarget => {
@@ -89,7 +101,15 @@ export const nbdTarget = (all: readonly NbdClient[]): CopyTarget => {
   let next = 0
   const pick = (): NbdClient => all[next++ % all.length] ?? first
   return {
-    write: (offset, data, signal) => pick().write(offset, data, { signal }),
+    write: async (offset, data, signal) => {
+      if (data.length <= MAX_REQUEST) return pick().write(offset, data, { signal })
+      const parts: Promise<void>[] = []
+      for (let o = 0; o < data.length; o += MAX_REQUEST) {
+        const piece = data.subarray(o, Math.min(o + MAX_REQUEST, data.length))
+        parts.push(pick().write(offset + o, piece, { signal }))
+      }
+      await allOf(parts)
+    },
     writeZeroes: (offset, length, signal) => pick().writeZeroes(offset, length, { signal }),
     flush: async (signal) => {
       await Promise.all(all.map((c) => c.flush({ signal })))
