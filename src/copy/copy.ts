@@ -126,6 +126,26 @@ const ZEROES = Buffer.alloc(ZERO_BLOCK)
 /** True if `b` (at most {@link ZERO_BLOCK} bytes) is all zero. */
 const isZero = (b: Buffer): boolean => b.equals(ZEROES.subarray(0, b.length))
 
+/**
+ * Copy buffers left by earlier copies of this process, by kind (shared ones for a hash pool):
+ * a backup's read-back and the disks after the first reuse them instead of allocating anew
+ * while the old ones still wait for the garbage collector (peak RSS). At most
+ * {@link COPY_IN_FLIGHT} × 2 of each kind are kept.
+ */
+const spare = { shared: [] as Buffer[], plain: [] as Buffer[] }
+
+const takeBuffer = (size: number, shared: boolean): Buffer => {
+  const list = shared ? spare.shared : spare.plain
+  const i = list.findIndex((b) => b.length === size)
+  const [reused] = i >= 0 ? list.splice(i, 1) : []
+  return reused ?? (shared ? sharedBuffer(size) : Buffer.allocUnsafe(size))
+}
+
+const giveBack = (buf: Buffer, shared: boolean): void => {
+  const list = shared ? spare.shared : spare.plain
+  if (list.length < COPY_IN_FLIGHT * 2) list.push(buf)
+}
+
 /** Copy the source's regions into the target; flushes the target at the end. */
 export const copyBlocks = async (
   src: CopySource,
@@ -208,7 +228,12 @@ export const copyBlocks = async (
   }
   const work = async (): Promise<void> => {
     // One buffer per worker, reused for every chunk: the write completes before the next read.
-    const own = pool === undefined ? Buffer.allocUnsafe(chunk) : sharedBuffer(chunk)
+    const own = takeBuffer(chunk, pool !== undefined)
+    await copyJobs(own)
+    // Only after a clean end: a failed or aborted read may still have a reply on its way into it.
+    giveBack(own, pool !== undefined)
+  }
+  const copyJobs = async (own: Buffer): Promise<void> => {
     for (;;) {
       throwIfAborted(signal)
       if (stop) return
