@@ -185,7 +185,7 @@ const backupScenario =
         `does (ours: \`--zstd ${ZSTD_THREADS}\`, seekable 16 MiB frames and the members file)`,
       squashfs:
         '`mksquashfs -comp zstd -Xcompression-level 3` (its default `-mem`, a quarter of RAM; ' +
-        'ours passes `-mem 256M`)',
+        'ours passes `-mem 128M`)',
     }[mode]
     return {
       title: `Container backup, ${mode === 'zstd' ? 'tar.zst' : mode}`,

@@ -35,10 +35,11 @@ export type { ExtractDirectoryOptions } from './directory.ts'
  * mksquashfs' `-mem`: the memory its read, fragment and write queues may use. Its default is a
  * quarter of the host's physical memory (squashfs-tools `USAGE`, "-mem <size> Use <size>
  * physical memory", and `get_default_phys_mem()` in `mksquashfs.c`), which on a virtualisation
- * host is far more than a backup should take; 256 MiB keeps every queue large enough for zstd
- * to keep all cores busy.
+ * host is far more than a backup should take. 128 MiB keeps its peak RSS near 120 MiB (256 MiB
+ * let it reach ~185 MiB) in the same time, measured on 2 cores over a 23k-file, 550 MiB tree
+ * (bench/lib/ct-tree.ts).
  */
-export const MKSQUASHFS_MEM = '256M'
+export const MKSQUASHFS_MEM = '128M'
 
 /** The warning returned when mksquashfs dropped POSIX ACLs. */
 export const SQUASHFS_ACL_WARNING = 'squashfs does not store POSIX ACLs'
@@ -77,7 +78,7 @@ export interface CreateSquashfsResult {
 
 /**
  * Build a squashfs image of `directory`, as the DirectoryExample's squashfs mode does:
- * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -mem 256M -comp zstd
+ * `mksquashfs DIR OUT.partial -noappend -quiet -no-progress -mem 128M -comp zstd
  * -Xcompression-level 3 -wildcards -ef /dev/stdin [-e …]` ({@link MKSQUASHFS_MEM}; the
  * excluded paths are those tar would leave out, excludes.ts {@link squashfsExcludeArgs}), then fsync and rename to `output`. Called once per container backup in
  * squashfs mode. POSIX ACLs are not stored (see the module comment).
