@@ -38,19 +38,21 @@ import {
   SparseMapText,
   addGnuEntries,
   checkSparseMap,
+  hashSink,
   hashSparseContent,
   hashSparseTail,
   newSparse,
 } from './tar-sparse.ts'
-import type { Sparse } from './tar-sparse.ts'
+import type { Sparse, SparseSink } from './tar-sparse.ts'
 
 export { MAX_META, MAX_SPARSE_ENTRIES, TAR_BLOCK, TarParseError } from './tar-format.ts'
 export type { TarMember, TarMemberType } from './tar-format.ts'
 
 /**
- * Where deferred content lies: flat quadruples `id, start, end, last` (stream offsets, `end`
- * exclusive), `id` the member's index among all members of the stream, `last` 1 on the
- * member's final (possibly empty) span. Flat numbers, because they cross to a thread.
+ * Where deferred content lies: flat quadruples `id, start, end, kind` (stream offsets, `end`
+ * exclusive), `id` the member's index among all members of the stream; `kind` 0 for bytes of
+ * the stream, 2 for `end - start` zero bytes (a sparse member's hole, `start` 0), 1 on the
+ * member's final, empty span. Flat numbers, because they cross to a thread.
  */
 export type ContentSpans = number[]
 
@@ -84,9 +86,9 @@ export interface TarParserOptions {
   /** Take the SHA-256 of headers and contents (`header`, `sha256`). Default true. */
   digests?: boolean
   /**
-   * Leave the content digest of plain (not sparse) files to the caller: their records come
-   * without `sha256`, and {@link TarMemberParser.takeSpans} says where their content lies in the
-   * stream, so another thread can hash it from the same bytes (tar-follow.ts).
+   * Leave the content digest of files to the caller: their records come without `sha256`, and
+   * {@link TarMemberParser.takeSpans} says where their content lies in the stream (and where a
+   * sparse file's holes go), so another thread can hash it from the same bytes (tar-follow.ts).
    */
   deferContent?: boolean
   /**
@@ -378,9 +380,7 @@ export class TarMemberParser {
     const rec = must(this.#record)
     this.#check?.({ ...rec, size: p.sparse?.real ?? rec.size }, this.#flag)
     rec.header = p.hash?.digest('hex') ?? ''
-    if (rec.type === 'file' && this.#digests && !(this.#defer && p.sparse === undefined)) {
-      this.#content = createHash('sha256')
-    }
+    if (rec.type === 'file' && this.#digests && !this.#defer) this.#content = createHash('sha256')
     this.#state = 'content'
     if (p.sparse !== undefined) {
       rec.size = p.sparse.real
@@ -414,28 +414,43 @@ export class TarMemberParser {
   }
 
   #contentBytes(data: Buffer): void {
-    const h = this.#content
-    if (h === undefined) {
-      if (this.#deferred()) this.#spans.push(this.#done, this.#pos, this.#pos + data.length, 0)
-      return
-    }
     const s = this.#member?.sparse
-    if (s === undefined) h.update(data)
-    else hashSparseContent(h, s, data)
+    const h = this.#content
+    if (h !== undefined) {
+      if (s === undefined) h.update(data)
+      else hashSparseContent(hashSink(h), s, data)
+    } else if (this.#deferred()) {
+      if (s === undefined) this.#spans.push(this.#done, this.#pos, this.#pos + data.length, 0)
+      else hashSparseContent(this.#spanSink(data), s, data)
+    }
+  }
+
+  /** A sink recording a sparse member's spans; `data` starts at `#pos`. */
+  #spanSink(data: Buffer): SparseSink {
+    return {
+      update: (part) => {
+        const start = this.#pos + part.byteOffset - data.byteOffset
+        this.#spans.push(this.#done, start, start + part.length, 0)
+      },
+      zeroes: (n) => {
+        if (n > 0) this.#spans.push(this.#done, 0, n, 2)
+      },
+    }
   }
 
   /** Whether the current member's content digest is the caller's. */
   #deferred(): boolean {
-    return this.#defer && this.#record?.type === 'file' && this.#member?.sparse === undefined
+    return this.#defer && this.#record?.type === 'file'
   }
 
   #finishContent(out: TarMember[]): void {
     const rec = must(this.#record)
     const s = this.#member?.sparse
     if (this.#content !== undefined) {
-      if (s !== undefined) hashSparseTail(this.#content, s)
+      if (s !== undefined) hashSparseTail(hashSink(this.#content), s)
       rec.sha256 = this.#content.digest('hex')
     } else if (this.#deferred()) {
+      if (s !== undefined) hashSparseTail(this.#spanSink(Buffer.alloc(0)), s)
       this.#spans.push(this.#done, this.#pos, this.#pos, 1)
     }
     this.#done++

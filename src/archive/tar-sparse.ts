@@ -124,14 +124,33 @@ export class SparseMapText {
   }
 }
 
-/** Hash the next stored bytes of a sparse member into `h`, with the holes before them. */
-export const hashSparseContent = (h: Hash, s: Sparse, data: Buffer): void => {
+/**
+ * Where a sparse member's content digest goes: its stored bytes and the zeroes of its holes,
+ * in file order (a Hash through {@link hashSink}, or spans for another thread).
+ */
+export interface SparseSink {
+  update(data: Buffer): void
+  zeroes(n: number): void
+}
+
+/** A {@link SparseSink} feeding `h`. */
+export const hashSink = (h: Hash): SparseSink => ({
+  update: (data) => {
+    h.update(data)
+  },
+  zeroes: (n) => {
+    hashZeroes(h, n)
+  },
+})
+
+/** Pass the next stored bytes of a sparse member to `h`, with the holes before them. */
+export const hashSparseContent = (h: SparseSink, s: Sparse, data: Buffer): void => {
   for (let i = 0; i < data.length;) {
     if (s.entryLeft === 0) {
       const o = s.map[s.idx] ?? 0
       s.entryLeft = s.map[s.idx + 1] ?? 0
       s.idx += 2
-      hashZeroes(h, o - s.written)
+      h.zeroes(o - s.written)
       s.written = o
       continue
     }
@@ -144,6 +163,6 @@ export const hashSparseContent = (h: Hash, s: Sparse, data: Buffer): void => {
 }
 
 /** The member's content ended: hash the hole up to its real size. */
-export const hashSparseTail = (h: Hash, s: Sparse): void => {
-  hashZeroes(h, s.real - s.written)
+export const hashSparseTail = (h: SparseSink, s: Sparse): void => {
+  h.zeroes(s.real - s.written)
 }

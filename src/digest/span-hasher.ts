@@ -11,14 +11,15 @@ import { BackupError } from '../errors.ts'
 
 // CommonJS source of the thread. Messages are handled in order: `chunk` updates the stream's
 // hash with the slot's bytes and each span's hash with its part of them (spans: flat `id, start,
-// end, last`, offsets within the slot), answering the digests of the spans that ended; `end`
-// answers the stream's digest.
+// end, kind`, offsets within the slot; kind 2: `end - start` zero bytes instead), answering the
+// digests of the spans whose last (kind 1) came; `end` answers the stream's digest.
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads')
 const { createHash } = require('node:crypto')
 const { sab, slotBytes } = workerData
 const stream = createHash('sha256')
 const open = new Map()
+const zero = new Uint8Array(1024 * 1024)
 let bytes = 0
 parentPort.on('message', (m) => {
   if (m.end) {
@@ -34,7 +35,10 @@ parentPort.on('message', (m) => {
     const id = s[i]
     let h = open.get(id)
     if (h === undefined) { h = createHash('sha256'); open.set(id, h) }
-    if (s[i + 2] > s[i + 1]) h.update(new Uint8Array(sab, base + s[i + 1], s[i + 2] - s[i + 1]))
+    const n = s[i + 2] - s[i + 1]
+    if (s[i + 3] === 2) {
+      for (let left = n; left > 0; left -= zero.length) h.update(left < zero.length ? zero.subarray(0, left) : zero)
+    } else if (n > 0) h.update(new Uint8Array(sab, base + s[i + 1], n))
     if (s[i + 3] === 1) { open.delete(id); done.push(id, h.digest('hex')) }
   }
   parentPort.postMessage({ slot: m.slot, done })
@@ -104,12 +108,14 @@ export class SpanHasher implements AsyncDisposable {
 
   /**
    * Hash the first `length` bytes of `slot` as the stream's next bytes, and the `spans` (flat
-   * `id, start, end, last`, stream offsets) within them, `base` being the stream offset of the
-   * slot's first byte. The slot must not be refilled before the promise settles.
+   * `id, start, end, kind`, stream offsets; kind 0 bytes, 1 the span's end, 2 `end - start`
+   * zero bytes) within them, `base` being the stream offset of the slot's first byte. The slot
+   * must not be refilled before the promise settles.
    */
   async hash(slot: number, length: number, base: number, spans: readonly number[]) {
     const rel = spans.slice()
     for (let i = 0; i < rel.length; i += 4) {
+      if (rel[i + 3] === 2) continue
       const start = (rel[i + 1] ?? 0) - base
       const end = (rel[i + 2] ?? 0) - base
       if (start < 0 || end > length || end < start) {

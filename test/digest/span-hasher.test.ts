@@ -56,6 +56,13 @@ describe('digest: SpanHasher', () => {
     )
   })
 
+  it('hashes a run of zeroes (kind 2) in its place among the bytes', async () => {
+    await using h = new SpanHasher(1, 16)
+    Buffer.from('abcdefgh').copy(h.slot(0))
+    const d = await h.hash(0, 8, 0, [0, 0, 4, 0, 0, 0, 3 << 20, 2, 0, 4, 8, 0, 0, 8, 8, 1])
+    assert.equal(d.get(0), sha(Buffer.from('abcd'), Buffer.alloc(3 << 20), Buffer.from('efgh')))
+  })
+
   it('refuses a span outside its slot', async () => {
     await using h = new SpanHasher(1, 16)
     await assert.rejects(h.hash(0, 8, 100, [0, 99, 104, 1]), /outside its slot/)
