@@ -11,7 +11,7 @@ import type { Dir } from '../../io/beneath.ts'
 import type { StoreLayout } from './layout.ts'
 import { pendingRemoval, resumeRemoval } from './merge.ts'
 import type { GuestState } from './provider.ts'
-import { listGuestIds, readBackup, refOf } from './scan.ts'
+import { isCommitted, listGuestIds, refOf } from './scan.ts'
 
 /** The guest dir of `g`; a call that needs it fails in the container's user namespace. */
 export const guestDir = (g: GuestState): Dir => {
@@ -62,7 +62,8 @@ export const sweepLeftovers = async (
     } else if (e.isDirectory()) {
       const ref = refOf(vmid, e.name)
       if (ref === undefined || ref.volname === doomed) continue
-      if ((await readBackup(guest, ref)) !== undefined) {
+      // Whether it is committed decides; its manifest is checked where it is read.
+      if (await isCommitted(guest, ref)) {
         await sweepTmp(log, guest, e.name)
         continue
       }

@@ -38,7 +38,7 @@ import type { StoreLayout, VolumeRef } from './layout.ts'
 import type { Manifest } from './manifest.ts'
 import { backingOf, imageOf, inconsistent, readJournal, runJournal } from './merge-journal.ts'
 import type { FreeOptions, Journal, Merge } from './merge-journal.ts'
-import { listGuestBackups, readBackup } from './scan.ts'
+import { listGuestBackups } from './scan.ts'
 
 export type { FreeOptions } from './merge-journal.ts'
 
@@ -111,7 +111,9 @@ export const planRemoval = async (
   ref: VolumeRef,
   opts: FreeOptions = {},
 ): Promise<PlannedMerge[]> => {
-  const me = await readBackup(guest, ref)
+  // One reading of the guest's backups serves both the removed one and its dependants.
+  const backups = await listGuestBackups(guest, ref.vmid, ref.subtype)
+  const me = backups.find((b) => b.ref.volname === ref.volname)
   if (me === undefined) throw new BackupError('NOT_FOUND', `backup ${ref.volname} does not exist`)
   if ((await guest.lstat(layout.protectedName(ref))) !== undefined) {
     throw new BackupError('PROTECTED', `cannot remove protected backup ${ref.volname}`)
@@ -120,7 +122,7 @@ export const planRemoval = async (
   /** Guest data bytes each dependant's image holds, by `child device`. */
   const dataBytes = new Map<string, number>()
   const seen = new Set<string>()
-  for (const b of await listGuestBackups(guest, ref.vmid, ref.subtype)) {
+  for (const b of backups) {
     if (b.manifest === undefined && b.ref.ctime > ref.ctime) {
       throw inconsistent(`cannot tell whether ${b.ref.volname} (unreadable manifest) builds on it`)
     }

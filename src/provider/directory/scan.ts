@@ -52,8 +52,8 @@ export const refOf = (vmid: number, name: string, subtype?: GuestType): VolumeRe
   return subtype === undefined || type === subtype ? volumeRef(vmid, type, ctime) : undefined
 }
 
-/** The backup `ref` if it is committed (its manifest exists), with its manifest if valid. */
-export const readBackup = async (guest: Dir, ref: VolumeRef): Promise<FoundBackup | undefined> => {
+/** The directory of `ref` if it is a committed backup's (its manifest exists). */
+const openCommitted = async (guest: Dir, ref: VolumeRef): Promise<Dir | undefined> => {
   let dir: Dir | undefined
   try {
     dir = await guest.tryOpenDir(ref.dirName)
@@ -61,8 +61,31 @@ export const readBackup = async (guest: Dir, ref: VolumeRef): Promise<FoundBacku
     return undefined
   }
   if (dir === undefined) return undefined
+  try {
+    if ((await dir.lstat(MANIFEST)) !== undefined) return dir
+  } catch (e) {
+    await dir.close()
+    throw e
+  }
+  await dir.close()
+  return undefined
+}
+
+/**
+ * Whether `ref` is committed (its manifest exists): exactly when {@link readBackup} finds it,
+ * without reading and checking the manifest.
+ */
+export const isCommitted = async (guest: Dir, ref: VolumeRef): Promise<boolean> => {
+  const dir = await openCommitted(guest, ref)
+  await dir?.close()
+  return dir !== undefined
+}
+
+/** The backup `ref` if it is committed (its manifest exists), with its manifest if valid. */
+export const readBackup = async (guest: Dir, ref: VolumeRef): Promise<FoundBackup | undefined> => {
+  const dir = await openCommitted(guest, ref)
+  if (dir === undefined) return undefined
   await using _dir = dir
-  if ((await dir.lstat(MANIFEST)) === undefined) return undefined
   let manifest: Manifest | undefined
   try {
     manifest = await readManifest(dir, ref)
