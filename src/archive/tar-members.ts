@@ -34,27 +34,14 @@ import {
   text,
 } from './tar-format.ts'
 import type { TarMember } from './tar-format.ts'
-import {
-  SparseMapText,
-  addGnuEntries,
-  checkSparseMap,
-  hashSink,
-  hashSparseContent,
-  hashSparseTail,
-  newSparse,
-} from './tar-sparse.ts'
-import type { Sparse, SparseSink } from './tar-sparse.ts'
+import { SparseMapText, addGnuEntries, checkSparseMap, newSparse } from './tar-sparse.ts'
+import type { Sparse } from './tar-sparse.ts'
+import { ContentDigest } from './tar-content.ts'
+import type { ContentSpans } from './tar-content.ts'
 
 export { MAX_META, MAX_SPARSE_ENTRIES, TAR_BLOCK, TarParseError } from './tar-format.ts'
+export type { ContentSpans } from './tar-content.ts'
 export type { TarMember, TarMemberType } from './tar-format.ts'
-
-/**
- * Where deferred content lies: flat quadruples `id, start, end, kind` (stream offsets, `end`
- * exclusive), `id` the member's index among all members of the stream; `kind` 0 for bytes of
- * the stream, 2 for `end - start` zero bytes (a sparse member's hole, `start` 0), 1 on the
- * member's final, empty span. Flat numbers, because they cross to a thread.
- */
-export type ContentSpans = number[]
 
 /** The member whose header blocks are being read. */
 interface Pending {
@@ -101,9 +88,10 @@ export interface TarParserOptions {
 /** See the module comment. One instance per tar stream. */
 export class TarMemberParser {
   readonly #digests: boolean
-  readonly #defer: boolean
-  /** Deferred content spans not yet taken (see {@link ContentSpans}). */
-  #spans: number[] = []
+  /** Content digests (tar-content.ts); absent without `digests`. */
+  readonly #content: ContentDigest | undefined
+  /** The current member is a file whose content goes to {@link #content}. */
+  #inFile = false
   /** Members completed so far: the id of the member being read. */
   #done = 0
   readonly #check: ((member: TarMember, flag: string) => void) | undefined
@@ -115,7 +103,6 @@ export class TarMemberParser {
   #meta: Meta | undefined
   #member: Pending | undefined
   #record: TarMember | undefined
-  #content: Hash | undefined
   /** Content bytes (as stored) still to come, and their total. */
   #left = 0
   #stored = 0
@@ -127,7 +114,7 @@ export class TarMemberParser {
 
   constructor(opts: TarParserOptions = {}) {
     this.#digests = opts.digests ?? true
-    this.#defer = opts.deferContent === true && this.#digests
+    this.#content = this.#digests ? new ContentDigest(opts.deferContent === true) : undefined
     this.#check = opts.onHeader
   }
 
@@ -163,9 +150,7 @@ export class TarMemberParser {
    * order; with `deferContent` only.
    */
   takeSpans(): ContentSpans {
-    const s = this.#spans
-    this.#spans = []
-    return s
+    return this.#content?.take() ?? []
   }
 
   /** Feed the next bytes; returns the members they complete, in order. */
@@ -380,7 +365,8 @@ export class TarMemberParser {
     const rec = must(this.#record)
     this.#check?.({ ...rec, size: p.sparse?.real ?? rec.size }, this.#flag)
     rec.header = p.hash?.digest('hex') ?? ''
-    if (rec.type === 'file' && this.#digests && !this.#defer) this.#content = createHash('sha256')
+    this.#inFile = rec.type === 'file' && this.#content !== undefined
+    if (this.#inFile) this.#content?.begin(this.#done)
     this.#state = 'content'
     if (p.sparse !== undefined) {
       rec.size = p.sparse.real
@@ -414,47 +400,18 @@ export class TarMemberParser {
   }
 
   #contentBytes(data: Buffer): void {
-    const s = this.#member?.sparse
-    const h = this.#content
-    if (h !== undefined) {
-      if (s === undefined) h.update(data)
-      else hashSparseContent(hashSink(h), s, data)
-    } else if (this.#deferred()) {
-      if (s === undefined) this.#spans.push(this.#done, this.#pos, this.#pos + data.length, 0)
-      else hashSparseContent(this.#spanSink(data), s, data)
-    }
-  }
-
-  /** A sink recording a sparse member's spans; `data` starts at `#pos`. */
-  #spanSink(data: Buffer): SparseSink {
-    return {
-      update: (part) => {
-        const start = this.#pos + part.byteOffset - data.byteOffset
-        this.#spans.push(this.#done, start, start + part.length, 0)
-      },
-      zeroes: (n) => {
-        if (n > 0) this.#spans.push(this.#done, 0, n, 2)
-      },
-    }
-  }
-
-  /** Whether the current member's content digest is the caller's. */
-  #deferred(): boolean {
-    return this.#defer && this.#record?.type === 'file'
+    if (this.#inFile) this.#content?.bytes(this.#pos, data, this.#member?.sparse)
   }
 
   #finishContent(out: TarMember[]): void {
     const rec = must(this.#record)
     const s = this.#member?.sparse
-    if (this.#content !== undefined) {
-      if (s !== undefined) hashSparseTail(hashSink(this.#content), s)
-      rec.sha256 = this.#content.digest('hex')
-    } else if (this.#deferred()) {
-      if (s !== undefined) hashSparseTail(this.#spanSink(Buffer.alloc(0)), s)
-      this.#spans.push(this.#done, this.#pos, this.#pos, 1)
+    if (this.#inFile) {
+      const digest = this.#content?.end(this.#pos, s)
+      if (digest !== undefined) rec.sha256 = digest
     }
+    this.#inFile = false
     this.#done++
-    this.#content = undefined
     this.#member = undefined
     this.#record = undefined
     out.push(rec)
