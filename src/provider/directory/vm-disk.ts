@@ -10,10 +10,10 @@ import { fileHandleSource } from '../../copy/file.ts'
 import { firstDifference, hashDisk } from '../../copy/hash.ts'
 import type { BlockDigests } from '../../digest/blocks.ts'
 import { DiskHasher } from '../../digest/hasher.ts'
-import { BASE_ALLOCATION, dirtyContext, nbdSource } from '../../copy/nbd.ts'
+import { BASE_ALLOCATION, dirtyContext, nbdSource, nbdTarget } from '../../copy/nbd.ts'
 import { BackupError } from '../../errors.ts'
 import type { TokenBucket } from '../../io/throttle.ts'
-import type { NbdClient } from '../../nbd/client.ts'
+import { NbdClient } from '../../nbd/client.ts'
 import type { Dir } from '../../io/beneath.ts'
 import { chainSpec, openChain, specJson } from '../../qemu/chain.ts'
 import type { Chain, Qcow2Spec } from '../../qemu/chain.ts'
@@ -22,7 +22,7 @@ import type { CompressSpec } from '../../qemu/compress.ts'
 import { createImage } from '../../qemu/img.ts'
 import { BACKUP_DIR_RE } from './layout.ts'
 import { assertSampleClean, BlockChecker, CleanBlockSampler } from '../../copy/sample.ts'
-import { connectAll, TargetServer } from './target-server.ts'
+import { startQemuNbd } from '../../qemu/nbd-server.ts'
 
 /** Options of {@link backupDisk}. */
 export interface BackupDiskOptions {
@@ -93,30 +93,30 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       : { backingFile: base.relativePath, backingFormat: 'qcow2' as const }),
     signal,
   })
+  const target = {
+    image: specJson(targetSpec(image.path, chain, cluster !== undefined)),
+    discard: true,
+    signal,
+  }
   // O_DIRECT (cache=none) writes the backup ~30 % faster than through the page cache (measured
   // in bench/); file systems without O_DIRECT get the page cache instead. Not for a compressed
   // image: its compressed clusters are packed back to back at any byte offset (qcow2_alloc_bytes,
   // block/qcow2-refcount.c), and under O_DIRECT QEMU pads each such write to the file's
   // alignment by reading its first and last block (bdrv_co_pwritev_part, block/io.c): measured
   // here on 1 GiB of mixed data, +1.3 CPU-s and +1.5 s. The copy's final flush makes both durable.
-  const target = new TargetServer(
-    {
-      image: specJson(targetSpec(image.path, chain, cluster !== undefined)),
-      discard: true,
-      cache: cluster === undefined ? 'none' : 'writeback',
-      cacheFallback: 'writeback',
-      log: opts.log,
-      signal,
-    },
-    CONNECTIONS,
-  )
-  // An incremental reads its parent chain through the target (the clean-block sample) and
-  // writes zeroes over it, so its server starts at once, while the source is connected and its
-  // dirty map walked. A full backup starts it at its first write: an empty disk writes nothing,
-  // and the image qemu-img created is then the whole backup (qemu-img flushes it on close).
-  if (incremental) target.start()
+  const server = await startQemuNbd({
+    ...target,
+    cache: cluster === undefined ? 'none' : 'writeback',
+    cacheFallback: 'writeback',
+    log: opts.log,
+  })
   const open: NbdClient[] = []
   try {
+    // Several connections keep qemu-nbd's write side busy (nbdcopy does the same); every one is
+    // flushed at the end, so durability does not depend on the server's multi-conn promise.
+    const targets = await connectPool(CONNECTIONS, open, { path: server.socketPath, signal })
+    const targetClient = targets[0]
+    if (targetClient === undefined) throw new BackupError('IO', 'no target connection')
     let source: CopySource
     let sourceClient: NbdClient | undefined
     if (volume.nbdPath !== undefined) {
@@ -125,7 +125,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
         throw new BackupError('PROVIDER_FAILED', `incremental backup of ${device} has no bitmap`)
       }
       const contexts = [BASE_ALLOCATION, ...(bitmap === undefined ? [] : [dirtyContext(bitmap)])]
-      const first = await connectAll(1, open, {
+      const first = await connectPool(1, open, {
         path: volume.nbdPath,
         exportName: device,
         metaContexts: contexts,
@@ -146,7 +146,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       const readers = sourceClient.flags.canMultiConn
         ? [
             sourceClient,
-            ...(await connectAll(CONNECTIONS - 1, open, {
+            ...(await connectPool(CONNECTIONS - 1, open, {
               path: volume.nbdPath,
               exportName: device,
               signal,
@@ -169,7 +169,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       incremental && count > 0
         ? new BlockChecker({
             readSource: (off, len) => source.read(off, len, signal),
-            readTarget: async (off, len) => (await target.first()).read(off, len, { signal }),
+            readTarget: (off, len) => targetClient.read(off, len, { signal }),
           })
         : undefined
     const sampler =
@@ -183,7 +183,7 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
             },
           })
     const hasher = opts.digests === undefined ? undefined : new DiskHasher(opts.digests)
-    const stats = await copyBlocks(sampler?.tap(source) ?? source, target.copyTarget(), {
+    const stats = await copyBlocks(sampler?.tap(source) ?? source, nbdTarget(targets), {
       targetIsZero: !incremental,
       bucket: opts.bucket,
       onProgress: opts.onProgress,
@@ -198,9 +198,8 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
       assertSampleClean(device, r)
     }
     if (opts.verifyAfter === true && digests !== undefined) {
-      const targets = await target.clients()
-      const [reader] = await connectAll(1, open, {
-        path: (await target.server()).socketPath,
+      const [reader] = await connectPool(1, open, {
+        path: server.socketPath,
         metaContexts: [BASE_ALLOCATION],
         signal,
       })
@@ -221,7 +220,8 @@ export const backupDisk = async (opts: BackupDiskOptions): Promise<DiskBackup> =
     return { stats, digests }
   } finally {
     for (const c of open) await c.close()
-    await target.close()
+    // SIGTERM: qemu-nbd flushes and closes the qcow2 before exiting.
+    await server.stop()
   }
 }
 
@@ -244,3 +244,18 @@ export const targetSpec = (
 
 /** NBD connections per export for data (reads on the source, writes on the target). */
 const CONNECTIONS = 4
+
+/** Open `n` connections; every one is recorded in `open` so the caller closes it. */
+const connectPool = async (
+  n: number,
+  open: NbdClient[],
+  opts: Parameters<typeof NbdClient.connect>[0],
+): Promise<NbdClient[]> => {
+  const out: NbdClient[] = []
+  for (let i = 0; i < n; i++) {
+    const c = await NbdClient.connect(opts)
+    open.push(c)
+    out.push(c)
+  }
+  return out
+}
