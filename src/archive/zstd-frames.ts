@@ -13,7 +13,7 @@
 import { availableParallelism } from 'node:os'
 import type { Hash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
-import { z } from 'zod'
+import * as z from 'zod'
 import { BackupError } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 

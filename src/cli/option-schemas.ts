@@ -4,7 +4,7 @@
  * the same and is refused for the same reason in both places. A value may be the option's
  * string (`"50M"`) or, where the option is a number, a number (`52428800`).
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { IMAGE_FORMATS } from '../qemu/formats.ts'
 import {
   collectDisk,

@@ -93,6 +93,7 @@ export interface ReadyOptions {
   /** True once the daemon serves (it may throw to refuse what it sees). */
   ready: () => Promise<boolean>
   timeoutMs: number
+  /** Longest pause between two checks, ms. Default 20. */
   pollMs?: number
   signal?: AbortSignal | undefined
   /** What is starting, for the abort message (`qemu-nbd`, `FUSE export`). */
@@ -111,6 +112,9 @@ export interface ReadyOptions {
  */
 export const awaitReady = async (daemon: Daemon, o: ReadyOptions): Promise<void> => {
   const deadline = Date.now() + o.timeoutMs
+  // The pause doubles from 1 ms up to pollMs: a qemu-nbd serves some 10-20 ms after its start
+  // here, which a fixed 20 ms pause saw ~10 ms late on average, for each of a backup's servers.
+  let pause = 1
   for (;;) {
     const spawnError = daemon.spawnError()
     if (spawnError) return o.fail('cannot start', spawnError)
@@ -121,6 +125,7 @@ export const awaitReady = async (daemon: Daemon, o: ReadyOptions): Promise<void>
     }
     if (Date.now() >= deadline) return o.fail(o.timeoutMessage)
     if (await o.ready()) return
-    await sleep(o.pollMs ?? 20)
+    await sleep(pause)
+    pause = Math.min(pause * 2, o.pollMs ?? 20)
   }
 }

@@ -7,7 +7,7 @@
  */
 import { readFileSync, readlinkSync } from 'node:fs'
 import { hostname } from 'node:os'
-import { z } from 'zod'
+import * as z from 'zod'
 
 /** Name of the record inside the lock directory. */
 export const HOLDER_FILE = 'holder.json'

@@ -5,7 +5,7 @@
  * booleans as Perl truth values (0/1, "0"/"1", "", true/false).
  */
 import { resolve } from 'node:path'
-import { z } from 'zod'
+import * as z from 'zod'
 import { BackupError } from '../errors.ts'
 import type { LockPolicy } from '../io/lock.ts'
 import { StoreLayout } from '../provider/directory/layout.ts'

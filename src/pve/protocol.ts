@@ -10,7 +10,7 @@
  * final      {"result":…,"session":…}  |  {"error":{"code":"…","message":"…"}}
  * ```
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { BackupError, ERROR_CODES } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
 import { STORE_ID_RE } from '../provider/directory/options.ts'

@@ -3,7 +3,7 @@
  * pve-backup-provider-api.md §2.3) on the directory provider: Perl arguments (kebab-case keys)
  * to our camelCase API and the results back to Perl's shapes.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import type {
   BackupInfo,
   ContainerBackupInfo,

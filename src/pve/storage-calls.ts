@@ -3,7 +3,7 @@
  * table) on the directory store: Perl arguments in, Perl-shaped results out.
  */
 import { stat, statfs } from 'node:fs/promises'
-import { z } from 'zod'
+import * as z from 'zod'
 import type { ProviderLogFunction } from '../api/provider.ts'
 import { BackupError } from '../errors.ts'
 import type { DirectoryStorage } from '../provider/directory/storage.ts'

@@ -5,7 +5,7 @@
  * "json:" and protocol file names in QEMU's docs/system/qemu-block-drivers.rst).
  */
 import { isAbsolute, resolve } from 'node:path'
-import { z } from 'zod'
+import * as z from 'zod'
 import { BackupError } from '../errors.ts'
 import { run, spawnTool } from '../io/spawn.ts'
 import type { ImageFormat } from './formats.ts'

@@ -5,7 +5,7 @@
  */
 import { dirname, resolve } from 'node:path'
 import { TomlError, parse } from 'smol-toml'
-import type { z } from 'zod'
+import type * as z from 'zod'
 import { BackupError } from '../../errors.ts'
 import { readInputFile } from '../../io/beneath.ts'
 import { jobCrossIssues, jobFileSchema } from './schema.ts'

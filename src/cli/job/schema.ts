@@ -4,7 +4,7 @@
  * `[[guest]]` table per guest with the options of `guestbackup backup`. Values that are also
  * CLI options are checked by the CLI's own parsers (option-schemas.ts).
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import {
   diskSchema,
   lockWaitSchema,

@@ -4,7 +4,7 @@
  * cannot say what the schemas do not. `scripts/cli-json-doc.ts` rewrites the document;
  * test/cli/output/doc.test.ts fails when it is out of date.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { OUTPUT_SHAPES } from './shapes.ts'
 
 /** The first line of the generated part of docs/cli-json.md. */

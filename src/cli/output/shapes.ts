@@ -4,7 +4,7 @@
  * checks the document against {@link renderCliJsonDoc}) and of the tests that run every command
  * and validate its output. A new command adds its schema to {@link OUTPUT_SHAPES}.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { StoreOptionsSchema } from '../../provider/directory/options.ts'
 
 const Volid = z.string().describe('volume id, `<storeid>:backup/<vmid>/<type>-<time>`')

@@ -13,7 +13,7 @@
  * through {@link Dir} (no link followed, no special file opened) and validated strictly; anything
  * else counts as no record, which means a full backup.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
 import { toBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'

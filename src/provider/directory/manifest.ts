@@ -2,7 +2,7 @@
  * `manifest.json`: the last file written into a backup. It describes every file of the backup
  * and is what `list`, restore and incrementals trust (after checking it against the files).
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { BACKUP_FILE_RE, DEVICE_NAME_RE } from '../../api/names.ts'
 import { sha256Hex } from '../../digest/blocks.ts'
 import { BackupError } from '../../errors.ts'

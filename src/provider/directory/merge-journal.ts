@@ -5,7 +5,7 @@
  */
 import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
-import { z } from 'zod'
+import * as z from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
 import type { ProgressEvent } from '../../api/progress.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'

@@ -3,7 +3,7 @@
  * (BackupProviderDirExamplePlugin). They are kept in the store itself (`guestbackup-store.json`,
  * written by `guestbackup init`), so every command sees the same settings.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import { BackupError } from '../../errors.ts'
 import { parsePruneBackups } from '../../storage/prune-options.ts'
 

@@ -6,7 +6,7 @@
  * time (never taken from the session), so a forged session cannot reach outside the store.
  */
 import { join } from 'node:path'
-import { z } from 'zod'
+import * as z from 'zod'
 import { DEVICE_NAME_RE } from '../../api/names.ts'
 import { GUEST_TYPES } from '../../api/provider.ts'
 import type { ProviderLogFunction } from '../../api/provider.ts'

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises'
 import { randomUUID } from 'node:crypto'
 import { basename, resolve } from 'node:path'
-import type { z } from 'zod'
+import type * as z from 'zod'
 import { BackupError } from '../../errors.ts'
 import { Dir } from '../../io/beneath.ts'
 import type { LockPolicy } from '../../io/lock.ts'

@@ -3,7 +3,7 @@
  * `.notes` and `.protected` attributes: the backup directory itself never changes once
  * committed). A record that is unreadable or not ours counts as never verified.
  */
-import { z } from 'zod'
+import * as z from 'zod'
 import type { Verification } from '../../api/storage.ts'
 import { isBackupError } from '../../errors.ts'
 import type { Dir } from '../../io/beneath.ts'
