@@ -116,7 +116,9 @@ export class ZstdFrameWriter {
   readonly #o: Required<ZstdFrameOptions>
   #buf: Buffer
   #fill = 0
-  readonly #pending: { done: Promise<Buffer>; bytes: number }[] = []
+  readonly #pending: { done: Promise<Buffer>; bytes: number; input: Buffer }[] = []
+  /** Frame buffers whose compressor has finished, for the next frames (no fresh 16 MiB each). */
+  readonly #free: Buffer[] = []
   readonly #frames: [number, number][] = []
   #written = 0
 
@@ -163,8 +165,8 @@ export class ZstdFrameWriter {
     const done = compressFrame(data, this.#o.level, this.#o.signal)
     // Observed at once: a failure is seen by the write that awaits it, or by end().
     done.catch(() => undefined)
-    this.#pending.push({ done, bytes: this.#fill })
-    this.#buf = Buffer.allocUnsafe(this.#o.frameBytes)
+    this.#pending.push({ done, bytes: this.#fill, input: this.#buf })
+    this.#buf = this.#free.pop() ?? Buffer.allocUnsafe(this.#o.frameBytes)
     this.#fill = 0
     // `threads` frames compress while the caller fills the next one.
     while (this.#pending.length > this.#o.threads) await this.#writeOldest()
@@ -174,6 +176,8 @@ export class ZstdFrameWriter {
     const next = this.#pending.shift()
     if (next === undefined) return
     const out = await next.done
+    // The compressor has read all of its input and exited: the buffer can take a new frame.
+    this.#free.push(next.input)
     this.#hash.update(out)
     await writeAll(this.#fh, out)
     this.#written += out.length
