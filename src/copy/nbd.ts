@@ -38,10 +38,17 @@ export interface NbdSourceOptions {
 export const MAX_REQUEST = 2 * 1024 * 1024
 
 /**
- * Waits for every piece of a split request, then throws the first failure: the caller may
- * reuse the buffer only once no piece still reads or writes it.
+ * One request of `length` bytes as pieces of at most `max`: `piece(at, n)` is started for each
+ * (`at` from the request's start), and every piece is waited for before the first failure is
+ * thrown, so the caller reuses its buffer only once no piece still reads or writes it.
  */
-const allOf = async (parts: readonly Promise<unknown>[]): Promise<void> => {
+const inPieces = async (
+  length: number,
+  max: number,
+  piece: (at: number, n: number) => Promise<unknown>,
+): Promise<void> => {
+  const parts: Promise<unknown>[] = []
+  for (let at = 0; at < length; at += max) parts.push(piece(at, Math.min(max, length - at)))
   const settled = await Promise.allSettled(parts)
   for (const r of settled) if (r.status === 'rejected') throw r.reason
 }
@@ -70,13 +77,10 @@ export const nbdSource = (client: NbdClient, opts: NbdSourceOptions = {}): CopyS
         return c.read(offset, length, into === undefined ? { signal } : { signal, into })
       }
       const buf = into ?? Buffer.allocUnsafe(length)
-      const parts: Promise<Buffer>[] = []
-      for (let o = 0; o < length; o += sub) {
+      await inPieces(length, sub, (at, n) => {
         const c = readers[next++ % readers.length] ?? client
-        const n = Math.min(sub, length - o)
-        parts.push(c.read(offset + o, n, { signal, into: buf.subarray(o, o + n) }))
-      }
-      await allOf(parts)
+        return c.read(offset + at, n, { signal, into: buf.subarray(at, at + n) })
+      })
       return buf
     },
   }
@@ -103,12 +107,9 @@ export const nbdTarget = (all: readonly NbdClient[]): CopyTarget => {
   return {
     write: async (offset, data, signal) => {
       if (data.length <= MAX_REQUEST) return pick().write(offset, data, { signal })
-      const parts: Promise<void>[] = []
-      for (let o = 0; o < data.length; o += MAX_REQUEST) {
-        const piece = data.subarray(o, Math.min(o + MAX_REQUEST, data.length))
-        parts.push(pick().write(offset + o, piece, { signal }))
-      }
-      await allOf(parts)
+      await inPieces(data.length, MAX_REQUEST, (at, n) =>
+        pick().write(offset + at, data.subarray(at, at + n), { signal }),
+      )
     },
     writeZeroes: (offset, length, signal) => pick().writeZeroes(offset, length, { signal }),
     flush: async (signal) => {
