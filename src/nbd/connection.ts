@@ -109,8 +109,17 @@ export class Connection {
     socket.on('close', () => {
       this.#onSocketClose()
     })
-    socket.on('error', (e) => {
-      this.#fail(new BackupError('NBD_CLOSED', `NBD socket error: ${e.message}`, { cause: e }))
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      // A server that exits or drops us with our requests still unread in its socket resets
+      // the connection (unix(7): the peer's next read fails with ECONNRESET, a write with
+      // EPIPE): that is the server closing the connection, told as such.
+      if (e.code === 'ECONNRESET' || e.code === 'EPIPE') {
+        this.#fail(
+          new BackupError('NBD_CLOSED', `${this.#closedMessage()} (${e.message})`, { cause: e }),
+        )
+      } else {
+        this.#fail(new BackupError('NBD_CLOSED', `NBD socket error: ${e.message}`, { cause: e }))
+      }
     })
     s.attach(this.#receiver, (e) => {
       this.#fail(toBackupError(e, 'NBD_PROTOCOL'))
@@ -263,14 +272,18 @@ export class Connection {
     if (err?.errno === NBD_ERRNO.ESHUTDOWN) void this.close()
   }
 
-  #onSocketClose(): void {
+  #closedMessage(): string {
     const where = this.#receiver.describePartial()
     const n = this.#pending.size
-    const msg =
+    return (
       `NBD server at ${this.#path} closed the connection` +
       (n > 0 ? ` with ${n} request(s) in flight` : '') +
       (where ? `, ${where}` : '')
-    this.#fail(new BackupError('NBD_CLOSED', msg))
+    )
+  }
+
+  #onSocketClose(): void {
+    this.#fail(new BackupError('NBD_CLOSED', this.#closedMessage()))
   }
 
   /** Enter `failed` (unless already failed/closed): reject everything and drop the socket. */

@@ -135,6 +135,32 @@ describe('nbd/client requests against the fake server', () => {
     })
   })
 
+  it('tells a reset connection (requests left unread by the server) as the server closing it', async () => {
+    const { client } = await setup({
+      size: 1 << 20,
+      onRequest: (_req, conn) => {
+        // Stop reading, let the next request arrive unread, then go: unix(7) resets.
+        conn.socket.pause()
+        setTimeout(() => conn.socket.destroy(), 100)
+        return true
+      },
+    })
+    const first = client.read(0, 512)
+    await tick()
+    // More than a socket buffer holds: surely unread when the server goes.
+    const second = client.write(0, Buffer.alloc(1 << 20, 1))
+    for (const p of [first, second]) {
+      await assert.rejects(p, (e) => {
+        assert.ok(isBackupError(e, 'NBD_CLOSED'))
+        assert.match(
+          e.message,
+          /^NBD server at \S+ closed the connection with 2 request\(s\) in flight \(\w+ (ECONNRESET|EPIPE)\)$/,
+        )
+        return true
+      })
+    }
+  })
+
   it('fails on a malformed chunk (data outside the request)', async () => {
     const { client } = await setup({
       onRequest: (req, conn) => {
