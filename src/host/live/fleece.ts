@@ -35,6 +35,7 @@ import {
   toBackupError,
   withSpaceIn,
 } from '../../errors.ts'
+import { processAlive } from '../../io/daemon.ts'
 import { run } from '../../io/spawn.ts'
 import { makeTempDir } from '../../io/tmpdir.ts'
 import type { TempDir } from '../../io/tmpdir.ts'
@@ -260,8 +261,28 @@ const removeOurObjects = async (qmp: QmpClient, serverIsOurs: boolean): Promise<
 }
 
 /**
- * Remove what a killed run left: our objects in the VM, then the fleecing dirs of this guest
- * (QMP accepts one client at a time, so no other backup of this VM can be running).
+ * Remove the fleecing dirs of guest `vmid` in `parent` whose run is gone: named
+ * `guestbackup-fleece-<vmid>-<pid>-XXXXXX` (tmpdir.ts), each is left alone while its pid runs
+ * (another VM with the same id on this host, e.g. a plain QEMU one, may be backed up at the
+ * same time). Returns the names removed.
+ */
+export const sweepFleeceDirs = async (vmid: number, parent: string): Promise<string[]> => {
+  const removed: string[] = []
+  const prefix = `${FLEECE_DIR_PREFIX}${vmid}-`
+  for (const name of await readdir(parent).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix)) continue
+    const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1])
+    if (Number.isSafeInteger(pid) && pid !== process.pid && processAlive(pid)) continue
+    await rm(join(parent, name), { recursive: true, force: true })
+    removed.push(name)
+  }
+  return removed
+}
+
+/**
+ * Remove what a killed run left: our objects in the VM (QMP accepts one client at a time, so
+ * no other backup of this VM can be running), then the fleecing dirs of this guest whose run is
+ * gone ({@link sweepFleeceDirs}).
  */
 export const recoverLeftovers = async (
   qmp: QmpClient,
@@ -269,11 +290,8 @@ export const recoverLeftovers = async (
   fleeceParent: string = tmpdir(),
 ): Promise<string[]> => {
   const cleaned = await removeOurObjects(qmp, false)
-  for (const name of await readdir(fleeceParent).catch(() => [] as string[])) {
-    if (name.startsWith(`${FLEECE_DIR_PREFIX}${vmid}-`)) {
-      await rm(join(fleeceParent, name), { recursive: true, force: true })
-      cleaned.push(`fleecing dir ${name}`)
-    }
+  for (const name of await sweepFleeceDirs(vmid, fleeceParent)) {
+    cleaned.push(`fleecing dir ${name}`)
   }
   return cleaned
 }
