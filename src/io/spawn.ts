@@ -81,7 +81,10 @@ export const spawnTool = (cmd: string, args: readonly string[], opts: SpawnOptio
     killTimer = setTimeout(() => child.kill('SIGKILL'), 5000)
     killTimer.unref()
   }
-  opts.signal?.addEventListener('abort', onAbort, { once: true })
+  // A signal that is already aborted fires no 'abort' event: such a tool is stopped at once
+  // rather than left running (and keeping the process alive) with nobody to end it.
+  if (opts.signal?.aborted === true) onAbort()
+  else opts.signal?.addEventListener('abort', onAbort, { once: true })
   const done = new Promise<number>((resolve, reject) => {
     child.once('error', (err) => {
       reject(new BackupError(code, `cannot run ${name}: ${err.message}`, { cause: err }))
