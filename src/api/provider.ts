@@ -189,7 +189,7 @@ export interface ContainerBackupInfo extends BackupInfo {
 export interface ArchiveCompression {
   /** Absent: the provider's own setting (guestbackup: the store's `lxc-compress`). */
   type?: CompressionType
-  /** zstd only: compressors at once, `0` half of the cores. Default `0`. */
+  /** zstd only: threads of the compressor, `0` half of the cores. Default `0`. */
   zstdThreads?: number
 }
 

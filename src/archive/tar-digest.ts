@@ -1,17 +1,13 @@
 /**
- * The digests of a tar archive being written (see `createTarArchive`): a SHA-256 of the bytes
- * that land in the archive file, and a {@link TarMemberParser} over the uncompressed tar stream
- * that writes one JSON line per member to the members file as the stream goes by. Both are fed
- * by {@link ArchiveDigests.push}, called by whichever writer moves the bytes (tar-write.ts).
+ * The members file of a tar archive being written (see `createTarArchive`): one JSON line per
+ * member of the uncompressed tar stream, parsed on the main thread as the stream goes by, each
+ * with its content's SHA-256 hashed from the same bytes on another thread (tar-follow.ts).
  * Memory: the parser's, plus at most {@link FLUSH_BYTES} of pending lines.
  */
 import { createHash } from 'node:crypto'
-import type { Hash } from 'node:crypto'
 import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { Transform } from 'node:stream'
-import type { TransformCallback } from 'node:stream'
 import { BackupError } from '../errors.ts'
 import { TarMemberParser } from './tar-members.ts'
 import type { ContentSpans, TarMember } from './tar-members.ts'
@@ -19,15 +15,6 @@ import type { SpanDigests } from '../digest/span-hasher.ts'
 
 /** Pending member lines are written once they reach this size. */
 const FLUSH_BYTES = 1024 * 1024
-
-/** A pass-through stream that feeds every chunk to `hash`. */
-export const hashStage = (hash: Hash): Transform =>
-  new Transform({
-    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
-      hash.update(chunk)
-      cb(null, chunk)
-    },
-  })
 
 /** One member as its line in a members file (fixed key order). */
 export const memberLine = (m: TarMember): string => `${JSON.stringify(m)}\n`
@@ -53,10 +40,9 @@ export interface MemberBatch {
 }
 
 /**
- * The members file of a tar stream being written: the stream is parsed as it is pushed, and
- * the members' lines are gathered and written in large writes; the file's SHA-256 is taken
- * from the same bytes. Either `push` does it all, or (`deferContent`) `parse` reads the
- * headers and `complete` takes the content digests hashed elsewhere from the same bytes.
+ * The members file of a tar stream being written: `parse` reads the headers of each chunk and
+ * `complete` takes the content digests hashed elsewhere from the same bytes; the members' lines
+ * are gathered and written in large writes, and the file's SHA-256 is taken from them.
  */
 export class MembersSink implements AsyncDisposable {
   readonly #fh: FileHandle
@@ -67,20 +53,20 @@ export class MembersSink implements AsyncDisposable {
   #count = 0
   #parsed = 0
 
-  private constructor(fh: FileHandle, deferContent: boolean) {
+  private constructor(fh: FileHandle) {
     this.#fh = fh
-    this.#parser = new TarMemberParser({ deferContent })
+    this.#parser = new TarMemberParser({ deferContent: true })
+  }
+
+  /** Open the existing, empty file `path` (the members file's partial). */
+  static async open(path: string): Promise<MembersSink> {
+    return new MembersSink(await open(path, constants.O_WRONLY))
   }
 
   /**
-   * Open the existing, empty file `path` (the members file's partial); `deferContent` for a
-   * caller that hashes plain files' contents itself (`parse`, `complete`).
+   * Parse the next bytes of the uncompressed tar stream; pass the batch to `complete` once
+   * hashed. A stream that is no tar archive throws a `TarParseError` (`ARCHIVE_INVALID`).
    */
-  static async open(path: string, opts: { deferContent?: boolean } = {}): Promise<MembersSink> {
-    return new MembersSink(await open(path, constants.O_WRONLY), opts.deferContent === true)
-  }
-
-  /** `deferContent`: parse the next bytes; pass the batch to `complete` once hashed. */
   parse(chunk: Buffer): MemberBatch {
     const members = this.#parser.push(chunk)
     const first = this.#parsed
@@ -102,14 +88,6 @@ export class MembersSink implements AsyncDisposable {
       m.sha256 = d
     })
     return this.#queue(batch.members)
-  }
-
-  /**
-   * Parse the next bytes of the uncompressed tar stream. A stream that is no tar archive throws
-   * a `TarParseError` (`ARCHIVE_INVALID`). Returns a promise only when lines are written.
-   */
-  push(chunk: Buffer): Promise<void> | undefined {
-    return this.#queue(this.#parser.push(chunk))
   }
 
   #queue(members: readonly TarMember[]): Promise<void> | undefined {
@@ -143,25 +121,3 @@ export class MembersSink implements AsyncDisposable {
     await this.#fh.close()
   }
 }
-
-/**
- * A pass-through stage over an uncompressed tar stream that feeds `sink` (whose `finish` the
- * caller calls once the pipeline completed).
- */
-export const membersStage = (sink: MembersSink): Transform =>
-  new Transform({
-    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
-      let wrote: Promise<void> | undefined
-      try {
-        wrote = sink.push(chunk)
-      } catch (e) {
-        cb(e as Error)
-        return
-      }
-      if (wrote === undefined) cb(null, chunk)
-      else
-        wrote.then(() => {
-          cb(null, chunk)
-        }, cb)
-    },
-  })

@@ -6,31 +6,26 @@
  *   writes it as `tar -cf FILE` would, and Node reads the file behind it once as it grows
  *   (tar-follow.ts: large reads from the page cache, parsed on the main thread, hashed on
  *   another). No byte is relayed through a pipe.
- * - **relayed** (a bandwidth limit): tar writes to a pipe; Node gathers its output into one
- *   reused 1 MiB buffer, and per full buffer takes its tokens, parses, hashes and writes it.
- * - **compressed**: Node relays tar's output (limit, members) to the compressor: zstd as
- *   independent frames (zstd-frames.ts) that Node writes and hashes; gzip and lzop writing the
- *   file themselves, followed by a hashing worker as in the direct way.
+ * - **relayed** (a bandwidth limit): tar writes to a pipe; Node reads it once into the same
+ *   slots (parsed and hashed as above) and per slot takes its tokens and writes it.
+ * - **compressed**: Node passes the slots (limit, members) to the compressor, which writes the
+ *   file itself: zstd as independent frames (zstd-frames.ts), gzip and lzop as one stream; a
+ *   worker thread follows the file for the archive's SHA-256.
  */
-import type { Hash } from 'node:crypto'
 import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { once } from 'node:events'
 import { hashFollowing } from '../digest/follow.ts'
-import { BackupError } from '../errors.ts'
+import { openFifo } from '../io/fifo.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import type { ToolNamespace } from '../io/userns.ts'
 import { Group, stdioOf } from './internal.ts'
 import type { MembersSink } from './tar-digest.ts'
-import { followTarFile } from './tar-follow.ts'
+import { followTarFile, followTarPipe } from './tar-follow.ts'
 import { ZstdFrameWriter } from './zstd-frames.ts'
 import type { FrameIndex } from './zstd-frames.ts'
-
-/** Size of the relay's buffer. */
-const RELAY_BYTES = 1024 * 1024
 
 /** What a writer needs: tar's arguments (archive on stdout) and where the bytes go. */
 export interface TarWriteInput {
@@ -39,8 +34,6 @@ export interface TarWriteInput {
   partial: string
   /** Fed the uncompressed stream. */
   members: MembersSink | undefined
-  /** Fed the bytes of the archive file. */
-  hash: Hash
   bandwidth: TokenBucket | undefined
   compress: TarCompression | undefined
   signal: AbortSignal | undefined
@@ -60,8 +53,8 @@ export interface TarWriteResult {
   stderr: string
   /** Bytes of the uncompressed tar stream. */
   tarBytes: number
-  /** SHA-256 (hex) of the archive file, when taken apart from `hash` (which then got nothing). */
-  digest?: string | undefined
+  /** SHA-256 (hex) of the archive file. */
+  digest: string
   /** zstd: the frames written. */
   frames?: FrameIndex | undefined
 }
@@ -69,7 +62,7 @@ export interface TarWriteResult {
 /** How the tar stream is compressed (vzdump's `compress` and `zstd` options). */
 export interface TarCompression {
   type: 'zstd' | 'gzip' | 'lzo'
-  /** zstd: compressors at once (see `zstdThreads`). */
+  /** zstd: threads of each frame's compressor (see `zstdThreads`). */
   threads: number
 }
 
@@ -114,88 +107,94 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
 }
 
 /**
- * tar into a pipe; Node gathers its output into one reused 1 MiB buffer and hands each full
- * buffer, past the limit, the members parser and the byte count, to `sink`.
+ * tar into a pipe (io/fifo.ts); Node reads its output once into slots (tar-follow.ts: members parsed on the
+ * main thread, hashed on another) and hands each slot, past the limit, to `sink`. `followed`
+ * (a part of `group`) has the stream's length and, with `streamDigest`, its SHA-256 (the
+ * archive's, when uncompressed).
  */
-const relayTar = (
+const relayTar = async (
   i: TarWriteInput,
   group: Group,
   sink: (data: Buffer) => Promise<void>,
-): { tar: Tool; relayed: Promise<void> } => {
-  const tar = spawnTool('tar', i.args, {
-    stdin: 'ignore',
-    okExitCodes: [0, 1],
-    signal: group.signal,
-    namespace: i.namespace,
-    ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
+  streamDigest: boolean,
+): Promise<{ tar: Tool; followed: Promise<{ digest: string | undefined; bytes: number }> }> => {
+  const fifo = await openFifo(group.signal).catch(async (e: unknown) => {
+    // Whatever the group already runs (a compressor waiting for input) is stopped first.
+    group.abort()
+    await group.settle().catch(() => undefined)
+    throw e
   })
+  let tar: Tool
+  try {
+    tar = spawnTool('tar', i.args, {
+      stdin: 'ignore',
+      stdout: fifo.writerFd,
+      okExitCodes: [0, 1],
+      signal: group.signal,
+      namespace: i.namespace,
+      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
+    })
+  } finally {
+    // tar has its own copy once it runs (spawn returns after the exec): the reader sees the
+    // end of the stream when tar exits.
+    await fifo.closeWriter()
+  }
   group.addTool(tar)
   i.onStarted?.()
-  // Nothing is awaited between tar's start and the first read of its stdout: when a child
-  // exits, Node drains any of its stdio streams nobody reads yet and drops their data
-  // (lib/internal/child_process.js, `flushStdio`), so a fast tar would leave an empty archive.
-  const stdout = stdioOf(tar.stdout, group)
   const bucket = i.bandwidth?.limited === true ? i.bandwidth : undefined
-  let passed = 0
-  const relay = async (): Promise<void> => {
-    const buf = Buffer.allocUnsafe(RELAY_BYTES)
-    let fill = 0
-    const flush = async (): Promise<void> => {
-      const data = buf.subarray(0, fill)
-      await bucket?.take(fill, group.signal)
-      await i.members?.push(data)
+  const followed = followTarPipe(fifo.reader, {
+    signal: group.signal,
+    members: i.members,
+    onBytes: i.onBytes,
+    streamDigest,
+    sink: async (data) => {
+      await bucket?.take(data.length, group.signal)
       await sink(data)
-      passed += fill
-      i.onBytes?.(passed)
-      fill = 0
-    }
-    for await (const chunk of stdout as AsyncIterable<Buffer>) {
-      for (let at = 0; at < chunk.length;) {
-        const n = chunk.copy(buf, fill, at)
-        fill += n
-        at += n
-        if (fill === buf.length) await flush()
-      }
-    }
-    if (fill > 0) await flush()
-  }
-  const relayed = relay()
-  group.add(relayed)
-  return { tar, relayed }
+    },
+  }).finally(() => fifo.reader.close())
+  group.add(followed)
+  return { tar, followed }
 }
 
-/** tar through Node and the limit into the file, in 1 MiB writes. */
+/** tar through Node and the limit into the file, in slot-sized writes. */
 const writeRelayed = async (i: TarWriteInput): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
-  let tarBytes = 0
   try {
-    const { tar } = relayTar(i, group, async (data) => {
-      tarBytes += data.length
-      i.hash.update(data)
-      await writeAll(out, data)
-    })
+    const { tar, followed } = await relayTar(i, group, (data) => writeAll(out, data), true)
     await group.settle()
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes }
+    const { digest, bytes } = await followed
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes: bytes, digest: digest ?? '' }
   } finally {
     await out.close()
   }
 }
 
-/** tar → Node (limit, members) → seekable zstd frames (zstd-frames.ts) → the file. */
+/**
+ * tar → Node (limit, members) → seekable zstd frames (zstd-frames.ts), whose compressors write
+ * the file themselves; a worker thread follows the file for its SHA-256.
+ */
 const writeZstdFrames = async (i: TarWriteInput, threads: number): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
-  let tarBytes = 0
   try {
-    const writer = new ZstdFrameWriter(out, i.hash, { threads, signal: group.signal })
-    const { tar } = relayTar(i, group, async (data) => {
-      tarBytes += data.length
-      await writer.push(data)
-    })
+    const writer = new ZstdFrameWriter(out, { threads, signal: group.signal })
+    const { tar, followed } = await relayTar(i, group, (data) => writer.push(data), false)
+    // The last frame's compressor is ended once the relay has passed tar's last byte; a relay
+    // that fails stops the whole group, that compressor included.
+    const framed = followed.then(
+      async (r) => ({ bytes: r.bytes, frames: await writer.end() }),
+      (e: unknown) => {
+        group.abort()
+        throw e
+      },
+    )
+    group.add(framed)
+    const hashed = hashFollowing(i.partial, { writerDone: framed, signal: group.signal })
+    group.add(hashed)
     await group.settle()
-    const frames = await writer.end()
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, frames }
+    const [{ bytes, frames }, { digest }] = await Promise.all([framed, hashed])
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes: bytes, digest, frames }
   } finally {
     await out.close()
   }
@@ -214,45 +213,39 @@ const STREAM_COMPRESSORS = {
 const writeStream = async (i: TarWriteInput, type: 'gzip' | 'lzo'): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
-  let tarBytes = 0
   try {
     const [prog, ...args] = STREAM_COMPRESSORS[type]
     const comp = spawnTool(prog, args, { stdout: out.fd, signal: group.signal })
     group.addTool(comp)
-    const stdin = comp.stdin
-    if (stdin === null) throw new BackupError('INTERNAL', `${prog} has no stdin`)
+    const stdin = stdioOf(comp.stdin, group)
     const hashed = hashFollowing(i.partial, { writerDone: comp.done, signal: group.signal })
     group.add(hashed)
-    const { tar, relayed } = relayTar(i, group, async (data) => {
-      tarBytes += data.length
-      if (!stdin.write(data)) await once(stdin, 'drain', { signal: group.signal })
-    })
-    // Once the relay has passed tar's last byte, the compressor gets its end of input.
-    group.add(
-      relayed.then(async () => {
-        await new Promise<void>((resolve) => stdin.end(resolve))
-      }),
-    )
+    const write = (data: Buffer): Promise<void> =>
+      new Promise<void>((resolve, reject) => {
+        stdin.write(data, (e) => {
+          if (e) reject(e)
+          else resolve()
+        })
+      })
+    const { tar, followed } = await relayTar(i, group, write, false)
+    // The compressor gets its end of input once the relay has passed tar's last byte.
+    group.add(followed.finally(() => stdin.end()))
     await group.settle()
-    const { digest } = await hashed
-    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes, digest }
+    const [{ bytes }, { digest }] = await Promise.all([followed, hashed])
+    return { exitCode: await tar.done, stderr: tar.stderr(), tarBytes: bytes, digest }
   } finally {
     await out.close()
   }
 }
 
 /**
- * Whether {@link writeTar} takes the direct way for these options: its members sink must then be
- * opened with `deferContent` (the contents are hashed beside the archive, tar-follow.ts).
+ * Run tar into `i.partial` the cheapest way its options allow (see the module comment). The
+ * members sink gets headers only; every way hashes the contents beside it (tar-follow.ts).
  */
-export const writesDirect = (i: Pick<TarWriteInput, 'compress' | 'bandwidth'>): boolean =>
-  i.compress === undefined && i.bandwidth?.limited !== true
-
-/** Run tar into `i.partial` the cheapest way its options allow (see the module comment). */
 export const writeTar = (i: TarWriteInput): Promise<TarWriteResult> => {
   const c = i.compress
   if (c?.type === 'zstd') return writeZstdFrames(i, c.threads)
   if (c !== undefined) return writeStream(i, c.type)
-  if (!writesDirect(i)) return writeRelayed(i)
+  if (i.bandwidth?.limited === true) return writeRelayed(i)
   return writeDirect(i)
 }

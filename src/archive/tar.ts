@@ -3,7 +3,6 @@
  * backup providers (pve-container `VZDump/LXC.pm`, `LXC/Create.pm`). Everything streams through
  * `pipeline()`; an archive is never held in memory.
  */
-import { createHash } from 'node:crypto'
 import { rm, stat } from 'node:fs/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import type { TokenBucket } from '../io/throttle.ts'
@@ -13,7 +12,7 @@ import { tarExcludeArgs } from './excludes.ts'
 import { stderrLines } from './internal.ts'
 import { MembersSink } from './tar-digest.ts'
 import type { MembersResult } from './tar-digest.ts'
-import { writeTar, writesDirect } from './tar-write.ts'
+import { writeTar } from './tar-write.ts'
 import type { TarCompression } from './tar-write.ts'
 import type { FrameIndex } from './zstd-frames.ts'
 
@@ -139,11 +138,11 @@ const checkSources = (sources: readonly string[]): void => {
 /**
  * Archive `directory` into the tar file `output`, as Proxmox's `backup_container` tar mode does:
  * `tar cpf - --totals COMMON_TAR_FLAGS --directory=DIR <excludes> -- <sources>` into
- * `output + '.partial'` (tar writes the file itself; with a bandwidth limit or `zstd -T0 -3`,
- * Node relays it: tar-write.ts), which is fsynced and renamed to `output` on success. Called
- * once per container volume set during a backup. In the same pass Node hashes the bytes of the
- * file (the result's `digest`) and, with `members`, parses the uncompressed tar stream into the
- * members file (`tar-digest.ts`).
+ * `output + '.partial'` (tar writes the file itself; with a bandwidth limit or a compressor,
+ * Node passes the stream on: tar-write.ts), which is fsynced and renamed to `output` on success.
+ * Called once per container volume set during a backup. In the same pass Node hashes the bytes
+ * of the file (the result's `digest`) and, with `members`, parses the uncompressed tar stream
+ * into the members file (`tar-digest.ts`).
  *
  * @throws BackupError `USAGE` for invalid sources/excludes or an existing output or members
  *   file, `ARCHIVE_INVALID` when the members parser cannot read tar's output,
@@ -167,13 +166,11 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     '--',
     ...sources,
   ]
-  const hash = createHash('sha256')
   const write = async (partial: string, members: MembersSink | undefined) => {
     const r = await writeTar({
       args,
       partial,
       members,
-      hash,
       bandwidth: opts.bandwidth,
       compress: opts.compress,
       signal: opts.signal,
@@ -191,9 +188,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
     async (partial) => {
       if (membersPath === undefined) return await write(partial, undefined)
       const r = await writeAtomically(membersPath, async (m) => {
-        await using sink = await MembersSink.open(m, {
-          deferContent: writesDirect({ compress: opts.compress, bandwidth: opts.bandwidth }),
-        })
+        await using sink = await MembersSink.open(m)
         return await write(partial, sink)
       })
       membersNamed = true
@@ -212,7 +207,7 @@ export const createTarArchive = async (opts: CreateTarOptions): Promise<CreateTa
   return {
     bytes: size,
     tarBytes,
-    digest: digest ?? hash.digest('hex'),
+    digest,
     ...(members ? { members } : {}),
     ...(frames ? { frames } : {}),
     warnings,

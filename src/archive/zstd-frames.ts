@@ -6,16 +6,17 @@
  * frame index (`archive.frames`, {@link FrameIndexSchema}) lets a reader start decompressing at
  * the frame holding a given offset of the tar stream instead of at the start.
  *
- * Frames are compressed by `zstd` processes, up to `threads` at once (vzdump's `zstd` option:
- * `0` is half of the cores), each on its own frame, and written in order. Memory: at most
- * `threads + 1` frames of input and `threads` of output.
+ * Frames are compressed by `zstd` processes, one per frame and one after another, each with
+ * `threads` threads (vzdump's `zstd` option: `0` is half of the cores) and writing its frame to
+ * the archive file itself (see {@link ZstdFrameWriter}).
  */
 import { availableParallelism } from 'node:os'
-import type { Hash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
+import type { Writable } from 'node:stream'
 import * as z from 'zod'
-import { BackupError } from '../errors.ts'
+import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
+import type { Tool } from '../io/spawn.ts'
 
 /** Uncompressed bytes per frame: a single-file restore decompresses at most this much extra. */
 export const FRAME_BYTES = 16 * 1024 * 1024
@@ -67,7 +68,7 @@ export const framesFor = (index: FrameIndex, start: number, end: number): FrameS
   return out
 }
 
-/** Number of compressors for vzdump's `zstd` value: `0` is half of the cores (at least one). */
+/** Threads of the compressor for vzdump's `zstd` value: `0` is half of the cores (at least one). */
 export const zstdThreads = (n: number): number => {
   if (!Number.isInteger(n) || n < 0 || n > 256) {
     throw new BackupError('USAGE', `invalid zstd thread count ${n} (0 to 256, 0: half the cores)`)
@@ -86,101 +87,111 @@ export interface ZstdFrameOptions {
   signal: AbortSignal
 }
 
-const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
-  for (let at = 0; at < data.length;) {
-    const { bytesWritten } = await fh.write(data, at, data.length - at)
-    at += bytesWritten
-  }
-}
-
-/** Compress one frame with a `zstd` process; resolves with its output. */
-const compressFrame = async (data: Buffer, level: number, signal: AbortSignal): Promise<Buffer> => {
-  const tool = spawnTool('zstd', ['-q', '-c', `-${level}`, '-T1', '-'], { signal })
-  const parts: Buffer[] = []
-  tool.stdout?.on('data', (b: Buffer) => parts.push(b))
-  const fed = new Promise<void>((resolve, reject) => {
-    tool.stdin?.once('error', reject)
-    tool.stdin?.end(data, resolve)
-  })
-  await Promise.all([tool.done, fed])
-  return Buffer.concat(parts)
+/** The frame being compressed: its `zstd` process and the uncompressed bytes given so far. */
+interface OpenFrame {
+  tool: Tool
+  stdin: Writable
+  bytes: number
 }
 
 /**
- * Writes the uncompressed stream pushed into it as zstd frames to `fh` (at its position, from
- * the file's start), feeding every compressed byte to `hash`.
+ * Writes the uncompressed stream pushed into it as zstd frames to the end of the file `fh`
+ * (opened for writing at offset 0, no `O_APPEND` needed). Each frame is one `zstd` process whose
+ * stdout is the file itself, so no compressed byte passes through Node: the processes run one
+ * after another and share the file's offset, each appending its frame; a frame's compressed size
+ * is the growth of the file while its process ran. Parallelism is zstd's own (`-T`, within a
+ * frame). Memory: none of Node's beyond what a caller pushes (taken in place, not copied).
  */
 export class ZstdFrameWriter {
   readonly #fh: FileHandle
-  readonly #hash: Hash
   readonly #o: Required<ZstdFrameOptions>
-  #buf: Buffer
-  #fill = 0
-  readonly #pending: { done: Promise<Buffer>; bytes: number; input: Buffer }[] = []
-  /** Frame buffers whose compressor has finished, for the next frames (no fresh 16 MiB each). */
-  readonly #free: Buffer[] = []
+  #open: OpenFrame | undefined
   readonly #frames: [number, number][] = []
   #written = 0
 
-  constructor(fh: FileHandle, hash: Hash, o: ZstdFrameOptions) {
+  constructor(fh: FileHandle, o: ZstdFrameOptions) {
     const level = o.level ?? 3
     if (!Number.isInteger(level) || level < 1 || level > 19) {
       throw new BackupError('USAGE', `invalid zstd level ${level}`)
     }
     this.#fh = fh
-    this.#hash = hash
     this.#o = {
       level,
       frameBytes: o.frameBytes ?? FRAME_BYTES,
       threads: Math.max(1, o.threads),
       signal: o.signal,
     }
-    this.#buf = Buffer.allocUnsafe(this.#o.frameBytes)
   }
 
-  /** Bytes of the compressed file written so far. */
+  /** Bytes of the compressed file written so far (by the frames ended). */
   get written(): number {
     return this.#written
   }
 
-  /** Take `data` (copied: the caller may reuse it once this resolves). */
+  /**
+   * Take `data`, the stream's next bytes, cut into frames by size. `data` is written as it is:
+   * the caller keeps it unchanged until this resolves. Calls must not overlap.
+   */
   async push(data: Buffer): Promise<void> {
+    throwIfAborted(this.#o.signal)
     for (let at = 0; at < data.length;) {
-      const n = data.copy(this.#buf, this.#fill, at)
-      this.#fill += n
+      const frame = this.#open ?? this.#start()
+      const n = Math.min(data.length - at, this.#o.frameBytes - frame.bytes)
+      const part = data.subarray(at, at + n)
+      await new Promise<void>((resolve, reject) => {
+        frame.stdin.write(part, (e) => {
+          if (e) reject(e)
+          else resolve()
+        })
+      }).catch(async (e: unknown) => {
+        // A broken pipe is the compressor's failure (a full file system, a kill): its exit
+        // status and stderr say why, so that is what is thrown when it failed.
+        await frame.tool.done
+        throw e
+      })
+      frame.bytes += n
       at += n
-      if (this.#fill === this.#buf.length) await this.#dispatch()
+      if (frame.bytes === this.#o.frameBytes) await this.#finish()
     }
   }
 
-  /** Compress the rest, write every frame and return the index. */
+  /** Compress the rest, and return the index once every frame is in the file. */
   async end(): Promise<FrameIndex> {
-    if (this.#fill > 0) await this.#dispatch()
-    while (this.#pending.length > 0) await this.#writeOldest()
+    if (this.#open !== undefined) await this.#finish()
     return { version: 1, frameBytes: this.#o.frameBytes, frames: this.#frames }
   }
 
-  async #dispatch(): Promise<void> {
-    const data = this.#buf.subarray(0, this.#fill)
-    const done = compressFrame(data, this.#o.level, this.#o.signal)
-    // Observed at once: a failure is seen by the write that awaits it, or by end().
-    done.catch(() => undefined)
-    this.#pending.push({ done, bytes: this.#fill, input: this.#buf })
-    this.#buf = this.#free.pop() ?? Buffer.allocUnsafe(this.#o.frameBytes)
-    this.#fill = 0
-    // `threads` frames compress while the caller fills the next one.
-    while (this.#pending.length > this.#o.threads) await this.#writeOldest()
+  #start(): OpenFrame {
+    // One thread: `--single-thread`, not `-T1`, whose extra I/O thread and job buffers (tens
+    // of MiB of fresh memory) cost more than they overlap when the process lives for one frame
+    // (zstd(1), "--single-thread").
+    const threads = this.#o.threads === 1 ? '--single-thread' : `-T${this.#o.threads}`
+    const tool = spawnTool('zstd', ['-q', '-c', `-${this.#o.level}`, threads, '-'], {
+      stdout: this.#fh.fd,
+      signal: this.#o.signal,
+    })
+    // Observed at once: a failure is seen by the write that awaits it, or by #finish.
+    tool.done.catch(() => undefined)
+    const stdin = tool.stdin
+    if (stdin === null) throw new BackupError('INTERNAL', 'zstd has no stdin')
+    // A compressor that failed breaks its pipe: its exit status, awaited below, says why.
+    stdin.on('error', () => undefined)
+    this.#open = { tool, stdin, bytes: 0 }
+    return this.#open
   }
 
-  async #writeOldest(): Promise<void> {
-    const next = this.#pending.shift()
-    if (next === undefined) return
-    const out = await next.done
-    // The compressor has read all of its input and exited: the buffer can take a new frame.
-    this.#free.push(next.input)
-    this.#hash.update(out)
-    await writeAll(this.#fh, out)
-    this.#written += out.length
-    this.#frames.push([out.length, next.bytes])
+  async #finish(): Promise<void> {
+    const frame = this.#open
+    if (frame === undefined) return
+    this.#open = undefined
+    await new Promise<void>((resolve) => frame.stdin.end(resolve))
+    await frame.tool.done
+    const { size } = await this.#fh.stat()
+    const compressed = size - this.#written
+    if (compressed <= 0) {
+      throw new BackupError('ARCHIVE_TOOL_FAILED', `zstd wrote no frame for ${frame.bytes} bytes`)
+    }
+    this.#written = size
+    this.#frames.push([compressed, frame.bytes])
   }
 }

@@ -12,22 +12,23 @@ import { BackupError } from '../errors.ts'
 // CommonJS source of the thread. Messages are handled in order: `chunk` updates the stream's
 // hash with the slot's bytes and each span's hash with its part of them (spans: flat `id, start,
 // end, kind`, offsets within the slot; kind 2: `end - start` zero bytes instead), answering the
-// digests of the spans whose last (kind 1) came; `end` answers the stream's digest.
+// digests of the spans whose last (kind 1) came; `end` answers the stream's digest (none when
+// `streamDigest` is off: a compressed archive's digest is taken from its file instead).
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads')
 const { createHash } = require('node:crypto')
-const { sab, slotBytes } = workerData
-const stream = createHash('sha256')
+const { sab, slotBytes, streamDigest } = workerData
+const stream = streamDigest ? createHash('sha256') : undefined
 const open = new Map()
 const zero = new Uint8Array(1024 * 1024)
 let bytes = 0
 parentPort.on('message', (m) => {
   if (m.end) {
-    parentPort.postMessage({ digest: stream.digest('hex'), bytes })
+    parentPort.postMessage({ digest: stream?.digest('hex'), bytes })
     return
   }
   const base = m.slot * slotBytes
-  stream.update(new Uint8Array(sab, base, m.length))
+  stream?.update(new Uint8Array(sab, base, m.length))
   bytes += m.length
   const done = []
   const s = m.spans
@@ -65,13 +66,16 @@ export class SpanHasher implements AsyncDisposable {
   readonly #queue: Waiter[] = []
   #failure: Error | undefined
 
-  /** A thread with `slots` slots of `slotBytes` bytes each. */
-  constructor(slots: number, slotBytes: number) {
+  /**
+   * A thread with `slots` slots of `slotBytes` bytes each; `streamDigest: false` when only the
+   * spans are wanted (the whole stream is then not hashed).
+   */
+  constructor(slots: number, slotBytes: number, opts: { streamDigest?: boolean } = {}) {
     this.#slotBytes = slotBytes
     this.#sab = new SharedArrayBuffer(slots * slotBytes)
     this.#worker = new Worker(WORKER, {
       eval: true,
-      workerData: { sab: this.#sab, slotBytes },
+      workerData: { sab: this.#sab, slotBytes, streamDigest: opts.streamDigest !== false },
     })
     this.#worker.on('message', (a: unknown) => {
       this.#queue.shift()?.resolve(a)
@@ -130,8 +134,11 @@ export class SpanHasher implements AsyncDisposable {
     return out
   }
 
-  /** The stream's SHA-256 (hex) and length, once every slot handed over was hashed. */
-  end(): Promise<{ digest: string; bytes: number }> {
+  /**
+   * The stream's SHA-256 (hex; absent without `streamDigest`) and length, once every slot handed
+   * over was hashed.
+   */
+  end(): Promise<{ digest: string | undefined; bytes: number }> {
     return this.#ask({ end: true })
   }
 

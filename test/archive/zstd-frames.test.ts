@@ -64,9 +64,8 @@ describe('archive/zstd-frames', () => {
       const text = Buffer.from('guestbackup frame test line\n'.repeat(10_000))
       const data = Buffer.concat([text, createHash('sha256').update('x').digest()])
       const path = join(dir, 'a.zst')
-      const hash = createHash('sha256')
       const fh = await open(path, 'w')
-      const w = new ZstdFrameWriter(fh, hash, {
+      const w = new ZstdFrameWriter(fh, {
         threads: 3,
         frameBytes: 64 * 1024,
         signal: new AbortController().signal,
@@ -76,7 +75,7 @@ describe('archive/zstd-frames', () => {
       const index = await w.end()
       await fh.close()
       const file = await readFile(path)
-      assert.equal(hash.digest('hex'), createHash('sha256').update(file).digest('hex'))
+      assert.equal(w.written, file.length)
       assert.equal(index.frames.length, Math.ceil(data.length / (64 * 1024)))
       assert.equal(
         index.frames.reduce((s, [c]) => s + c, 0),

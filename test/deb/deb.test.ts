@@ -145,7 +145,7 @@ describe('deb: scripts/build-deb.sh', { skip: hasDpkgDeb ? false : 'no dpkg-deb'
     ])
     assert.match(
       stdout,
-      /^exec \/usr\/bin\/node \/usr\/lib\/guestbackup\/dist\/bundle\/bin\.js "\$@"$/m,
+      /^exec \/usr\/bin\/node --max-semi-space-size=4 \/usr\/lib\/guestbackup\/dist\/bundle\/bin\.js "\$@"$/m,
     )
   })
 })
