@@ -138,7 +138,7 @@ export class ZstdFrameWriter {
       const frame = this.#open ?? this.#start()
       const n = Math.min(data.length - at, this.#o.frameBytes - frame.bytes)
       const part = data.subarray(at, at + n)
-      await new Promise<void>((resolve, reject) => {
+      const written = new Promise<void>((resolve, reject) => {
         frame.stdin.write(part, (e) => {
           if (e) reject(e)
           else resolve()
@@ -149,6 +149,9 @@ export class ZstdFrameWriter {
         await frame.tool.done
         throw e
       })
+      // A compressor that is gone (killed by an abort) may leave the write's callback pending
+      // for good: its end settles the write too.
+      await Promise.race([written, frame.tool.done.then(() => written)])
       frame.bytes += n
       at += n
       if (frame.bytes === this.#o.frameBytes) await this.#finish()
@@ -184,7 +187,9 @@ export class ZstdFrameWriter {
     const frame = this.#open
     if (frame === undefined) return
     this.#open = undefined
-    await new Promise<void>((resolve) => frame.stdin.end(resolve))
+    // The process's end, not `end()`'s callback (which a stream destroyed under it may never
+    // call), says that the frame is complete.
+    frame.stdin.end()
     await frame.tool.done
     const { size } = await this.#fh.stat()
     const compressed = size - this.#written
