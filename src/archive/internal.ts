@@ -4,6 +4,7 @@
  */
 import { readFile, readdir, stat } from 'node:fs/promises'
 import { Duplex } from 'node:stream'
+import type { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { BackupError, throwIfAborted, toBackupError } from '../errors.ts'
 import type { ErrorCode } from '../errors.ts'
@@ -134,6 +135,15 @@ export const stdioOf = <S>(stream: S | null, group: Group): S => {
   group.abort()
   throw new BackupError('ARCHIVE_TOOL_FAILED', 'child process has no piped stdio')
 }
+
+/** Write `data` to `w`, resolving once it is handed over (the buffer may then be reused). */
+export const writeTo = (w: Writable, data: Buffer): Promise<void> =>
+  new Promise((resolve, reject) => {
+    w.write(data, (e) => {
+      if (e) reject(e)
+      else resolve()
+    })
+  })
 
 /**
  * A filter tool (stdin → stdout, e.g. zstd) as one pipeline stage. Destroying the stage destroys

@@ -7,13 +7,13 @@
  */
 import { constants } from 'node:fs'
 import { open, stat } from 'node:fs/promises'
-import type { Readable, Writable } from 'node:stream'
+import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { ToolNamespace } from '../io/userns.ts'
 import type { TokenBucket } from '../io/throttle.ts'
-import { Group, assertEmptyDirectory, stderrLines, stdioOf } from './internal.ts'
+import { Group, assertEmptyDirectory, stderrLines, stdioOf, writeTo } from './internal.ts'
 import { decompressorFor } from './tar-check.ts'
 import { MAX_META, TAR_BLOCK, TarMemberParser } from './tar-members.ts'
 import type { TarMember } from './tar-members.ts'
@@ -142,15 +142,6 @@ export class MemberGate {
     }
   }
 }
-
-/** Write `data` to `w`, resolving once it is handed over (the buffer may then be reused). */
-const writeTo = (w: Writable, data: Buffer): Promise<void> =>
-  new Promise((resolve, reject) => {
-    w.write(data, (e) => {
-      if (e) reject(e)
-      else resolve()
-    })
-  })
 
 /** The chunks of the archive file, read into one reused buffer, through the limit. */
 async function* fileChunks(

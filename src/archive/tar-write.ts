@@ -21,7 +21,7 @@ import { spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
 import type { TokenBucket } from '../io/throttle.ts'
 import type { ToolNamespace } from '../io/userns.ts'
-import { Group, stdioOf } from './internal.ts'
+import { Group, stdioOf, writeTo } from './internal.ts'
 import type { MembersSink } from './tar-digest.ts'
 import { followTarFile, followTarPipe } from './tar-follow.ts'
 import { ZstdFrameWriter } from './zstd-frames.ts'
@@ -220,14 +220,7 @@ const writeStream = async (i: TarWriteInput, type: 'gzip' | 'lzo'): Promise<TarW
     const stdin = stdioOf(comp.stdin, group)
     const hashed = hashFollowing(i.partial, { writerDone: comp.done, signal: group.signal })
     group.add(hashed)
-    const write = (data: Buffer): Promise<void> =>
-      new Promise<void>((resolve, reject) => {
-        stdin.write(data, (e) => {
-          if (e) reject(e)
-          else resolve()
-        })
-      })
-    const { tar, followed } = await relayTar(i, group, write, false)
+    const { tar, followed } = await relayTar(i, group, (data) => writeTo(stdin, data), false)
     // The compressor gets its end of input once the relay has passed tar's last byte.
     group.add(followed.finally(() => stdin.end()))
     await group.settle()

@@ -17,6 +17,7 @@ import * as z from 'zod'
 import { BackupError, throwIfAborted } from '../errors.ts'
 import { spawnTool } from '../io/spawn.ts'
 import type { Tool } from '../io/spawn.ts'
+import { writeTo } from './internal.ts'
 
 /** Uncompressed bytes per frame: a single-file restore decompresses at most this much extra. */
 export const FRAME_BYTES = 16 * 1024 * 1024
@@ -138,12 +139,7 @@ export class ZstdFrameWriter {
       const frame = this.#open ?? this.#start()
       const n = Math.min(data.length - at, this.#o.frameBytes - frame.bytes)
       const part = data.subarray(at, at + n)
-      const written = new Promise<void>((resolve, reject) => {
-        frame.stdin.write(part, (e) => {
-          if (e) reject(e)
-          else resolve()
-        })
-      }).catch(async (e: unknown) => {
+      const written = writeTo(frame.stdin, part).catch(async (e: unknown) => {
         // A broken pipe is the compressor's failure (a full file system, a kill): its exit
         // status and stderr say why, so that is what is thrown when it failed.
         await frame.tool.done
