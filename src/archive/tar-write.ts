@@ -73,6 +73,21 @@ const writeAll = async (fh: FileHandle, data: Buffer): Promise<void> => {
   }
 }
 
+/** Start tar (exit code 1, files changed while read, is a success) writing to `stdout`, in `group`. */
+const startTar = (i: TarWriteInput, group: Group, stdout: number): Tool => {
+  const tar = spawnTool('tar', i.args, {
+    stdin: 'ignore',
+    stdout,
+    okExitCodes: [0, 1],
+    signal: group.signal,
+    namespace: i.namespace,
+    ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
+  })
+  group.addTool(tar)
+  i.onStarted?.()
+  return tar
+}
+
 /**
  * tar with the archive file as its stdout; Node follows the file once for the members and the
  * archive's digest (tar-follow.ts), the hashing on a thread of its own beside tar.
@@ -81,16 +96,7 @@ const writeDirect = async (i: TarWriteInput): Promise<TarWriteResult> => {
   const group = new Group(i.signal)
   const out = await open(i.partial, constants.O_WRONLY)
   try {
-    const tar = spawnTool('tar', i.args, {
-      stdin: 'ignore',
-      stdout: out.fd,
-      okExitCodes: [0, 1],
-      signal: group.signal,
-      namespace: i.namespace,
-      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
-    })
-    group.addTool(tar)
-    i.onStarted?.()
+    const tar = startTar(i, group, out.fd)
     const followed = followTarFile(i.partial, {
       writerDone: tar.done,
       signal: group.signal,
@@ -126,21 +132,12 @@ const relayTar = async (
   })
   let tar: Tool
   try {
-    tar = spawnTool('tar', i.args, {
-      stdin: 'ignore',
-      stdout: fifo.writerFd,
-      okExitCodes: [0, 1],
-      signal: group.signal,
-      namespace: i.namespace,
-      ...(i.cwd === undefined ? {} : { cwd: i.cwd }),
-    })
+    tar = startTar(i, group, fifo.writerFd)
   } finally {
     // tar has its own copy once it runs (spawn returns after the exec): the reader sees the
     // end of the stream when tar exits.
     await fifo.closeWriter()
   }
-  group.addTool(tar)
-  i.onStarted?.()
   const bucket = i.bandwidth?.limited === true ? i.bandwidth : undefined
   const followed = followTarPipe(fifo.reader, {
     signal: group.signal,
